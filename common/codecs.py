@@ -1,0 +1,53 @@
+"""Moving model weights in and out of Flower messages, and checking them on the way in.
+
+A faulty or malicious hospital can send anything; the server accepts only
+updates with exactly the global model's tensors, shapes and finite values.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord
+
+
+class InvalidUpdate(ValueError):
+    """An update that cannot be aggregated; the message says what is wrong."""
+
+
+def to_record(state_dict: dict[str, torch.Tensor]) -> ArrayRecord:
+    """Strip Opacus' `_module.` prefix so every site exchanges the same key names."""
+    clean = OrderedDict((k.removeprefix("_module."), v.detach().cpu()) for k, v in state_dict.items())
+    return ArrayRecord(clean)
+
+
+def from_numpy(weights: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord(OrderedDict((k, Array(np.ascontiguousarray(v))) for k, v in weights.items()))
+
+
+def to_numpy(record: ArrayRecord) -> OrderedDict[str, np.ndarray]:
+    return OrderedDict((k, v.numpy()) for k, v in record.items())
+
+
+def to_state_dict(record: ArrayRecord) -> OrderedDict[str, torch.Tensor]:
+    return OrderedDict((k, torch.from_numpy(np.array(v, copy=True))) for k, v in to_numpy(record).items())
+
+
+def check_update(
+    update: dict[str, np.ndarray], *, reference: dict[str, np.ndarray]
+) -> None:
+    """Raise InvalidUpdate unless `update` matches `reference` in keys, shapes and finiteness."""
+    if list(update) != list(reference):
+        missing = sorted(set(reference) - set(update))
+        extra = sorted(set(update) - set(reference))
+        raise InvalidUpdate(f"tensor names differ from the global model (missing {missing}, unexpected {extra})")
+    for name, ref in reference.items():
+        value = update[name]
+        if value.shape != ref.shape:
+            raise InvalidUpdate(f"tensor {name!r} has shape {value.shape}, expected {ref.shape}")
+        if not np.issubdtype(value.dtype, np.floating):
+            raise InvalidUpdate(f"tensor {name!r} has dtype {value.dtype}, expected a float type")
+        if not np.isfinite(value).all():
+            raise InvalidUpdate(f"tensor {name!r} contains NaN or infinite values")

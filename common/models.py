@@ -1,0 +1,72 @@
+"""The model zoo: small networks that DP-SGD can train.
+
+No BatchNorm anywhere: Opacus refuses it, because batch statistics mix samples
+and break per-sample gradient clipping. GroupNorm is the DP-safe substitute.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from common.schema import DatasetSchema
+
+
+class TabularMLP(nn.Module):
+    """Two hidden layers are plenty for clinical tables of tens of features."""
+
+    def __init__(self, *, in_features: int, num_classes: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(in_features, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden // 2),
+            nn.ReLU(),
+            nn.Linear(hidden // 2, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class SmallImageCNN(nn.Module):
+    """A CNN for 8x8 single-channel images such as scikit-learn's digits."""
+
+    def __init__(self, *, input_shape: tuple[int, int, int], num_classes: int) -> None:
+        super().__init__()
+        channels, height, width = input_shape
+        self.input_shape = input_shape
+        self.features = nn.Sequential(
+            nn.Conv2d(channels, 16, kernel_size=3, padding=1),
+            nn.GroupNorm(4, 16),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, kernel_size=3, padding=1),
+            nn.GroupNorm(4, 32),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(32 * (height // 2) * (width // 2), 64),
+            nn.ReLU(),
+            nn.Linear(64, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.view(x.shape[0], *self.input_shape)
+        return self.head(self.features(x))
+
+
+def build_model(schema: DatasetSchema, *, seed: int | None = None) -> nn.Module:
+    """The model the schema names; a seed makes the initial global model reproducible."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    if schema.model == "cnn":
+        assert schema.input_shape is not None  # enforced by the schema validator
+        c, h, w = schema.input_shape
+        return SmallImageCNN(input_shape=(c, h, w), num_classes=schema.num_classes)
+    return TabularMLP(in_features=len(schema.features), num_classes=schema.num_classes)
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,235 @@
+"""A real Flower federation on one machine: a SuperLink and one SuperNode per hospital.
+
+Every part is a separate OS process talking gRPC (Fleet API) and HTTP (control
+API) over 127.0.0.1, exactly as in a deployment. The federation owns every
+process it starts, their children included, and stops them all on exit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import tomli_w
+
+from common.tls import TlsFiles, make_server_tls
+
+log = logging.getLogger("fedcare.federation")
+CONNECTION = "fedcare"
+
+
+class FederationError(RuntimeError):
+    """A federation process failed to start or a run could not be submitted."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _bin(name: str) -> str:
+    """The console script next to this interpreter, so a venv works without activation."""
+    candidate = Path(sys.executable).with_name(name)
+    return str(candidate) if candidate.exists() else name
+
+
+@dataclass
+class ManagedProcess:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+@dataclass
+class LocalFederation:
+    """Owns the processes of a federation rooted at `workdir`.
+
+    `insecure=True` turns TLS off; it exists for debugging only and says so loudly.
+    """
+
+    workdir: Path
+    insecure: bool = False
+    startup_timeout: float = 60.0
+    processes: list[ManagedProcess] = field(default_factory=list)
+    seen_pids: set[int] = field(default_factory=set)
+    tls: TlsFiles | None = None
+    control_port: int = 0
+    fleet_port: int = 0
+
+    # ---- process plumbing -------------------------------------------------
+    def _env(self, home: Path) -> dict[str, str]:
+        home.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env.update(
+            FLWR_HOME=str(home),
+            FLWR_TELEMETRY_ENABLED="0",  # hospital deployments must not phone home
+            FLWR_DISABLE_UPDATE_CHECK="1",
+            PYTHONUNBUFFERED="1",
+        )
+        return env
+
+    def _spawn(self, name: str, args: list[str]) -> ManagedProcess:
+        log_path = self.workdir / "logs" / f"{name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("ab") as out:
+            popen = subprocess.Popen(
+                args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self._env(self.workdir / "homes" / name),
+                cwd=self.workdir,
+                start_new_session=True,  # Ctrl-C in the terminal reaches us, and we stop them in order
+            )
+        proc = ManagedProcess(name, popen, log_path)
+        self.processes.append(proc)
+        self.seen_pids.add(popen.pid)
+        log.info("started %s (pid %d), log %s", name, popen.pid, log_path)
+        return proc
+
+    def _wait_for_port(self, proc: ManagedProcess, port: int) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if proc.popen.poll() is not None:
+                raise FederationError(f"{proc.name} exited with code {proc.popen.returncode}:\n{proc.log_tail()}")
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    return
+            time.sleep(0.2)
+        raise FederationError(f"{proc.name} did not open port {port} within {self.startup_timeout:.0f} s:\n{proc.log_tail()}")
+
+    # ---- federation parts --------------------------------------------------
+    def start_superlink(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.control_port, self.fleet_port = free_port(), free_port()
+        args = [
+            _bin("flower-superlink"),
+            "--disable-runtime-dependency-installation",  # hospitals' sites have no internet
+            "--host", "127.0.0.1",
+            "--port", str(self.control_port),
+            "--fleet-api-address", f"127.0.0.1:{self.fleet_port}",
+            "--database", str(self.workdir / "superlink.db"),
+        ]
+        if self.insecure:
+            log.warning("INSECURE MODE: TLS is off; updates cross the network unencrypted. Use only for debugging.")
+            args.append("--insecure")
+        else:
+            self.tls = make_server_tls(self.workdir / "tls")
+            args += [
+                "--ssl-ca-certfile", str(self.tls.ca_certificate),
+                "--ssl-certfile", str(self.tls.server_certificate),
+                "--ssl-keyfile", str(self.tls.server_key),
+            ]
+        proc = self._spawn("superlink", args)
+        self._wait_for_port(proc, self.fleet_port)
+        self._wait_for_port(proc, self.control_port)
+        self._write_cli_config()
+
+    def add_hospital(self, *, institution: str, data_path: Path, node_config: dict[str, Any] | None = None) -> ManagedProcess:
+        if not self.fleet_port:
+            raise FederationError("start the SuperLink before adding hospitals")
+        config = {"institution": institution, "data-path": str(Path(data_path).resolve()), **(node_config or {})}
+        port = free_port()
+        args = [
+            _bin("flower-supernode"),
+            "--superlink", f"127.0.0.1:{self.fleet_port}",
+            "--port", str(port),
+            "--node-config", " ".join(f"{k}={json.dumps(v)}" for k, v in config.items()),
+        ]
+        args += ["--insecure"] if self.insecure else ["--root-certificates", str(self.tls.ca_certificate)]  # type: ignore[union-attr]
+        proc = self._spawn(f"supernode-{institution}", args)
+        self._wait_for_port(proc, port)
+        return proc
+
+    def _write_cli_config(self) -> None:
+        connection: dict[str, Any] = {"address": f"127.0.0.1:{self.control_port}"}
+        if self.insecure:
+            connection["insecure"] = True
+        else:
+            connection["root-certificates"] = str(self.tls.ca_certificate)  # type: ignore[union-attr]
+        home = self.workdir / "homes" / "cli"
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "config.toml").write_text(tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: connection}}))
+
+    def flwr(self, *args: str, timeout: float = 120.0) -> dict[str, Any]:
+        """Run a `flwr` CLI command against this federation and parse its JSON answer."""
+        cmd = [_bin("flwr"), *args, "--format", "json"]
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, env=self._env(self.workdir / "homes" / "cli"), cwd=self.workdir
+        )
+        try:
+            answer = json.loads(done.stdout[done.stdout.index("{"):])
+        except ValueError as exc:
+            raise FederationError(f"`flwr {' '.join(args)}` gave no JSON (exit {done.returncode}): {done.stdout}{done.stderr}") from exc
+        if not answer.get("success", False):
+            raise FederationError(f"`flwr {' '.join(args)}` failed: {answer.get('error-message', answer)}")
+        return answer
+
+    def submit(self, *, app_dir: Path, run_config: dict[str, Any]) -> int:
+        config_path = self.workdir / f"run-config-{time.time_ns()}.toml"
+        config_path.write_text(tomli_w.dumps(run_config))
+        answer = self.flwr("run", str(app_dir), CONNECTION, "--run-config", str(config_path))
+        return int(answer["run-id"])
+
+    def run_status(self, run_id: int) -> str:
+        """Flower's status string, e.g. `running` or `finished:completed`."""
+        runs = self.flwr("ls", CONNECTION, "--run-id", str(run_id))["runs"]
+        return str(runs[0]["status"]) if runs else "unknown"
+
+    def stop_run(self, run_id: int) -> None:
+        try:
+            self.flwr("stop", str(run_id), CONNECTION, timeout=30)
+        except (FederationError, subprocess.TimeoutExpired) as exc:
+            log.warning("could not stop run %d cleanly: %s", run_id, exc)
+
+    # ---- shutdown -------------------------------------------------------------
+    def _tree(self, proc: ManagedProcess) -> list[psutil.Process]:
+        try:
+            root = psutil.Process(proc.popen.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self, *, grace: float = 10.0) -> None:
+        """Stop hospitals first, then the SuperLink; SIGKILL whatever ignores SIGTERM."""
+        for proc in reversed(self.processes):
+            tree = self._tree(proc)
+            self.seen_pids.update(p.pid for p in tree)
+            for p in tree:
+                try:
+                    p.send_signal(signal.SIGTERM)
+                except psutil.NoSuchProcess:
+                    pass
+            _, alive = psutil.wait_procs(tree, timeout=grace)
+            for p in alive:
+                log.warning("%s: pid %d ignored SIGTERM, killing it", proc.name, p.pid)
+                try:
+                    p.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            psutil.wait_procs(alive, timeout=grace)
+            proc.popen.poll()
+        self.processes.clear()
+
+    def __enter__(self) -> LocalFederation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

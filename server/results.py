@@ -1,0 +1,97 @@
+"""`results.json`: the machine-readable record of a run, rewritten after every round.
+
+Rewriting it atomically each round means a crashed run still leaves a valid
+file that says how far it got.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from common.atomic import write_json_atomic
+from server.replies import Rejection, SortedReplies
+from server.fedavg import weighted_mean
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class RunResults:
+    path: Path
+    run_id: int
+    privacy_mode: str
+    model: str
+    parameter_count: int
+    num_rounds: int
+    status: str = "running"
+    started_at: str = field(default_factory=_now)
+    finished_at: str | None = None
+    final_model_path: str | None = None
+    initial: dict[str, Any] | None = None
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+
+    def record_round(self, *, server_round: int, replies: SortedReplies, model_path: Path) -> None:
+        """Record who took part; the scores of this round's model arrive with the next message."""
+        participants = sorted(u.institution for u in replies.updates)
+        self.rounds.append(
+            {
+                "round": server_round,
+                "status": "aggregated",
+                "participants": participants,
+                "rejected": [asdict(r) for r in replies.rejections],
+                "train_loss": weighted_mean(replies.train_losses),
+                "loss": None,
+                "accuracy": None,
+                "per_institution": {},
+                "epsilon": {name: None for name in participants},
+                "model_path": str(model_path),
+            }
+        )
+
+    def record_failed_round(self, *, server_round: int, reason: str, rejections: list[Rejection]) -> None:
+        self.rounds.append(
+            {
+                "round": server_round,
+                "status": "failed",
+                "reason": reason,
+                "participants": [],
+                "rejected": [asdict(r) for r in rejections],
+                "train_loss": None,
+                "loss": None,
+                "accuracy": None,
+                "per_institution": {},
+                "epsilon": {},
+            }
+        )
+
+    def record_scores(self, *, after_round: int, replies: SortedReplies) -> None:
+        """Scores of the global model produced by `after_round` (0: the initial model)."""
+        summary = {
+            "loss": weighted_mean([(loss, n) for _, loss, _, n in replies.scores]),
+            "accuracy": weighted_mean([(acc, n) for _, _, acc, n in replies.scores]),
+            "per_institution": {
+                who: {"loss": loss, "accuracy": acc, "examples": n} for who, loss, acc, n in replies.scores
+            },
+        }
+        if after_round == 0:
+            self.initial = summary
+            return
+        for entry in self.rounds:
+            if entry["round"] == after_round:
+                entry.update(summary)
+
+    def finish(self, *, status: str, final_model_path: Path | None, error: str | None = None) -> None:
+        self.status, self.error, self.finished_at = status, error, _now()
+        self.final_model_path = str(final_model_path) if final_model_path else None
+        self.save()
+
+    def save(self) -> None:
+        payload = asdict(self)
+        payload.pop("path")
+        write_json_atomic(self.path, payload)
