@@ -1,0 +1,21 @@
+# The two commands of the README. Each sets up its own virtual environment first.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test setup
+
+$(BIN)/fedcare: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# torch first and pinned: pip then takes the CPU wheel and never pulls a multi-GB CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+setup: $(BIN)/fedcare
+
+demo: setup
+	$(BIN)/fedcare demo
+
+test: setup
+	$(BIN)/python -m pytest

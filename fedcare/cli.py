@@ -1,0 +1,54 @@
+"""The `fedcare` command line."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from common.demo_data import DemoDataset
+from fedcare.federation import FederationError
+
+app = typer.Typer(help="fedcare: federated learning for hospitals.", no_args_is_help=True, add_completion=False)
+console = Console(stderr=True)
+
+
+@app.callback()
+def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show debug logs.")] = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(name)s: %(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
+
+
+@app.command()
+def demo(
+    hospitals: Annotated[int, typer.Option(min=2, help="Number of hospitals (SuperNodes).")] = 3,
+    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 5,
+    dataset: Annotated[DemoDataset, typer.Option(help="Built-in data set: breast-cancer (MLP) or digits (CNN).")] = "breast-cancer",
+    out: Annotated[Path, typer.Option(help="Where data, federation state, logs and results go.")] = Path("fedcare-demo"),
+    insecure: Annotated[bool, typer.Option("--insecure", help="Turn TLS off. For debugging only.")] = False,
+) -> None:
+    """Run a real federation on this machine: SuperLink, one SuperNode per hospital, FedAvg."""
+    from fedcare.demo import DemoOptions, run_demo  # torch import only when needed
+
+    try:
+        outcome = run_demo(DemoOptions(hospitals=hospitals, rounds=rounds, dataset=dataset, out=out, insecure=insecure), console=console)
+    except FederationError as exc:
+        console.print(f"[red]demo failed:[/] {exc}")
+        raise typer.Exit(1) from exc
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted; every process the demo started has been stopped[/]")
+        raise typer.Exit(130) from None
+    if outcome.status != "finished:completed":
+        console.print(f"[red]run {outcome.run_id} ended as {outcome.status}[/]; see {out / 'federation' / 'logs'}")
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,152 @@
+"""`fedcare demo`: a whole federation on this machine, on built-in data, end to end.
+
+It goes through the same path a deployment does (SuperLink with TLS, one
+SuperNode per hospital, a run submitted with the flwr CLI), so a newcomer sees
+the real thing, not a simulation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from client.training import evaluate
+from common.data import load_hospital_table
+from common.demo_data import DemoDataset, DemoSplit, write_demo_split
+from common.models import build_model
+from common.schema import load_schema
+from fedcare.federation import FederationError, LocalFederation
+
+log = logging.getLogger("fedcare.demo")
+APP_DIR = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    hospitals: int = 3
+    rounds: int = 5
+    dataset: DemoDataset = "breast-cancer"
+    out: Path = Path("fedcare-demo")
+    insecure: bool = False
+    run_timeout: float = 1800.0
+
+
+@dataclass(frozen=True)
+class DemoOutcome:
+    run_id: int
+    status: str
+    results_path: Path
+    results: dict[str, Any]
+    holdout_accuracy: float | None
+
+
+def _app_dir() -> Path:
+    if not (APP_DIR / "pyproject.toml").exists():
+        raise FederationError(
+            f"the Flower app sources were not found at {APP_DIR}; run the demo from a fedcare checkout (pip install -e .)"
+        )
+    return APP_DIR
+
+
+def _read_results(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # not written yet
+
+
+def holdout_accuracy(results: dict[str, Any], split: DemoSplit) -> float | None:
+    """Score the final model on rows no hospital ever held."""
+    if not results.get("final_model_path"):
+        return None
+    schema = load_schema(split.schema_path)
+    model = build_model(schema)
+    model.load_state_dict(torch.load(results["final_model_path"], weights_only=True))
+    return evaluate(model, load_hospital_table(split.holdout_path, schema), device=torch.device("cpu")).accuracy
+
+
+def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoOutcome:
+    console = console or Console(stderr=True)
+    out = options.out.resolve()
+    split = write_demo_split(out / "data", dataset=options.dataset, hospitals=options.hospitals)
+    console.print(f"[bold]fedcare demo[/]: {options.hospitals} hospitals, {options.rounds} rounds, {options.dataset} (data in {split.schema_path.parent})")
+
+    with LocalFederation(out / "federation", insecure=options.insecure) as fed:
+        with console.status("starting the SuperLink and the hospitals' SuperNodes..."):
+            fed.start_superlink()
+            for i, path in enumerate(split.hospital_paths, start=1):
+                fed.add_hospital(institution=f"hospital-{i}", data_path=path)
+        tls = "off (INSECURE)" if options.insecure else "on"
+        console.print(f"SuperLink up: Fleet API (gRPC) 127.0.0.1:{fed.fleet_port}, control API 127.0.0.1:{fed.control_port}, TLS {tls}")
+
+        run_config = {
+            "num-rounds": options.rounds,
+            "schema-path": str(split.schema_path),
+            "results-dir": str(out / "runs"),
+            "min-nodes": options.hospitals,
+        }
+        run_id = fed.submit(app_dir=_app_dir(), run_config=run_config)
+        results_path = out / "runs" / str(run_id) / "results.json"
+        console.print(f"run {run_id} submitted; logs: {fed.workdir / 'logs'}")
+        try:
+            status = _follow(fed, run_id=run_id, results_path=results_path, rounds=options.rounds, timeout=options.run_timeout, console=console)
+        except BaseException:
+            fed.stop_run(run_id)
+            raise
+
+    results = _read_results(results_path) or {}
+    accuracy = holdout_accuracy(results, split) if status == "finished:completed" else None
+    outcome = DemoOutcome(run_id, status, results_path, results, accuracy)
+    print_summary(outcome, console=console)
+    return outcome
+
+
+def _follow(fed: LocalFederation, *, run_id: int, results_path: Path, rounds: int, timeout: float, console: Console) -> str:
+    """Show a progress bar fed by results.json until Flower reports the run finished."""
+    deadline = time.monotonic() + timeout
+    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} rounds"), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("federated training", total=rounds)
+        while True:
+            results = _read_results(results_path)
+            if results:
+                done = [r for r in results["rounds"] if r["status"] == "aggregated"]
+                scored = [r for r in results["rounds"] if r.get("accuracy") is not None]
+                desc = "federated training"
+                if scored:
+                    desc += f" (round {scored[-1]['round']} accuracy {scored[-1]['accuracy']:.3f})"
+                progress.update(task, completed=len(results["rounds"]), description=desc)
+                if len(done) < len(results["rounds"]):
+                    progress.update(task, description=f"{desc} [red]{len(results['rounds']) - len(done)} failed round(s)")
+            status = fed.run_status(run_id)
+            if status.startswith("finished"):
+                return status
+            if time.monotonic() > deadline:
+                raise FederationError(f"run {run_id} did not finish within {timeout:.0f} s (status {status})")
+            time.sleep(2.0)
+
+
+def print_summary(outcome: DemoOutcome, *, console: Console) -> None:
+    table = Table(title=f"run {outcome.run_id}: {outcome.status}")
+    for column in ("round", "status", "hospitals", "train loss", "val loss", "val accuracy"):
+        table.add_column(column, justify="right")
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    initial = outcome.results.get("initial") or {}
+    table.add_row("0", "initial", "", "", fmt(initial.get("loss")), fmt(initial.get("accuracy")))
+    for r in outcome.results.get("rounds", []):
+        table.add_row(str(r["round"]), r["status"], str(len(r["participants"])), fmt(r["train_loss"]), fmt(r["loss"]), fmt(r["accuracy"]))
+    console.print(table)
+    if outcome.holdout_accuracy is not None:
+        console.print(f"final model accuracy on held-out data (no hospital saw it): [bold]{outcome.holdout_accuracy:.4f}[/]")
+    console.print(f"results.json: {outcome.results_path}")
+    if outcome.results.get("final_model_path"):
+        console.print(f"final model:  {outcome.results['final_model_path']}")

@@ -1,0 +1,93 @@
+"""A real federation: SuperLink + 3 SuperNodes as OS processes, gRPC over TLS on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from client.training import evaluate
+from common.data import load_hospital_table
+from common.demo_data import DemoSplit
+from common.models import build_model, parameter_count
+from common.schema import load_schema
+from fedcare.federation import LocalFederation
+from tests.integration.conftest import APP_DIR, assert_all_exited, wait_finished
+
+pytestmark = pytest.mark.slow
+SEED = 42  # the ServerApp's default seed for the initial global model
+
+
+def test_three_hospitals_two_rounds_improve_the_model(tmp_path: Path, breast_cancer_split: DemoSplit) -> None:
+    split = breast_cancer_split
+    with LocalFederation(tmp_path / "fed") as fed:
+        fed.start_superlink()
+        for i, path in enumerate(split.hospital_paths, start=1):
+            fed.add_hospital(institution=f"hospital-{i}", data_path=path)
+        run_id = fed.submit(
+            app_dir=APP_DIR,
+            run_config={"num-rounds": 2, "schema-path": str(split.schema_path), "results-dir": str(tmp_path / "runs"), "min-nodes": 3},
+        )
+        status = wait_finished(fed, run_id)
+    assert_all_exited(fed.seen_pids)
+    assert status == "finished:completed"
+
+    results = json.loads((tmp_path / "runs" / str(run_id) / "results.json").read_text())
+    schema = load_schema(split.schema_path)
+    initial = build_model(schema, seed=SEED)
+    assert results["status"] == "completed"
+    assert results["privacy_mode"] == "plain"
+    assert results["parameter_count"] == parameter_count(initial)
+    assert [r["round"] for r in results["rounds"]] == [1, 2]
+    for entry in results["rounds"]:
+        assert entry["status"] == "aggregated"
+        assert entry["participants"] == ["hospital-1", "hospital-2", "hospital-3"]
+        assert entry["rejected"] == []
+        assert 0.0 <= entry["accuracy"] <= 1.0 and entry["loss"] > 0
+        assert entry["epsilon"] == {"hospital-1": None, "hospital-2": None, "hospital-3": None}
+        assert Path(entry["model_path"]).exists()
+
+    # The global model must have improved on rows no hospital trained on.
+    holdout = load_hospital_table(split.holdout_path, schema)
+    final = build_model(schema)
+    final.load_state_dict(torch.load(results["final_model_path"], weights_only=True))
+    before = evaluate(initial, holdout, device=torch.device("cpu"))
+    after = evaluate(final, holdout, device=torch.device("cpu"))
+    assert after.loss < before.loss
+    assert after.accuracy > before.accuracy + 0.2, (before, after)
+
+
+def test_a_hospital_with_a_malformed_file_is_rejected_and_the_round_goes_on(
+    tmp_path: Path, breast_cancer_split: DemoSplit
+) -> None:
+    split = breast_cancer_split
+    broken = tmp_path / "broken.csv"
+    lines = split.hospital_paths[2].read_text().splitlines()
+    header = lines[0].split(",")
+    row = lines[3].split(",")
+    row[header.index("mean_radius")] = "twelve"
+    lines[3] = ",".join(row)
+    broken.write_text("\n".join(lines) + "\n")
+
+    with LocalFederation(tmp_path / "fed") as fed:
+        fed.start_superlink()
+        fed.add_hospital(institution="hospital-1", data_path=split.hospital_paths[0])
+        fed.add_hospital(institution="hospital-2", data_path=split.hospital_paths[1])
+        fed.add_hospital(institution="hospital-3", data_path=broken)
+        run_id = fed.submit(
+            app_dir=APP_DIR,
+            run_config={"num-rounds": 1, "schema-path": str(split.schema_path), "results-dir": str(tmp_path / "runs"), "min-nodes": 3},
+        )
+        status = wait_finished(fed, run_id)
+    assert_all_exited(fed.seen_pids)
+    assert status == "finished:completed"
+    results = json.loads((tmp_path / "runs" / str(run_id) / "results.json").read_text())
+    (entry,) = results["rounds"]
+    assert entry["status"] == "aggregated"
+    assert entry["participants"] == ["hospital-1", "hospital-2"]
+    (rejection,) = entry["rejected"]
+    assert rejection["institution"] == "hospital-3"
+    assert rejection["code"] == "bad-local-data"
+    assert "row 3" in rejection["reason"] and "'mean_radius'" in rejection["reason"] and "broken.csv" in rejection["reason"]
