@@ -24,29 +24,26 @@ def train(msg: Message, context: Context) -> Message:
     try:
         local = LocalRound.from_message(msg, context)
         before = local.score()
-        train_loss = local.train()
+        outcome, event = local.train()
     except RoundRefused as exc:
         log.error("%s", exc)
         return Message(RecordDict({"status": ConfigRecord(exc.as_status())}), reply_to=msg)
     metrics = MetricRecord(
         {
             "num-examples": local.train_examples,
-            "train-loss": train_loss,
+            "train-loss": outcome.loss,
+            "skipped-steps": outcome.skipped_steps,
             "eval-loss": before.loss,
             "eval-accuracy": before.accuracy,
             "eval-examples": before.examples,
         }
     )
-    return Message(
-        RecordDict(
-            {
-                "arrays": local.export_weights(),
-                "metrics": metrics,
-                "status": ConfigRecord(local.ok_status()),
-            }
-        ),
-        reply_to=msg,
+    content = RecordDict(
+        {"arrays": local.export_weights(), "metrics": metrics, "status": ConfigRecord(local.ok_status())}
     )
+    if event is not None:
+        content["dp-event"] = ConfigRecord(event.as_record())
+    return Message(content, reply_to=msg)
 
 
 @app.evaluate()

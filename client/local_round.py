@@ -7,14 +7,16 @@ attached twice, and wrapped modules rename their keys).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 from flwr.app import ArrayRecord, Context, Message
 from torch import nn
 
-from client.training import Score, evaluate, make_loader, pick_device, train_epochs
+from client.accountant_state import AccountantStateError, DPEvent, HospitalAccountant
+from client.training import Score, evaluate, pick_device
 from common.codecs import InvalidUpdate, check_update, to_numpy, to_record, to_state_dict
 from common.data import HospitalData, load_hospital_table, split_train_validation
 from common.models import build_model
@@ -25,22 +27,32 @@ from common.settings import NodeSettings, SettingsError
 class RoundRefused(RuntimeError):
     """The hospital cannot take part in this round; `code` tells the server why."""
 
-    def __init__(self, *, code: str, reason: str, institution: str) -> None:
+    def __init__(self, *, code: str, reason: str, institution: str, details: dict[str, Any] | None = None) -> None:
         super().__init__(f"[{institution}] {code}: {reason}")
         self.code, self.reason, self.institution = code, reason, institution
+        self.details = details or {}
 
     def as_status(self) -> dict[str, Any]:
-        return {"ok": False, "code": self.code, "reason": self.reason, "institution": self.institution}
+        return {"ok": False, "code": self.code, "reason": self.reason, "institution": self.institution, **self.details}
+
+
+log = logging.getLogger("flwr.fedcare.client")
+
+if TYPE_CHECKING:
+    from client.dp_training import TrainingOutcome
 
 
 @dataclass
 class LocalRound:
     institution: str
+    node: NodeSettings
+    run_id: int
     config: dict[str, Any]
     train_data: HospitalData
     validation_data: HospitalData
     model: nn.Module
     device: torch.device
+    accountant: HospitalAccountant | None = field(default=None)
 
     @classmethod
     def from_message(cls, msg: Message, context: Context) -> LocalRound:
@@ -58,6 +70,14 @@ class LocalRound:
         except (SettingsError, SchemaError) as exc:
             raise RoundRefused(code="bad-local-data", reason=str(exc), institution=institution) from exc
 
+        accountant = None
+        if bool(config.get("dp", True)) and msg.metadata.message_type.startswith("train"):
+            try:
+                assert node.state_dir is not None  # filled in by NodeSettings
+                accountant = HospitalAccountant.for_institution(node.state_dir, institution)
+            except AccountantStateError as exc:
+                raise RoundRefused(code="accountant-state-error", reason=str(exc), institution=institution) from exc
+
         device = pick_device()
         model = build_model(schema)
         global_weights = msg.content["arrays"]
@@ -69,11 +89,14 @@ class LocalRound:
         model.load_state_dict(to_state_dict(global_weights))
         return cls(
             institution=institution,
+            node=node,
+            run_id=msg.metadata.run_id,
             config=config,
             train_data=train_data,
             validation_data=validation_data,
             model=model.to(device),
             device=device,
+            accountant=accountant,
         )
 
     @property
@@ -83,17 +106,95 @@ class LocalRound:
     def score(self) -> Score:
         return evaluate(self.model, self.validation_data, device=self.device)
 
-    def train(self) -> float:
-        loader = make_loader(
-            self.train_data,
-            batch_size=int(self.config["batch-size"]),
-            shuffle=True,
-            seed=int(self.config["seed"]) + int(self.config["server-round"]),
+    def train(self) -> tuple[TrainingOutcome, DPEvent | None]:
+        """Train locally; with DP the round's spending is committed to disk first."""
+        # Imported here: Opacus is heavy, and evaluate messages (a fresh process each) never need it.
+        from client.dp_training import DPConfigError, train_plain, train_private
+
+        c = self.config
+        common = {
+            "batch_size": int(c["batch-size"]),
+            "epochs": int(c["local-epochs"]),
+            "learning_rate": float(c["learning-rate"]),
+            "amp": str(c["amp"]),
+            "device": self.device,
+            "seed": int(c["seed"]) + int(c["server-round"]),
+        }
+        try:
+            if self.accountant is None:
+                log.warning("[%s] DIFFERENTIAL PRIVACY IS OFF for this run: the update carries no DP guarantee", self.institution)
+                return train_plain(self.model, self.train_data, **common), None
+            event = self._commit_spending()
+            outcome = train_private(
+                self.model,
+                self.train_data,
+                noise_multiplier=event.noise_multiplier,
+                max_grad_norm=float(c["max-grad-norm"]),
+                grad_sample_mode=str(c["grad-sample-mode"]),
+                **common,
+            )
+        except DPConfigError as exc:
+            raise RoundRefused(code="bad-dp-config", reason=str(exc), institution=self.institution) from exc
+        if outcome.steps > event.steps:
+            # Never let an update out that spent more than the ledger says.
+            raise RoundRefused(
+                code="accounting-mismatch",
+                reason=f"training took {outcome.steps} noisy steps but only {event.steps} were recorded",
+                institution=self.institution,
+            )
+        return outcome, event
+
+    def _commit_spending(self) -> DPEvent:
+        from client.dp_training import plan_round
+        from opacus.accountants.utils import get_noise_multiplier
+
+        assert self.accountant is not None
+        c = self.config
+        sample_rate, steps = plan_round(
+            num_examples=len(self.train_data), batch_size=int(c["batch-size"]), epochs=int(c["local-epochs"])
         )
-        optimizer = torch.optim.Adam(self.model.parameters(), lr=float(self.config["learning-rate"]))
-        return train_epochs(
-            self.model, loader, optimizer=optimizer, epochs=int(self.config["local-epochs"]), device=self.device
+        accountant_name, delta = str(c["accountant"]), float(c["delta"])
+        if float(c["target-epsilon"]) > 0:
+            # Chosen once for the whole run's planned steps: re-targeting every round overshoots.
+            noise = float(
+                get_noise_multiplier(
+                    target_epsilon=float(c["target-epsilon"]),
+                    target_delta=delta,
+                    sample_rate=sample_rate,
+                    steps=steps * int(c["num-rounds"]),
+                    accountant=accountant_name,
+                )
+            )
+        else:
+            noise = float(c["noise-multiplier"])
+        projected = self.accountant.projected_epsilon(
+            noise_multiplier=noise, sample_rate=sample_rate, steps=steps, accountant=accountant_name, delta=delta
         )
+        limit = self.node.epsilon_limit
+        if limit is not None and projected > limit:
+            spent = self.accountant.epsilon(accountant=accountant_name, delta=delta)
+            raise RoundRefused(
+                code="budget-exhausted",
+                reason=(
+                    f"this round would raise epsilon from {spent:.3f} to {projected:.3f}, above the limit {limit:g}; "
+                    "no training done, nothing sent"
+                ),
+                institution=self.institution,
+                details={"epsilon": spent, "epsilon-limit": limit},
+            )
+        event = DPEvent(
+            noise_multiplier=noise,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=accountant_name,
+            epsilon=projected,
+            delta=delta,
+            run_id=self.run_id,
+            server_round=int(c["server-round"]),
+        )
+        self.accountant.commit(event)
+        log.info("[%s] round %s: epsilon %.3f after this round (committed to %s)", self.institution, c["server-round"], projected, self.accountant.path)
+        return event
 
     def export_weights(self) -> ArrayRecord:
         return to_record(self.model.state_dict())

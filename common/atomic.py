@@ -29,4 +29,4 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
-    write_bytes_atomic(path, json.dumps(payload, indent=2, sort_keys=False).encode())
+    write_bytes_atomic(path, json.dumps(payload, indent=2, allow_nan=False).encode())

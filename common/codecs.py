@@ -39,7 +39,7 @@ def check_update(
     update: dict[str, np.ndarray], *, reference: dict[str, np.ndarray]
 ) -> None:
     """Raise InvalidUpdate unless `update` matches `reference` in keys, shapes and finiteness."""
-    if list(update) != list(reference):
+    if set(update) != set(reference):
         missing = sorted(set(reference) - set(update))
         extra = sorted(set(update) - set(reference))
         raise InvalidUpdate(f"tensor names differ from the global model (missing {missing}, unexpected {extra})")
@@ -47,7 +47,7 @@ def check_update(
         value = update[name]
         if value.shape != ref.shape:
             raise InvalidUpdate(f"tensor {name!r} has shape {value.shape}, expected {ref.shape}")
-        if not np.issubdtype(value.dtype, np.floating):
-            raise InvalidUpdate(f"tensor {name!r} has dtype {value.dtype}, expected a float type")
+        if value.dtype != ref.dtype:
+            raise InvalidUpdate(f"tensor {name!r} has dtype {value.dtype}, expected {ref.dtype}")
         if not np.isfinite(value).all():
             raise InvalidUpdate(f"tensor {name!r} contains NaN or infinite values")

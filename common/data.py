@@ -33,7 +33,7 @@ def _read_table(path: Path) -> pd.DataFrame:
     try:
         if suffix == ".csv":
             # Read as text so a stray word is reported as such, not coerced to NaN.
-            return pd.read_csv(path, dtype=str, keep_default_na=False)
+            return pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
         if suffix in {".parquet", ".pq"}:
             return pd.read_parquet(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
@@ -76,7 +76,7 @@ def load_hospital_table(path: Path | str, schema: DatasetSchema) -> HospitalData
     if invalid.any():
         row = int(np.flatnonzero(invalid)[0])
         raise SchemaError(
-            f"{path}: row {row + 1}, column {schema.label!r} has {labels[row]!r}; "
+            f"{path}: row {row + 1}, column {schema.label!r} has {str(frame[schema.label].iloc[row]).strip()!r}; "
             f"labels must be integers in [0, {schema.num_classes - 1}]"
         )
     return HospitalData(features=features, labels=labels.astype(np.int64))

@@ -7,9 +7,9 @@ them inside each message's config, so both sides agree on one set of values.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class SettingsError(ValueError):
@@ -32,6 +32,15 @@ class RunSettings(BaseModel):
     seed: int = 42
     schema_path: str
     results_dir: str = "fedcare-runs"
+    # Local differential privacy (DP-SGD at every hospital). On unless explicitly turned off.
+    dp: bool = True
+    noise_multiplier: float = Field(default=1.0, gt=0)
+    target_epsilon: float = Field(default=0.0, ge=0)  # > 0: noise chosen once for the whole run
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    delta: float = Field(default=1e-5, gt=0, lt=1)
+    accountant: Literal["rdp", "prv"] = "rdp"
+    grad_sample_mode: Literal["auto", "hooks", "ew", "functorch", "ghost"] = "auto"
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> RunSettings:
@@ -51,6 +60,15 @@ class NodeSettings(BaseModel):
 
     institution: str = Field(min_length=1)
     data_path: Path
+    state_dir: Path | None = None  # where the privacy accountant lives; default under the home directory
+    epsilon_limit: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _default_state_dir(self) -> NodeSettings:
+        if self.state_dir is None:
+            slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in self.institution)
+            self.state_dir = Path.home() / ".fedcare" / "state" / slug
+        return self
 
     @classmethod
     def from_node_config(cls, node_config: dict[str, Any]) -> NodeSettings:

@@ -28,6 +28,7 @@ class TlsFiles:
 def _write_private(path: Path, data: bytes) -> None:
     """Private keys are created 0600 from the first byte, never widened afterwards."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its old mode through O_CREAT
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -33,12 +33,23 @@ def demo(
     dataset: Annotated[DemoDataset, typer.Option(help="Built-in data set: breast-cancer (MLP) or digits (CNN).")] = "breast-cancer",
     out: Annotated[Path, typer.Option(help="Where data, federation state, logs and results go.")] = Path("fedcare-demo"),
     insecure: Annotated[bool, typer.Option("--insecure", help="Turn TLS off. For debugging only.")] = False,
+    dp: Annotated[bool, typer.Option("--dp/--no-dp", help="Local DP-SGD at every hospital (on by default).")] = True,
+    noise_multiplier: Annotated[Optional[float], typer.Option(min=0.0, min_open=True, help="DP noise multiplier (default 1.0).")] = None,
+    target_epsilon: Annotated[Optional[float], typer.Option(min=0.0, min_open=True, help="Choose the noise so the whole run spends this epsilon.")] = None,
+    epsilon_limit: Annotated[Optional[float], typer.Option(min=0.0, min_open=True, help="Each hospital's lifetime epsilon limit.")] = None,
+    state_dir: Annotated[Optional[Path], typer.Option(help="Hospitals' privacy state (default OUT/state); reuse it and epsilon continues.")] = None,
 ) -> None:
     """Run a real federation on this machine: SuperLink, one SuperNode per hospital, FedAvg."""
     from fedcare.demo import DemoOptions, run_demo  # torch import only when needed
 
     try:
-        outcome = run_demo(DemoOptions(hospitals=hospitals, rounds=rounds, dataset=dataset, out=out, insecure=insecure), console=console)
+        if noise_multiplier is not None and target_epsilon is not None:
+            raise typer.BadParameter("give --noise-multiplier or --target-epsilon, not both")
+        options = DemoOptions(
+            hospitals=hospitals, rounds=rounds, dataset=dataset, out=out, insecure=insecure, dp=dp,
+            noise_multiplier=noise_multiplier, target_epsilon=target_epsilon, state_dir=state_dir, epsilon_limit=epsilon_limit,
+        )
+        outcome = run_demo(options, console=console)
     except FederationError as exc:
         console.print(f"[red]demo failed:[/] {exc}")
         raise typer.Exit(1) from exc

@@ -38,6 +38,11 @@ class DemoOptions:
     out: Path = Path("fedcare-demo")
     insecure: bool = False
     run_timeout: float = 1800.0
+    dp: bool = True
+    noise_multiplier: float | None = None
+    target_epsilon: float | None = None
+    state_dir: Path | None = None  # default: OUT/state; reuse it and epsilon continues
+    epsilon_limit: float | None = None
 
 
 @dataclass(frozen=True)
@@ -78,13 +83,17 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoOut
     console = console or Console(stderr=True)
     out = options.out.resolve()
     split = write_demo_split(out / "data", dataset=options.dataset, hospitals=options.hospitals)
+    state_dir = (options.state_dir or out / "state").resolve()
     console.print(f"[bold]fedcare demo[/]: {options.hospitals} hospitals, {options.rounds} rounds, {options.dataset} (data in {split.schema_path.parent})")
 
     with LocalFederation(out / "federation", insecure=options.insecure) as fed:
         with console.status("starting the SuperLink and the hospitals' SuperNodes..."):
             fed.start_superlink()
             for i, path in enumerate(split.hospital_paths, start=1):
-                fed.add_hospital(institution=f"hospital-{i}", data_path=path)
+                node_config: dict[str, object] = {"state-dir": str(state_dir / f"hospital-{i}")}
+                if options.epsilon_limit is not None:
+                    node_config["epsilon-limit"] = options.epsilon_limit
+                fed.add_hospital(institution=f"hospital-{i}", data_path=path, node_config=node_config)
         tls = "off (INSECURE)" if options.insecure else "on"
         console.print(f"SuperLink up: Fleet API (gRPC) 127.0.0.1:{fed.fleet_port}, control API 127.0.0.1:{fed.control_port}, TLS {tls}")
 
@@ -93,7 +102,11 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoOut
             "schema-path": str(split.schema_path),
             "results-dir": str(out / "runs"),
             "min-nodes": options.hospitals,
+            **_privacy_config(options),
         }
+        if not options.dp:
+            console.print("[bold red]WARNING: differential privacy is OFF (--no-dp): updates carry no DP guarantee[/]")
+        console.print(f"privacy accountants: {state_dir}/<hospital>/privacy-accountant.json")
         run_id = fed.submit(app_dir=_app_dir(), run_config=run_config)
         results_path = out / "runs" / str(run_id) / "results.json"
         console.print(f"run {run_id} submitted; logs: {fed.workdir / 'logs'}")
@@ -108,6 +121,19 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoOut
     outcome = DemoOutcome(run_id, status, results_path, results, accuracy)
     print_summary(outcome, console=console)
     return outcome
+
+
+def _privacy_config(options: DemoOptions) -> dict[str, object]:
+    if not options.dp:
+        return {"dp": False}
+    if options.noise_multiplier is not None and options.target_epsilon is not None:
+        raise ValueError("give either a noise multiplier or a target epsilon, not both")
+    config: dict[str, object] = {"dp": True}
+    if options.noise_multiplier is not None:
+        config["noise-multiplier"] = options.noise_multiplier
+    if options.target_epsilon is not None:
+        config["target-epsilon"] = options.target_epsilon
+    return config
 
 
 def _follow(fed: LocalFederation, *, run_id: int, results_path: Path, rounds: int, timeout: float, console: Console) -> str:
@@ -137,13 +163,17 @@ def _follow(fed: LocalFederation, *, run_id: int, results_path: Path, rounds: in
 
 def print_summary(outcome: DemoOutcome, *, console: Console) -> None:
     table = Table(title=f"run {outcome.run_id}: {outcome.status}")
-    for column in ("round", "status", "hospitals", "train loss", "val loss", "val accuracy"):
+    for column in ("round", "status", "hospitals", "train loss", "val loss", "val accuracy", "epsilon (max)"):
         table.add_column(column, justify="right")
     fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
     initial = outcome.results.get("initial") or {}
-    table.add_row("0", "initial", "", "", fmt(initial.get("loss")), fmt(initial.get("accuracy")))
+    table.add_row("0", "initial", "", "", fmt(initial.get("loss")), fmt(initial.get("accuracy")), "")
     for r in outcome.results.get("rounds", []):
-        table.add_row(str(r["round"]), r["status"], str(len(r["participants"])), fmt(r["train_loss"]), fmt(r["loss"]), fmt(r["accuracy"]))
+        spent = [e for e in r["epsilon"].values() if e is not None]
+        table.add_row(
+            str(r["round"]), r["status"], str(len(r["participants"])), fmt(r["train_loss"]), fmt(r["loss"]),
+            fmt(r["accuracy"]), f"{max(spent):.3f}" if spent else "off",
+        )
     console.print(table)
     if outcome.holdout_accuracy is not None:
         console.print(f"final model accuracy on held-out data (no hospital saw it): [bold]{outcome.holdout_accuracy:.4f}[/]")

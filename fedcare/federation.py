@@ -207,6 +207,19 @@ class LocalFederation:
         except psutil.NoSuchProcess:
             return []
 
+    def kill(self, proc: ManagedProcess) -> None:
+        """SIGKILL a process and its children, as a crash or a power cut would."""
+        tree = self._tree(proc)
+        self.seen_pids.update(p.pid for p in tree)
+        for p in tree:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(tree, timeout=10)
+        proc.popen.poll()
+        self.processes.remove(proc)
+
     def stop(self, *, grace: float = 10.0) -> None:
         """Stop hospitals first, then the SuperLink; SIGKILL whatever ignores SIGTERM."""
         for proc in reversed(self.processes):

@@ -49,6 +49,15 @@ def _message_config(settings: RunSettings, schema: DatasetSchema, server_round: 
             "learning-rate": settings.learning_rate,
             "validation-fraction": settings.validation_fraction,
             "seed": settings.seed,
+            "num-rounds": settings.num_rounds,
+            "dp": settings.dp,
+            "noise-multiplier": settings.noise_multiplier,
+            "target-epsilon": settings.target_epsilon,
+            "max-grad-norm": settings.max_grad_norm,
+            "delta": settings.delta,
+            "accountant": settings.accountant,
+            "grad-sample-mode": settings.grad_sample_mode,
+            "amp": settings.amp,
         }
     )
 
@@ -72,6 +81,21 @@ def _log_rejections(server_round: int, replies: SortedReplies) -> None:
         log.warning("round %d: rejected %s (node %d): %s: %s", server_round, r.institution, r.node_id, r.code, r.reason)
 
 
+def _dp_summary(settings: RunSettings) -> dict[str, object]:
+    if not settings.dp:
+        return {"enabled": False}
+    return {
+        "enabled": True,
+        "noise_multiplier": None if settings.target_epsilon > 0 else settings.noise_multiplier,
+        "target_epsilon": settings.target_epsilon or None,
+        "max_grad_norm": settings.max_grad_norm,
+        "delta": settings.delta,
+        "accountant": settings.accountant,
+        "grad_sample_mode": settings.grad_sample_mode,
+        "amp": settings.amp,
+    }
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     settings = RunSettings.from_run_config(context.run_config)
@@ -88,8 +112,11 @@ def main(grid: Grid, context: Context) -> None:
         model=schema.model,
         parameter_count=parameter_count(model),
         num_rounds=settings.num_rounds,
+        dp=_dp_summary(settings),
     )
     results.save()
+    if not settings.dp:
+        log.warning("DIFFERENTIAL PRIVACY IS OFF for run %d (asked for with dp=false): hospitals' updates carry no DP guarantee", grid.run.run_id)
     log.info("run %d: results in %s", grid.run.run_id, results.path)
 
     scored_round, model_path = 0, None
@@ -110,7 +137,7 @@ def main(grid: Grid, context: Context) -> None:
             if not replies.updates:
                 reason = "no valid update from any hospital"
                 log.error("round %d failed: %s; the global model is unchanged", server_round, reason)
-                results.record_failed_round(server_round=server_round, reason=reason, rejections=replies.rejections)
+                results.record_failed_round(server_round=server_round, reason=reason, replies=replies)
                 results.save()
                 continue
             global_weights = fedavg(replies.updates)

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import ArrayRecord, Message
+from flwr.app import ArrayRecord, Message, MetricRecord
 
 from common.codecs import InvalidUpdate, check_update, to_numpy
 from server.fedavg import ClientUpdate
@@ -29,6 +29,33 @@ class SortedReplies:
     scores: list[tuple[str, float, float, int]] = field(default_factory=list)  # institution, loss, accuracy, n
     train_losses: list[tuple[float, int]] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
+    dp_events: dict[str, dict[str, object]] = field(default_factory=dict)  # institution -> the round's DP event
+    epsilon_known: dict[str, float] = field(default_factory=dict)  # from refusals that report spending
+
+
+def _epsilon(value: object) -> float:
+    eps = float(value)  # type: ignore[arg-type]
+    if not (np.isfinite(eps) and eps >= 0):
+        raise InvalidUpdate(f"reported epsilon {value!r} is not a finite number >= 0")
+    return eps
+
+
+def _dp_event(msg: Message) -> dict[str, object] | None:
+    record = msg.content.get("dp-event")
+    if record is None:
+        return None
+    event = dict(record)
+    event["epsilon"] = _epsilon(event.get("epsilon"))
+    return event
+
+
+def _score(who: str, metrics: MetricRecord) -> tuple[str, float, float, int] | None:
+    if "eval-examples" not in metrics or int(metrics["eval-examples"]) <= 0:
+        return None
+    loss, accuracy = float(metrics["eval-loss"]), float(metrics["eval-accuracy"])
+    if not (np.isfinite(loss) and loss >= 0 and 0.0 <= accuracy <= 1.0):
+        raise InvalidUpdate(f"scores out of range (loss {loss}, accuracy {accuracy})")
+    return (who, loss, accuracy, int(metrics["eval-examples"]))
 
 
 def _institution(msg: Message) -> str:
@@ -51,28 +78,40 @@ def sort_replies(
         if status is None or not bool(status.get("ok", False)):
             code = str(status.get("code", "refused")) if status else "no-status"
             reason = str(status.get("reason", "")) if status else "reply carries no status record"
+            if status is not None and "epsilon" in status:
+                try:
+                    out.epsilon_known[who] = _epsilon(status["epsilon"])
+                except (InvalidUpdate, TypeError, ValueError) as exc:
+                    reason += f" (and its reported spending is unusable: {exc})"
             out.rejections.append(Rejection(who, node_id, code, reason))
             continue
         try:
             metrics = msg.content["metrics"]
-            if "eval-examples" in metrics and int(metrics["eval-examples"]) > 0:
-                out.scores.append(
-                    (who, float(metrics["eval-loss"]), float(metrics["eval-accuracy"]), int(metrics["eval-examples"]))
-                )
-            if expect_update:
-                assert reference is not None
-                arrays = msg.content.get("arrays")
-                if not isinstance(arrays, ArrayRecord):
-                    raise InvalidUpdate("reply has no model weights")
-                weights = to_numpy(arrays)
-                check_update(weights, reference=reference)
-                n = int(metrics["num-examples"])
-                if n <= 0:
-                    raise InvalidUpdate(f"num-examples is {n}; it must be positive")
-                loss = float(metrics["train-loss"])
-                if np.isfinite(loss):
-                    out.train_losses.append((loss, n))
-                out.updates.append(ClientUpdate(who, node_id, weights, n))
+            score = _score(who, metrics)
+            if not expect_update:
+                if score is not None:
+                    out.scores.append(score)
+                continue
+            assert reference is not None
+            arrays = msg.content.get("arrays")
+            if not isinstance(arrays, ArrayRecord):
+                raise InvalidUpdate("reply has no model weights")
+            weights = to_numpy(arrays)
+            check_update(weights, reference=reference)
+            n = int(metrics["num-examples"])
+            if n <= 0:
+                raise InvalidUpdate(f"num-examples is {n}; it must be positive")
+            loss = float(metrics["train-loss"])
+            event = _dp_event(msg)
+            # Every check passed: only now does anything of this reply count.
+            if score is not None:
+                out.scores.append(score)
+            if np.isfinite(loss):
+                out.train_losses.append((loss, n))
+            out.updates.append(ClientUpdate(who, node_id, weights, n))
+            if event is not None:
+                out.dp_events[who] = event
+                out.epsilon_known[who] = float(event["epsilon"])  # type: ignore[arg-type]
         except (InvalidUpdate, KeyError, TypeError, ValueError) as exc:
             out.rejections.append(Rejection(who, node_id, "invalid-update", str(exc)))
     return out

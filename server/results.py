@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from common.atomic import write_json_atomic
-from server.replies import Rejection, SortedReplies
+from server.replies import SortedReplies
 from server.fedavg import weighted_mean
 
 
@@ -28,6 +28,7 @@ class RunResults:
     model: str
     parameter_count: int
     num_rounds: int
+    dp: dict[str, Any] = field(default_factory=lambda: {"enabled": False})
     status: str = "running"
     started_at: str = field(default_factory=_now)
     finished_at: str | None = None
@@ -49,24 +50,33 @@ class RunResults:
                 "loss": None,
                 "accuracy": None,
                 "per_institution": {},
-                "epsilon": {name: None for name in participants},
+                "epsilon": self._epsilon(participants, replies),
+                "dp_events": replies.dp_events,
                 "model_path": str(model_path),
             }
         )
 
-    def record_failed_round(self, *, server_round: int, reason: str, rejections: list[Rejection]) -> None:
+    @staticmethod
+    def _epsilon(participants: list[str], replies: SortedReplies) -> dict[str, float | None]:
+        """Cumulative epsilon per institution: null while DP is off, known also for refusing ones."""
+        known = {name: replies.epsilon_known.get(name) for name in participants}
+        known.update(replies.epsilon_known)
+        return dict(sorted(known.items()))
+
+    def record_failed_round(self, *, server_round: int, reason: str, replies: SortedReplies) -> None:
         self.rounds.append(
             {
                 "round": server_round,
                 "status": "failed",
                 "reason": reason,
                 "participants": [],
-                "rejected": [asdict(r) for r in rejections],
+                "rejected": [asdict(r) for r in replies.rejections],
                 "train_loss": None,
                 "loss": None,
                 "accuracy": None,
                 "per_institution": {},
-                "epsilon": {},
+                "epsilon": self._epsilon([], replies),
+                "dp_events": {},
             }
         )
 

@@ -1,0 +1,1 @@
+"""quickstart_reference: a quickstart-pytorch-style Flower app on fedcare's model and data."""

@@ -1,0 +1,286 @@
+"""Seconds per round: fedcare next to a quickstart-style Flower app, on one real federation.
+
+Both apps run on the same LocalFederation (a SuperLink with TLS and one SuperNode
+per hospital, separate processes talking gRPC over 127.0.0.1), one after the
+other, with the same model, hospital files and local training settings (read
+from fedcare's pyproject.toml). They differ only in how a round is orchestrated:
+
+- fedcare: one train message per hospital per round (the incoming global model is
+  scored inside it), plus one evaluate message at the end of the run;
+- reference (bench/reference_app, the way Flower's quickstart-pytorch is written):
+  stock `FedAvg.start`, a train and an evaluate message per hospital per round.
+
+For every run it records the wall time from `flwr run` to the SuperLink's
+finished timestamp, and the run's `elapsed` (running to finished) from `flwr ls`.
+`seconds_per_round` is elapsed / rounds. With --baseline-rounds B (default 1)
+each app also runs B rounds, and `marginal_seconds_per_round` is
+(elapsed(R) - elapsed(B)) / (R - B): the cost of one more round, without the
+fixed start-up and fedcare's closing evaluate message.
+
+    python bench/round_latency.py --rounds 5
+
+Prints a JSON object on stdout, writes OUT/round_latency.json and, when
+matplotlib is installed, OUT/round_latency.png. Progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+import tomllib
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import psutil
+from rich.console import Console
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as `python bench/round_latency.py` from a checkout
+
+from common.demo_data import DemoSplit, write_demo_split  # noqa: E402
+from fedcare.federation import FederationError, LocalFederation  # noqa: E402
+
+REFERENCE_APP = REPO / "bench" / "reference_app"
+GOAL_RATIO = 0.6  # the issue: fedcare at most 0.6 of the reference's time per round
+SHARED_KEYS = ("local-epochs", "batch-size", "learning-rate", "validation-fraction", "seed")
+console = Console(stderr=True)
+
+
+@dataclass(frozen=True)
+class RunTiming:
+    app: str
+    rounds: int
+    run_id: int
+    status: str
+    total_seconds: float  # `flwr run` called -> SuperLink's finished-at (1 s resolution)
+    elapsed_seconds: float  # flwr ls `elapsed`: running-at -> finished-at
+    observed_seconds: float  # `flwr run` called -> this script saw the run finished (poll granularity)
+    running_at: str
+    finished_at: str
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5, help="rounds per timed run (default 5)")
+    parser.add_argument("--hospitals", type=int, default=3, help="SuperNodes, one per hospital (default 3)")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "out", help="output folder (default bench/out)")
+    parser.add_argument("--baseline-rounds", type=int, default=1,
+                        help="also time runs of this many rounds to get the marginal cost of a round; 0 skips (default 1)")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs per app and round count; medians reported (default 1)")
+    parser.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
+                        help="first run one untimed 1-round reference run, so neither app pays for cold caches (default on)")
+    parser.add_argument("--insecure", action="store_true", help="TLS off (the demo and deployments use TLS)")
+    parser.add_argument("--poll-interval", type=float, default=3.0, help="seconds between `flwr ls` polls (default 3)")
+    parser.add_argument("--run-timeout", type=float, default=1800.0, help="give up on a run after this many seconds")
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.hospitals < 1 or args.repeats < 1:
+        parser.error("--rounds, --hospitals and --repeats must be at least 1")
+    if args.baseline_rounds and not 0 < args.baseline_rounds < args.rounds:
+        parser.error("--baseline-rounds must be 0 (off) or between 1 and --rounds - 1")
+    return args
+
+
+def fedcare_training_settings() -> dict[str, Any]:
+    """fedcare's own local-training settings, so the reference trains exactly the same way."""
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    return {key: config[key] for key in SHARED_KEYS}
+
+
+def run_configs(split: DemoSplit, *, hospitals: int, out: Path, training: dict[str, Any]) -> dict[str, tuple[Path, dict[str, Any], str]]:
+    """App name -> (app dir, run config without the round count, key of the round count)."""
+    common = {**training, "schema-path": str(split.schema_path), "min-nodes": hospitals}
+    return {
+        "fedcare": (REPO, {**common, "results-dir": str(out / "runs")}, "num-rounds"),
+        "reference": (REFERENCE_APP, {**common, "fraction-train": 1.0, "fraction-evaluate": 1.0}, "num-server-rounds"),
+    }
+
+
+def _utc(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace(" ", "T"))
+
+
+def time_run(fed: LocalFederation, *, app: str, app_dir: Path, run_config: dict[str, Any], rounds: int,
+             poll: float, timeout: float) -> RunTiming:
+    console.log(f"{app}: submitting a {rounds}-round run")
+    started = time.time()
+    run_id = fed.submit(app_dir=app_dir, run_config=run_config)
+    last_status = ""
+    try:
+        while True:
+            run = fed.flwr("ls", "fedcare", "--run-id", str(run_id))["runs"][0]
+            if run["status"] != last_status:
+                last_status = run["status"]
+                console.log(f"{app}: run {run_id} {last_status} after {time.time() - started:.1f} s")
+            if last_status.startswith("finished"):
+                break
+            if time.time() - started > timeout:
+                raise FederationError(f"{app}: run {run_id} did not finish within {timeout:.0f} s (status {last_status})")
+            time.sleep(poll)
+    except BaseException:
+        fed.stop_run(run_id)
+        raise
+    observed = time.time() - started
+    if last_status != "finished:completed":
+        raise FederationError(f"{app}: run {run_id} ended {last_status}: {run.get('status-details')}; logs in {fed.workdir / 'logs'}")
+    return RunTiming(
+        app=app, rounds=rounds, run_id=run_id, status=last_status,
+        total_seconds=round(_utc(run["finished-at"]).timestamp() - started, 1),
+        elapsed_seconds=float(run["elapsed"]),
+        observed_seconds=round(observed, 1),
+        running_at=run["running-at"], finished_at=run["finished-at"],
+    )
+
+
+def summarize(timings: list[RunTiming], *, app: str, rounds: int, baseline_rounds: int) -> dict[str, Any]:
+    def median(field: str, n: int) -> float:
+        return statistics.median(getattr(t, field) for t in timings if t.app == app and t.rounds == n)
+
+    elapsed, total = median("elapsed_seconds", rounds), median("total_seconds", rounds)
+    summary: dict[str, Any] = {
+        "rounds": rounds,
+        "total_seconds": round(total, 1),
+        "elapsed_seconds": round(elapsed, 1),
+        "seconds_per_round": round(elapsed / rounds, 2),
+        "total_seconds_per_round": round(total / rounds, 2),
+        "messages_per_hospital": rounds + 1 if app == "fedcare" else 2 * rounds,
+    }
+    if baseline_rounds:
+        base = median("elapsed_seconds", baseline_rounds)
+        summary["baseline_rounds"] = baseline_rounds
+        summary["baseline_elapsed_seconds"] = round(base, 1)
+        summary["marginal_seconds_per_round"] = round((elapsed - base) / (rounds - baseline_rounds), 2)
+    return summary
+
+
+def leftover_processes(pids: set[int]) -> list[int]:
+    alive = []
+    for pid in sorted(pids):
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def plot(result: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        console.log("matplotlib not installed: no plot")
+        return False
+    apps = result["apps"]
+    measures = [("seconds_per_round", f"elapsed / {result['settings']['rounds']} rounds")]
+    if "marginal_seconds_per_round" in apps["fedcare"]:
+        measures.append(("marginal_seconds_per_round", "marginal (one more round)"))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / len(measures)
+    for i, (key, label) in enumerate(measures):
+        xs = [j + (i - (len(measures) - 1) / 2) * width for j in range(2)]
+        values = [apps["fedcare"][key], apps["reference"][key]]
+        bars = ax.bar(xs, values, width, label=f"{label}: ratio {result['ratio'][key]:.2f}")
+        ax.bar_label(bars, fmt="%.1f s")
+    ax.set_xticks(range(2), ["fedcare\n(train+score in one message)", "quickstart-style reference\n(train, then evaluate)"])
+    ax.set_ylabel("seconds per round")
+    ax.set_title(f"Round latency, {result['settings']['hospitals']} hospitals, Flower {result['environment']['flwr']}")
+    ax.legend(loc="upper left")
+    ax.margins(y=0.15)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = args.out.resolve()
+    for owned in ("data", "federation", "runs"):
+        shutil.rmtree(out / owned, ignore_errors=True)
+    split = write_demo_split(out / "data", dataset="breast-cancer", hospitals=args.hospitals)
+    training = fedcare_training_settings()
+    apps = run_configs(split, hospitals=args.hospitals, out=out, training=training)
+    round_counts = [args.rounds] + ([args.baseline_rounds] if args.baseline_rounds else [])
+    load_before = os.getloadavg()
+
+    timings: list[RunTiming] = []
+    started = time.time()
+    with LocalFederation(out / "federation", insecure=args.insecure) as fed:
+        with console.status(f"starting the SuperLink and {args.hospitals} SuperNodes..."):
+            fed.start_superlink()
+            for i, path in enumerate(split.hospital_paths, start=1):
+                fed.add_hospital(institution=f"hospital-{i}", data_path=path)
+        console.log(f"federation up: {args.hospitals} hospitals, TLS {'off' if args.insecure else 'on'}")
+
+        def timed(app: str, rounds: int) -> RunTiming:
+            app_dir, config, rounds_key = apps[app]
+            return time_run(fed, app=app, app_dir=app_dir, run_config={**config, rounds_key: rounds},
+                            rounds=rounds, poll=args.poll_interval, timeout=args.run_timeout)
+
+        if args.warmup:
+            console.log("warm-up (not timed)")
+            timed("reference", 1)
+        for repeat in range(args.repeats):
+            order = ["fedcare", "reference"] if repeat % 2 == 0 else ["reference", "fedcare"]
+            for rounds in round_counts:
+                for app in order:
+                    timing = timed(app, rounds)
+                    timings.append(timing)
+                    console.log(f"{app}, {rounds} rounds: elapsed {timing.elapsed_seconds:.0f} s, "
+                                f"{timing.elapsed_seconds / rounds:.1f} s per round")
+    leftovers = leftover_processes(fed.seen_pids)
+    if leftovers:
+        console.log(f"[red]processes still running after the federation stopped: {leftovers}")
+
+    summaries = {app: summarize(timings, app=app, rounds=args.rounds, baseline_rounds=args.baseline_rounds) for app in apps}
+    ratio = {
+        key: round(summaries["fedcare"][key] / summaries["reference"][key], 3)
+        for key in ("seconds_per_round", "total_seconds_per_round", "marginal_seconds_per_round")
+        if key in summaries["fedcare"]
+    }
+    result: dict[str, Any] = {
+        "benchmark": "round_latency",
+        "settings": {
+            "rounds": args.rounds, "hospitals": args.hospitals, "baseline_rounds": args.baseline_rounds,
+            "repeats": args.repeats, "warmup": args.warmup, "dataset": "breast-cancer", "model": "TabularMLP",
+            "tls": not args.insecure, **training,
+        },
+        "apps": summaries,
+        "ratio": ratio,
+        "goal": {
+            "max_ratio": GOAL_RATIO,
+            "met": {key: value <= GOAL_RATIO for key, value in ratio.items() if key != "total_seconds_per_round"},
+        },
+        "runs": [asdict(t) for t in timings],
+        "environment": {
+            "flwr": version("flwr"), "torch": version("torch"), "python": platform.python_version(),
+            "cpus": os.cpu_count(), "machine": platform.machine(),
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        },
+        "benchmark_seconds": round(time.time() - started, 1),
+        "leftover_processes": leftovers,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "round_latency.json").write_text(json.dumps(result, indent=2) + "\n")
+    if plot(result, out / "round_latency.png"):
+        console.log(f"plot: {out / 'round_latency.png'}")
+    console.log(f"results: {out / 'round_latency.json'}")
+    console.log(f"fedcare / reference per round: {ratio['seconds_per_round']:.2f} (goal <= {GOAL_RATIO})")
+    print(json.dumps(result, indent=2))
+    return 1 if leftovers else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""The hospital's own privacy accountant, kept on its own disk across rounds and runs.
+
+The hospital is the source of truth for what it has spent. Before an update
+leaves the node, the round's spending is written to the state file atomically
+(temp file, fsync, rename). A crash between that write and the reply can only
+over-count, never under-count.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from common.atomic import write_json_atomic
+
+FORMAT = "fedcare-accountant/1"
+ACCOUNTANTS = ("rdp", "prv")
+
+
+class AccountantStateError(ValueError):
+    """A state file that is corrupt, foreign or from an unknown format; training stops."""
+
+
+@dataclass(frozen=True)
+class DPEvent:
+    """What one round spent, in the terms any accountant can replay."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    accountant: str
+    epsilon: float  # cumulative over everything this institution has spent, after this round
+    delta: float
+    run_id: int
+    server_round: int
+    recorded_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    def as_record(self) -> dict[str, Any]:
+        return {
+            "noise_multiplier": self.noise_multiplier,
+            "sample_rate": self.sample_rate,
+            "steps": self.steps,
+            "accountant": self.accountant,
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "run_id": str(self.run_id),  # Flower run ids exceed a signed 64-bit metric
+            "server_round": self.server_round,
+        }
+
+
+def epsilon_of(history: list[tuple[float, float, int]], *, accountant: str, delta: float) -> float:
+    """Epsilon of a (noise, sample rate, steps) history under the named Opacus accountant."""
+    if not history:
+        return 0.0
+    from opacus.accountants import create_accountant  # lazy: keeps evaluate-only processes light
+
+    acc = create_accountant(mechanism=accountant)
+    acc.history = [(float(s), float(q), int(n)) for s, q, n in history]
+    return float(acc.get_epsilon(delta=delta))
+
+
+def _check_history(raw: Any, *, path: Path) -> list[tuple[float, float, int]]:
+    if not isinstance(raw, list):
+        raise AccountantStateError(f"{path}: 'history' must be a list of [noise, sample_rate, steps]")
+    history = []
+    for i, entry in enumerate(raw):
+        try:
+            sigma, q, steps = entry
+            sigma, q = float(sigma), float(q)
+            if int(steps) != steps:
+                raise ValueError
+            steps = int(steps)
+        except (TypeError, ValueError):
+            raise AccountantStateError(f"{path}: history entry {i} is {entry!r}, not [noise, sample_rate, steps]") from None
+        if not (math.isfinite(sigma) and sigma > 0 and 0 < q <= 1 and steps >= 1):
+            raise AccountantStateError(
+                f"{path}: history entry {i} {entry!r} is out of range (noise > 0, 0 < sample_rate <= 1, steps >= 1)"
+            )
+        history.append((sigma, q, steps))
+    return history
+
+
+@dataclass
+class HospitalAccountant:
+    """Load, project, commit. `path` is under the hospital's state directory."""
+
+    path: Path
+    institution: str
+    history: list[tuple[float, float, int]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def for_institution(cls, state_dir: Path, institution: str) -> HospitalAccountant:
+        path = Path(state_dir) / "privacy-accountant.json"
+        if not path.exists():
+            return cls(path=path, institution=institution)
+        return cls.load(path, institution=institution)
+
+    @classmethod
+    def load(cls, path: Path, *, institution: str) -> HospitalAccountant:
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise AccountantStateError(
+                f"{path}: the privacy accountant state is unreadable ({exc}); refusing to train rather than "
+                "forget spent budget. Restore it from backup; never delete it to 'reset' a budget."
+            ) from exc
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            raise AccountantStateError(f"{path}: not a fedcare accountant file (expected format {FORMAT!r})")
+        if raw.get("institution") != institution:
+            raise AccountantStateError(
+                f"{path}: this accountant belongs to {raw.get('institution')!r}, not {institution!r}; "
+                "each hospital needs its own state directory"
+            )
+        state = raw.get("state")
+        if not isinstance(state, dict):
+            raise AccountantStateError(f"{path}: missing 'state' (an Opacus accountant state_dict)")
+        events = raw.get("events", [])
+        if not isinstance(events, list):
+            raise AccountantStateError(f"{path}: 'events' must be a list")
+        return cls(path=path, institution=institution, history=_check_history(state.get("history"), path=path), events=events)
+
+    def epsilon(self, *, accountant: str, delta: float) -> float:
+        return epsilon_of(self.history, accountant=accountant, delta=delta)
+
+    def projected_epsilon(self, *, noise_multiplier: float, sample_rate: float, steps: int, accountant: str, delta: float) -> float:
+        return epsilon_of([*self.history, (noise_multiplier, sample_rate, steps)], accountant=accountant, delta=delta)
+
+    def commit(self, event: DPEvent) -> None:
+        """Record the round's spending durably; call this before the update leaves the node."""
+        self.history.append((event.noise_multiplier, event.sample_rate, event.steps))
+        self.events.append(event.as_record() | {"recorded_at": event.recorded_at})
+        write_json_atomic(
+            self.path,
+            {
+                "format": FORMAT,
+                "institution": self.institution,
+                # The Opacus accountant state_dict: {'history': [(sigma, q, steps), ...], 'mechanism': ...}.
+                "state": {"history": [list(h) for h in self.history], "mechanism": event.accountant},
+                "events": self.events,
+            },
+        )

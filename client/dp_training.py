@@ -1,0 +1,426 @@
+"""Local DP-SGD (Opacus) and plain training, with mixed precision done so DP stays correct.
+
+Two Opacus 1.6 facts shape this file:
+
+* fp16 with a stock ``GradScaler`` runs but is wrong: Opacus clips per-sample
+  gradients that still carry the loss scale, so every sample is clipped to
+  nearly nothing (or overflows). ``dp_step`` removes the scale from the
+  per-sample gradients *before* the optimizer clips them.
+* The ledger is written before training, so ``plan_round`` reproduces the
+  sample rate and step count that ``make_private`` will use, to the bit.
+
+Randomness that protects privacy (Poisson sampling, the Gaussian noise) is drawn
+from fresh OS entropy, never from the run's seed: that seed arrives in the
+server's config, and noise the server can regenerate is no noise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import secrets
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from client.training import make_loader
+from common.data import HospitalData
+
+log = logging.getLogger("flwr.fedcare.client")
+
+AmpMode = Literal["off", "bf16", "fp16", "auto"]
+ResolvedAmp = Literal["off", "bf16", "fp16"]
+GradSampleMode = Literal["auto", "hooks", "ew", "functorch", "ghost"]
+
+AMP_MODES: tuple[str, ...] = ("off", "bf16", "fp16", "auto")
+GRAD_SAMPLE_MODES: tuple[str, ...] = ("auto", "hooks", "ew", "functorch", "ghost")
+# Fastest correct mode per precision, measured by bench/dp_overhead.py (see docs/benchmarks.md).
+AUTO_GRAD_SAMPLE_MODE: dict[str, str] = {"off": "ew", "bf16": "ghost", "fp16": "hooks"}
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class DPConfigError(ValueError):
+    """A DP or precision setting that cannot work; the message says what to change."""
+
+
+# ---------------------------------------------------------------- choosing modes
+
+
+def resolve_amp(amp: str, *, device: torch.device) -> ResolvedAmp:
+    """The precision a run will use.
+
+    ``auto`` is bf16 where the hardware has it (any CPU, CUDA GPUs with
+    ``torch.cuda.is_bf16_supported()``), else fp16: bf16 has fp32's range, so it
+    needs no loss scaling and works with every grad-sample mode but ``ew``.
+    fp16 on CPU is allowed (CPU autocast supports float16 in torch 2.13) so the
+    fp16 path can be tested without a GPU.
+    """
+    if amp not in AMP_MODES:
+        raise DPConfigError(f"amp = {amp!r} is not a precision; choose one of {', '.join(AMP_MODES)}")
+    if amp == "off":
+        return "off"
+    if not torch.amp.autocast_mode.is_autocast_available(device.type):
+        if amp == "auto":
+            return "off"
+        raise DPConfigError(f"amp = {amp!r}: torch has no autocast for device {device.type!r}; set amp = \"off\"")
+    bf16_ok = device.type != "cuda" or torch.cuda.is_bf16_supported()
+    if amp == "auto":
+        return "bf16" if bf16_ok else "fp16"
+    if amp == "bf16" and not bf16_ok:
+        raise DPConfigError(
+            f"amp = \"bf16\": this GPU ({torch.cuda.get_device_name(device)}) has no bf16 support; "
+            "set amp = \"fp16\" or \"auto\""
+        )
+    return amp  # type: ignore[return-value]
+
+
+def resolve_grad_sample_mode(mode: str, *, amp: ResolvedAmp) -> str:
+    """The Opacus grad-sample mode for a precision; ``auto`` takes the fastest that is correct.
+
+    Refused combinations, and why:
+
+    * ``ew`` with any autocast: expanded weights multiply an fp32 weight by a
+      low-precision activation and fail ("expected m1 and m2 to have the same dtype").
+    * ``ghost`` with fp16: ghost clipping never materialises per-sample gradients,
+      so the loss scale cannot be taken out of them before clipping.
+    """
+    if mode not in GRAD_SAMPLE_MODES:
+        raise DPConfigError(f"grad-sample-mode = {mode!r} is unknown; choose one of {', '.join(GRAD_SAMPLE_MODES)}")
+    if mode == "auto":
+        return AUTO_GRAD_SAMPLE_MODE[amp]
+    if mode == "ew" and amp != "off":
+        raise DPConfigError(
+            f"grad-sample-mode = \"ew\" fails under {amp} autocast in Opacus 1.6; "
+            "set amp = \"off\" to keep ew, or use grad-sample-mode = \"ghost\" or \"hooks\" with bf16"
+        )
+    if mode == "ghost" and amp == "fp16":
+        raise DPConfigError(
+            "grad-sample-mode = \"ghost\" cannot be used with amp = \"fp16\": ghost clipping has no per-sample "
+            "gradients to remove the fp16 loss scale from, so clipping would be wrong; "
+            "use amp = \"bf16\" with ghost, or grad-sample-mode = \"hooks\" with fp16"
+        )
+    return mode
+
+
+def plan_round(*, num_examples: int, batch_size: int, epochs: int) -> tuple[float, int]:
+    """(sample_rate, steps) exactly as ``make_private`` with Poisson sampling will take them.
+
+    Opacus samples each row with probability 1/k (k = ceil(n / batch)), makes
+    ``int(1 / (1/k))`` batches per epoch, and tells the accountant the rate
+    ``1 / batches``. Floating point makes ``int(1/(1/k))`` equal k - 1 for some k
+    (93, 99, 105, ...), so the naive ``(1/k, epochs * k)`` would be wrong there.
+    """
+    for name, value in (("num_examples", num_examples), ("batch_size", batch_size), ("epochs", epochs)):
+        if value < 1:
+            raise DPConfigError(f"{name} = {value}: must be at least 1")
+    batches = math.ceil(num_examples / batch_size)
+    per_epoch = int(1 / (1 / batches))  # UniformWithReplacementSampler's len()
+    return 1 / per_epoch, epochs * per_epoch
+
+
+# ---------------------------------------------------------------- outcome
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    loss: float  # mean training loss over the batches that had rows
+    steps: int  # optimizer steps taken; with DP, each one added noise and was counted by the accountant
+    skipped_steps: int  # fp16 steps dropped for non-finite values: no noise, no update, nothing released
+    sample_rate: float | None  # the rate Opacus' accountant used; None without DP
+    noise_multiplier: float | None
+    amp: str  # resolved: off, bf16 or fp16
+    grad_sample_mode: str | None  # resolved; None without DP
+
+
+# ---------------------------------------------------------------- one DP step
+
+
+class PerSampleLossScaler:
+    """Dynamic fp16 loss scaling that reaches Opacus' per-sample gradients.
+
+    ``GradScaler.unscale_`` only sees ``p.grad``; Opacus clips ``p.grad_sample``.
+    So the scale is divided out of ``grad_sample`` here, and the scale is managed
+    through ``GradScaler.update(new_scale=...)`` with GradScaler's own backoff,
+    growth factor and interval (its automatic update needs ``scaler.step``,
+    which would bypass the per-sample fix).
+    """
+
+    def __init__(self, device_type: str, *, init_scale: float = 2.0**16) -> None:
+        self.scaler = torch.amp.GradScaler(device_type, init_scale=init_scale)
+        self._good_steps = 0
+
+    def get_scale(self) -> float:
+        return float(self.scaler.get_scale())
+
+    def scale(self, loss: torch.Tensor) -> torch.Tensor:
+        return self.scaler.scale(loss)
+
+    def unscale_per_sample(self, params: list[nn.Parameter]) -> bool:
+        """Divide the scale out of every ``p.grad_sample`` in fp32; False if any value is not finite."""
+        scale = self.get_scale()
+        finite = True
+        for p in params:
+            unscaled = p.grad_sample.float() / scale
+            finite = finite and bool(torch.isfinite(unscaled).all())
+            p.grad_sample = unscaled
+        return finite
+
+    def update(self, *, finite: bool) -> None:
+        if not finite:
+            self._good_steps = 0
+            self.scaler.update(new_scale=self.get_scale() * self.scaler.get_backoff_factor())
+            return
+        self._good_steps += 1
+        if self._good_steps >= self.scaler.get_growth_interval():
+            self._good_steps = 0
+            self.scaler.update(new_scale=self.get_scale() * self.scaler.get_growth_factor())
+
+
+@dataclass(frozen=True)
+class StepResult:
+    loss: float | None  # None for an empty Poisson batch
+    applied: bool  # noise added, weights updated, step counted by the accountant
+
+
+def _autocast(amp: ResolvedAmp, device_type: str) -> contextlib.AbstractContextManager[object]:
+    if amp == "off":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, dtype=_AMP_DTYPES[amp])
+
+
+def _trainable(optimizer: torch.optim.Optimizer) -> list[nn.Parameter]:
+    return [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+
+
+def dp_step(
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    amp: ResolvedAmp,
+    loss_scaler: PerSampleLossScaler | None = None,
+    ghost: bool = False,
+) -> StepResult:
+    """One DP-SGD step on one Poisson batch, from objects ``make_private`` returned.
+
+    An empty batch still takes a (pure-noise) step, as the accountant assumes;
+    its zero-row per-sample gradients are set here because ``ew`` crashes on a
+    zero-row forward. With fp16 the per-sample gradients are unscaled before
+    clipping; a non-finite batch is dropped whole (no noise, no update, not
+    counted) and the scale is lowered.
+    """
+    params = _trainable(optimizer)
+    optimizer.zero_grad(set_to_none=True)
+    if len(labels) == 0:
+        for p in params:
+            if ghost:
+                p.grad = torch.zeros_like(p)
+            else:
+                p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+        optimizer.step()
+        return StepResult(loss=None, applied=True)
+
+    if amp == "fp16" and loss_scaler is None:
+        raise DPConfigError("amp = \"fp16\" needs a PerSampleLossScaler, or per-sample gradients underflow")
+    with _autocast(amp, features.device.type):
+        loss = criterion(module(features), labels)
+    loss_value = float(loss.detach())
+    if loss_scaler is not None:
+        loss_scaler.scale(loss).backward()
+        finite = loss_scaler.unscale_per_sample(params)
+        loss_scaler.update(finite=finite)
+        if not finite:
+            optimizer.zero_grad(set_to_none=True)
+            return StepResult(loss=loss_value, applied=False)
+    else:
+        loss.backward()
+    optimizer.step()
+    return StepResult(loss=loss_value, applied=True)
+
+
+# ---------------------------------------------------------------- training loops
+
+
+_prng_warned = False
+
+
+def _warn_standard_prng_once() -> None:
+    global _prng_warned
+    if not _prng_warned:
+        _prng_warned = True
+        log.warning(
+            "DP noise and Poisson sampling come from torch's standard PRNG seeded from OS entropy, not a CSPRNG: "
+            "Opacus' secure_mode needs torchcsprng, which does not install for torch 2.13"
+        )
+
+
+def _entropy_generator(device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(secrets.randbits(63))
+
+
+def _check_common(*, batch_size: int, epochs: int, learning_rate: float, data: HospitalData) -> None:
+    if batch_size < 1 or epochs < 1:
+        raise DPConfigError(f"batch-size = {batch_size}, local-epochs = {epochs}: both must be at least 1")
+    if not learning_rate > 0:
+        raise DPConfigError(f"learning-rate = {learning_rate}: must be > 0")
+    if len(data) == 0:
+        raise DPConfigError("no training rows: this hospital's training split is empty")
+
+
+def train_private(
+    model: nn.Module,
+    data: HospitalData,
+    *,
+    batch_size: int,
+    epochs: int,
+    learning_rate: float,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    grad_sample_mode: str = "auto",
+    amp: str = "auto",
+    device: torch.device,
+    seed: int,
+) -> TrainingOutcome:
+    """DP-SGD with Adam through a fresh Opacus ``PrivacyEngine``, training ``model`` in place.
+
+    The caller keeps the privacy ledger and records ``plan_round`` before calling,
+    so the engine's own accountant is only read back to report what was done.
+    ``seed`` is deliberately not used: it comes from the server's config, and the
+    sampling and noise must be secret from the server. Opacus' hooks are removed
+    on return, so the same module can be trained again.
+    """
+    from opacus import PrivacyEngine  # heavy; evaluate-only processes never import it
+    from opacus.validators.errors import UnsupportedModuleError
+
+    del seed
+    _check_common(batch_size=batch_size, epochs=epochs, learning_rate=learning_rate, data=data)
+    if noise_multiplier < 0 or not max_grad_norm > 0:
+        raise DPConfigError(
+            f"noise-multiplier = {noise_multiplier}, max-grad-norm = {max_grad_norm}: need noise >= 0 and a norm > 0"
+        )
+    resolved_amp = resolve_amp(amp, device=device)
+    mode = resolve_grad_sample_mode(grad_sample_mode, amp=resolved_amp)
+    _warn_standard_prng_once()
+
+    model.to(device).train()
+    dataset = TensorDataset(torch.from_numpy(data.features), torch.from_numpy(data.labels))
+    loader = DataLoader(dataset, batch_size=batch_size, generator=_entropy_generator(torch.device("cpu")))
+    engine = PrivacyEngine(accountant="rdp")
+    with warnings.catch_warnings():
+        # Opacus warns that secure_mode is off and about the optimizer's lr; both are decided above.
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            private = engine.make_private(
+                module=model,
+                optimizer=torch.optim.Adam(model.parameters(), lr=learning_rate),
+                criterion=nn.CrossEntropyLoss(),
+                data_loader=loader,
+                noise_multiplier=noise_multiplier,
+                max_grad_norm=max_grad_norm,
+                grad_sample_mode=mode,
+                noise_generator=_entropy_generator(device),
+                poisson_sampling=True,
+            )
+        except UnsupportedModuleError as exc:
+            raise DPConfigError(f"the model cannot be trained with DP-SGD: {exc}") from exc
+    if mode == "ghost":
+        dp_module, optimizer, criterion, dp_loader = private
+    else:
+        dp_module, optimizer, dp_loader = private
+        criterion = nn.CrossEntropyLoss()
+    scaler = PerSampleLossScaler(device.type) if resolved_amp == "fp16" else None
+
+    losses: list[float] = []
+    steps = skipped = 0
+    try:
+        for _ in range(epochs):
+            for x, y in dp_loader:
+                result = dp_step(
+                    dp_module, optimizer, criterion, x.to(device), y.to(device),
+                    amp=resolved_amp, loss_scaler=scaler, ghost=mode == "ghost",
+                )
+                steps, skipped = steps + result.applied, skipped + (not result.applied)
+                if result.loss is not None and math.isfinite(result.loss):
+                    losses.append(result.loss)
+    finally:
+        dp_module.cleanup()  # removes hooks and grad_sample attributes from the caller's module
+
+    history = engine.accountant.history
+    counted = sum(s for _, _, s in history)
+    if counted != steps:  # would mean the ledger and Opacus disagree about what was released
+        raise RuntimeError(f"Opacus' accountant counted {counted} steps but {steps} were taken")
+    return TrainingOutcome(
+        loss=float(np.mean(losses)) if losses else float("nan"),
+        steps=steps,
+        skipped_steps=skipped,
+        sample_rate=history[0][1] if history else 1 / len(dp_loader),
+        noise_multiplier=noise_multiplier,
+        amp=resolved_amp,
+        grad_sample_mode=mode,
+    )
+
+
+def train_plain(
+    model: nn.Module,
+    data: HospitalData,
+    *,
+    batch_size: int,
+    epochs: int,
+    learning_rate: float,
+    amp: str = "auto",
+    device: torch.device,
+    seed: int,
+) -> TrainingOutcome:
+    """Non-DP training with the same optimizer and precision handling, for comparison and dp = false runs.
+
+    Without DP, ``GradScaler`` is used as torch intends (``scaler.step`` skips a
+    non-finite step itself); a skip shows as the scale going down.
+    """
+    _check_common(batch_size=batch_size, epochs=epochs, learning_rate=learning_rate, data=data)
+    resolved_amp = resolve_amp(amp, device=device)
+    model.to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    criterion = nn.CrossEntropyLoss()
+    scaler = torch.amp.GradScaler(device.type) if resolved_amp == "fp16" else None
+    losses: list[float] = []
+    steps = skipped = 0
+    for x, y in _batches(make_loader(data, batch_size=batch_size, shuffle=True, seed=seed), epochs):
+        x, y = x.to(device), y.to(device)
+        optimizer.zero_grad(set_to_none=True)
+        with _autocast(resolved_amp, device.type):
+            loss = criterion(model(x), y)
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+            steps += 1
+        else:
+            scale_before = scaler.get_scale()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            went_down = scaler.get_scale() < scale_before
+            steps, skipped = steps + (not went_down), skipped + went_down
+        losses.append(float(loss.detach()))
+    return TrainingOutcome(
+        loss=float(np.mean(losses)) if losses else float("nan"),
+        steps=steps,
+        skipped_steps=skipped,
+        sample_rate=None,
+        noise_multiplier=None,
+        amp=resolved_amp,
+        grad_sample_mode=None,
+    )
+
+
+def _batches(loader: DataLoader, epochs: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for _ in range(epochs):
+        yield from loader

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from opacus.accountants import PRVAccountant, RDPAccountant
+
+from client.accountant_state import AccountantStateError, DPEvent, HospitalAccountant, epsilon_of
+
+DELTA = 1e-5
+
+
+def _event(sigma: float, q: float, steps: int, eps: float, rnd: int) -> DPEvent:
+    return DPEvent(noise_multiplier=sigma, sample_rate=q, steps=steps, accountant="rdp", epsilon=eps, delta=DELTA, run_id=7, server_round=rnd)
+
+
+def test_epsilon_after_rounds_equals_a_fresh_opacus_accountant_fed_the_same_steps(tmp_path: Path) -> None:
+    rounds = [(1.1, 0.08, 24), (1.1, 0.08, 24), (0.9, 0.1, 20)]
+    ledger = HospitalAccountant.for_institution(tmp_path, "st-mary")
+    for i, (sigma, q, steps) in enumerate(rounds, start=1):
+        projected = ledger.projected_epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, accountant="rdp", delta=DELTA)
+        ledger.commit(_event(sigma, q, steps, projected, i))
+
+    reference = RDPAccountant()
+    for sigma, q, steps in rounds:
+        for _ in range(steps):
+            reference.step(noise_multiplier=sigma, sample_rate=q)
+    reloaded = HospitalAccountant.for_institution(tmp_path, "st-mary")
+    assert reloaded.epsilon(accountant="rdp", delta=DELTA) == pytest.approx(reference.get_epsilon(delta=DELTA), rel=1e-9)
+    assert reloaded.events[-1]["epsilon"] == pytest.approx(reference.get_epsilon(delta=DELTA), rel=1e-9)
+    assert [e["server_round"] for e in reloaded.events] == [1, 2, 3]
+
+
+def test_prv_is_replayed_from_the_same_history() -> None:
+    history = [(1.0, 0.05, 40)]
+    prv = PRVAccountant()
+    for _ in range(40):
+        prv.step(noise_multiplier=1.0, sample_rate=0.05)
+    assert epsilon_of(history, accountant="prv", delta=DELTA) == pytest.approx(prv.get_epsilon(delta=DELTA), rel=1e-6)
+    # RDP is the looser bound, as the field notes measured.
+    assert epsilon_of(history, accountant="rdp", delta=DELTA) > epsilon_of(history, accountant="prv", delta=DELTA)
+
+
+def test_the_state_file_is_an_opacus_state_dict_and_written_atomically(tmp_path: Path) -> None:
+    ledger = HospitalAccountant.for_institution(tmp_path, "st-mary")
+    ledger.commit(_event(1.0, 0.1, 10, 1.0, 1))
+    raw = json.loads((tmp_path / "privacy-accountant.json").read_text())
+    assert raw["state"] == {"history": [[1.0, 0.1, 10]], "mechanism": "rdp"}
+    restored = RDPAccountant()
+    restored.load_state_dict({"history": [tuple(h) for h in raw["state"]["history"]], "mechanism": "rdp"})
+    assert restored.get_epsilon(delta=DELTA) == pytest.approx(ledger.epsilon(accountant="rdp", delta=DELTA))
+    assert [p.name for p in tmp_path.iterdir()] == ["privacy-accountant.json"]  # no temp file left behind
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "unreadable"),
+        ('{"format": "something-else"}', "not a fedcare accountant file"),
+        ('{"format": "fedcare-accountant/1", "institution": "other-hospital", "state": {"history": []}}', "belongs to 'other-hospital'"),
+        ('{"format": "fedcare-accountant/1", "institution": "st-mary", "state": {"history": [[1.0, 2.0, 3]]}}', "out of range"),
+        ('{"format": "fedcare-accountant/1", "institution": "st-mary", "state": {"history": [["x"]]}}', "history entry 0"),
+        ('{"format": "fedcare-accountant/1", "institution": "st-mary"}', "missing 'state'"),
+    ],
+)
+def test_a_corrupt_or_foreign_state_file_is_refused_with_a_clear_error(tmp_path: Path, content: str, message: str) -> None:
+    (tmp_path / "privacy-accountant.json").write_text(content)
+    with pytest.raises(AccountantStateError, match=message) as info:
+        HospitalAccountant.for_institution(tmp_path, "st-mary")
+    assert "privacy-accountant.json" in str(info.value)
+
+
+def test_projection_does_not_spend(tmp_path: Path) -> None:
+    ledger = HospitalAccountant.for_institution(tmp_path, "st-mary")
+    before = ledger.epsilon(accountant="rdp", delta=DELTA)
+    projected = ledger.projected_epsilon(noise_multiplier=1.0, sample_rate=0.1, steps=50, accountant="rdp", delta=DELTA)
+    assert before == 0.0 and projected > 0
+    assert ledger.history == []
+    assert not (tmp_path / "privacy-accountant.json").exists()

@@ -1,0 +1,229 @@
+"""Sorting real Flower reply messages into updates, scores and rejections."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from common.codecs import from_numpy
+from server.replies import Rejection, sort_replies
+
+
+@pytest.fixture(autouse=True)
+def serverapp_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower stamps instructions with the running task's identity; the SuperLink runtime sets it."""
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_run_id", 99)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+
+
+@pytest.fixture
+def reference() -> OrderedDict[str, np.ndarray]:
+    return OrderedDict(w=np.zeros((2, 3), dtype=np.float32), b=np.zeros(3, dtype=np.float32))
+
+
+def _reply(node_id: int, content: RecordDict | Error, *, message_type: str = MessageType.TRAIN) -> Message:
+    """A reply as a SuperNode sends it: `reply_to` the instruction, so its src is the hospital's node."""
+    instruction = Message(RecordDict(), dst_node_id=node_id, message_type=message_type, group_id="1")
+    reply = Message(content, reply_to=instruction)
+    assert reply.metadata.src_node_id == node_id
+    return reply
+
+
+def _weights(value: float = 1.0) -> OrderedDict[str, np.ndarray]:
+    return OrderedDict(w=np.full((2, 3), value, np.float32), b=np.full(3, value, np.float32))
+
+
+def _train_reply(
+    node_id: int,
+    institution: str,
+    weights: dict[str, np.ndarray] | None,
+    *,
+    n: int = 10,
+    train_loss: float = 0.5,
+    eval_loss: float = 0.7,
+    eval_accuracy: float = 0.6,
+    eval_examples: int = 4,
+) -> Message:
+    content = RecordDict(
+        {
+            "metrics": MetricRecord(
+                {
+                    "num-examples": n,
+                    "train-loss": train_loss,
+                    "eval-loss": eval_loss,
+                    "eval-accuracy": eval_accuracy,
+                    "eval-examples": eval_examples,
+                }
+            ),
+            "status": ConfigRecord({"ok": True, "institution": institution}),
+        }
+    )
+    if weights is not None:
+        content["arrays"] = from_numpy(weights)
+    return _reply(node_id, content)
+
+
+def test_a_good_update_is_accepted(reference: OrderedDict[str, np.ndarray]) -> None:
+    out = sort_replies([_train_reply(5, "St Mary", _weights(2.0), n=12)], reference=reference, expect_update=True)
+    assert out.rejections == []
+    [update] = out.updates
+    assert (update.institution, update.node_id, update.num_examples) == ("St Mary", 5, 12)
+    assert list(update.weights) == ["w", "b"]
+    np.testing.assert_array_equal(update.weights["w"], np.full((2, 3), 2.0, np.float32))
+    assert out.train_losses == [(0.5, 12)]
+    assert out.scores == [("St Mary", pytest.approx(0.7), pytest.approx(0.6), 4)]
+
+
+def test_a_nan_update_is_rejected_with_the_tensor_named(reference: OrderedDict[str, np.ndarray]) -> None:
+    weights = _weights()
+    weights["b"][1] = np.nan
+    out = sort_replies([_train_reply(6, "General", weights)], reference=reference, expect_update=True)
+    assert out.updates == [] and out.train_losses == []
+    [rejection] = out.rejections
+    assert (rejection.institution, rejection.node_id, rejection.code) == ("General", 6, "invalid-update")
+    assert "'b'" in rejection.reason and "NaN" in rejection.reason
+
+
+def test_a_wrongly_shaped_update_is_rejected(reference: OrderedDict[str, np.ndarray]) -> None:
+    weights = OrderedDict(w=np.ones((3, 2), np.float32), b=np.ones(3, np.float32))
+    out = sort_replies([_train_reply(6, "General", weights)], reference=reference, expect_update=True)
+    assert out.updates == []
+    [rejection] = out.rejections
+    assert rejection.code == "invalid-update"
+    assert "tensor 'w' has shape (3, 2), expected (2, 3)" in rejection.reason
+
+
+def test_a_train_reply_without_weights_is_rejected(reference: OrderedDict[str, np.ndarray]) -> None:
+    out = sort_replies([_train_reply(6, "General", None)], reference=reference, expect_update=True)
+    assert [(r.code, r.reason) for r in out.rejections] == [("invalid-update", "reply has no model weights")]
+
+
+def test_a_non_positive_example_count_is_rejected(reference: OrderedDict[str, np.ndarray]) -> None:
+    out = sort_replies([_train_reply(6, "General", _weights(), n=0)], reference=reference, expect_update=True)
+    assert out.updates == []
+    assert "num-examples is 0" in out.rejections[0].reason
+
+
+def test_a_non_finite_train_loss_keeps_the_update_but_not_the_loss(reference: OrderedDict[str, np.ndarray]) -> None:
+    out = sort_replies(
+        [_train_reply(6, "General", _weights(), train_loss=float("nan"))], reference=reference, expect_update=True
+    )
+    assert len(out.updates) == 1 and out.train_losses == [] and out.rejections == []
+
+
+def test_a_refusal_is_recorded_with_its_code(reference: OrderedDict[str, np.ndarray]) -> None:
+    status = {"ok": False, "code": "bad-local-data", "reason": "row 3, column 'age' is empty", "institution": "Riverside"}
+    out = sort_replies([_reply(8, RecordDict({"status": ConfigRecord(status)}))], reference=reference, expect_update=True)
+    assert out.updates == [] and out.scores == []
+    assert out.rejections == [Rejection("Riverside", 8, "bad-local-data", "row 3, column 'age' is empty")]
+
+
+def test_a_reply_without_status_is_rejected(reference: OrderedDict[str, np.ndarray]) -> None:
+    out = sort_replies([_reply(8, RecordDict({}))], reference=reference, expect_update=True)
+    assert out.rejections == [Rejection("node-8", 8, "no-status", "reply carries no status record")]
+
+
+def test_an_error_message_is_recorded_as_a_node_error(reference: OrderedDict[str, np.ndarray]) -> None:
+    replies = [_reply(9, Error(code=2, reason="ClientApp crashed: MemoryError")), _reply(10, Error(code=3))]
+    out = sort_replies(replies, reference=reference, expect_update=True)
+    assert out.rejections == [
+        Rejection("node-9", 9, "node-error", "ClientApp crashed: MemoryError"),
+        Rejection("node-10", 10, "node-error", "error code 3"),
+    ]
+
+
+def test_one_bad_hospital_does_not_stop_the_others(reference: OrderedDict[str, np.ndarray]) -> None:
+    bad = _weights()
+    bad["w"][0, 0] = np.inf
+    replies = [
+        _train_reply(5, "A", _weights(1.0), n=10),
+        _train_reply(6, "B", bad),
+        _reply(7, Error(code=1, reason="timeout")),
+        _train_reply(8, "D", _weights(3.0), n=30),
+    ]
+    out = sort_replies(replies, reference=reference, expect_update=True)
+    assert [u.institution for u in out.updates] == ["A", "D"]
+    assert [(r.institution, r.code) for r in out.rejections] == [("B", "invalid-update"), ("node-7", "node-error")]
+
+
+def _eval_reply(node_id: int, institution: str, *, loss: float, accuracy: float, examples: int) -> Message:
+    content = RecordDict(
+        {
+            "metrics": MetricRecord({"eval-loss": loss, "eval-accuracy": accuracy, "eval-examples": examples}),
+            "status": ConfigRecord({"ok": True, "institution": institution}),
+        }
+    )
+    return _reply(node_id, content, message_type=MessageType.EVALUATE)
+
+
+def test_evaluate_replies_collect_scores_without_updates() -> None:
+    replies = [
+        _eval_reply(5, "A", loss=0.4, accuracy=0.9, examples=20),
+        _eval_reply(6, "B", loss=0.8, accuracy=0.5, examples=10),
+        _eval_reply(7, "C", loss=0.1, accuracy=1.0, examples=0),  # nothing scored: left out
+    ]
+    out = sort_replies(replies, reference=None, expect_update=False)
+    assert out.scores == [("A", pytest.approx(0.4), pytest.approx(0.9), 20), ("B", pytest.approx(0.8), pytest.approx(0.5), 10)]
+    assert out.updates == [] and out.rejections == [] and out.train_losses == []
+
+
+def test_non_finite_scores_are_not_averaged_into_the_round() -> None:
+    """A faulty hospital's NaN loss would make the round's loss NaN and results.json non-standard JSON."""
+    replies = [
+        _eval_reply(5, "A", loss=0.4, accuracy=0.9, examples=20),
+        _eval_reply(6, "B", loss=float("nan"), accuracy=0.5, examples=10),
+    ]
+    out = sort_replies(replies, reference=None, expect_update=False)
+    assert all(np.isfinite(loss) and np.isfinite(acc) for _, loss, acc, _ in out.scores), out.scores
+
+
+def _dp_event(epsilon: float) -> ConfigRecord:
+    return ConfigRecord(
+        {"noise_multiplier": 1.1, "sample_rate": 0.1, "steps": 20, "accountant": "rdp", "epsilon": epsilon,
+         "delta": 1e-5, "run_id": "99", "server_round": 1}
+    )
+
+
+def test_a_dp_event_records_the_institutions_epsilon(reference: OrderedDict[str, np.ndarray]) -> None:
+    reply = _train_reply(5, "St Mary", _weights())
+    reply.content["dp-event"] = _dp_event(1.25)
+    out = sort_replies([reply], reference=reference, expect_update=True)
+    assert len(out.updates) == 1 and out.rejections == []
+    assert out.epsilon_known == {"St Mary": 1.25}
+    assert out.dp_events["St Mary"]["accountant"] == "rdp"
+
+
+def test_an_update_rejected_for_its_dp_event_leaves_no_trace_in_the_round(
+    reference: OrderedDict[str, np.ndarray],
+) -> None:
+    reply = _train_reply(5, "St Mary", _weights(), train_loss=0.5)
+    reply.content["dp-event"] = _dp_event(-1.0)
+    out = sort_replies([reply], reference=reference, expect_update=True)
+    assert [r.code for r in out.rejections] == ["invalid-update"]
+    assert "epsilon -1.0" in out.rejections[0].reason
+    assert out.updates == [] and out.epsilon_known == {}
+    assert out.train_losses == [], "the rejected update's loss is still averaged into the round's train_loss"
+
+
+def test_a_refusal_reporting_its_spent_epsilon_is_kept(reference: OrderedDict[str, np.ndarray]) -> None:
+    status = {"ok": False, "code": "budget-exhausted", "reason": "above the limit", "institution": "A", "epsilon": 7.5}
+    out = sort_replies([_reply(8, RecordDict({"status": ConfigRecord(status)}))], reference=reference, expect_update=True)
+    assert out.epsilon_known == {"A": 7.5}
+    assert [r.code for r in out.rejections] == ["budget-exhausted"]
+
+
+@pytest.mark.parametrize("epsilon", ["lots", float("nan")])
+def test_a_refusal_with_a_malformed_epsilon_is_rejected_not_fatal(
+    reference: OrderedDict[str, np.ndarray], epsilon: object
+) -> None:
+    """A faulty hospital must not crash the round (str) or put NaN into results.json (nan)."""
+    status = {"ok": False, "code": "budget-exhausted", "reason": "", "institution": "A", "epsilon": epsilon}
+    replies = [_reply(8, RecordDict({"status": ConfigRecord(status)})), _train_reply(5, "B", _weights())]
+    out = sort_replies(replies, reference=reference, expect_update=True)
+    assert [u.institution for u in out.updates] == ["B"]
+    assert all(np.isfinite(e) for e in out.epsilon_known.values()), out.epsilon_known
