@@ -3,7 +3,9 @@
 Both apps run on the same LocalFederation (a SuperLink with TLS and one SuperNode
 per hospital, separate processes talking gRPC over 127.0.0.1), one after the
 other, with the same model, hospital files and local training settings (read
-from fedcare's pyproject.toml). They differ only in how a round is orchestrated:
+from fedcare's pyproject.toml). fedcare runs with its own defaults, as the demo
+does (local DP-SGD included while that is the default; `--fedcare-set dp=false`
+times plain fedcare). They differ in how a round is orchestrated:
 
 - fedcare: one train message per hospital per round (the incoming global model is
   scored inside it), plus one evaluate message at the end of the run;
@@ -19,6 +21,11 @@ fixed start-up and fedcare's closing evaluate message.
 
     python bench/round_latency.py --rounds 5
 
+Both apps are copied to OUT/apps before the first run, so every run of one
+benchmark uses one version of the code even while the tree is being edited. A run
+counts only if every round got a reply from every hospital (fedcare: results.json;
+reference: its ServerApp fails the run otherwise).
+
 Prints a JSON object on stdout, writes OUT/round_latency.json and, when
 matplotlib is installed, OUT/round_latency.png. Progress goes to stderr.
 """
@@ -31,6 +38,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 import tomllib
@@ -47,11 +55,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as `python bench/round_latency.py` from a checkout
 
 from common.demo_data import DemoSplit, write_demo_split  # noqa: E402
-from fedcare.federation import FederationError, LocalFederation  # noqa: E402
+from fedcare.federation import CONNECTION, FederationError, LocalFederation  # noqa: E402
 
 REFERENCE_APP = REPO / "bench" / "reference_app"
 GOAL_RATIO = 0.6  # the issue: fedcare at most 0.6 of the reference's time per round
 SHARED_KEYS = ("local-epochs", "batch-size", "learning-rate", "validation-fraction", "seed")
+SKIP_COPY = shutil.ignore_patterns("__pycache__", "*.pyc")
 console = Console(stderr=True)
 
 
@@ -64,6 +73,7 @@ class RunTiming:
     total_seconds: float  # `flwr run` called -> SuperLink's finished-at (1 s resolution)
     elapsed_seconds: float  # flwr ls `elapsed`: running-at -> finished-at
     observed_seconds: float  # `flwr run` called -> this script saw the run finished (poll granularity)
+    clientapp_seconds: float  # flwr ls compute-time: SuperNode-reported message processing time, summed
     running_at: str
     finished_at: str
 
@@ -77,7 +87,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also time runs of this many rounds to get the marginal cost of a round; 0 skips (default 1)")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per app and round count; medians reported (default 1)")
     parser.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
-                        help="first run one untimed 1-round reference run, so neither app pays for cold caches (default on)")
+                        help="first run each app once, 1 round, untimed, so neither pays for cold caches (default on)")
+    parser.add_argument("--fedcare-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a fedcare run-config key, TOML value (e.g. dp=false); repeatable")
     parser.add_argument("--insecure", action="store_true", help="TLS off (the demo and deployments use TLS)")
     parser.add_argument("--poll-interval", type=float, default=3.0, help="seconds between `flwr ls` polls (default 3)")
     parser.add_argument("--run-timeout", type=float, default=1800.0, help="give up on a run after this many seconds")
@@ -86,22 +98,69 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--rounds, --hospitals and --repeats must be at least 1")
     if args.baseline_rounds and not 0 < args.baseline_rounds < args.rounds:
         parser.error("--baseline-rounds must be 0 (off) or between 1 and --rounds - 1")
+    args.fedcare_overrides = {}
+    for item in args.fedcare_set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--fedcare-set wants KEY=VALUE, got {item!r}")
+        try:
+            args.fedcare_overrides[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            args.fedcare_overrides[key] = value  # a bare word is a string
     return args
 
 
-def fedcare_training_settings() -> dict[str, Any]:
+def fedcare_training_settings(app_dir: Path) -> dict[str, Any]:
     """fedcare's own local-training settings, so the reference trains exactly the same way."""
-    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    config = tomllib.loads((app_dir / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     return {key: config[key] for key in SHARED_KEYS}
 
 
-def run_configs(split: DemoSplit, *, hospitals: int, out: Path, training: dict[str, Any]) -> dict[str, tuple[Path, dict[str, Any], str]]:
+def snapshot_apps(dest: Path) -> dict[str, Path]:
+    """Copy both Flower apps; the reference gets its own copy of `common` instead of the installed one."""
+    shutil.rmtree(dest, ignore_errors=True)
+    fedcare, reference = dest / "fedcare", dest / "reference"
+    fedcare.mkdir(parents=True)
+    shutil.copy2(REPO / "pyproject.toml", fedcare / "pyproject.toml")
+    app = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    packages = sorted({pattern.split("/")[0] for pattern in app.get("fab-include", [])} or {"server", "client", "common"})
+    for package in packages:
+        shutil.copytree(REPO / package, fedcare / package, ignore=SKIP_COPY)
+    shutil.copytree(REFERENCE_APP, reference, ignore=SKIP_COPY)
+    shutil.copytree(REPO / "common", reference / "common", ignore=SKIP_COPY)
+    return {"fedcare": fedcare, "reference": reference}
+
+
+def source_state() -> dict[str, Any]:
+    """The commit the apps were copied from, and which app files differed from it."""
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+        return done.stdout.rstrip("\n") if done.returncode == 0 else ""  # porcelain lines start with a space
+
+    changed = git("status", "--porcelain", "--", "pyproject.toml", "server", "client", "common", "bench/reference_app")
+    return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted": [line[3:] for line in changed.splitlines()]}
+
+
+def run_configs(split: DemoSplit, apps: dict[str, Path], *, hospitals: int, out: Path, training: dict[str, Any],
+                fedcare_overrides: dict[str, Any]) -> dict[str, tuple[Path, dict[str, Any], str]]:
     """App name -> (app dir, run config without the round count, key of the round count)."""
     common = {**training, "schema-path": str(split.schema_path), "min-nodes": hospitals}
     return {
-        "fedcare": (REPO, {**common, "results-dir": str(out / "runs")}, "num-rounds"),
-        "reference": (REFERENCE_APP, {**common, "fraction-train": 1.0, "fraction-evaluate": 1.0}, "num-server-rounds"),
+        "fedcare": (apps["fedcare"], {**common, "results-dir": str(out / "runs"), **fedcare_overrides}, "num-rounds"),
+        "reference": (apps["reference"], {**common, "fraction-train": 1.0, "fraction-evaluate": 1.0}, "num-server-rounds"),
     }
+
+
+def check_fedcare_run(results_path: Path, *, rounds: int, hospitals: int) -> dict[str, Any]:
+    """fedcare's run ends `completed` even when rounds fail; refuse to time such a run."""
+    results = json.loads(results_path.read_text())
+    aggregated = [r for r in results["rounds"] if r["status"] == "aggregated" and len(r["participants"]) == hospitals]
+    if results["status"] != "completed" or len(aggregated) != rounds:
+        problems = [f"round {r['round']}: {r.get('reason', r['status'])}; rejected {[x['reason'] for x in r['rejected']]}"
+                    for r in results["rounds"] if r not in aggregated]
+        raise FederationError(f"fedcare run {results['run_id']} ({results['status']}) did not aggregate all {hospitals} "
+                              f"hospitals in every round: {problems[:3]}; see {results_path}")
+    return results
 
 
 def _utc(stamp: str) -> datetime:
@@ -116,7 +175,7 @@ def time_run(fed: LocalFederation, *, app: str, app_dir: Path, run_config: dict[
     last_status = ""
     try:
         while True:
-            run = fed.flwr("ls", "fedcare", "--run-id", str(run_id))["runs"][0]
+            run = fed.flwr("ls", CONNECTION, "--run-id", str(run_id))["runs"][0]
             if run["status"] != last_status:
                 last_status = run["status"]
                 console.log(f"{app}: run {run_id} {last_status} after {time.time() - started:.1f} s")
@@ -134,24 +193,27 @@ def time_run(fed: LocalFederation, *, app: str, app_dir: Path, run_config: dict[
     return RunTiming(
         app=app, rounds=rounds, run_id=run_id, status=last_status,
         total_seconds=round(_utc(run["finished-at"]).timestamp() - started, 1),
-        elapsed_seconds=float(run["elapsed"]),
+        elapsed_seconds=round(float(run["elapsed"]), 2),
         observed_seconds=round(observed, 1),
+        clientapp_seconds=round(float(run["compute-time"]["clientapp-seconds"]), 2),
         running_at=run["running-at"], finished_at=run["finished-at"],
     )
 
 
-def summarize(timings: list[RunTiming], *, app: str, rounds: int, baseline_rounds: int) -> dict[str, Any]:
+def summarize(timings: list[RunTiming], *, app: str, rounds: int, baseline_rounds: int, hospitals: int) -> dict[str, Any]:
     def median(field: str, n: int) -> float:
         return statistics.median(getattr(t, field) for t in timings if t.app == app and t.rounds == n)
 
     elapsed, total = median("elapsed_seconds", rounds), median("total_seconds", rounds)
+    messages = (rounds + 1 if app == "fedcare" else 2 * rounds) * hospitals
     summary: dict[str, Any] = {
         "rounds": rounds,
         "total_seconds": round(total, 1),
         "elapsed_seconds": round(elapsed, 1),
         "seconds_per_round": round(elapsed / rounds, 2),
         "total_seconds_per_round": round(total / rounds, 2),
-        "messages_per_hospital": rounds + 1 if app == "fedcare" else 2 * rounds,
+        "messages": messages,
+        "clientapp_seconds_per_message": round(median("clientapp_seconds", rounds) / messages, 2),
     }
     if baseline_rounds:
         base = median("elapsed_seconds", baseline_rounds)
@@ -192,7 +254,9 @@ def plot(result: dict[str, Any], path: Path) -> bool:
         values = [apps["fedcare"][key], apps["reference"][key]]
         bars = ax.bar(xs, values, width, label=f"{label}: ratio {result['ratio'][key]:.2f}")
         ax.bar_label(bars, fmt="%.1f s")
-    ax.set_xticks(range(2), ["fedcare\n(train+score in one message)", "quickstart-style reference\n(train, then evaluate)"])
+    dp = (result["settings"].get("fedcare_privacy", {}).get("dp") or {}).get("enabled")
+    fedcare_label = "fedcare" + {True: ", local DP on", False: ", DP off"}.get(dp, "")
+    ax.set_xticks(range(2), [f"{fedcare_label}\n(train+score in one message)", "quickstart-style reference\n(train, then evaluate)"])
     ax.set_ylabel("seconds per round")
     ax.set_title(f"Round latency, {result['settings']['hospitals']} hospitals, Flower {result['environment']['flwr']}")
     ax.legend(loc="upper left")
@@ -209,8 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     for owned in ("data", "federation", "runs"):
         shutil.rmtree(out / owned, ignore_errors=True)
     split = write_demo_split(out / "data", dataset="breast-cancer", hospitals=args.hospitals)
-    training = fedcare_training_settings()
-    apps = run_configs(split, hospitals=args.hospitals, out=out, training=training)
+    source = source_state()
+    app_dirs = snapshot_apps(out / "apps")
+    training = fedcare_training_settings(app_dirs["fedcare"])
+    apps = run_configs(split, app_dirs, hospitals=args.hospitals, out=out, training=training,
+                       fedcare_overrides=args.fedcare_overrides)
+    fedcare_privacy: dict[str, Any] = {}
     round_counts = [args.rounds] + ([args.baseline_rounds] if args.baseline_rounds else [])
     load_before = os.getloadavg()
 
@@ -230,12 +298,19 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.warmup:
             console.log("warm-up (not timed)")
-            timed("reference", 1)
+            for app in apps:
+                warm = timed(app, 1)
+                if app == "fedcare":  # a broken fedcare tree shows here, before the timed runs
+                    check_fedcare_run(out / "runs" / str(warm.run_id) / "results.json", rounds=1, hospitals=args.hospitals)
         for repeat in range(args.repeats):
             order = ["fedcare", "reference"] if repeat % 2 == 0 else ["reference", "fedcare"]
             for rounds in round_counts:
                 for app in order:
                     timing = timed(app, rounds)
+                    if app == "fedcare":
+                        results = check_fedcare_run(out / "runs" / str(timing.run_id) / "results.json",
+                                                    rounds=rounds, hospitals=args.hospitals)
+                        fedcare_privacy = {"privacy_mode": results.get("privacy_mode"), "dp": results.get("dp")}
                     timings.append(timing)
                     console.log(f"{app}, {rounds} rounds: elapsed {timing.elapsed_seconds:.0f} s, "
                                 f"{timing.elapsed_seconds / rounds:.1f} s per round")
@@ -243,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     if leftovers:
         console.log(f"[red]processes still running after the federation stopped: {leftovers}")
 
-    summaries = {app: summarize(timings, app=app, rounds=args.rounds, baseline_rounds=args.baseline_rounds) for app in apps}
+    summaries = {app: summarize(timings, app=app, rounds=args.rounds, baseline_rounds=args.baseline_rounds,
+                               hospitals=args.hospitals) for app in apps}
     ratio = {
         key: round(summaries["fedcare"][key] / summaries["reference"][key], 3)
         for key in ("seconds_per_round", "total_seconds_per_round", "marginal_seconds_per_round")
@@ -255,7 +331,9 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": args.rounds, "hospitals": args.hospitals, "baseline_rounds": args.baseline_rounds,
             "repeats": args.repeats, "warmup": args.warmup, "dataset": "breast-cancer", "model": "TabularMLP",
             "tls": not args.insecure, **training,
+            "fedcare_overrides": args.fedcare_overrides, "fedcare_privacy": fedcare_privacy,
         },
+        "source": source,
         "apps": summaries,
         "ratio": ratio,
         "goal": {

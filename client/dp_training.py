@@ -3,9 +3,10 @@
 Two Opacus 1.6 facts shape this file:
 
 * fp16 with a stock ``GradScaler`` runs but is wrong: Opacus clips per-sample
-  gradients that still carry the loss scale, so every sample is clipped to
-  nearly nothing (or overflows). ``dp_step`` removes the scale from the
-  per-sample gradients *before* the optimizer clips them.
+  gradients that still carry the loss scale, so every sample is cut to the
+  clipping bound whatever its true norm, or overflows to inf and vanishes.
+  ``dp_step`` removes the scale from the per-sample gradients *before* the
+  optimizer clips them.
 * The ledger is written before training, so ``plan_round`` reproduces the
   sample rate and step count that ``make_private`` will use, to the bit.
 
@@ -21,9 +22,9 @@ import logging
 import math
 import secrets
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ GradSampleMode = Literal["auto", "hooks", "ew", "functorch", "ghost"]
 AMP_MODES: tuple[str, ...] = ("off", "bf16", "fp16", "auto")
 GRAD_SAMPLE_MODES: tuple[str, ...] = ("auto", "hooks", "ew", "functorch", "ghost")
 # Fastest correct mode per precision, measured by bench/dp_overhead.py (see docs/benchmarks.md).
-AUTO_GRAD_SAMPLE_MODE: dict[str, str] = {"off": "ew", "bf16": "ghost", "fp16": "hooks"}
+AUTO_GRAD_SAMPLE_MODE: dict[str, str] = {"off": "ghost", "bf16": "ghost", "fp16": "hooks"}
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -56,26 +57,27 @@ class DPConfigError(ValueError):
 def resolve_amp(amp: str, *, device: torch.device) -> ResolvedAmp:
     """The precision a run will use.
 
-    ``auto`` is bf16 where the hardware has it (any CPU, CUDA GPUs with
-    ``torch.cuda.is_bf16_supported()``), else fp16: bf16 has fp32's range, so it
-    needs no loss scaling and works with every grad-sample mode but ``ew``.
-    fp16 on CPU is allowed (CPU autocast supports float16 in torch 2.13) so the
-    fp16 path can be tested without a GPU.
+    ``auto`` is bf16 on CUDA GPUs that support it (fp32's range, so no loss
+    scaling, and every grad-sample mode but ``ew`` works), fp16 on older GPUs,
+    and *off on CPU*: measured on a Xeon with AMX-bf16 (docs/benchmarks.md),
+    bf16 autocast made a DP epoch of the MLP 2.3x slower and the CNN's no faster,
+    because casting dominates such small layers. bf16 and fp16 can still be asked
+    for on CPU (CPU autocast supports both in torch 2.13), which is how the fp16
+    fix is tested without a GPU.
     """
     if amp not in AMP_MODES:
         raise DPConfigError(f"amp = {amp!r} is not a precision; choose one of {', '.join(AMP_MODES)}")
     if amp == "off":
         return "off"
-    if not torch.amp.autocast_mode.is_autocast_available(device.type):
-        if amp == "auto":
-            return "off"
-        raise DPConfigError(f"amp = {amp!r}: torch has no autocast for device {device.type!r}; set amp = \"off\"")
-    bf16_ok = device.type != "cuda" or torch.cuda.is_bf16_supported()
     if amp == "auto":
-        return "bf16" if bf16_ok else "fp16"
-    if amp == "bf16" and not bf16_ok:
+        if device.type != "cuda":
+            return "off"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if not torch.amp.autocast_mode.is_autocast_available(device.type):
+        raise DPConfigError(f"amp = {amp!r}: torch has no autocast for device {device.type!r}; set amp = \"off\"")
+    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise DPConfigError(
-            f"amp = \"bf16\": this GPU ({torch.cuda.get_device_name(device)}) has no bf16 support; "
+            "amp = \"bf16\": this GPU has no bf16 support (torch.cuda.is_bf16_supported() is False); "
             "set amp = \"fp16\" or \"auto\""
         )
     return amp  # type: ignore[return-value]
@@ -150,9 +152,15 @@ class PerSampleLossScaler:
     through ``GradScaler.update(new_scale=...)`` with GradScaler's own backoff,
     growth factor and interval (its automatic update needs ``scaler.step``,
     which would bypass the per-sample fix).
+
+    The first scale is 2**12, not GradScaler's 2**16: Opacus' per-sample
+    gradients are not divided by the batch size, so 2**16 overflowed fp16 in
+    the first 1-2 steps of every round (a fresh scaler each round), and each
+    dropped step is privacy budget the ledger already counted. 2**12 dropped
+    none for the MLP and the CNN over three rounds.
     """
 
-    def __init__(self, device_type: str, *, init_scale: float = 2.0**16) -> None:
+    def __init__(self, device_type: str, *, init_scale: float = 2.0**12) -> None:
         self.scaler = torch.amp.GradScaler(device_type, init_scale=init_scale)
         self._good_steps = 0
 
@@ -202,7 +210,7 @@ def _trainable(optimizer: torch.optim.Optimizer) -> list[nn.Parameter]:
 def dp_step(
     module: nn.Module,
     optimizer: torch.optim.Optimizer,
-    criterion: nn.Module,
+    criterion: Callable[[torch.Tensor, torch.Tensor], Any],  # ghost: the criterion make_private returned
     features: torch.Tensor,
     labels: torch.Tensor,
     *,
@@ -229,22 +237,35 @@ def dp_step(
         optimizer.step()
         return StepResult(loss=None, applied=True)
 
-    if amp == "fp16" and loss_scaler is None:
-        raise DPConfigError("amp = \"fp16\" needs a PerSampleLossScaler, or per-sample gradients underflow")
+    if amp == "fp16" and (loss_scaler is None or ghost):
+        raise DPConfigError("amp = \"fp16\" needs per-sample gradients and a PerSampleLossScaler to unscale them")
     with _autocast(amp, features.device.type):
         loss = criterion(module(features), labels)
     loss_value = float(loss.detach())
+    with warnings.catch_warnings():
+        # Benign torch note: Opacus' full backward hook fires on a first layer whose input needs no grad.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+        applied = _backward_and_step(loss, optimizer, params, loss_scaler)
+    return StepResult(loss=loss_value, applied=applied)
+
+
+def _backward_and_step(
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    params: list[nn.Parameter],
+    loss_scaler: PerSampleLossScaler | None,
+) -> bool:
     if loss_scaler is not None:
         loss_scaler.scale(loss).backward()
         finite = loss_scaler.unscale_per_sample(params)
         loss_scaler.update(finite=finite)
         if not finite:
             optimizer.zero_grad(set_to_none=True)
-            return StepResult(loss=loss_value, applied=False)
+            return False
     else:
         loss.backward()
     optimizer.step()
-    return StepResult(loss=loss_value, applied=True)
+    return True
 
 
 # ---------------------------------------------------------------- training loops
@@ -314,10 +335,10 @@ def train_private(
     model.to(device).train()
     dataset = TensorDataset(torch.from_numpy(data.features), torch.from_numpy(data.labels))
     loader = DataLoader(dataset, batch_size=batch_size, generator=_entropy_generator(torch.device("cpu")))
-    engine = PrivacyEngine(accountant="rdp")
     with warnings.catch_warnings():
-        # Opacus warns that secure_mode is off and about the optimizer's lr; both are decided above.
-        warnings.simplefilter("ignore", UserWarning)
+        # Opacus' "Secure RNG turned off" warning: said once, with the reason, by the log line above.
+        warnings.filterwarnings("ignore", message="Secure RNG turned off", category=UserWarning)
+        engine = PrivacyEngine(accountant="rdp")
         try:
             private = engine.make_private(
                 module=model,
@@ -342,15 +363,14 @@ def train_private(
     losses: list[float] = []
     steps = skipped = 0
     try:
-        for _ in range(epochs):
-            for x, y in dp_loader:
-                result = dp_step(
-                    dp_module, optimizer, criterion, x.to(device), y.to(device),
-                    amp=resolved_amp, loss_scaler=scaler, ghost=mode == "ghost",
-                )
-                steps, skipped = steps + result.applied, skipped + (not result.applied)
-                if result.loss is not None and math.isfinite(result.loss):
-                    losses.append(result.loss)
+        for x, y in _batches(dp_loader, epochs):
+            result = dp_step(
+                dp_module, optimizer, criterion, x.to(device), y.to(device),
+                amp=resolved_amp, loss_scaler=scaler, ghost=mode == "ghost",
+            )
+            steps, skipped = steps + result.applied, skipped + (not result.applied)
+            if result.loss is not None and math.isfinite(result.loss):
+                losses.append(result.loss)
     finally:
         dp_module.cleanup()  # removes hooks and grad_sample attributes from the caller's module
 

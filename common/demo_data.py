@@ -63,7 +63,7 @@ def dirichlet_partition(labels: np.ndarray, *, parts: int, alpha: float, seed: i
 
 
 def write_demo_split(
-    out_dir: Path, *, dataset: DemoDataset, hospitals: int, seed: int = 7, alpha: float = 1.0, holdout: float = 0.2
+    out_dir: Path, *, dataset: DemoDataset, hospitals: int, seed: int = 7, alpha: float = 0.5, holdout: float = 0.2
 ) -> DemoSplit:
     if hospitals < 1:
         raise ValueError("need at least one hospital")
@@ -72,7 +72,9 @@ def write_demo_split(
     order = rng.permutation(len(frame))
     n_holdout = int(len(frame) * holdout)
     holdout_frame, pool = frame.iloc[order[:n_holdout]], frame.iloc[order[n_holdout:]].reset_index(drop=True)
-    parts = dirichlet_partition(pool["target"].to_numpy(), parts=hospitals, alpha=alpha, seed=seed, min_size=20)
+    # Every hospital gets at least a third of an even share: DP needs enough rows per site.
+    min_size = max(20, len(pool) // (3 * hospitals))
+    parts = dirichlet_partition(pool["target"].to_numpy(), parts=hospitals, alpha=alpha, seed=seed, min_size=min_size)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     schema_path = out_dir / "schema.json"

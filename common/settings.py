@@ -24,18 +24,19 @@ class RunSettings(BaseModel):
     num_rounds: int = Field(default=5, ge=1)
     local_epochs: int = Field(default=2, ge=1)
     batch_size: int = Field(default=32, ge=1)
-    learning_rate: float = Field(default=5e-3, gt=0)
+    learning_rate: float = Field(default=0.05, gt=0)
     validation_fraction: float = Field(default=0.2, gt=0, lt=1)
     min_nodes: int = Field(default=2, ge=1)
     node_wait_timeout: float = Field(default=120.0, gt=0)
     round_timeout: float = Field(default=600.0, gt=0)
+    poll_interval: float = Field(default=0.25, gt=0)
     seed: int = 42
     schema_path: str
     results_dir: str = "fedcare-runs"
     # Local differential privacy (DP-SGD at every hospital). On unless explicitly turned off.
     dp: bool = True
     noise_multiplier: float = Field(default=1.0, gt=0)
-    target_epsilon: float = Field(default=0.0, ge=0)  # > 0: noise chosen once for the whole run
+    target_epsilon: float = Field(default=3.0, ge=0)  # > 0: noise chosen once for the whole run; 0: use noise_multiplier
     max_grad_norm: float = Field(default=1.0, gt=0)
     delta: float = Field(default=1e-5, gt=0, lt=1)
     accountant: Literal["rdp", "prv"] = "rdp"

@@ -34,9 +34,9 @@ def demo(
     out: Annotated[Path, typer.Option(help="Where data, federation state, logs and results go.")] = Path("fedcare-demo"),
     insecure: Annotated[bool, typer.Option("--insecure", help="Turn TLS off. For debugging only.")] = False,
     dp: Annotated[bool, typer.Option("--dp/--no-dp", help="Local DP-SGD at every hospital (on by default).")] = True,
-    noise_multiplier: Annotated[Optional[float], typer.Option(min=0.0, min_open=True, help="DP noise multiplier (default 1.0).")] = None,
-    target_epsilon: Annotated[Optional[float], typer.Option(min=0.0, min_open=True, help="Choose the noise so the whole run spends this epsilon.")] = None,
-    epsilon_limit: Annotated[Optional[float], typer.Option(min=0.0, min_open=True, help="Each hospital's lifetime epsilon limit.")] = None,
+    noise_multiplier: Annotated[Optional[float], typer.Option(min=1e-9, help="Fixed DP noise multiplier instead of a per-run epsilon target.")] = None,
+    target_epsilon: Annotated[Optional[float], typer.Option(min=1e-9, help="Choose the noise so the whole run spends this epsilon (default 3).")] = None,
+    epsilon_limit: Annotated[Optional[float], typer.Option(min=1e-9, help="Each hospital's lifetime epsilon limit.")] = None,
     state_dir: Annotated[Optional[Path], typer.Option(help="Hospitals' privacy state (default OUT/state); reuse it and epsilon continues.")] = None,
 ) -> None:
     """Run a real federation on this machine: SuperLink, one SuperNode per hospital, FedAvg."""

@@ -131,6 +131,7 @@ def _privacy_config(options: DemoOptions) -> dict[str, object]:
     config: dict[str, object] = {"dp": True}
     if options.noise_multiplier is not None:
         config["noise-multiplier"] = options.noise_multiplier
+        config["target-epsilon"] = 0.0  # a fixed noise replaces the per-run target
     if options.target_epsilon is not None:
         config["target-epsilon"] = options.target_epsilon
     return config

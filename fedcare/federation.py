@@ -188,10 +188,14 @@ class LocalFederation:
         answer = self.flwr("run", str(app_dir), CONNECTION, "--run-config", str(config_path))
         return int(answer["run-id"])
 
+    def run_info(self, run_id: int) -> dict[str, Any]:
+        """Flower's row for the run (`flwr ls`): status, elapsed seconds, timestamps, traffic."""
+        runs = self.flwr("ls", CONNECTION, "--run-id", str(run_id))["runs"]
+        return dict(runs[0]) if runs else {"status": "unknown"}
+
     def run_status(self, run_id: int) -> str:
         """Flower's status string, e.g. `running` or `finished:completed`."""
-        runs = self.flwr("ls", CONNECTION, "--run-id", str(run_id))["runs"]
-        return str(runs[0]["status"]) if runs else "unknown"
+        return str(self.run_info(run_id)["status"])
 
     def stop_run(self, run_id: int) -> None:
         try:

@@ -63,16 +63,29 @@ def _message_config(settings: RunSettings, schema: DatasetSchema, server_round: 
 
 
 def _exchange(
-    grid: Grid, *, nodes: list[int], content: RecordDict, message_type: str, server_round: int, timeout: float
+    grid: Grid, *, nodes: list[int], content: RecordDict, message_type: str, server_round: int, timeout: float,
+    poll_interval: float,
 ) -> list[Message]:
+    """Push one message per node and pull replies until all arrive or `timeout` passes.
+
+    Flower's `send_and_receive` sleeps 3 s between pulls; polling the SuperLink on
+    loopback every `poll_interval` seconds instead saves about 1.5 s per exchange.
+    """
     messages = [
         Message(content=content, dst_node_id=node, message_type=message_type, group_id=str(server_round))
         for node in nodes
     ]
-    replies = list(grid.send_and_receive(messages, timeout=timeout))
-    missing = len(nodes) - len(replies)
-    if missing:
-        log.warning("round %d: %d hospital(s) did not answer within %.0f s", server_round, missing, timeout)
+    pending = set(grid.push_messages(messages))
+    replies: list[Message] = []
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        pulled = list(grid.pull_messages(pending))
+        replies.extend(pulled)
+        pending.difference_update(m.metadata.reply_to_message_id for m in pulled)
+        if pending:
+            time.sleep(poll_interval)
+    if pending:
+        log.warning("round %d: %d hospital(s) did not answer within %.0f s", server_round, len(pending), timeout)
     return replies
 
 
@@ -128,7 +141,7 @@ def main(grid: Grid, context: Context) -> None:
             )
             replies = sort_replies(
                 _exchange(grid, nodes=nodes, content=content, message_type=MessageType.TRAIN,
-                          server_round=server_round, timeout=settings.round_timeout),
+                          server_round=server_round, timeout=settings.round_timeout, poll_interval=settings.poll_interval),
                 reference=global_weights,
                 expect_update=True,
             )
@@ -149,11 +162,13 @@ def main(grid: Grid, context: Context) -> None:
             log.info("round %d: aggregated %d update(s) from %s", server_round, len(replies.updates),
                      ", ".join(u.institution for u in replies.updates))
 
+        if scored_round == 0:
+            raise RuntimeError(f"none of the {settings.num_rounds} round(s) aggregated an update; see 'rejected' per round")
         nodes = wait_for_nodes(grid, minimum=settings.min_nodes, timeout=settings.node_wait_timeout)
         content = RecordDict({"arrays": from_numpy(global_weights), "config": _message_config(settings, schema, settings.num_rounds + 1)})
         final = sort_replies(
             _exchange(grid, nodes=nodes, content=content, message_type=MessageType.EVALUATE,
-                      server_round=settings.num_rounds + 1, timeout=settings.round_timeout),
+                      server_round=settings.num_rounds + 1, timeout=settings.round_timeout, poll_interval=settings.poll_interval),
             reference=None,
             expect_update=False,
         )

@@ -21,11 +21,12 @@ SEED = 42  # the ServerApp's default seed for the initial global model
 
 
 def test_three_hospitals_two_rounds_improve_the_model(tmp_path: Path, breast_cancer_split: DemoSplit) -> None:
+    """With the defaults: TLS, local DP with a per-run target of epsilon 3."""
     split = breast_cancer_split
     with LocalFederation(tmp_path / "fed") as fed:
         fed.start_superlink()
         for i, path in enumerate(split.hospital_paths, start=1):
-            fed.add_hospital(institution=f"hospital-{i}", data_path=path)
+            fed.add_hospital(institution=f"hospital-{i}", data_path=path, node_config={"state-dir": str(tmp_path / f"state-{i}")})
         run_id = fed.submit(
             app_dir=APP_DIR,
             run_config={"num-rounds": 2, "schema-path": str(split.schema_path), "results-dir": str(tmp_path / "runs"), "min-nodes": 3},
@@ -39,6 +40,7 @@ def test_three_hospitals_two_rounds_improve_the_model(tmp_path: Path, breast_can
     initial = build_model(schema, seed=SEED)
     assert results["status"] == "completed"
     assert results["privacy_mode"] == "plain"
+    assert results["dp"]["enabled"] is True and results["dp"]["target_epsilon"] == 3.0
     assert results["parameter_count"] == parameter_count(initial)
     assert [r["round"] for r in results["rounds"]] == [1, 2]
     for entry in results["rounds"]:
@@ -46,8 +48,12 @@ def test_three_hospitals_two_rounds_improve_the_model(tmp_path: Path, breast_can
         assert entry["participants"] == ["hospital-1", "hospital-2", "hospital-3"]
         assert entry["rejected"] == []
         assert 0.0 <= entry["accuracy"] <= 1.0 and entry["loss"] > 0
-        assert entry["epsilon"] == {"hospital-1": None, "hospital-2": None, "hospital-3": None}
+        assert set(entry["epsilon"]) == {"hospital-1", "hospital-2", "hospital-3"}
         assert Path(entry["model_path"]).exists()
+    # Each hospital chose its noise once so that the whole run spends the target, no more.
+    for name, eps in results["rounds"][-1]["epsilon"].items():
+        assert 2.9 < eps <= 3.0, (name, eps)
+        assert results["rounds"][0]["epsilon"][name] < eps
 
     # The global model must have improved on rows no hospital trained on.
     holdout = load_hospital_table(split.holdout_path, schema)
@@ -78,7 +84,10 @@ def test_a_hospital_with_a_malformed_file_is_rejected_and_the_round_goes_on(
         fed.add_hospital(institution="hospital-3", data_path=broken)
         run_id = fed.submit(
             app_dir=APP_DIR,
-            run_config={"num-rounds": 1, "schema-path": str(split.schema_path), "results-dir": str(tmp_path / "runs"), "min-nodes": 3},
+            run_config={
+                "num-rounds": 1, "schema-path": str(split.schema_path), "results-dir": str(tmp_path / "runs"), "min-nodes": 3,
+                "dp": False,
+            },
         )
         status = wait_finished(fed, run_id)
     assert_all_exited(fed.seen_pids)
@@ -87,6 +96,8 @@ def test_a_hospital_with_a_malformed_file_is_rejected_and_the_round_goes_on(
     (entry,) = results["rounds"]
     assert entry["status"] == "aggregated"
     assert entry["participants"] == ["hospital-1", "hospital-2"]
+    assert results["dp"] == {"enabled": False}
+    assert entry["epsilon"] == {"hospital-1": None, "hospital-2": None}  # null while DP is off
     (rejection,) = entry["rejected"]
     assert rejection["institution"] == "hospital-3"
     assert rejection["code"] == "bad-local-data"

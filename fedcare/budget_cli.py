@@ -1,0 +1,126 @@
+"""`fedcare budget`: run the privacy budget service, and look at budgets from a terminal."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+DEFAULT_PORT = 8470
+DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
+
+budget_app = typer.Typer(help="The privacy budget service: serve it, or show budgets.", no_args_is_help=True,
+                         add_completion=False)
+console = Console()
+errors = Console(stderr=True)
+
+
+@budget_app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = DEFAULT_PORT,
+    database_url: Annotated[Optional[str], typer.Option(
+        help="SQLAlchemy URL (default: $DATABASE_URL, else sqlite:///./fedcare-budget.db).")] = None,
+    dev: Annotated[bool, typer.Option("--dev", help="Development mode: allow an empty or placeholder admin token.")] = False,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Serve the budget API, /metrics and /dashboard with uvicorn. The admin token comes from $FEDCARE_ADMIN_TOKEN."""
+    import uvicorn
+
+    from pydantic import ValidationError
+
+    from server.budget.core.config import BudgetSettings
+    from server.budget.main import create_app
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides: dict[str, object] = {}
+    if database_url is not None:
+        overrides["database_url"] = database_url
+    if dev:
+        overrides["development"] = True
+    try:
+        settings = BudgetSettings(**overrides)
+    except ValidationError as exc:
+        reasons = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
+        errors.print(f"[red]refusing to start:[/] {reasons}")
+        raise typer.Exit(2) from None
+    app = create_app(settings)
+    errors.print(f"budget service on http://{host}:{port} (API /v1, docs /docs, dashboard /dashboard)")
+    # Keep-alive outlives a benchmark's or a ServerApp's pauses between calls; a reconnect costs more than an idle socket.
+    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=False, timeout_keep_alive=75,
+                timeout_graceful_shutdown=5)
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+@budget_app.command()
+def show(
+    institution: Annotated[Optional[str], typer.Option(help="Only this institution, with its latest ledger events.")] = None,
+    url: Annotated[str, typer.Option(envvar="FEDCARE_BUDGET_URL", help="The service's address.")] = DEFAULT_URL,
+    token: Annotated[Optional[str], typer.Option(
+        envvar="FEDCARE_BUDGET_TOKEN", help="A bearer token (default: $FEDCARE_BUDGET_TOKEN, else $FEDCARE_ADMIN_TOKEN).")] = None,
+    events: Annotated[int, typer.Option(min=0, help="Ledger events to list with --institution.")] = 10,
+) -> None:
+    """Epsilon spent, limit and remaining per institution, as a table."""
+    from server.budget_client import BudgetClient, BudgetServiceError
+
+    token = token or os.environ.get("FEDCARE_ADMIN_TOKEN")
+    if not token:
+        errors.print("[red]no token:[/] pass --token or set FEDCARE_BUDGET_TOKEN (or FEDCARE_ADMIN_TOKEN)")
+        raise typer.Exit(2)
+    try:
+        with BudgetClient(url, token, retries=1) as client:
+            budgets = client.budgets()
+            if institution is not None:
+                if institution not in budgets:
+                    known = ", ".join(sorted(budgets)) or "none visible to this token"
+                    errors.print(f"[red]no institution named {institution!r}[/] (known: {known})")
+                    raise typer.Exit(1)
+                budgets = {institution: budgets[institution]}
+            console.print(_budget_table(budgets, url))
+            if institution is not None and events:
+                view = budgets[institution]
+                total = client.events(view.institution_id, limit=1)["total"]
+                page = client.events(view.institution_id, limit=events, offset=max(0, total - events))
+                console.print(_events_table(institution, page["items"], total))
+    except BudgetServiceError as exc:
+        errors.print(f"[red]budget service error:[/] {exc}")
+        raise typer.Exit(1) from None
+
+
+def _budget_table(budgets, url: str) -> Table:
+    table = Table(title=f"Privacy budgets ({url})")
+    for name, justify in (("institution", "left"), ("rounds", "right"), ("epsilon spent", "right"),
+                          ("limit", "right"), ("remaining", "right"), ("delta", "right"),
+                          ("after next round", "right"), ("flagged", "right"), ("last event (UTC)", "left")):
+        table.add_column(name, justify=justify, no_wrap=name == "institution")
+    for name, b in sorted(budgets.items()):
+        remaining = _fmt(b.epsilon_remaining)
+        style = "red" if not b.can_cover_next_round else ("yellow" if b.epsilon_remaining < 0.2 * b.epsilon_limit else "green")
+        table.add_row(name, str(b.rounds), _fmt(b.epsilon_spent), _fmt(b.epsilon_limit, 2), f"[{style}]{remaining}[/]",
+                      f"{b.delta:g}", _fmt(b.epsilon_next_round), f"[red]{b.flagged_events}[/]" if b.flagged_events else "0",
+                      (b.last_event_at or "-")[:19].replace("T", " "))
+    if not budgets:
+        table.caption = "no institutions registered"
+    return table
+
+
+def _events_table(institution: str, items: list[dict], total: int) -> Table:
+    table = Table(title=f"{institution}: last {len(items)} of {total} ledger events")
+    for name in ("run", "round", "noise", "sample rate", "steps", "accountant", "reported eps", "recomputed eps", "flag"):
+        table.add_column(name, justify="left" if name in ("run", "accountant", "flag") else "right")
+    for e in items:
+        table.add_row(e["run_id"], str(e["server_round"]), f"{e['noise_multiplier']:g}", f"{e['sample_rate']:g}",
+                      str(e["steps"]), e["accountant"], _fmt(e["epsilon"]), _fmt(e["epsilon_recomputed"]),
+                      f"[red]{e['flag_reason']}[/]" if e["flagged"] else "")
+    return table
+
+
+if __name__ == "__main__":
+    budget_app()
