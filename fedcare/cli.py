@@ -11,10 +11,12 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from common.demo_data import DemoDataset
+from fedcare.budget_cli import budget_app
 from fedcare.federation import FederationError
 
 app = typer.Typer(help="fedcare: federated learning for hospitals.", no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
+app.add_typer(budget_app, name="budget", help="The privacy budget service: serve it, show budgets.")
 
 
 @app.callback()
@@ -36,7 +38,7 @@ def demo(
     dp: Annotated[bool, typer.Option("--dp/--no-dp", help="Local DP-SGD at every hospital (on by default).")] = True,
     noise_multiplier: Annotated[Optional[float], typer.Option(min=1e-9, help="Fixed DP noise multiplier instead of a per-run epsilon target.")] = None,
     target_epsilon: Annotated[Optional[float], typer.Option(min=1e-9, help="Choose the noise so the whole run spends this epsilon (default 3).")] = None,
-    epsilon_limit: Annotated[Optional[float], typer.Option(min=1e-9, help="Each hospital's lifetime epsilon limit.")] = None,
+    epsilon_limit: Annotated[float, typer.Option(min=1e-9, help="Each hospital's lifetime epsilon limit.")] = 10.0,
     state_dir: Annotated[Optional[Path], typer.Option(help="Hospitals' privacy state (default OUT/state); reuse it and epsilon continues.")] = None,
 ) -> None:
     """Run a real federation on this machine: SuperLink, one SuperNode per hospital, FedAvg."""

@@ -7,8 +7,11 @@ the real thing, not a simulation.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,8 @@ from common.demo_data import DemoDataset, DemoSplit, write_demo_split
 from common.models import build_model
 from common.schema import load_schema
 from fedcare.federation import FederationError, LocalFederation
+from server.budget.process import running_budget_service
+from server.budget_client import BudgetClient
 
 log = logging.getLogger("fedcare.demo")
 APP_DIR = Path(__file__).resolve().parent.parent
@@ -42,7 +47,8 @@ class DemoOptions:
     noise_multiplier: float | None = None
     target_epsilon: float | None = None
     state_dir: Path | None = None  # default: OUT/state; reuse it and epsilon continues
-    epsilon_limit: float | None = None
+    epsilon_limit: float = 10.0  # each hospital's lifetime limit, enforced by the hospital and the ledger
+    delta: float = 1e-5
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,7 @@ class DemoOutcome:
     results_path: Path
     results: dict[str, Any]
     holdout_accuracy: float | None
+    budget_url: str | None = None
 
 
 def _app_dir() -> Path:
@@ -86,13 +93,18 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoOut
     state_dir = (options.state_dir or out / "state").resolve()
     console.print(f"[bold]fedcare demo[/]: {options.hospitals} hospitals, {options.rounds} rounds, {options.dataset} (data in {split.schema_path.parent})")
 
-    with LocalFederation(out / "federation", insecure=options.insecure) as fed:
+    with contextlib.ExitStack() as stack:
+        budget_url = None
+        if options.dp:
+            budget_url = stack.enter_context(_budget_service(out / "budget"))
+        fed = stack.enter_context(LocalFederation(out / "federation", insecure=options.insecure))
         with console.status("starting the SuperLink and the hospitals' SuperNodes..."):
             fed.start_superlink()
             for i, path in enumerate(split.hospital_paths, start=1):
-                node_config: dict[str, object] = {"state-dir": str(state_dir / f"hospital-{i}")}
-                if options.epsilon_limit is not None:
-                    node_config["epsilon-limit"] = options.epsilon_limit
+                node_config: dict[str, object] = {
+                    "state-dir": str(state_dir / f"hospital-{i}"),
+                    "epsilon-limit": options.epsilon_limit,
+                }
                 fed.add_hospital(institution=f"hospital-{i}", data_path=path, node_config=node_config)
         tls = "off (INSECURE)" if options.insecure else "on"
         console.print(f"SuperLink up: Fleet API (gRPC) 127.0.0.1:{fed.fleet_port}, control API 127.0.0.1:{fed.control_port}, TLS {tls}")
@@ -104,6 +116,9 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoOut
             "min-nodes": options.hospitals,
             **_privacy_config(options),
         }
+        if budget_url:
+            run_config |= _register_with_ledger(out / "budget", budget_url, options=options, hospitals=options.hospitals)
+            console.print(f"privacy budget service: {budget_url}  dashboard: {budget_url}/dashboard?token=<admin token in {out / 'budget' / 'admin-token'}>")
         if not options.dp:
             console.print("[bold red]WARNING: differential privacy is OFF (--no-dp): updates carry no DP guarantee[/]")
         console.print(f"privacy accountants: {state_dir}/<hospital>/privacy-accountant.json")
@@ -118,9 +133,44 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoOut
 
     results = _read_results(results_path) or {}
     accuracy = holdout_accuracy(results, split) if status == "finished:completed" else None
-    outcome = DemoOutcome(run_id, status, results_path, results, accuracy)
+    outcome = DemoOutcome(run_id, status, results_path, results, accuracy, budget_url)
     print_summary(outcome, console=console)
     return outcome
+
+
+def _secret_file(path: Path) -> str:
+    """Read a token file, or create it (0600) with a fresh token: a rerun keeps the same ledger and keys."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token)
+    return token
+
+
+@contextlib.contextmanager
+def _budget_service(budget_dir: Path):
+    budget_dir.mkdir(parents=True, exist_ok=True)
+    admin_token = _secret_file(budget_dir / "admin-token")
+    with running_budget_service(
+        database_url=f"sqlite:///{budget_dir / 'ledger.db'}", admin_token=admin_token, log_path=budget_dir / "service.log"
+    ) as url:
+        yield url
+
+
+def _register_with_ledger(budget_dir: Path, url: str, *, options: DemoOptions, hospitals: int) -> dict[str, object]:
+    """Register the hospitals (idempotent) and give this run's ServerApp an aggregator token."""
+    with BudgetClient(url, (budget_dir / "admin-token").read_text().strip()) as admin:
+        for i in range(1, hospitals + 1):
+            admin.ensure_institution(f"hospital-{i}", options.epsilon_limit, options.delta)
+        token_file = budget_dir / "aggregator-token"
+        token_file.unlink(missing_ok=True)
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(admin.create_aggregator_token("demo-serverapp"))
+    return {"budget-url": url, "budget-token-file": str(token_file)}
 
 
 def _privacy_config(options: DemoOptions) -> dict[str, object]:
@@ -128,7 +178,7 @@ def _privacy_config(options: DemoOptions) -> dict[str, object]:
         return {"dp": False}
     if options.noise_multiplier is not None and options.target_epsilon is not None:
         raise ValueError("give either a noise multiplier or a target epsilon, not both")
-    config: dict[str, object] = {"dp": True}
+    config: dict[str, object] = {"dp": True, "delta": options.delta}
     if options.noise_multiplier is not None:
         config["noise-multiplier"] = options.noise_multiplier
         config["target-epsilon"] = 0.0  # a fixed noise replaces the per-run target
@@ -178,6 +228,8 @@ def print_summary(outcome: DemoOutcome, *, console: Console) -> None:
     console.print(table)
     if outcome.holdout_accuracy is not None:
         console.print(f"final model accuracy on held-out data (no hospital saw it): [bold]{outcome.holdout_accuracy:.4f}[/]")
+    if outcome.budget_url:
+        console.print(f"privacy ledger: {outcome.budget_url}/v1/budgets (stopped with the demo; `fedcare budget serve` reopens it)")
     console.print(f"results.json: {outcome.results_path}")
     if outcome.results.get("final_model_path"):
         console.print(f"final model:  {outcome.results['final_model_path']}")

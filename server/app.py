@@ -19,6 +19,7 @@ from common.codecs import from_numpy, to_numpy, to_state_dict
 from common.models import build_model, parameter_count
 from common.schema import DatasetSchema, load_schema
 from common.settings import RunSettings
+from server.budget_gate import BudgetGate
 from server.fedavg import fedavg
 from server.replies import SortedReplies, sort_replies
 from server.results import RunResults
@@ -132,10 +133,29 @@ def main(grid: Grid, context: Context) -> None:
         log.warning("DIFFERENTIAL PRIVACY IS OFF for run %d (asked for with dp=false): hospitals' updates carry no DP guarantee", grid.run.run_id)
     log.info("run %d: results in %s", grid.run.run_id, results.path)
 
+    gate = None
+    if settings.budget_url:
+        gate = BudgetGate.connect(
+            url=settings.budget_url,
+            token_file=Path(settings.budget_token_file),
+            outbox_dir=Path(settings.results_dir).resolve() / "budget-outbox",
+            run_id=grid.run.run_id,
+        )
+        log.info("reporting DP events to the budget service at %s", settings.budget_url)
+
     scored_round, model_path = 0, None
     try:
         for server_round in range(1, settings.num_rounds + 1):
             nodes = wait_for_nodes(grid, minimum=settings.min_nodes, timeout=settings.node_wait_timeout)
+            skipped: dict[str, str] = {}
+            if gate is not None:
+                nodes, skipped = gate.select(nodes, server_round=server_round)
+            if not nodes:
+                reason = "every hospital is out of privacy budget"
+                log.error("round %d failed: %s", server_round, reason)
+                results.record_failed_round(server_round=server_round, reason=reason, replies=SortedReplies(), skipped=skipped)
+                results.save()
+                continue
             content = RecordDict(
                 {"arrays": from_numpy(global_weights), "config": _message_config(settings, schema, server_round)}
             )
@@ -146,17 +166,20 @@ def main(grid: Grid, context: Context) -> None:
                 expect_update=True,
             )
             _log_rejections(server_round, replies)
+            if gate is not None:
+                gate.learn(replies)
+                gate.report(replies, server_round=server_round)
             results.record_scores(after_round=scored_round, replies=replies)
             if not replies.updates:
                 reason = "no valid update from any hospital"
                 log.error("round %d failed: %s; the global model is unchanged", server_round, reason)
-                results.record_failed_round(server_round=server_round, reason=reason, replies=replies)
+                results.record_failed_round(server_round=server_round, reason=reason, replies=replies, skipped=skipped)
                 results.save()
                 continue
             global_weights = fedavg(replies.updates)
             model_path = run_dir / "models" / f"round-{server_round}.pt"
             torch.save(to_state_dict(from_numpy(global_weights)), model_path)
-            results.record_round(server_round=server_round, replies=replies, model_path=model_path)
+            results.record_round(server_round=server_round, replies=replies, model_path=model_path, skipped=skipped)
             scored_round = server_round
             results.save()
             log.info("round %d: aggregated %d update(s) from %s", server_round, len(replies.updates),
@@ -181,4 +204,7 @@ def main(grid: Grid, context: Context) -> None:
     except BaseException as exc:
         results.finish(status="failed", final_model_path=model_path, error=f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        if gate is not None:
+            gate.close()
 

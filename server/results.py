@@ -37,7 +37,9 @@ class RunResults:
     rounds: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
 
-    def record_round(self, *, server_round: int, replies: SortedReplies, model_path: Path) -> None:
+    def record_round(
+        self, *, server_round: int, replies: SortedReplies, model_path: Path, skipped: dict[str, str] | None = None
+    ) -> None:
         """Record who took part; the scores of this round's model arrive with the next message."""
         participants = sorted(u.institution for u in replies.updates)
         self.rounds.append(
@@ -46,6 +48,7 @@ class RunResults:
                 "status": "aggregated",
                 "participants": participants,
                 "rejected": [asdict(r) for r in replies.rejections],
+                "skipped": skipped or {},
                 "train_loss": weighted_mean(replies.train_losses),
                 "loss": None,
                 "accuracy": None,
@@ -63,7 +66,9 @@ class RunResults:
         known.update(replies.epsilon_known)
         return dict(sorted(known.items()))
 
-    def record_failed_round(self, *, server_round: int, reason: str, replies: SortedReplies) -> None:
+    def record_failed_round(
+        self, *, server_round: int, reason: str, replies: SortedReplies, skipped: dict[str, str] | None = None
+    ) -> None:
         self.rounds.append(
             {
                 "round": server_round,
@@ -71,6 +76,7 @@ class RunResults:
                 "reason": reason,
                 "participants": [],
                 "rejected": [asdict(r) for r in replies.rejections],
+                "skipped": skipped or {},
                 "train_loss": None,
                 "loss": None,
                 "accuracy": None,

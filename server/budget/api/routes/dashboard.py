@@ -1,0 +1,73 @@
+"""An HTML page plotting epsilon spent per institution over rounds, against each one's limit.
+
+Self-contained: the data is embedded server-side and an inline script draws
+SVG, so the page loads nothing from any other host (a Content-Security-Policy
+with a per-response nonce enforces that). Sign-in is for people with a
+browser: open `/dashboard?token=<token>` once; the token is kept in an
+HttpOnly, SameSite=Strict cookie and the script removes it from the address
+bar. The admin and aggregators see every institution, an institution itself.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from datetime import datetime, timezone
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from server.budget import crud
+from server.budget.api.deps import DASHBOARD_COOKIE, CurrentViewer, SessionDep
+from server.budget.core.security import Principal, Role
+
+router = APIRouter(tags=["dashboard"])
+PAGE = (Path(__file__).resolve().parents[2] / "templates" / "dashboard.html").read_text()
+
+
+def dashboard_data(request: Request, session, viewer: Principal) -> dict:
+    institutions = crud.list_institutions(session=session)
+    if viewer.role == Role.institution:
+        institutions = [i for i in institutions if i.id == viewer.institution_id]
+    series = crud.spending_series(session=session, institution_ids=[i.id for i in institutions],
+                                  points=request.app.state.settings.dashboard_points)
+    return {
+        "generated_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+        "viewer": viewer.role.value,
+        "institutions": [
+            {"id": i.id, "name": i.name, "limit": i.epsilon_limit, "spent": i.epsilon_spent, "delta": i.delta,
+             "rounds": i.rounds, "flagged": i.flagged_events, "points": series[i.id]}
+            for i in institutions
+        ],
+    }
+
+
+def _with_cookie(request: Request, response, token_from_query: str | None):
+    if token_from_query:
+        response.set_cookie(DASHBOARD_COOKIE, token_from_query, httponly=True, samesite="strict",
+                            secure=request.url.scheme == "https", max_age=8 * 3600, path="/dashboard")
+    return response
+
+
+@router.get("/dashboard", response_class=HTMLResponse)
+def dashboard(request: Request, session: SessionDep, viewer: CurrentViewer) -> HTMLResponse:
+    """Epsilon spent per institution over rounds (all runs, in the order received), with each limit dashed."""
+    nonce = secrets.token_urlsafe(16)
+    with session:
+        data = json.dumps(dashboard_data(request, session, viewer), allow_nan=False).replace("<", "\\u003c")
+    page = PAGE.replace("__NONCE__", nonce).replace("__DATA__", data)
+    response = HTMLResponse(page, headers={
+        "Content-Security-Policy": f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+                                   "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'",
+        "Cache-Control": "no-store",
+        "Referrer-Policy": "no-referrer",
+    })
+    return _with_cookie(request, response, request.query_params.get("token"))
+
+
+@router.get("/dashboard/data", response_class=JSONResponse)
+def dashboard_json(request: Request, session: SessionDep, viewer: CurrentViewer) -> JSONResponse:
+    """The dashboard's data; the page refreshes itself from here."""
+    with session:
+        return JSONResponse(dashboard_data(request, session, viewer), headers={"Cache-Control": "no-store"})

@@ -1,0 +1,36 @@
+"""Posting DP events (aggregators, i.e. the ServerApp; and the admin)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Body, HTTPException, Request, status
+
+from server.budget import crud
+from server.budget.api.deps import CurrentPrincipal, SessionDep, require
+from server.budget.core.security import Role
+from server.budget.models import EventBatch, EventsWritten
+
+router = APIRouter(tags=["events"])
+
+
+@router.post("/events", response_model=EventsWritten)
+def post_events(
+    request: Request, session: SessionDep, principal: CurrentPrincipal,
+    batch: EventBatch = Body(description="One event object or a list of up to 1000"),
+) -> EventsWritten:
+    """Store DP events, idempotently on (run_id, server_round, institution).
+
+    A retry with the same key never adds a row nor changes the stored one: it
+    comes back as `duplicate` (same numbers) or `conflict` (other numbers;
+    the stored event stands). A batch is stored whole or not at all.
+    """
+    require(principal, Role.aggregator, Role.admin)
+    try:
+        with session:
+            written = crud.record_events(session=session, events=batch.root)
+    except crud.UnknownInstitution as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from None
+    counter = request.app.state.metrics.event_writes
+    for outcome, n in (("created", written.created), ("duplicate", written.duplicates), ("conflict", written.conflicts)):
+        if n:
+            counter.labels(outcome).inc(n)
+    return written

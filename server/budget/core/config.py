@@ -1,0 +1,91 @@
+"""The budget service's settings: one object per process, read from the environment once.
+
+`FEDCARE_ADMIN_TOKEN` is the admin's bearer token. The service refuses to start
+with an empty or placeholder token unless development mode is asked for
+explicitly (`FEDCARE_BUDGET_DEVELOPMENT=1` or `fedcare budget serve --dev`),
+and then it says so loudly in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from functools import lru_cache
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger("fedcare.budget")
+
+# Values people paste from examples; none of them is a secret.
+PLACEHOLDER_TOKENS = frozenset(
+    {"changeme", "changethis", "change-me", "secret", "password", "admin", "token", "test", "example", "xxx", "dev"}
+)
+MIN_TOKEN_LENGTH = 16
+
+
+class BudgetSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FEDCARE_BUDGET_", extra="ignore", populate_by_name=True)
+
+    database_url: str = Field(
+        default="sqlite:///./fedcare-budget.db",
+        validation_alias=AliasChoices("FEDCARE_BUDGET_DATABASE_URL", "DATABASE_URL", "database_url"),
+        description="SQLAlchemy URL: sqlite:///path.db (WAL mode) or postgresql+psycopg://user@host/db",
+    )
+    admin_token: SecretStr = Field(
+        default=SecretStr(""),
+        validation_alias=AliasChoices("FEDCARE_ADMIN_TOKEN", "admin_token"),
+        description="The admin's bearer token (at least 16 characters, not a placeholder).",
+    )
+    development: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("FEDCARE_BUDGET_DEVELOPMENT", "development"),
+        description="Allow an empty or placeholder admin token. Never in production.",
+    )
+    sqlite_busy_timeout_ms: int = Field(default=10_000, ge=0)
+    worker_threads: int = Field(default=8, ge=1, description="Threads running route handlers (database work)")
+    db_pool_size: int = Field(default=8, ge=1, description="Connections kept open; as many again may be added under load")
+    token_cache_seconds: float = Field(default=60.0, ge=0, description="How long a verified token is remembered")
+    dashboard_points: int = Field(default=1000, ge=10, description="Most recent events plotted per institution")
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets(self) -> BudgetSettings:
+        problem = admin_token_problem(self.admin_token.get_secret_value())
+        if problem is None:
+            return self
+        if not self.development:
+            raise ValueError(
+                f"FEDCARE_ADMIN_TOKEN {problem}. Set it to a long random value, e.g. "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`, or start in development mode "
+                "(FEDCARE_BUDGET_DEVELOPMENT=1 / --dev) for a throwaway local service."
+            )
+        if not self.admin_token.get_secret_value():
+            self.admin_token = SecretStr(secrets.token_urlsafe(32))
+            log.warning(
+                "DEVELOPMENT MODE: FEDCARE_ADMIN_TOKEN is empty; generated a one-off admin token for this process: %s",
+                self.admin_token.get_secret_value(),
+            )
+        else:
+            log.warning("DEVELOPMENT MODE: FEDCARE_ADMIN_TOKEN %s; this service must not hold real data", problem)
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def admin_token_problem(token: str) -> str | None:
+    """Why `token` is unfit as the admin secret, or None when it is fine."""
+    if not token.strip():
+        return "is empty"
+    if token.strip().lower() in PLACEHOLDER_TOKENS:
+        return f"is the placeholder {token!r}"
+    if len(token) < MIN_TOKEN_LENGTH:
+        return f"is shorter than {MIN_TOKEN_LENGTH} characters"
+    return None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> BudgetSettings:
+    """The process's settings, read from the environment on first use."""
+    return BudgetSettings()

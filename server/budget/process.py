@@ -1,0 +1,109 @@
+"""Run the budget service as a real process (uvicorn on 127.0.0.1), for tests, benchmarks and the demo."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the folder holding the `server` package
+
+
+class BudgetServiceStartError(RuntimeError):
+    """The service process exited or did not answer /healthz in time; the message has its log's tail."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def stop_process(proc: subprocess.Popen, *, grace: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@contextmanager
+def running_budget_service(
+    *,
+    database_url: str,
+    admin_token: str,
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    log_path: Path | None = None,
+    development: bool = False,
+    startup_timeout: float = 60.0,
+    log_level: str = "info",
+) -> Iterator[str]:
+    """Start `fedcare budget serve` in a child process, wait for /healthz, yield its URL; stop it on exit.
+
+    The admin token travels in the child's environment, never on its command line.
+    """
+    own_log = log_path is None
+    if log_path is None:
+        fd, name = tempfile.mkstemp(prefix="fedcare-budget-", suffix=".log")
+        os.close(fd)
+        log_path = Path(name)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    port = port or free_port(host)
+    url = f"http://{host}:{port}"
+    env = {
+        **os.environ,
+        "FEDCARE_ADMIN_TOKEN": admin_token,
+        "FEDCARE_BUDGET_DATABASE_URL": database_url,
+        "FEDCARE_BUDGET_DEVELOPMENT": "1" if development else "0",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p),
+    }
+    command = [sys.executable, "-m", "fedcare.budget_cli", "serve", "--host", host, "--port", str(port),
+               "--log-level", log_level]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+    try:
+        _wait_healthy(proc, url, log_path, timeout=startup_timeout)
+        yield url
+    finally:
+        stop_process(proc)
+        if own_log:
+            log_path.unlink(missing_ok=True)
+
+
+def _wait_healthy(proc: subprocess.Popen, url: str, log_path: Path, *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=2.0) as http:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise BudgetServiceStartError(
+                    f"the budget service exited with code {proc.returncode} before answering; its log:\n{_tail(log_path)}")
+            try:
+                if http.get(f"{url}/healthz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+    stop_process(proc)
+    raise BudgetServiceStartError(f"the budget service did not answer {url}/healthz within {timeout:.0f} s; "
+                                  f"its log:\n{_tail(log_path)}")

@@ -1,0 +1,79 @@
+"""The ServerApp's side of the budget service: report every DP event, skip hospitals that are out of budget.
+
+The budget service is a second line of enforcement and the federation's audit
+record; each hospital's own accountant stays the first line. So an unreachable
+service never stops a round: events wait in an on-disk outbox and the hospitals
+still refuse rounds they cannot afford.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from server.budget_client import BudgetClient, BudgetServiceError, BudgetView
+from server.replies import SortedReplies
+
+log = logging.getLogger("flwr.fedcare.server")
+
+
+@dataclass
+class BudgetGate:
+    client: BudgetClient
+    run_id: int
+    node_institutions: dict[int, str] = field(default_factory=dict)  # learnt from replies
+
+    @classmethod
+    def connect(cls, *, url: str, token_file: Path, outbox_dir: Path, run_id: int) -> BudgetGate:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"budget-token-file {token_file}: cannot read the aggregator token ({exc})") from exc
+        if not token:
+            raise ValueError(f"budget-token-file {token_file} is empty")
+        return cls(client=BudgetClient(url, token, outbox_dir=outbox_dir), run_id=run_id)
+
+    def select(self, nodes: list[int], *, server_round: int) -> tuple[list[int], dict[str, str]]:
+        """Nodes to send this round to, and {institution: why skipped} for the others."""
+        try:
+            budgets: dict[str, BudgetView] = self.client.budgets()
+        except BudgetServiceError as exc:
+            log.warning("round %d: budget service unavailable (%s); relying on each hospital's own limit", server_round, exc)
+            return nodes, {}
+        chosen, skipped = [], {}
+        for node in nodes:
+            name = self.node_institutions.get(node)
+            view = budgets.get(name) if name else None
+            if view is not None and not view.can_cover_next_round:
+                nxt = f"{view.epsilon_next_round:.3f}" if view.epsilon_next_round is not None else "more"
+                reason = f"epsilon spent {view.epsilon_spent:.3f} of {view.epsilon_limit:g}; another round would reach {nxt}"
+                log.warning("round %d: skipping %s: %s", server_round, name, reason)
+                skipped[name] = reason
+                continue
+            chosen.append(node)
+        return chosen, skipped
+
+    def learn(self, replies: SortedReplies) -> None:
+        for update in replies.updates:
+            self.node_institutions[update.node_id] = update.institution
+        for rejection in replies.rejections:
+            if not rejection.institution.startswith("node-"):
+                self.node_institutions[rejection.node_id] = rejection.institution
+
+    def report(self, replies: SortedReplies, *, server_round: int) -> None:
+        """Post the round's events; undeliverable ones stay in the outbox for the next call."""
+        events = [{**event, "institution": name} for name, event in replies.dp_events.items()]
+        if not events:
+            return
+        try:
+            self.client.post_events(events)
+        except BudgetServiceError as exc:
+            log.warning("round %d: %d DP event(s) kept in the outbox for later delivery: %s", server_round, len(events), exc)
+
+    def close(self) -> None:
+        try:
+            self.client.flush_outbox()
+        except BudgetServiceError as exc:
+            log.warning("budget service: %d event(s) still waiting in the outbox: %s", self.client.pending(), exc)
+        self.client.close()
