@@ -14,6 +14,8 @@ from common.demo_data import DemoSplit
 from common.models import build_model, parameter_count
 from common.schema import load_schema
 from fedcare.federation import LocalFederation
+from server.budget.process import running_budget_service
+from server.budget_client import BudgetClient
 from tests.integration.conftest import APP_DIR, assert_all_exited, wait_finished
 
 pytestmark = pytest.mark.slow
@@ -21,17 +23,28 @@ SEED = 42  # the ServerApp's default seed for the initial global model
 
 
 def test_three_hospitals_two_rounds_improve_the_model(tmp_path: Path, breast_cancer_split: DemoSplit) -> None:
-    """With the defaults: TLS, local DP with a per-run target of epsilon 3."""
+    """With the defaults (TLS, local DP with a per-run target of epsilon 3) and the budget service."""
     split = breast_cancer_split
-    with LocalFederation(tmp_path / "fed") as fed:
+    admin_token = "integration-admin-" + "x" * 32
+    with running_budget_service(database_url=f"sqlite:///{tmp_path / 'ledger.db'}", admin_token=admin_token) as url, \
+            BudgetClient(url, admin_token) as admin, LocalFederation(tmp_path / "fed") as fed:
+        for i in range(1, 4):
+            admin.ensure_institution(f"hospital-{i}", 10.0, 1e-5)
+        token_file = tmp_path / "aggregator-token"
+        token_file.write_text(admin.create_aggregator_token("integration-test"))
         fed.start_superlink()
         for i, path in enumerate(split.hospital_paths, start=1):
             fed.add_hospital(institution=f"hospital-{i}", data_path=path, node_config={"state-dir": str(tmp_path / f"state-{i}")})
         run_id = fed.submit(
             app_dir=APP_DIR,
-            run_config={"num-rounds": 2, "schema-path": str(split.schema_path), "results-dir": str(tmp_path / "runs"), "min-nodes": 3},
+            run_config={
+                "num-rounds": 2, "schema-path": str(split.schema_path), "results-dir": str(tmp_path / "runs"), "min-nodes": 3,
+                "budget-url": url, "budget-token-file": str(token_file),
+            },
         )
         status = wait_finished(fed, run_id)
+        ledger = admin.run_budget(run_id)
+        budgets = admin.budgets()
     assert_all_exited(fed.seen_pids)
     assert status == "finished:completed"
 
@@ -54,6 +67,15 @@ def test_three_hospitals_two_rounds_improve_the_model(tmp_path: Path, breast_can
     for name, eps in results["rounds"][-1]["epsilon"].items():
         assert 2.9 < eps <= 3.0, (name, eps)
         assert results["rounds"][0]["epsilon"][name] < eps
+
+    # The ledger holds the events the hospitals reported, with their epsilon, unflagged.
+    final_eps = results["rounds"][-1]["epsilon"]
+    spending = {row["institution"]: row for row in ledger["institutions"]}
+    assert set(spending) == {"hospital-1", "hospital-2", "hospital-3"}
+    for name, row in spending.items():
+        assert row["rounds"] == 2 and row["flagged_events"] == 0
+        assert row["epsilon_after"] == pytest.approx(final_eps[name], rel=1e-6)
+        assert budgets[name].epsilon_spent == pytest.approx(final_eps[name], rel=1e-6)
 
     # The global model must have improved on rows no hospital trained on.
     holdout = load_hospital_table(split.holdout_path, schema)
