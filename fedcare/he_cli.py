@@ -1,0 +1,89 @@
+"""`fedcare he`: make the federation's CKKS keys, and let a hospital decrypt the final model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+he_app = typer.Typer(help="Homomorphic encryption (CKKS): make keys, decrypt the final model.",
+                     no_args_is_help=True, add_completion=False)
+console = Console()
+errors = Console(stderr=True)
+
+
+def _bit_sizes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.replace(" ", "").split(",") if part)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: give comma-separated bit sizes, e.g. 60,40") from None
+
+
+@he_app.command()
+def keygen(
+    out: Annotated[Path, typer.Option(help="Directory for hospital/ and server/ key material.")],
+    poly_modulus_degree: Annotated[int, typer.Option(help="CKKS ring degree: 4096 (default), 8192, 16384, 32768.")] = 4096,
+    coeff_mod_bit_sizes: Annotated[str, typer.Option(help="Prime sizes in bits, comma-separated; the last is SEAL's special prime.")] = "60,40",
+    scale_bits: Annotated[int, typer.Option(help="CKKS scale 2**BITS: precision below the point.")] = 40,
+    force: Annotated[bool, typer.Option("--force", help="Replace existing keys (models encrypted under them become unreadable).")] = False,
+) -> None:
+    """Make a secret context for the hospitals and a key-free context for the server."""
+    from common.he import HEConfigError, HEKeyError, HEParams, write_keys
+
+    params = HEParams(poly_modulus_degree=poly_modulus_degree, coeff_mod_bit_sizes=_bit_sizes(coeff_mod_bit_sizes),
+                      global_scale_bits=scale_bits)
+    try:
+        files = write_keys(out, params, overwrite=force)
+    except (HEConfigError, HEKeyError) as exc:
+        errors.print(f"[red]no keys written:[/] {exc}")
+        raise typer.Exit(2) from None
+    table = Table(title=f"HE key material (key id {files.key_id})")
+    for name in ("file", "give it to", "bytes", "mode"):
+        table.add_column(name)
+    for path, who in ((files.hospital_context, "every hospital, and no one else (holds the SECRET key)"),
+                      (files.hospital_params, "every hospital"),
+                      (files.server_context, "the server (parameters only, no key)"),
+                      (files.server_params, "the server")):
+        table.add_row(str(path), who, str(path.stat().st_size), oct(path.stat().st_mode & 0o777))
+    table.caption = (f"degree {params.poly_modulus_degree}, primes {list(params.coeff_mod_bit_sizes)}, scale "
+                     f"2**{params.global_scale_bits}; sums must stay within ±{params.max_abs_value:,.0f}")
+    console.print(table)
+    console.print("Anyone holding he-secret.ctx can read every update and the model: copy hospital/ only to hospitals, "
+                  "server/ only to the server.")
+
+
+@he_app.command()
+def decrypt(
+    context: Annotated[Path, typer.Option(help="The hospitals' he-secret.ctx.")],
+    encrypted: Annotated[Path, typer.Option(help="The encrypted model the server wrote (e.g. final_model.he).")],
+    schema: Annotated[Path, typer.Option(help="The federation's data schema: it names the model's architecture.")],
+    out: Annotated[Path, typer.Option(help="Where to write the plaintext model (a torch state dict, .pt).")],
+) -> None:
+    """Decrypt an encrypted model (a hospital's step: the server cannot) and export it as a state dict."""
+    import torch
+
+    from common.codecs import from_numpy, to_state_dict
+    from common.he import EncryptedUpdate, HEConfigError, HEKeyError, InvalidCiphertext, decrypt_sum, load_secret_context
+    from common.models import build_model
+    from common.schema import SchemaError, load_schema
+
+    try:
+        ctx = load_secret_context(context)
+        bundle = EncryptedUpdate.from_bytes(encrypted.read_bytes())
+        template = {k: v.detach().numpy() for k, v in build_model(load_schema(schema)).state_dict().items()}
+        weights = decrypt_sum(bundle, context=ctx, template=template)
+    except (HEKeyError, HEConfigError, InvalidCiphertext, SchemaError, FileNotFoundError) as exc:
+        errors.print(f"[red]cannot decrypt:[/] {exc}")
+        raise typer.Exit(1) from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(to_state_dict(from_numpy(weights)), out)
+    h = bundle.header
+    console.print(f"wrote {out}: run {h.run_id} round {h.server_round}, {h.contributors} hospital(s), "
+                  f"{h.num_examples} examples, {h.num_values} values")
+
+
+if __name__ == "__main__":
+    he_app()
