@@ -13,10 +13,12 @@ from rich.logging import RichHandler
 from common.demo_data import DemoDataset
 from fedcare.budget_cli import budget_app
 from fedcare.federation import FederationError
+from fedcare.he_cli import he_app
 
 app = typer.Typer(help="fedcare: federated learning for hospitals.", no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
 app.add_typer(budget_app, name="budget", help="The privacy budget service: serve it, show budgets.")
+app.add_typer(he_app, name="he", help="Homomorphic-encryption keys: make them, decrypt a final model.")
 
 
 @app.callback()
