@@ -35,7 +35,7 @@ from server.fedavg import ClientUpdate, fedavg
 REPO = Path(__file__).resolve().parents[1]
 # Per-dataset settings: the run config a coordinator would choose for this data.
 SETTINGS = {
-    "breast-cancer": {"learning-rate": 0.05, "batch-size": 32, "local-epochs": 2, "num-rounds": 5},
+    "breast-cancer": {"learning-rate": 0.03, "batch-size": 16, "local-epochs": 2, "num-rounds": 5},
     "digits": {"learning-rate": 0.005, "batch-size": 64, "local-epochs": 3, "num-rounds": 20},
 }
 DELTA, SEED = 1e-5, 42

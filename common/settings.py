@@ -23,8 +23,8 @@ class RunSettings(BaseModel):
 
     num_rounds: int = Field(default=5, ge=1)
     local_epochs: int = Field(default=2, ge=1)
-    batch_size: int = Field(default=32, ge=1)
-    learning_rate: float = Field(default=0.05, gt=0)
+    batch_size: int = Field(default=16, ge=1)
+    learning_rate: float = Field(default=0.03, gt=0)
     validation_fraction: float = Field(default=0.2, gt=0, lt=1)
     min_nodes: int = Field(default=2, ge=1)
     node_wait_timeout: float = Field(default=120.0, gt=0)

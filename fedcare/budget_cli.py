@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -25,16 +26,18 @@ def serve(
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = DEFAULT_PORT,
     database_url: Annotated[Optional[str], typer.Option(
         help="SQLAlchemy URL (default: $DATABASE_URL, else sqlite:///./fedcare-budget.db).")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes (one per core serves the most reads).")] = 1,
     dev: Annotated[bool, typer.Option("--dev", help="Development mode: allow an empty or placeholder admin token.")] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve the budget API, /metrics and /dashboard with uvicorn. The admin token comes from $FEDCARE_ADMIN_TOKEN."""
-    import uvicorn
+    import shutil
+    import tempfile
 
+    import uvicorn
     from pydantic import ValidationError
 
     from server.budget.core.config import BudgetSettings
-    from server.budget.main import create_app
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides: dict[str, object] = {}
@@ -48,11 +51,34 @@ def serve(
         reasons = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
         errors.print(f"[red]refusing to start:[/] {reasons}")
         raise typer.Exit(2) from None
-    app = create_app(settings)
     errors.print(f"budget service on http://{host}:{port} (API /v1, docs /docs, dashboard /dashboard)")
     # Keep-alive outlives a benchmark's or a ServerApp's pauses between calls; a reconnect costs more than an idle socket.
-    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), access_log=False, timeout_keep_alive=75,
-                timeout_graceful_shutdown=5)
+    options = dict(host=host, port=port, log_level=log_level.lower(), access_log=False, timeout_keep_alive=75,
+                   timeout_graceful_shutdown=5)
+    if workers == 1:
+        from server.budget.main import create_app
+
+        uvicorn.run(create_app(settings), **options)
+        return
+    # Workers build the app from the environment (server.budget.main:app): hand them exactly these settings,
+    # including a development token generated here, so every worker accepts the same one.
+    os.environ.update({"FEDCARE_BUDGET_DATABASE_URL": settings.database_url,
+                       "FEDCARE_ADMIN_TOKEN": settings.admin_token.get_secret_value(),
+                       "FEDCARE_BUDGET_DEVELOPMENT": "1" if settings.development else "0"})
+    from server.budget.core.db import make_engine, upgrade_schema
+
+    engine = make_engine(settings)
+    upgrade_schema(engine)  # once, before the workers race to do it
+    engine.dispose()
+    own_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    metrics_dir = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="fedcare-budget-metrics-"))
+    for stale in Path(metrics_dir).glob("*.db"):
+        stale.unlink()
+    try:
+        uvicorn.run("server.budget.main:app", workers=workers, **options)
+    finally:
+        if own_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:

@@ -155,7 +155,8 @@ def _budget_service(budget_dir: Path):
     budget_dir.mkdir(parents=True, exist_ok=True)
     admin_token = _secret_file(budget_dir / "admin-token")
     with running_budget_service(
-        database_url=f"sqlite:///{budget_dir / 'ledger.db'}", admin_token=admin_token, log_path=budget_dir / "service.log"
+        database_url=f"sqlite:///{budget_dir / 'ledger.db'}", admin_token=admin_token, log_path=budget_dir / "service.log",
+        wait_for_accounting=True,
     ) as url:
         yield url
 

@@ -32,7 +32,8 @@ class BudgetGate:
             raise ValueError(f"budget-token-file {token_file}: cannot read the aggregator token ({exc})") from exc
         if not token:
             raise ValueError(f"budget-token-file {token_file} is empty")
-        return cls(client=BudgetClient(url, token, outbox_dir=outbox_dir), run_id=run_id)
+        # Short timeouts: an unreachable ledger must not stall a round; events wait in the outbox.
+        return cls(client=BudgetClient(url, token, outbox_dir=outbox_dir, timeout=2.0, retries=1), run_id=run_id)
 
     def select(self, nodes: list[int], *, server_round: int) -> tuple[list[int], dict[str, str]]:
         """Nodes to send this round to, and {institution: why skipped} for the others."""

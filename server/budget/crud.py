@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -22,8 +22,9 @@ from server.budget.core import accounting
 from server.budget.core.db import begin_write
 from server.budget.core.security import Principal, Role, hash_token, new_token
 from server.budget.models import (
-    ApiToken, BudgetPublic, EventCreate, EventOutcome, EventPublic, EventsWritten, Institution, InstitutionCreate,
-    PrivacyEvent, RunBudget, RunInstitutionSpending, utcnow,
+    AggregatorCreated, ApiToken, BudgetPublic, EventCreate, EventOutcome, EventPage, EventPublic, EventsWritten,
+    Institution, InstitutionCreate, InstitutionCreated, InstitutionPublic, PrivacyEvent, RunBudget,
+    RunInstitutionSpending, utcnow,
 )
 
 log = logging.getLogger("fedcare.budget")
@@ -33,15 +34,19 @@ class LedgerError(ValueError):
     """A request the ledger cannot carry out; the message says why."""
 
 
-class UnknownInstitution(LedgerError):
-    pass
+class NotFound(LedgerError):
+    """404"""
 
 
 class DuplicateName(LedgerError):
-    pass
+    """409"""
 
 
-def create_institution(*, session: Session, payload: InstitutionCreate) -> tuple[Institution, str]:
+class UnknownInstitution(LedgerError):
+    """422: an event names an institution nobody registered."""
+
+
+def create_institution(*, session: Session, payload: InstitutionCreate) -> InstitutionCreated:
     """A new institution and its API token (returned once; only the hash is stored)."""
     begin_write(session)
     if session.scalar(select(Institution.id).where(Institution.name == payload.name)) is not None:
@@ -59,17 +64,17 @@ def create_institution(*, session: Session, payload: InstitutionCreate) -> tuple
         raise DuplicateName(f"an institution named {payload.name!r} already exists") from None
     log.info("registered institution %r (id %d, epsilon limit %g, delta %g)", institution.name, institution.id,
              institution.epsilon_limit, institution.delta)
-    return institution, token
+    return InstitutionCreated(**InstitutionPublic.model_validate(institution).model_dump(), token=token)
 
 
-def create_aggregator(*, session: Session, name: str) -> tuple[ApiToken, str]:
+def create_aggregator(*, session: Session, name: str) -> AggregatorCreated:
     begin_write(session)
     token = new_token()
     row = ApiToken(token_hash=hash_token(token), role=Role.aggregator, name=name)
     session.add(row)
     session.commit()
     log.info("issued aggregator token %r (id %d)", name, row.id)
-    return row, token
+    return AggregatorCreated(id=row.id, name=row.name, token=token)
 
 
 def principal_for_digest(*, session: Session, digest: str) -> Principal | None:
@@ -79,12 +84,35 @@ def principal_for_digest(*, session: Session, digest: str) -> Principal | None:
     return Principal(role=Role(row.role), name=row.name, institution_id=row.institution_id)
 
 
-def list_institutions(*, session: Session) -> list[Institution]:
-    return list(session.scalars(select(Institution).order_by(Institution.id)))
+def _institutions(session: Session, only: int | None = None) -> list[Institution]:
+    query = select(Institution).order_by(Institution.id)
+    if only is not None:
+        query = query.where(Institution.id == only)
+    return list(session.scalars(query))
 
 
-def get_institution(*, session: Session, institution_id: int) -> Institution | None:
-    return session.get(Institution, institution_id)
+def _institution(session: Session, institution_id: int) -> Institution:
+    institution = session.get(Institution, institution_id)
+    if institution is None:
+        raise NotFound(f"no institution with id {institution_id}")
+    return institution
+
+
+def list_institutions(*, session: Session) -> list[InstitutionPublic]:
+    return [InstitutionPublic.model_validate(i) for i in _institutions(session)]
+
+
+def read_institution(*, session: Session, institution_id: int) -> InstitutionPublic:
+    return InstitutionPublic.model_validate(_institution(session, institution_id))
+
+
+def read_budget(*, session: Session, institution_id: int) -> BudgetPublic:
+    return budget_of(_institution(session, institution_id))
+
+
+def list_budgets(*, session: Session, only: int | None = None) -> list[BudgetPublic]:
+    """Every institution's budget, or only the one with id `only`."""
+    return [budget_of(i) for i in _institutions(session, only)]
 
 
 def budget_of(institution: Institution) -> BudgetPublic:
@@ -100,11 +128,13 @@ def budget_of(institution: Institution) -> BudgetPublic:
     )
 
 
-def list_events(*, session: Session, institution_id: int, limit: int, offset: int) -> tuple[list[PrivacyEvent], int]:
+def list_events(*, session: Session, institution_id: int, limit: int, offset: int) -> EventPage:
+    _institution(session, institution_id)
     where = PrivacyEvent.institution_id == institution_id
     total = session.scalar(select(func.count()).select_from(PrivacyEvent).where(where)) or 0
-    rows = session.scalars(select(PrivacyEvent).where(where).order_by(PrivacyEvent.id).limit(limit).offset(offset))
-    return list(rows), total
+    rows = list(session.scalars(select(PrivacyEvent).where(where).order_by(PrivacyEvent.id).limit(limit).offset(offset)))
+    return EventPage(items=[EventPublic.of(r) for r in rows], total=total, limit=limit, offset=offset,
+                     next_offset=offset + len(rows) if offset + len(rows) < total else None)
 
 
 def _history(session: Session, institution_id: int) -> dict[tuple[float, float], int]:
@@ -152,7 +182,38 @@ def _assess(institution: Institution, event: EventCreate, history: dict) -> _Spe
 
 def record_events(*, session: Session, events: list[EventCreate]) -> EventsWritten:
     """Store new events (all or none), recompute spending, and say what happened to each."""
+    written = record_batches(session=session, batches=[events])[0]
+    if isinstance(written, LedgerError):
+        raise written
+    return written
+
+
+def record_batches(*, session: Session, batches: list[list[EventCreate]]) -> list[EventsWritten | LedgerError]:
+    """Several requests' batches in one transaction and one commit (group commit).
+
+    Each batch is stored whole or not at all (a savepoint each); a batch the
+    ledger refuses comes back as its LedgerError, the others are committed.
+    """
     begin_write(session)
+    staged: list[list[tuple[str, PrivacyEvent]] | LedgerError] = []
+    for events in batches:
+        try:
+            with session.begin_nested():
+                staged.append(_record(session, events))
+        except LedgerError as exc:
+            staged.append(exc)
+    session.commit()
+    return [result if isinstance(result, LedgerError) else _written(result) for result in staged]
+
+
+def _written(results: list[tuple[str, PrivacyEvent]]) -> EventsWritten:
+    outcomes = [EventOutcome(outcome=outcome, event=EventPublic.of(row)) for outcome, row in results]
+    counts = {k: sum(o.outcome == k for o in outcomes) for k in ("created", "duplicate", "conflict")}
+    return EventsWritten(created=counts["created"], duplicates=counts["duplicate"], conflicts=counts["conflict"],
+                         results=outcomes)
+
+
+def _record(session: Session, events: list[EventCreate]) -> list[tuple[str, PrivacyEvent]]:
     names = sorted({e.institution for e in events})
     query = select(Institution).where(Institution.name.in_(names)).order_by(Institution.id)
     if session.get_bind().dialect.name == "postgresql":
@@ -160,7 +221,6 @@ def record_events(*, session: Session, events: list[EventCreate]) -> EventsWritt
     institutions = {i.name: i for i in session.scalars(query)}
     unknown = [f"events[{i}].institution {e.institution!r}" for i, e in enumerate(events) if e.institution not in institutions]
     if unknown:
-        session.rollback()
         raise UnknownInstitution(f"unknown institution: {', '.join(unknown[:10])}; register it first (POST /v1/institutions)")
 
     histories: dict[int, dict] = {}
@@ -206,14 +266,10 @@ def record_events(*, session: Session, events: list[EventCreate]) -> EventsWritt
                         row.flag_reason)
         session.flush()
         results.append(("created", row))
-    session.commit()
-    outcomes = [EventOutcome(outcome=outcome, event=EventPublic.of(row)) for outcome, row in results]
-    counts = {k: sum(o.outcome == k for o in outcomes) for k in ("created", "duplicate", "conflict")}
-    return EventsWritten(created=counts["created"], duplicates=counts["duplicate"], conflicts=counts["conflict"],
-                         results=outcomes)
+    return results
 
 
-def run_budget(*, session: Session, run_id: str, institution_id: int | None = None) -> RunBudget | None:
+def run_budget(*, session: Session, run_id: str, institution_id: int | None = None) -> RunBudget:
     query = select(PrivacyEvent).where(PrivacyEvent.run_id == run_id).order_by(PrivacyEvent.id)
     if institution_id is not None:
         query = query.where(PrivacyEvent.institution_id == institution_id)
@@ -221,7 +277,7 @@ def run_budget(*, session: Session, run_id: str, institution_id: int | None = No
     for row in session.scalars(query):
         by_institution.setdefault(row.institution_id, []).append(row)
     if not by_institution:
-        return None
+        raise NotFound(f"no events recorded for run {run_id!r}")
     spending = []
     for inst_id, rows in by_institution.items():
         before = session.scalar(
@@ -239,15 +295,23 @@ def run_budget(*, session: Session, run_id: str, institution_id: int | None = No
     return RunBudget(run_id=run_id, institutions=sorted(spending, key=lambda s: s.institution))
 
 
-def spending_series(*, session: Session, institution_ids: list[int], points: int) -> dict[int, list[tuple[int, float]]]:
-    """(round number over all runs, epsilon spent after it) for the last `points` events of each institution."""
-    series: dict[int, list[tuple[int, float]]] = {}
-    for inst_id in institution_ids:
-        total = session.scalar(select(func.count()).select_from(PrivacyEvent).where(PrivacyEvent.institution_id == inst_id)) or 0
+def dashboard_data(*, session: Session, only: int | None, points: int) -> list[dict]:
+    """Per institution: its budget figures and (round over all runs, epsilon spent after it) for its last `points` events."""
+    out = []
+    for institution in _institutions(session, only):
         rows = list(session.execute(
-            select(PrivacyEvent.epsilon_spent_after).where(PrivacyEvent.institution_id == inst_id)
+            select(PrivacyEvent.epsilon_spent_after).where(PrivacyEvent.institution_id == institution.id)
             .order_by(PrivacyEvent.id.desc()).limit(points)
         ).scalars())
-        first = total - len(rows) + 1
-        series[inst_id] = [(first + i, eps) for i, eps in enumerate(reversed(rows))]
-    return series
+        first = institution.rounds - len(rows) + 1
+        out.append({"id": institution.id, "name": institution.name, "limit": institution.epsilon_limit,
+                    "spent": institution.epsilon_spent, "delta": institution.delta, "rounds": institution.rounds,
+                    "flagged": institution.flagged_events,
+                    "points": [(first + i, eps) for i, eps in enumerate(reversed(rows))]})
+    return out
+
+
+def ping(*, session: Session) -> str:
+    """The database's dialect, after a round trip to it."""
+    session.execute(text("SELECT 1"))
+    return session.get_bind().dialect.name

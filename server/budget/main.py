@@ -13,6 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.status import HTTP_422_UNPROCESSABLE_CONTENT
 
+from server.budget import crud
+from server.budget.api.deps import Ledger
 from server.budget.api.main import api_router, site_router
 from server.budget.core import accounting
 from server.budget.core.config import BudgetSettings, get_settings
@@ -37,12 +39,20 @@ def describe_validation_error(exc: RequestValidationError) -> str:
     messages = []
     for err in exc.errors()[:10]:
         msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        if err.get("type") == "json_invalid":
+            messages.append(f"body: {msg} at character {err.get('loc', ('', '?'))[-1]}")
+            continue
         got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], (dict, list)) else ""
         where = _where(tuple(err.get("loc", ())))
         if where.startswith("[") or where == "request":
             where = "events" + where if where != "request" else where
         messages.append(f"{where}: {msg}{got}")
     return "; ".join(messages)
+
+
+async def _ledger_error(request: Request, exc: crud.LedgerError) -> JSONResponse:
+    code = {crud.NotFound: 404, crud.DuplicateName: 409, crud.UnknownInstitution: 422}.get(type(exc), 400)
+    return JSONResponse(status_code=code, content={"detail": str(exc)})
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -62,12 +72,13 @@ def create_app(settings: BudgetSettings | None = None) -> FastAPI:
     sessions = make_sessionmaker(engine)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI):
+    async def lifespan(app: FastAPI):
         # Few threads, each with a connection: dozens of threads fighting over the GIL serve fewer requests, not more.
-        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.read_threads
         # Opacus (and torch) take seconds to import; do it now rather than in the first write.
         threading.Thread(target=accounting.warm_up, name="opacus-warm-up", daemon=True).start()
         yield
+        await app.state.ledger.aclose()
         engine.dispose()
 
     app = FastAPI(
@@ -79,10 +90,14 @@ def create_app(settings: BudgetSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessions = sessions
+    read_sessions = None if settings.is_sqlite else make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
+    app.state.ledger = Ledger(sessions, read_sessions=read_sessions, serialize_writes=settings.is_sqlite,
+                              write_threads=settings.write_threads)
     app.state.admin_digest = hash_token(settings.admin_token.get_secret_value())
     app.state.token_cache = TokenCache(settings.token_cache_seconds)
     app.state.metrics = metrics = BudgetMetrics(sessions)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(crud.LedgerError, _ledger_error)
     app.add_middleware(LatencyMiddleware, observe=lambda m, route, status, seconds: metrics.requests.labels(
         m, route, str(status)).observe(seconds))
     app.include_router(api_router)

@@ -272,3 +272,5 @@ class Health(BaseModel):
     status: Literal["ok"]
     database: str
     version: str
+    accounting: Literal["ready", "warming"] = Field(
+        description="'warming' while Opacus loads after a start (seconds); writes wait for it meanwhile")

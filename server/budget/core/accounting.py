@@ -32,9 +32,17 @@ RELATIVE_TOLERANCE = 1e-6
 _opacus_lock = threading.RLock()
 
 
+_warm = threading.Event()
+
+
 def warm_up() -> None:
     """Import Opacus (and torch) ahead of the first write; seconds, once per process."""
     _one_step_rdp(1.0, 0.01)
+    _warm.set()
+
+
+def is_warm() -> bool:
+    return _warm.is_set()
 
 
 @lru_cache(maxsize=1)

@@ -31,7 +31,9 @@ def make_engine(settings: BudgetSettings) -> Engine:
         return _sqlite_engine(settings, url)
     if url.get_backend_name() == "postgresql" and url.drivername == "postgresql":
         url = url.set(drivername="postgresql+psycopg")  # psycopg 3 is what the project ships
-    return create_engine(url, pool_size=settings.db_pool_size, max_overflow=2 * settings.db_pool_size, pool_pre_ping=True)
+    # No pre-ping (a round trip per request): after a database restart SQLAlchemy drops the stale pool on the
+    # first error, that one request fails with 500, and clients retry.
+    return create_engine(url, pool_size=settings.db_pool_size, max_overflow=2 * settings.db_pool_size)
 
 
 def _sqlite_engine(settings: BudgetSettings, url) -> Engine:
@@ -53,7 +55,8 @@ def _sqlite_engine(settings: BudgetSettings, url) -> Engine:
     @event.listens_for(engine, "begin")
     def _on_begin(connection) -> None:
         immediate = connection.get_execution_options().get(WRITE_OPTION, False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        # Straight to the driver: no statement caching or events needed for these two words.
+        connection.connection.dbapi_connection.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
 

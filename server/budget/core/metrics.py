@@ -2,15 +2,19 @@
 
 Per-institution figures are read from the database at scrape time, so they
 are right after a restart and whichever process serves the scrape. Each app
-has its own registry, so several apps can live in one process (tests).
+has its own registry, so several apps can live in one process (tests). With
+several uvicorn workers (`PROMETHEUS_MULTIPROC_DIR` set, as `fedcare budget
+serve --workers N` does), request and write counts are summed over the
+workers by prometheus_client's multiprocess collector.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -48,13 +52,17 @@ class LedgerCollector:
 class BudgetMetrics:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.registry = CollectorRegistry()
+        shared = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        if shared:  # values live in files shared by the workers; this registry reads them all
+            multiprocess.MultiProcessCollector(self.registry)
+        own = None if shared else self.registry
         self.requests = Histogram(
             "fedcare_budget_request_duration_seconds", "HTTP request latency", ["method", "route", "status"],
-            buckets=LATENCY_BUCKETS, registry=self.registry,
+            buckets=LATENCY_BUCKETS, registry=own,
         )
         self.event_writes = Counter(
             "fedcare_budget_event_writes", "Events posted, by outcome (created, duplicate, conflict)", ["outcome"],
-            registry=self.registry,
+            registry=own,
         )
         self.registry.register(LedgerCollector(sessions))
 

@@ -19,28 +19,18 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from server.budget import crud
-from server.budget.api.deps import DASHBOARD_COOKIE, CurrentViewer, SessionDep
-from server.budget.core.security import Principal, Role
+from server.budget.api.deps import DASHBOARD_COOKIE, CurrentViewer, Ledger, LedgerDep, visible_institution
+from server.budget.core.security import Principal
 
 router = APIRouter(tags=["dashboard"])
 PAGE = (Path(__file__).resolve().parents[2] / "templates" / "dashboard.html").read_text()
 
 
-def dashboard_data(request: Request, session, viewer: Principal) -> dict:
-    institutions = crud.list_institutions(session=session)
-    if viewer.role == Role.institution:
-        institutions = [i for i in institutions if i.id == viewer.institution_id]
-    series = crud.spending_series(session=session, institution_ids=[i.id for i in institutions],
-                                  points=request.app.state.settings.dashboard_points)
-    return {
-        "generated_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
-        "viewer": viewer.role.value,
-        "institutions": [
-            {"id": i.id, "name": i.name, "limit": i.epsilon_limit, "spent": i.epsilon_spent, "delta": i.delta,
-             "rounds": i.rounds, "flagged": i.flagged_events, "points": series[i.id]}
-            for i in institutions
-        ],
-    }
+async def _data(request: Request, ledger: Ledger, viewer: Principal) -> dict:
+    institutions = await ledger.read(crud.dashboard_data, only=visible_institution(viewer),
+                                    points=request.app.state.settings.dashboard_points)
+    return {"generated_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"), "viewer": viewer.role.value,
+            "institutions": institutions}
 
 
 def _with_cookie(request: Request, response, token_from_query: str | None):
@@ -51,11 +41,10 @@ def _with_cookie(request: Request, response, token_from_query: str | None):
 
 
 @router.get("/dashboard", response_class=HTMLResponse)
-def dashboard(request: Request, session: SessionDep, viewer: CurrentViewer) -> HTMLResponse:
+async def dashboard(request: Request, ledger: LedgerDep, viewer: CurrentViewer) -> HTMLResponse:
     """Epsilon spent per institution over rounds (all runs, in the order received), with each limit dashed."""
     nonce = secrets.token_urlsafe(16)
-    with session:
-        data = json.dumps(dashboard_data(request, session, viewer), allow_nan=False).replace("<", "\\u003c")
+    data = json.dumps(await _data(request, ledger, viewer), allow_nan=False).replace("<", "\\u003c")
     page = PAGE.replace("__NONCE__", nonce).replace("__DATA__", data)
     response = HTMLResponse(page, headers={
         "Content-Security-Policy": f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
@@ -67,7 +56,6 @@ def dashboard(request: Request, session: SessionDep, viewer: CurrentViewer) -> H
 
 
 @router.get("/dashboard/data", response_class=JSONResponse)
-def dashboard_json(request: Request, session: SessionDep, viewer: CurrentViewer) -> JSONResponse:
+async def dashboard_json(request: Request, ledger: LedgerDep, viewer: CurrentViewer) -> JSONResponse:
     """The dashboard's data; the page refreshes itself from here."""
-    with session:
-        return JSONResponse(dashboard_data(request, session, viewer), headers={"Cache-Control": "no-store"})
+    return JSONResponse(await _data(request, ledger, viewer), headers={"Cache-Control": "no-store"})

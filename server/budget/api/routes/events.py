@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Body, HTTPException, Request, status
+from fastapi import APIRouter, Body, Request
 
-from server.budget import crud
-from server.budget.api.deps import CurrentPrincipal, SessionDep, require
+from server.budget.api.deps import CurrentPrincipal, LedgerDep, require
 from server.budget.core.security import Role
 from server.budget.models import EventBatch, EventsWritten
 
 router = APIRouter(tags=["events"])
 
 
-@router.post("/events", response_model=EventsWritten)
-def post_events(
-    request: Request, session: SessionDep, principal: CurrentPrincipal,
+@router.post("/events", responses={422: {"description": "An invalid event, or one naming an unknown institution"}})
+async def post_events(
+    request: Request, ledger: LedgerDep, principal: CurrentPrincipal,
     batch: EventBatch = Body(description="One event object or a list of up to 1000"),
 ) -> EventsWritten:
     """Store DP events, idempotently on (run_id, server_round, institution).
@@ -24,11 +23,7 @@ def post_events(
     the stored event stands). A batch is stored whole or not at all.
     """
     require(principal, Role.aggregator, Role.admin)
-    try:
-        with session:
-            written = crud.record_events(session=session, events=batch.root)
-    except crud.UnknownInstitution as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(exc)) from None
+    written = await ledger.write_events(batch.root)
     counter = request.app.state.metrics.event_writes
     for outcome, n in (("created", written.created), ("duplicate", written.duplicates), ("conflict", written.conflicts)):
         if n:

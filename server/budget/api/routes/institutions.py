@@ -4,64 +4,44 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, Query, status
 
 from server.budget import crud
-from server.budget.api.deps import AdminPrincipal, CurrentPrincipal, SessionDep, require_institution_access
-from server.budget.models import BudgetPublic, EventPage, EventPublic, Institution, InstitutionCreate, InstitutionCreated, InstitutionPublic
+from server.budget.api.deps import AdminPrincipal, CurrentPrincipal, LedgerDep, require_institution_access
+from server.budget.models import BudgetPublic, EventPage, InstitutionCreate, InstitutionCreated, InstitutionPublic
 
 router = APIRouter(prefix="/institutions", tags=["institutions"])
 
 
-def _found(session, institution_id: int) -> Institution:
-    institution = crud.get_institution(session=session, institution_id=institution_id)
-    if institution is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no institution with id {institution_id}")
-    return institution
-
-
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=InstitutionCreated,
-             responses={409: {"description": "An institution with that name exists"}})
-def create_institution(payload: InstitutionCreate, session: SessionDep, _: AdminPrincipal) -> InstitutionCreated:
+@router.post("", status_code=status.HTTP_201_CREATED, responses={409: {"description": "An institution with that name exists"}})
+async def create_institution(payload: InstitutionCreate, ledger: LedgerDep, _: AdminPrincipal) -> InstitutionCreated:
     """Register an institution. Its API token is in the reply, once; store it safely."""
-    try:
-        with session:
-            institution, token = crud.create_institution(session=session, payload=payload)
-            return InstitutionCreated(**InstitutionPublic.model_validate(institution).model_dump(), token=token)
-    except crud.DuplicateName as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from None
+    return await ledger.write(crud.create_institution, payload=payload)
 
 
-@router.get("", response_model=list[InstitutionPublic])
-def list_institutions(session: SessionDep, _: AdminPrincipal) -> list[InstitutionPublic]:
-    with session:
-        return [InstitutionPublic.model_validate(i) for i in crud.list_institutions(session=session)]
+@router.get("")
+async def list_institutions(ledger: LedgerDep, _: AdminPrincipal) -> list[InstitutionPublic]:
+    return await ledger.read(crud.list_institutions)
 
 
-@router.get("/{institution_id}", response_model=InstitutionPublic)
-def read_institution(institution_id: int, session: SessionDep, principal: CurrentPrincipal) -> InstitutionPublic:
+@router.get("/{institution_id}")
+async def read_institution(institution_id: int, ledger: LedgerDep, principal: CurrentPrincipal) -> InstitutionPublic:
     require_institution_access(principal, institution_id)
-    with session:
-        return InstitutionPublic.model_validate(_found(session, institution_id))
+    return await ledger.read(crud.read_institution, institution_id=institution_id)
 
 
-@router.get("/{institution_id}/budget", response_model=BudgetPublic)
-def read_budget(institution_id: int, session: SessionDep, principal: CurrentPrincipal) -> BudgetPublic:
+@router.get("/{institution_id}/budget")
+async def read_budget(institution_id: int, ledger: LedgerDep, principal: CurrentPrincipal) -> BudgetPublic:
     """Spent, limit and remaining epsilon. `epsilon_spent` is max(recomputed from the ledger, highest reported)."""
     require_institution_access(principal, institution_id)
-    with session:
-        return crud.budget_of(_found(session, institution_id))
+    return await ledger.read(crud.read_budget, institution_id=institution_id)
 
 
-@router.get("/{institution_id}/events", response_model=EventPage)
-def read_events(
-    institution_id: int, session: SessionDep, principal: CurrentPrincipal,
+@router.get("/{institution_id}/events")
+async def read_events(
+    institution_id: int, ledger: LedgerDep, principal: CurrentPrincipal,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100, offset: Annotated[int, Query(ge=0)] = 0,
 ) -> EventPage:
     """The institution's ledger, oldest first."""
     require_institution_access(principal, institution_id)
-    with session:
-        _found(session, institution_id)
-        rows, total = crud.list_events(session=session, institution_id=institution_id, limit=limit, offset=offset)
-        return EventPage(items=[EventPublic.of(r) for r in rows], total=total, limit=limit, offset=offset,
-                         next_offset=offset + len(rows) if offset + len(rows) < total else None)
+    return await ledger.read(crud.list_events, institution_id=institution_id, limit=limit, offset=offset)

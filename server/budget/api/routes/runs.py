@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter
 
 from server.budget import crud
-from server.budget.api.deps import CurrentPrincipal, SessionDep
-from server.budget.core.security import Role
+from server.budget.api.deps import CurrentPrincipal, LedgerDep, visible_institution
 from server.budget.models import RunBudget
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 
 
-@router.get("/{run_id}/budget", response_model=RunBudget)
-def read_run_budget(run_id: str, session: SessionDep, principal: CurrentPrincipal) -> RunBudget:
+@router.get("/{run_id}/budget", responses={404: {"description": "No events recorded for this run"}})
+async def read_run_budget(run_id: str, ledger: LedgerDep, principal: CurrentPrincipal) -> RunBudget:
     """Epsilon before, after and spent in the run, per institution. An institution sees only its own line."""
-    only = principal.institution_id if principal.role == Role.institution else None
-    with session:
-        budget = crud.run_budget(session=session, run_id=run_id, institution_id=only)
-    if budget is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no events recorded for run {run_id!r}")
-    return budget
+    return await ledger.read(crud.run_budget, run_id=run_id, institution_id=visible_institution(principal))
