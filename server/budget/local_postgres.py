@@ -13,6 +13,7 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -73,8 +74,12 @@ def _command(args: list[str], user: str | None) -> list[str]:
 
 
 @contextmanager
-def running_postgres(*, port: int | None = None) -> Iterator[LocalPostgres]:
-    """initdb into a temporary folder, start the server on 127.0.0.1, yield it, then stop it and remove the folder."""
+def running_postgres(*, port: int | None = None, durable: bool = True) -> Iterator[LocalPostgres]:
+    """initdb into a temporary folder, start the server on 127.0.0.1, yield it, then stop it and remove the folder.
+
+    `durable=False` turns fsync off: for tests, whose many throwaway databases otherwise
+    make the shutdown checkpoint crawl on a busy disk. Benchmarks keep the default.
+    """
     bin_dir = find_postgres_bin()
     if bin_dir is None:
         raise PostgresUnavailable("initdb/pg_ctl not found on PATH nor under /usr/lib/postgresql/*/bin; "
@@ -91,15 +96,33 @@ def running_postgres(*, port: int | None = None) -> Iterator[LocalPostgres]:
         _check(_command([str(bin_dir / "initdb"), "-D", str(data), "-U", "fedcare", "-A", "trust", "-E", "UTF8",
                          "--no-sync", "--no-instructions"], user), "initdb", log)
         options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c max_connections=200"
+        if not durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         _check(_command([str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(log), "-w", "-t", "60",
                          "start"], user), "pg_ctl start", log)
         started = True
         yield LocalPostgres(host="127.0.0.1", port=port, user="fedcare", base_dir=base)
     finally:
         if started:
-            subprocess.run(_command([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], user),
-                           capture_output=True, timeout=60)
+            _stop(bin_dir, data, user)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _stop(bin_dir: Path, data: Path, user: str | None) -> None:
+    """Fast shutdown, then immediate, then SIGKILL: a test session must never leave a server behind."""
+    for mode in ("fast", "immediate"):
+        try:
+            subprocess.run(_command([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", mode, "-w", "-t", "30", "stop"], user),
+                           capture_output=True, timeout=45)
+        except subprocess.TimeoutExpired:
+            continue
+        if not (data / "postmaster.pid").exists():
+            return
+    try:
+        pid = int((data / "postmaster.pid").read_text().split()[0])
+        os.killpg(os.getpgid(pid), signal.SIGKILL)
+    except (OSError, ValueError, IndexError):
+        pass
 
 
 def _check(command: list[str], what: str, log: Path) -> None:

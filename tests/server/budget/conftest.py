@@ -45,7 +45,7 @@ def postgres_server() -> Iterator[LocalPostgres]:
     if find_postgres_bin() is None:
         _apt_install("postgresql")
     try:
-        with running_postgres() as pg:
+        with running_postgres(durable=False) as pg:
             yield pg
     except PostgresUnavailable as exc:
         pytest.fail(f"could not start a PostgreSQL server for the tests: {exc}")
