@@ -7,6 +7,7 @@ updates with exactly the global model's tensors, shapes and finite values.
 from __future__ import annotations
 
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -51,3 +52,8 @@ def check_update(
             raise InvalidUpdate(f"tensor {name!r} has dtype {value.dtype}, expected {ref.dtype}")
         if not np.isfinite(value).all():
             raise InvalidUpdate(f"tensor {name!r} contains NaN or infinite values")
+
+
+def save_weights(weights: dict[str, np.ndarray], path: Path) -> None:
+    """Save as a PyTorch state dict, the form `model.load_state_dict(torch.load(path))` expects."""
+    torch.save(OrderedDict((k, torch.from_numpy(np.array(v, copy=True))) for k, v in weights.items()), path)

@@ -11,11 +11,10 @@ import logging
 import time
 from pathlib import Path
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from common.codecs import from_numpy, to_numpy, to_state_dict
+from common.codecs import from_numpy, save_weights, to_numpy
 from common.models import build_model, parameter_count
 from common.schema import DatasetSchema, load_schema
 from common.settings import RunSettings
@@ -143,6 +142,11 @@ def main(grid: Grid, context: Context) -> None:
         )
         log.info("reporting DP events to the budget service at %s", settings.budget_url)
 
+    def fail_round(server_round: int, reason: str, replies: SortedReplies, skipped: dict[str, str]) -> None:
+        log.error("round %d failed: %s; the global model is unchanged", server_round, reason)
+        results.record_failed_round(server_round=server_round, reason=reason, replies=replies, skipped=skipped)
+        results.save()
+
     scored_round, model_path = 0, None
     try:
         for server_round in range(1, settings.num_rounds + 1):
@@ -151,10 +155,7 @@ def main(grid: Grid, context: Context) -> None:
             if gate is not None:
                 nodes, skipped = gate.select(nodes, server_round=server_round)
             if not nodes:
-                reason = "every hospital is out of privacy budget"
-                log.error("round %d failed: %s", server_round, reason)
-                results.record_failed_round(server_round=server_round, reason=reason, replies=SortedReplies(), skipped=skipped)
-                results.save()
+                fail_round(server_round, "every hospital is out of privacy budget", SortedReplies(), skipped)
                 continue
             content = RecordDict(
                 {"arrays": from_numpy(global_weights), "config": _message_config(settings, schema, server_round)}
@@ -171,14 +172,11 @@ def main(grid: Grid, context: Context) -> None:
                 gate.report(replies, server_round=server_round)
             results.record_scores(after_round=scored_round, replies=replies)
             if not replies.updates:
-                reason = "no valid update from any hospital"
-                log.error("round %d failed: %s; the global model is unchanged", server_round, reason)
-                results.record_failed_round(server_round=server_round, reason=reason, replies=replies, skipped=skipped)
-                results.save()
+                fail_round(server_round, "no valid update from any hospital", replies, skipped)
                 continue
             global_weights = fedavg(replies.updates)
             model_path = run_dir / "models" / f"round-{server_round}.pt"
-            torch.save(to_state_dict(from_numpy(global_weights)), model_path)
+            save_weights(global_weights, model_path)
             results.record_round(server_round=server_round, replies=replies, model_path=model_path, skipped=skipped)
             scored_round = server_round
             results.save()
@@ -198,7 +196,7 @@ def main(grid: Grid, context: Context) -> None:
         _log_rejections(settings.num_rounds + 1, final)
         results.record_scores(after_round=scored_round, replies=final)
         final_path = run_dir / "final_model.pt"
-        torch.save(to_state_dict(from_numpy(global_weights)), final_path)
+        save_weights(global_weights, final_path)
         results.finish(status="completed", final_model_path=final_path)
         log.info("run %d completed; final model %s", grid.run.run_id, final_path)
     except BaseException as exc:
