@@ -82,6 +82,9 @@ class LocalFederation:
             FLWR_TELEMETRY_ENABLED="0",  # hospital deployments must not phone home
             FLWR_DISABLE_UPDATE_CHECK="1",
             PYTHONUNBUFFERED="1",
+            # Flower starts helpers (flower-superexec, flwr-clientapp) by name: find this venv's first,
+            # also when the venv was never activated (CI, `make`).
+            PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
         )
         return env
 
