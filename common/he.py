@@ -194,6 +194,36 @@ def make_keys(params: HEParams | None = None) -> tuple[bytes, bytes]:
     return secret, server
 
 
+def make_contexts(params: HEParams | None = None) -> tuple[bytes, bytes]:
+    """(hospital secret context, server context) bytes: the name the HE-mode brief uses for `make_keys`."""
+    return make_keys(params)
+
+
+def load_hospital_context(data: bytes) -> ts.Context:
+    """A hospital's context from bytes (e.g. a Flower message or a secrets store); it must hold the secret key."""
+    ctx = _context_from_bytes(data, what="hospital HE context")
+    if not ctx.has_secret_key():
+        raise HEKeyError("the hospital HE context holds no secret key: hospitals need hospital/"
+                         f"{HOSPITAL_CONTEXT_FILE} from `fedcare he keygen`, not the server's context")
+    return ctx
+
+
+def load_public_context(data: bytes) -> ts.Context:
+    """The server's context from bytes; refuses one with a secret key, which would let the server decrypt."""
+    ctx = _context_from_bytes(data, what="server HE context")
+    if ctx.has_secret_key():
+        raise HEKeyError("the server's HE context holds a secret key; the server must only get the public "
+                         f"context (server/{SERVER_CONTEXT_FILE} from `fedcare he keygen`)")
+    return ctx
+
+
+def _context_from_bytes(data: bytes, *, what: str) -> ts.Context:
+    try:
+        return ts.context_from(bytes(data))
+    except Exception as exc:  # TenSEAL raises plain ValueError/RuntimeError from C++
+        raise HEKeyError(f"{what} is not a TenSEAL context ({len(data)} bytes): {exc}") from exc
+
+
 def key_id(context: ts.Context) -> str:
     """A public name for the hospitals' key set, so a hospital with another key is caught by name.
 
@@ -470,7 +500,7 @@ def encrypt_update(
         raise ValueError("no tensors to encrypt")
     facts = context_facts(context)
     slots = facts["degree"] // 2
-    flat = np.concatenate([np.asarray(w, dtype=np.float64).ravel() for w in weights.values()]) * float(num_examples)
+    flat = flatten(weights) * float(num_examples)
     if not np.isfinite(flat).all():
         raise ValueError("update contains NaN or infinite values; refusing to encrypt it")
     bound = float(np.abs(flat).max(initial=0.0))
@@ -538,6 +568,13 @@ def decrypt_sum(
         raise HEConfigError(f"the sum may have wrapped around: values up to {bound:.4g} against a CKKS range of "
                             f"{limit:.4g}; use a larger data modulus or a smaller scale (docs/he.md)")
     return unflatten(values[: h.num_values] / total, template=template)
+
+
+def flatten(weights: OrderedDict[str, np.ndarray] | dict[str, np.ndarray]) -> np.ndarray:
+    """All tensors as one float64 vector in key order: the order `unflatten` and `layout_id` assume."""
+    if not weights:
+        raise ValueError("no tensors to flatten")
+    return np.concatenate([np.asarray(w, dtype=np.float64).ravel() for w in weights.values()])
 
 
 def unflatten(flat: np.ndarray, *, template: OrderedDict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:

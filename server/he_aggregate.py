@@ -20,9 +20,9 @@ from common.he import (
     EncryptedUpdate,
     HEHeader,
     MIN_PRIME_BITS,
-    HEKeyError,
     InvalidCiphertext,
     context_facts,
+    load_public_context,
     num_chunks_for,
 )
 
@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 MAX_EXAMPLES = 2**31 - 1  # a sample count beyond this is a bug or an attempt to outweigh everyone
 
 
-class EmptyAggregate(RuntimeError):
-    """No hospital's encrypted update was accepted this round."""
+class EmptyAggregate(RuntimeError, ValueError):
+    """No hospital's encrypted update was accepted this round (a ValueError too, as the HE-mode brief asks)."""
 
 
 @dataclass
@@ -56,13 +56,7 @@ class HEAggregator:
     accepted: list[str] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
-        try:
-            self._ctx = ts.context_from(self.server_context_bytes)
-        except Exception as exc:
-            raise HEKeyError(f"server HE context does not load: {exc}") from exc
-        if self._ctx.has_secret_key():
-            raise HEKeyError("the server's HE context holds a secret key; the server must only get the public "
-                             "context (server/he-public.ctx from `fedcare he keygen`)")
+        self._ctx = load_public_context(self.server_context_bytes)
         facts = context_facts(self._ctx)
         self._slots = facts["degree"] // 2
         self._first_parms_id = facts["first_parms_id"]
@@ -79,8 +73,9 @@ class HEAggregator:
     def total_examples(self) -> int:
         return self._total_examples
 
-    def add(self, bundle: EncryptedUpdate, *, institution: str) -> None:
-        """Check `bundle` in full, then add it; on any problem raise InvalidCiphertext and log it."""
+    def add(self, bundle: EncryptedUpdate, *, institution: str) -> int:
+        """Check `bundle` in full, then add it and return the bytes received; on any problem raise
+        InvalidCiphertext and log it (the running sum is then unchanged)."""
         self.bytes_received[institution] = bundle.nbytes
         try:
             if institution in self.accepted:
@@ -98,6 +93,7 @@ class HEAggregator:
         self.accepted.append(institution)
         log.info("run %s round %d: added encrypted update from %s (%d examples, %d bytes)",
                  self.run_id, self.server_round, institution, bundle.header.num_examples, bundle.nbytes)
+        return bundle.nbytes
 
     def result(self) -> tuple[EncryptedUpdate, int]:
         """The encrypted sum (kind 'sum') and the total sample count, for the hospitals to divide by."""

@@ -23,13 +23,18 @@ from common.he import (
     InvalidCiphertext,
     decrypt_sum,
     encrypt_update,
+    flatten,
     key_id,
     layout_id,
+    load_hospital_context,
+    load_public_context,
     load_secret_context,
     load_server_context,
+    make_contexts,
     make_keys,
     put_bundle,
     take_bundle,
+    unflatten,
     validate_params,
     write_keys,
 )
@@ -135,6 +140,18 @@ def test_server_loader_refuses_the_hospital_context(tmp_path) -> None:
         load_server_context(files.server_context)
     with pytest.raises(HEKeyError, match="not found"):
         load_secret_context(tmp_path / "nope.ctx")
+
+
+def test_context_bytes_loaders_keep_the_secret_key_where_it_belongs() -> None:
+    secret, server = make_contexts()
+    assert load_hospital_context(secret).has_secret_key()
+    assert not load_public_context(server).has_secret_key()
+    with pytest.raises(HEKeyError, match="the server must only get the public context"):
+        load_public_context(secret)
+    with pytest.raises(HEKeyError, match="holds no secret key"):
+        load_hospital_context(server)
+    with pytest.raises(HEKeyError, match="not a TenSEAL context"):
+        load_public_context(b"\x00garbage" * 10)
 
 
 # ---- encrypting, carrying, decrypting -------------------------------------------------------------
@@ -283,3 +300,15 @@ def test_keygen_and_decrypt_commands(tmp_path) -> None:
                                    "--encrypted", str(tmp_path / "final_model.he"), "--schema",
                                    str(tmp_path / "schema.json"), "--out", str(tmp_path / "x.pt")])
     assert wrong.exit_code == 1 and "holds no secret key" in wrong.output
+
+
+def test_flatten_unflatten_round_trip() -> None:
+    weights = model(4)
+    weights["steps"] = np.array([3, 4], dtype=np.int64)
+    flat = flatten(weights)
+    assert flat.dtype == np.float64 and flat.size == size(weights)
+    back = unflatten(flat, template=weights)
+    assert list(back) == list(weights)
+    assert all(back[k].dtype == weights[k].dtype and np.array_equal(back[k], weights[k]) for k in weights)
+    with pytest.raises(InvalidCiphertext, match="do not fit"):
+        unflatten(np.zeros(flat.size + 1), template=weights)

@@ -201,3 +201,21 @@ def test_oversized_chunk_is_refused_before_deserializing(keys, updates, bundles)
 def test_empty_round_raises(keys, updates) -> None:
     with pytest.raises(EmptyAggregate, match="no valid encrypted update"):
         aggregator(keys, updates).result()
+
+
+def test_garbage_chunk_is_rejected_and_sum_unchanged(keys, ctx, updates, bundles) -> None:
+    """Random bytes of a plausible size, digest recomputed: only deserializing can catch them."""
+    agg = aggregator(keys, updates)
+    received = agg.add(bundles["east"], institution="east")
+    assert received == bundles["east"].nbytes > sum(len(c) for c in bundles["east"].chunks)
+    before = agg.result()[0]
+    b = bundles["north"]
+    garbage = replace(b, chunks=(np.random.default_rng(1).bytes(len(b.chunks[0])),) + b.chunks[1:]).sealed()
+    with pytest.raises(InvalidCiphertext, match="chunk 0 does not deserialize"):
+        agg.add(garbage, institution="north")
+    assert agg.result()[0] == before and agg.accepted == ["east"]
+
+
+def test_empty_round_is_also_a_value_error(keys, updates) -> None:
+    with pytest.raises(ValueError):
+        aggregator(keys, updates).result()
