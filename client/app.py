@@ -38,9 +38,12 @@ def train(msg: Message, context: Context) -> Message:
             "eval-examples": before.examples,
         }
     )
-    content = RecordDict(
-        {"arrays": local.export_weights(), "metrics": metrics, "status": ConfigRecord(local.ok_status())}
-    )
+    content = RecordDict({"metrics": metrics, "status": ConfigRecord(local.ok_status())})
+    try:
+        local.put_update(content)
+    except RoundRefused as exc:
+        log.error("%s", exc)  # the DP spending stays committed: the accountant only ever over-counts
+        return Message(RecordDict({"status": ConfigRecord(exc.as_status())}), reply_to=msg)
     if event is not None:
         content["dp-event"] = ConfigRecord(event.as_record())
     return Message(content, reply_to=msg)

@@ -8,16 +8,18 @@ attached twice, and wrapped modules rename their keys).
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message
+from flwr.app import ArrayRecord, Context, Message, RecordDict
 from torch import nn
 
 from client.accountant_state import AccountantStateError, DPEvent, HospitalAccountant
 from client.training import Score, evaluate, pick_device
-from common.codecs import InvalidUpdate, check_update, to_numpy, to_record, to_state_dict
+from common.codecs import InvalidUpdate, check_update, from_numpy, to_numpy, to_record, to_state_dict
 from common.data import HospitalData, load_hospital_table, split_train_validation
 from common.models import build_model
 from common.schema import DatasetSchema, SchemaError
@@ -39,7 +41,53 @@ class RoundRefused(RuntimeError):
 log = logging.getLogger("flwr.fedcare.client")
 
 if TYPE_CHECKING:
+    import tenseal as ts
+
     from client.dp_training import TrainingOutcome
+
+
+def _load_he_context(node: NodeSettings, institution: str) -> ts.Context:
+    from common.he import HEKeyError, load_secret_context  # TenSEAL only where HE is used
+
+    if node.he_context is None:
+        raise RoundRefused(
+            code="he-not-configured",
+            reason="the run uses privacy-mode 'he' but this SuperNode's node config has no 'he-context' (the path "
+                   "of hospital/he-secret.ctx from `fedcare he keygen`)",
+            institution=institution,
+        )
+    try:
+        return load_secret_context(node.he_context)
+    except HEKeyError as exc:
+        raise RoundRefused(code="he-not-configured", reason=str(exc), institution=institution) from exc
+
+
+def _incoming_weights(
+    msg: Message, *, model: nn.Module, he_context: ts.Context | None, server_round: int
+) -> OrderedDict[str, np.ndarray]:
+    """The global model in the message, checked against this hospital's model: plaintext weights, or
+    in HE mode the server's encrypted sum of an earlier round of this run (decrypted and divided here)."""
+    reference = to_numpy(to_record(model.state_dict()))
+    content = msg.content
+    if he_context is not None and "arrays" not in content:
+        from common.he import InvalidCiphertext, decrypt_sum, take_bundle
+
+        try:
+            bundle = take_bundle(content)
+            h = bundle.header
+            if h.run_id != msg.metadata.run_id or not 1 <= h.server_round < server_round:
+                raise InvalidCiphertext(f"the encrypted model is from run {h.run_id} round {h.server_round}; expected "
+                                        f"run {msg.metadata.run_id}, a round before {server_round}")
+            weights = decrypt_sum(bundle, context=he_context, template=reference)
+        except InvalidCiphertext as exc:
+            raise InvalidUpdate(f"encrypted global model rejected: {exc}") from exc
+    else:
+        arrays = content.get("arrays")
+        if not isinstance(arrays, ArrayRecord):
+            raise InvalidUpdate("the message carries no global model")
+        weights = to_numpy(arrays)
+    check_update(weights, reference=reference)
+    return weights
 
 
 @dataclass
@@ -53,6 +101,7 @@ class LocalRound:
     model: nn.Module
     device: torch.device
     accountant: HospitalAccountant | None = field(default=None)
+    he_context: ts.Context | None = field(default=None, repr=False)  # HE mode: the federation's secret context
 
     @classmethod
     def from_message(cls, msg: Message, context: Context) -> LocalRound:
@@ -78,15 +127,16 @@ class LocalRound:
             except AccountantStateError as exc:
                 raise RoundRefused(code="accountant-state-error", reason=str(exc), institution=institution) from exc
 
+        he_context = None
+        if str(config.get("privacy-mode", "plain")) == "he":
+            he_context = _load_he_context(node, institution)
         device = pick_device()
         model = build_model(schema)
-        global_weights = msg.content["arrays"]
-        assert isinstance(global_weights, ArrayRecord)
         try:
-            check_update(to_numpy(global_weights), reference={k: v.numpy() for k, v in model.state_dict().items()})
+            weights = _incoming_weights(msg, model=model, he_context=he_context, server_round=int(config["server-round"]))
         except InvalidUpdate as exc:
             raise RoundRefused(code="bad-global-model", reason=str(exc), institution=institution) from exc
-        model.load_state_dict(to_state_dict(global_weights))
+        model.load_state_dict(to_state_dict(from_numpy(weights)))
         return cls(
             institution=institution,
             node=node,
@@ -97,6 +147,7 @@ class LocalRound:
             model=model.to(device),
             device=device,
             accountant=accountant,
+            he_context=he_context,
         )
 
     @property
@@ -196,8 +247,23 @@ class LocalRound:
         log.info("[%s] round %s: epsilon %.3f after this round (committed to %s)", self.institution, c["server-round"], projected, self.accountant.path)
         return event
 
-    def export_weights(self) -> ArrayRecord:
-        return to_record(self.model.state_dict())
+    def put_update(self, content: RecordDict) -> int:
+        """Put the trained weights into the reply: plaintext, or in HE mode encrypted (times the sample
+        count, so the server's sum is the FedAvg numerator). Returns the bytes of the update."""
+        if self.he_context is None:
+            record = to_record(self.model.state_dict())
+            content["arrays"] = record
+            return int(record.count_bytes())
+        from common.he import encrypt_update, put_bundle
+
+        weights = to_numpy(to_record(self.model.state_dict()))
+        try:
+            bundle = encrypt_update(weights, num_examples=self.train_examples, context=self.he_context,
+                                    run_id=self.run_id, server_round=int(self.config["server-round"]))
+        except ValueError as exc:  # NaN weights, or values beyond what the CKKS parameters hold
+            raise RoundRefused(code="cannot-encrypt", reason=str(exc), institution=self.institution) from exc
+        put_bundle(content, bundle)
+        return bundle.nbytes
 
     def ok_status(self) -> dict[str, Any]:
         return {"ok": True, "institution": self.institution}

@@ -45,6 +45,10 @@ class RunSettings(BaseModel):
     accountant: Literal["rdp", "prv"] = "rdp"
     grad_sample_mode: Literal["auto", "hooks", "ew", "functorch", "ghost"] = "auto"
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    # How updates travel: "plain" (the server averages readable weights), "he" (CKKS: the server only
+    # adds ciphertexts), "secagg" (Flower's SecAgg+: the server only learns the masked sum).
+    privacy_mode: Literal["plain", "he", "secagg"] = "plain"
+    he_context: str = ""  # HE mode: the server's key-free context (server/he-public.ctx from `fedcare he keygen`)
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> RunSettings:
@@ -54,6 +58,9 @@ class RunSettings(BaseModel):
             raise SettingsError(_describe(exc, "run config")) from exc
         if not settings.schema_path:
             raise SettingsError("run config: 'schema-path' is empty; point it at the federation's schema JSON")
+        if settings.privacy_mode == "he" and not settings.he_context:
+            raise SettingsError("run config: privacy-mode is 'he' but 'he-context' is empty; point it at the server's "
+                                "he-public.ctx from `fedcare he keygen --out DIR` (DIR/server/he-public.ctx)")
         return settings
 
 
@@ -66,6 +73,7 @@ class NodeSettings(BaseModel):
     data_path: Path
     state_dir: Path | None = None  # where the privacy accountant lives; default under the home directory
     epsilon_limit: float | None = Field(default=None, gt=0)
+    he_context: Path | None = None  # HE mode: the hospitals' secret context (hospital/he-secret.ctx)
 
     @model_validator(mode="after")
     def _default_state_dir(self) -> NodeSettings:

@@ -56,11 +56,7 @@ class BudgetGate:
         return chosen, skipped
 
     def learn(self, replies: SortedReplies) -> None:
-        for update in replies.updates:
-            self.node_institutions[update.node_id] = update.institution
-        for rejection in replies.rejections:
-            if not rejection.institution.startswith("node-"):
-                self.node_institutions[rejection.node_id] = rejection.institution
+        self.node_institutions.update(replies.node_institutions)
 
     def report(self, replies: SortedReplies, *, server_round: int) -> None:
         """Post the round's events; undeliverable ones stay in the outbox for the next call."""

@@ -5,7 +5,7 @@ A reply is rejected, never fatal: the round goes on with the other hospitals.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,9 +23,24 @@ class Rejection:
     reason: str
 
 
+class RejectedPayload(ValueError):
+    """Raised by an `accept` callback: the reply's payload is unusable; `code` goes to results.json."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+# Takes a reply's payload (e.g. an encrypted update) once every other check passed: (message,
+# institution, sample count). Raises RejectedPayload, and must leave no trace when it does.
+Accept = Callable[[Message, str, int], None]
+
+
 @dataclass
 class SortedReplies:
-    updates: list[ClientUpdate] = field(default_factory=list)
+    updates: list[ClientUpdate] = field(default_factory=list)  # plaintext updates (plain mode only)
+    participants: list[str] = field(default_factory=list)  # institutions whose update was accepted
+    node_institutions: dict[int, str] = field(default_factory=dict)  # node id -> institution, from statuses
     scores: list[tuple[str, float, float, int]] = field(default_factory=list)  # institution, loss, accuracy, n
     train_losses: list[tuple[float, int]] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
@@ -65,12 +80,22 @@ def _institution(msg: Message) -> str:
 
 
 def sort_replies(
-    replies: Iterable[Message], *, reference: dict[str, np.ndarray] | None, expect_update: bool
+    replies: Iterable[Message],
+    *,
+    reference: dict[str, np.ndarray] | None,
+    expect_update: bool,
+    accept: Accept | None = None,
 ) -> SortedReplies:
-    """Validate each reply; `reference` is the global model the updates must match."""
+    """Validate each reply; `reference` is the global model plaintext updates must match.
+
+    With `accept`, the update is not plaintext weights: `accept` takes the payload (last, after every
+    other check), and `updates` stays empty.
+    """
     out = SortedReplies()
     for msg in replies:
         node_id, who = msg.metadata.src_node_id, _institution(msg)
+        if not who.startswith("node-"):
+            out.node_institutions[node_id] = who
         if msg.has_error():
             out.rejections.append(Rejection(who, node_id, "node-error", msg.error.reason or f"error code {msg.error.code}"))
             continue
@@ -92,26 +117,34 @@ def sort_replies(
                 if score is not None:
                     out.scores.append(score)
                 continue
-            assert reference is not None
-            arrays = msg.content.get("arrays")
-            if not isinstance(arrays, ArrayRecord):
-                raise InvalidUpdate("reply has no model weights")
-            weights = to_numpy(arrays)
-            check_update(weights, reference=reference)
+            weights = None
+            if accept is None:
+                assert reference is not None
+                arrays = msg.content.get("arrays")
+                if not isinstance(arrays, ArrayRecord):
+                    raise InvalidUpdate("reply has no model weights")
+                weights = to_numpy(arrays)
+                check_update(weights, reference=reference)
             n = int(metrics["num-examples"])
             if n <= 0:
                 raise InvalidUpdate(f"num-examples is {n}; it must be positive")
             loss = float(metrics["train-loss"])
             event = _dp_event(msg)
+            if accept is not None:
+                accept(msg, who, n)
             # Every check passed: only now does anything of this reply count.
             if score is not None:
                 out.scores.append(score)
             if np.isfinite(loss):
                 out.train_losses.append((loss, n))
-            out.updates.append(ClientUpdate(who, node_id, weights, n))
+            if weights is not None:
+                out.updates.append(ClientUpdate(who, node_id, weights, n))
+            out.participants.append(who)
             if event is not None:
                 out.dp_events[who] = event
                 out.epsilon_known[who] = float(event["epsilon"])  # type: ignore[arg-type]
+        except RejectedPayload as exc:
+            out.rejections.append(Rejection(who, node_id, exc.code, str(exc)))
         except (InvalidUpdate, KeyError, TypeError, ValueError) as exc:
             out.rejections.append(Rejection(who, node_id, "invalid-update", str(exc)))
     return out

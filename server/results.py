@@ -29,6 +29,7 @@ class RunResults:
     parameter_count: int
     num_rounds: int
     dp: dict[str, Any] = field(default_factory=lambda: {"enabled": False})
+    privacy: dict[str, Any] = field(default_factory=dict)  # mode-specific facts, e.g. HE parameters
     status: str = "running"
     started_at: str = field(default_factory=_now)
     finished_at: str | None = None
@@ -38,10 +39,16 @@ class RunResults:
     error: str | None = None
 
     def record_round(
-        self, *, server_round: int, replies: SortedReplies, model_path: Path, skipped: dict[str, str] | None = None
+        self,
+        *,
+        server_round: int,
+        replies: SortedReplies,
+        model_path: Path,
+        skipped: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         """Record who took part; the scores of this round's model arrive with the next message."""
-        participants = sorted(u.institution for u in replies.updates)
+        participants = sorted(replies.participants)
         self.rounds.append(
             {
                 "round": server_round,
@@ -56,6 +63,7 @@ class RunResults:
                 "epsilon": self._epsilon(participants, replies),
                 "dp_events": replies.dp_events,
                 "model_path": str(model_path),
+                **(extra or {}),
             }
         )
 
@@ -67,7 +75,13 @@ class RunResults:
         return dict(sorted(known.items()))
 
     def record_failed_round(
-        self, *, server_round: int, reason: str, replies: SortedReplies, skipped: dict[str, str] | None = None
+        self,
+        *,
+        server_round: int,
+        reason: str,
+        replies: SortedReplies,
+        skipped: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         self.rounds.append(
             {
@@ -83,6 +97,7 @@ class RunResults:
                 "per_institution": {},
                 "epsilon": self._epsilon([], replies),
                 "dp_events": {},
+                **(extra or {}),
             }
         )
 

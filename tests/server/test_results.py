@@ -38,6 +38,7 @@ def _update(institution: str, n: int) -> ClientUpdate:
 def _train_round() -> SortedReplies:
     return SortedReplies(
         updates=[_update("Riverside", 30), _update("General", 10)],
+        participants=["Riverside", "General"],
         scores=[("Riverside", 0.6, 0.7, 30), ("General", 0.2, 0.9, 10), ("St Mary", 1.0, 0.5, 20)],
         train_losses=[(0.5, 30), (0.1, 10)],
         rejections=[Rejection("St Mary", 3, "invalid-update", "tensor 'w' contains NaN or infinite values")],

@@ -1,0 +1,95 @@
+"""HE mode: the global model stays encrypted on the server, which only adds ciphertexts.
+
+Round 1 sends the seeded initial model in plaintext (random weights, nothing learnt from anyone).
+From then on the server holds and forwards only the encrypted sum of the last aggregated round
+and the total sample count; each hospital decrypts and divides. The server's context carries no
+secret key, so the server cannot read an update, the sum, or the final model.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Message, MessageType, RecordDict
+
+from common.atomic import write_bytes_atomic
+from common.codecs import from_numpy
+from common.he import EncryptedUpdate, InvalidCiphertext, ServerHEContext, flatten, layout_id, put_bundle, take_bundle
+from server.he_aggregate import HEAggregator
+from server.replies import RejectedPayload, SortedReplies, sort_replies
+from server.rounds import RoundContext, RoundOutcome
+
+
+@dataclass
+class HERounds:
+    ctx: RoundContext
+    keys: ServerHEContext
+    initial: OrderedDict[str, np.ndarray]  # the seeded initial model: public, it holds no one's data
+    global_sum: EncryptedUpdate | None = None  # the last aggregated round's encrypted sum
+    mode: str = "he"
+    _layout: str = field(init=False)
+    _num_values: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._layout = layout_id(self.initial)
+        self._num_values = int(flatten(self.initial).size)
+
+    def privacy_facts(self) -> dict[str, Any]:
+        return {"mode": self.mode, "he": {"scheme": "CKKS", **self.keys.params.to_dict(), "key_id": self.keys.key_id,
+                                          "model_values": self._num_values}}
+
+    def _content(self, server_round: int) -> tuple[RecordDict, int]:
+        """The round's message and the bytes of the model it carries."""
+        content = self.ctx.config(server_round)
+        if self.global_sum is None:
+            content["arrays"] = from_numpy(self.initial)
+            return content, sum(int(w.nbytes) for w in self.initial.values())
+        put_bundle(content, self.global_sum)
+        return content, self.global_sum.nbytes
+
+    def train(self, *, nodes: list[int], server_round: int) -> RoundOutcome:
+        aggregator = HEAggregator(
+            self.keys.context_bytes, expected_values=self._num_values, run_id=self.ctx.run_id, server_round=server_round,
+            key_id=self.keys.key_id, layout=self._layout,
+        )
+
+        def accept(msg: Message, institution: str, num_examples: int) -> None:
+            try:
+                bundle = take_bundle(msg.content)
+                if bundle.header.num_examples != num_examples:
+                    raise InvalidCiphertext(f"ciphertext header says {bundle.header.num_examples} examples, the "
+                                            f"metrics say {num_examples}")
+                aggregator.add(bundle, institution=institution)
+            except InvalidCiphertext as exc:
+                raise RejectedPayload("invalid-ciphertext", str(exc)) from exc
+
+        content, model_bytes = self._content(server_round)
+        replies = sort_replies(
+            self.ctx.send(content, nodes=nodes, message_type=MessageType.TRAIN, server_round=server_round),
+            reference=None, expect_update=True, accept=accept,
+        )
+        extra = {"bytes_sent": dict(sorted(aggregator.bytes_received.items())), "model_bytes_to_each": model_bytes}
+        if not replies.participants:
+            return RoundOutcome(replies, reason="no valid encrypted update from any hospital", extra=extra)
+        self.global_sum, _ = aggregator.result()
+        path = self.ctx.run_dir / "models" / f"round-{server_round}.he"
+        write_bytes_atomic(path, self.global_sum.to_bytes())
+        return RoundOutcome(replies, model_path=path, extra=extra)
+
+    def evaluate(self, *, nodes: list[int], server_round: int) -> SortedReplies:
+        content, _ = self._content(server_round)
+        return sort_replies(
+            self.ctx.send(content, nodes=nodes, message_type=MessageType.EVALUATE, server_round=server_round),
+            reference=None, expect_update=False,
+        )
+
+    def save_final(self) -> Path:
+        """The encrypted final model: only a hospital can decrypt it (`fedcare he decrypt`)."""
+        assert self.global_sum is not None, "save_final after at least one aggregated round"
+        path = self.ctx.run_dir / "final_model.he"
+        write_bytes_atomic(path, self.global_sum.to_bytes())
+        return path
