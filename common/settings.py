@@ -12,6 +12,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
+PrivacyMode = Literal["plain", "he", "secagg"]
+
+
 class SettingsError(ValueError):
     """A run or node setting that is missing or out of range."""
 
@@ -47,7 +50,7 @@ class RunSettings(BaseModel):
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     # How updates travel: "plain" (the server averages readable weights), "he" (CKKS: the server only
     # adds ciphertexts), "secagg" (Flower's SecAgg+: the server only learns the masked sum).
-    privacy_mode: Literal["plain", "he", "secagg"] = "plain"
+    privacy_mode: PrivacyMode = "plain"
     he_context: str = ""  # HE mode: the server's key-free context (server/he-public.ctx from `fedcare he keygen`)
 
     @classmethod

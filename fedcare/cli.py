@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from common.demo_data import DemoDataset
+from common.settings import PrivacyMode
 from fedcare.budget_cli import budget_app
 from fedcare.federation import FederationError
 from fedcare.he_cli import he_app
@@ -42,6 +43,7 @@ def demo(
     target_epsilon: Annotated[Optional[float], typer.Option(min=1e-9, help="Choose the noise so the whole run spends this epsilon (default 3).")] = None,
     epsilon_limit: Annotated[float, typer.Option(min=1e-9, help="Each hospital's lifetime epsilon limit.")] = 10.0,
     state_dir: Annotated[Optional[Path], typer.Option(help="Hospitals' privacy state (default OUT/state); reuse it and epsilon continues.")] = None,
+    mode: Annotated[PrivacyMode, typer.Option(help="How updates travel: plain (the server reads them), he (CKKS: the server adds ciphertexts it cannot read), secagg (SecAgg+: the server learns only the sum).")] = "plain",
 ) -> None:
     """Run a real federation on this machine: SuperLink, one SuperNode per hospital, FedAvg."""
     from fedcare.demo import DemoOptions, run_demo  # torch import only when needed
@@ -52,6 +54,7 @@ def demo(
         options = DemoOptions(
             hospitals=hospitals, rounds=rounds, dataset=dataset, out=out, insecure=insecure, dp=dp,
             noise_multiplier=noise_multiplier, target_epsilon=target_epsilon, state_dir=state_dir, epsilon_limit=epsilon_limit,
+            mode=mode,
         )
         outcome = run_demo(options, console=console)
     except FederationError as exc:

@@ -15,7 +15,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from rich.console import Console
@@ -25,11 +25,15 @@ from rich.table import Table
 from client.training import evaluate
 from common.data import load_hospital_table
 from common.demo_data import DemoDataset, DemoSplit, write_demo_split
+from common.settings import PrivacyMode
 from common.models import build_model
 from common.schema import load_schema
 from fedcare.federation import FederationError, LocalFederation
 from server.budget.process import running_budget_service
 from server.budget_client import BudgetClient
+
+if TYPE_CHECKING:
+    from common.he import KeyFiles
 
 log = logging.getLogger("fedcare.demo")
 APP_DIR = Path(__file__).resolve().parent.parent
@@ -49,6 +53,7 @@ class DemoOptions:
     state_dir: Path | None = None  # default: OUT/state; reuse it and epsilon continues
     epsilon_limit: float = 10.0  # each hospital's lifetime limit, enforced by the hospital and the ledger
     delta: float = 1e-5
+    mode: PrivacyMode = "plain"  # how updates travel: plain, he (CKKS), secagg (SecAgg+)
 
 
 @dataclass(frozen=True)
@@ -76,13 +81,20 @@ def _read_results(path: Path) -> dict[str, Any] | None:
         return None  # not written yet
 
 
-def holdout_accuracy(results: dict[str, Any], split: DemoSplit) -> float | None:
-    """Score the final model on rows no hospital ever held."""
+def holdout_accuracy(results: dict[str, Any], split: DemoSplit, *, he_context: Path | None = None) -> float | None:
+    """Score the final model on rows no hospital ever held (in HE mode, decrypted as a hospital would)."""
     if not results.get("final_model_path"):
         return None
     schema = load_schema(split.schema_path)
     model = build_model(schema)
-    model.load_state_dict(torch.load(results["final_model_path"], weights_only=True))
+    if results["final_model_path"].endswith(".he"):
+        from client.he_export import decrypt_model
+
+        assert he_context is not None, "an HE run's model needs the hospitals' context to decrypt"
+        state_dict, _ = decrypt_model(Path(results["final_model_path"]), context=he_context, schema=schema)
+    else:
+        state_dict = torch.load(results["final_model_path"], weights_only=True)
+    model.load_state_dict(state_dict)
     return evaluate(model, load_hospital_table(split.holdout_path, schema), device=torch.device("cpu")).accuracy
 
 
@@ -93,6 +105,7 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoOut
     state_dir = (options.state_dir or out / "state").resolve()
     console.print(f"[bold]fedcare demo[/]: {options.hospitals} hospitals, {options.rounds} rounds, {options.dataset} (data in {split.schema_path.parent})")
 
+    he_keys = _he_keys(out / "he") if options.mode == "he" else None
     with contextlib.ExitStack() as stack:
         budget_url = None
         if options.dp:
@@ -105,6 +118,8 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoOut
                     "state-dir": str(state_dir / f"hospital-{i}"),
                     "epsilon-limit": options.epsilon_limit,
                 }
+                if he_keys is not None:
+                    node_config["he-context"] = str(he_keys.hospital_context)
                 fed.add_hospital(institution=f"hospital-{i}", data_path=path, node_config=node_config)
         tls = "off (INSECURE)" if options.insecure else "on"
         console.print(f"SuperLink up: Fleet API (gRPC) 127.0.0.1:{fed.fleet_port}, control API 127.0.0.1:{fed.control_port}, TLS {tls}")
@@ -114,8 +129,13 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoOut
             "schema-path": str(split.schema_path),
             "results-dir": str(out / "runs"),
             "min-nodes": options.hospitals,
+            "privacy-mode": options.mode,
             **_privacy_config(options),
         }
+        if he_keys is not None:
+            run_config["he-context"] = str(he_keys.server_context)
+            console.print(f"HE mode: CKKS keys in {out / 'he'} (key set {he_keys.key_id}); the server gets only "
+                          f"{he_keys.server_context.name}, which cannot decrypt")
         if budget_url:
             run_config |= _register_with_ledger(out / "budget", budget_url, options=options, hospitals=options.hospitals)
             console.print(f"privacy budget service: {budget_url}  dashboard: {budget_url}/dashboard?token=<admin token in {out / 'budget' / 'admin-token'}>")
@@ -132,10 +152,24 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoOut
             raise
 
     results = _read_results(results_path) or {}
-    accuracy = holdout_accuracy(results, split) if status == "finished:completed" else None
+    he_context = he_keys.hospital_context if he_keys is not None else None
+    accuracy = holdout_accuracy(results, split, he_context=he_context) if status == "finished:completed" else None
     outcome = DemoOutcome(run_id, status, results_path, results, accuracy, budget_url)
     print_summary(outcome, console=console)
     return outcome
+
+
+def _he_keys(he_dir: Path) -> KeyFiles:
+    """The demo federation's CKKS keys, made once and reused (a rerun can still read old models)."""
+    from common.he import HOSPITAL_CONTEXT_FILE, PARAMS_FILE, SERVER_CONTEXT_FILE, KeyFiles, write_keys
+
+    existing = KeyFiles(
+        hospital_context=he_dir / "hospital" / HOSPITAL_CONTEXT_FILE, hospital_params=he_dir / "hospital" / PARAMS_FILE,
+        server_context=he_dir / "server" / SERVER_CONTEXT_FILE, server_params=he_dir / "server" / PARAMS_FILE, key_id="",
+    )
+    if existing.hospital_context.exists() and existing.server_params.exists():
+        return KeyFiles(**{**existing.__dict__, "key_id": json.loads(existing.server_params.read_text())["key_id"]})
+    return write_keys(he_dir)
 
 
 def _secret_file(path: Path) -> str:

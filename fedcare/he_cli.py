@@ -65,22 +65,17 @@ def decrypt(
     """Decrypt an encrypted model (a hospital's step: the server cannot) and export it as a state dict."""
     import torch
 
-    from common.codecs import from_numpy, to_state_dict
-    from common.he import EncryptedUpdate, HEConfigError, HEKeyError, InvalidCiphertext, decrypt_sum, load_secret_context
-    from common.models import build_model
+    from client.he_export import decrypt_model
+    from common.he import HEConfigError, HEKeyError, InvalidCiphertext
     from common.schema import SchemaError, load_schema
 
     try:
-        ctx = load_secret_context(context)
-        bundle = EncryptedUpdate.from_bytes(encrypted.read_bytes())
-        template = {k: v.detach().numpy() for k, v in build_model(load_schema(schema)).state_dict().items()}
-        weights = decrypt_sum(bundle, context=ctx, template=template)
-    except (HEKeyError, HEConfigError, InvalidCiphertext, SchemaError, FileNotFoundError) as exc:
+        state_dict, h = decrypt_model(encrypted, context=context, schema=load_schema(schema))
+    except (HEKeyError, HEConfigError, InvalidCiphertext, SchemaError, OSError) as exc:
         errors.print(f"[red]cannot decrypt:[/] {exc}")
         raise typer.Exit(1) from None
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(to_state_dict(from_numpy(weights)), out)
-    h = bundle.header
+    torch.save(state_dict, out)
     console.print(f"wrote {out}: run {h.run_id} round {h.server_round}, {h.contributors} hospital(s), "
                   f"{h.num_examples} examples, {h.num_values} values")
 
