@@ -43,6 +43,7 @@ import tenseal as ts
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from common.atomic import write_bytes_atomic, write_json_atomic
+from common.private_files import write_private
 
 log = logging.getLogger(__name__)
 
@@ -265,8 +266,7 @@ def write_keys(out_dir: Path, params: HEParams | None = None, *, overwrite: bool
     kid = key_id(ts.context_from(secret))
     (out_dir / "hospital").mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(out_dir / "hospital", 0o700)
-    write_bytes_atomic(files.hospital_context, secret)  # mkstemp creates it 0600; chmod says so explicitly
-    os.chmod(files.hospital_context, 0o600)
+    write_private(files.hospital_context, secret)  # the federation's secret key: 0600 from the first byte
     write_bytes_atomic(files.server_context, server)
     os.chmod(files.server_context, 0o644)
     meta = {"format": FORMAT, "params": params.to_dict(), "key_id": kid}

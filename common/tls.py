@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +15,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from common.private_files import write_private
 
 
 @dataclass(frozen=True)
@@ -25,22 +26,26 @@ class TlsFiles:
     server_key: Path
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Private keys are created 0600 from the first byte, never widened afterwards."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # an existing file keeps its old mode through O_CREAT
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-
-
 def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedcare"), x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
 def make_server_tls(
-    out_dir: Path, *, hostnames: tuple[str, ...] = ("localhost",), ips: tuple[str, ...] = ("127.0.0.1", "::1"), days: int = 365
+    out_dir: Path, *, hostnames: tuple[str, ...] = ("localhost",), ips: tuple[str, ...] = ("127.0.0.1", "::1"), days: int = 365,
+    ca_key_path: Path | None = None,
 ) -> TlsFiles:
-    """Create `ca.crt`, `server.pem` and `server.key` (0600) in `out_dir`."""
+    """Create `ca.crt`, `server.pem` and `server.key` (0600) in `out_dir`.
+
+    The CA key is written (0600) only when `ca_key_path` is given: a federation that
+    must later re-issue its server certificate keeps it at the coordinating site; a
+    throwaway federation has no use for it, so it never touches the disk.
+    """
+    if not hostnames and not ips:
+        raise ValueError("the SuperLink certificate needs at least one DNS name or IP address")
     out_dir.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP384R1())
@@ -77,9 +82,7 @@ def make_server_tls(
     files = TlsFiles(out_dir / "ca.crt", out_dir / "server.pem", out_dir / "server.key")
     files.ca_certificate.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     files.server_certificate.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    _write_private(
-        files.server_key,
-        server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
-    )
-    # The CA key is not needed after signing in a throwaway federation: it is never written.
+    write_private(files.server_key, _pem_key(server_key))
+    if ca_key_path is not None:
+        write_private(ca_key_path, _pem_key(ca_key))
     return files

@@ -304,6 +304,21 @@ class BudgetClient:
                 return InstitutionView(raw["id"], raw["name"], raw["epsilon_limit"], raw["delta"], None)
         raise BudgetServiceError(f"institution {name!r} exists (409) but is not listed")
 
+    def find_institution(self, name: str) -> InstitutionView | None:
+        """The institution registered under `name` (admin token), or None."""
+        for raw in self._get("/v1/institutions"):
+            if raw["name"] == name:
+                return InstitutionView(raw["id"], raw["name"], raw["epsilon_limit"], raw["delta"], None)
+        return None
+
+    def rotate_institution_token(self, institution_id: int) -> str:
+        """A new token for the institution (admin token needed); every earlier one stops working. Shown once."""
+        return self._request("POST", f"/v1/institutions/{institution_id}/token").json()["token"]
+
+    def revoke_institution_tokens(self, institution_id: int) -> int:
+        """Disable every token of the institution (admin token needed); returns how many were revoked."""
+        return int(self._request("DELETE", f"/v1/institutions/{institution_id}/tokens").json()["revoked"])
+
     def create_aggregator_token(self, name: str) -> str:
         """A new token for a ServerApp (admin token needed); shown once."""
         return self._request("POST", "/v1/aggregators", json={"name": name}).json()["token"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, text
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -23,8 +23,8 @@ from server.budget.core.db import begin_write
 from server.budget.core.security import Principal, Role, hash_token, new_token
 from server.budget.models import (
     AggregatorCreated, ApiToken, BudgetPublic, EventCreate, EventOutcome, EventPage, EventPublic, EventsWritten,
-    Institution, InstitutionCreate, InstitutionCreated, InstitutionPublic, PrivacyEvent, RunBudget,
-    RunInstitutionSpending, utcnow,
+    Institution, InstitutionCreate, InstitutionCreated, InstitutionPublic, InstitutionToken, PrivacyEvent, RunBudget,
+    RunInstitutionSpending, TokensRevoked, utcnow,
 )
 
 log = logging.getLogger("fedcare.budget")
@@ -65,6 +65,36 @@ def create_institution(*, session: Session, payload: InstitutionCreate) -> Insti
     log.info("registered institution %r (id %d, epsilon limit %g, delta %g)", institution.name, institution.id,
              institution.epsilon_limit, institution.delta)
     return InstitutionCreated(**InstitutionPublic.model_validate(institution).model_dump(), token=token)
+
+
+def _delete_institution_tokens(session: Session, institution: Institution) -> int:
+    result = session.execute(delete(ApiToken).where(ApiToken.institution_id == institution.id,
+                                                    ApiToken.role == Role.institution))
+    return int(result.rowcount or 0)
+
+
+def revoke_institution_tokens(*, session: Session, institution_id: int) -> TokensRevoked:
+    """Every token of the institution stops working; its records and ledger stay (they are the audit trail)."""
+    begin_write(session)
+    institution = _institution(session, institution_id)
+    revoked = _delete_institution_tokens(session, institution)
+    session.commit()
+    log.warning("revoked %d token(s) of institution %r (id %d)", revoked, institution.name, institution.id)
+    return TokensRevoked(institution_id=institution.id, institution=institution.name, revoked=revoked)
+
+
+def rotate_institution_token(*, session: Session, institution_id: int) -> InstitutionToken:
+    """A new token for the institution (a re-issued kit, or one re-admitted after revocation); earlier ones stop working."""
+    begin_write(session)
+    institution = _institution(session, institution_id)
+    revoked = _delete_institution_tokens(session, institution)
+    token = new_token()
+    session.add(ApiToken(token_hash=hash_token(token), role=Role.institution, name=institution.name,
+                         institution_id=institution.id))
+    session.commit()
+    log.info("issued a new token for institution %r (id %d); %d earlier token(s) revoked", institution.name,
+             institution.id, revoked)
+    return InstitutionToken(institution_id=institution.id, institution=institution.name, token=token)
 
 
 def create_aggregator(*, session: Session, name: str) -> AggregatorCreated:

@@ -144,6 +144,18 @@ class InstitutionCreated(InstitutionPublic):
     token: str = Field(description="The institution's API token. Shown once; only its hash is stored.")
 
 
+class InstitutionToken(BaseModel):
+    institution_id: int
+    institution: str
+    token: str = Field(description="The institution's new API token. Shown once; every earlier token stops working.")
+
+
+class TokensRevoked(BaseModel):
+    institution_id: int
+    institution: str
+    revoked: int = Field(description="How many tokens stopped working (0 when none was left)")
+
+
 class AggregatorCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=100)

@@ -53,8 +53,9 @@ def same_digest(a: str, b: str) -> bool:
 class TokenCache:
     """Verified token digests remembered for a short while, so reads skip the token lookup.
 
-    Only successful lookups are cached; tokens cannot be revoked through the
-    API yet, so a short TTL only bounds how long a deleted row keeps working.
+    Only successful lookups are cached. Revoking tokens clears the cache of the
+    worker that served the request; in other worker processes the TTL bounds how
+    long a revoked token keeps working.
     """
 
     def __init__(self, ttl_seconds: float, max_entries: int = 10_000) -> None:
@@ -73,6 +74,10 @@ class TokenCache:
                 del self._entries[digest]
                 return None
             return entry[1]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
 
     def put(self, digest: str, principal: Principal) -> None:
         if self._ttl <= 0:

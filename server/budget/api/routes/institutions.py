@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Request, status
 
 from server.budget import crud
 from server.budget.api.deps import AdminPrincipal, CurrentPrincipal, LedgerDep, require_institution_access
-from server.budget.models import BudgetPublic, EventPage, InstitutionCreate, InstitutionCreated, InstitutionPublic
+from server.budget.models import (
+    BudgetPublic, EventPage, InstitutionCreate, InstitutionCreated, InstitutionPublic, InstitutionToken, TokensRevoked,
+)
 
 router = APIRouter(prefix="/institutions", tags=["institutions"])
 
@@ -45,3 +47,19 @@ async def read_events(
     """The institution's ledger, oldest first."""
     require_institution_access(principal, institution_id)
     return await ledger.read(crud.list_events, institution_id=institution_id, limit=limit, offset=offset)
+
+
+@router.post("/{institution_id}/token", status_code=status.HTTP_201_CREATED)
+async def rotate_institution_token(institution_id: int, request: Request, ledger: LedgerDep, _: AdminPrincipal) -> InstitutionToken:
+    """Issue a new token for the institution (a rotated kit); every earlier one stops working. Shown once."""
+    issued = await ledger.write(crud.rotate_institution_token, institution_id=institution_id)
+    request.app.state.token_cache.clear()  # a revoked token must not live on in this process's cache
+    return issued
+
+
+@router.delete("/{institution_id}/tokens")
+async def revoke_institution_tokens(institution_id: int, request: Request, ledger: LedgerDep, _: AdminPrincipal) -> TokensRevoked:
+    """Disable every token of the institution (`fedcare institution revoke`). Its budget and ledger are kept."""
+    revoked = await ledger.write(crud.revoke_institution_tokens, institution_id=institution_id)
+    request.app.state.token_cache.clear()
+    return revoked
