@@ -54,6 +54,7 @@ PARAMS_FILE = "he-params.json"
 CIPHERTEXTS_KEY, HEADER_KEY = "he-ciphertexts", "he-header"  # RecordDict keys in a Flower message
 CHUNK_STYPE = "tenseal.ckks_vector"  # Array.stype of a serialized CKKSVector (never read with .numpy())
 NUM_CANARIES = 2
+CHECK_TOLERANCE = 1e-3  # CKKS error here is about 1e-8 per value; a check slot off by more was altered
 RANGE_CANARY_SHIFT = 2.0**-20  # keeps the bound canary itself far from wrapping around
 
 # Largest total coefficient modulus (bits) that keeps RLWE at 128-bit classical security, per
@@ -479,7 +480,13 @@ def layout_id(weights: OrderedDict[str, np.ndarray] | dict[str, np.ndarray]) -> 
 
 
 def num_chunks_for(num_values: int, slots: int) -> int:
-    return math.ceil((num_values + NUM_CANARIES) / slots)
+    return math.ceil((num_values + NUM_CANARIES) / (slots - 1))
+
+
+def chunk_lengths(num_values: int, slots: int) -> list[int]:
+    """Values in each ciphertext: up to slots-1 of the update (and canaries), then the check slot."""
+    total, per = num_values + NUM_CANARIES, slots - 1
+    return [min(per, total - i * per) + 1 for i in range(num_chunks_for(num_values, slots))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -511,7 +518,11 @@ def encrypt_update(
             "the sum over all hospitals must fit too: use a larger data modulus or a smaller scale (docs/he.md)"
         )
     values = np.concatenate([flat, [float(num_examples), bound * RANGE_CANARY_SHIFT]])
-    chunks = tuple(ts.ckks_vector(context, values[i:i + slots]).serialize() for i in range(0, values.size, slots))
+    # Every ciphertext ends with the sample count: a ciphertext altered after encryption (which a
+    # server without the key cannot notice when it still parses) decrypts to a wrong check value.
+    per = slots - 1
+    chunks = tuple(ts.ckks_vector(context, np.append(values[i:i + per], float(num_examples))).serialize()
+                   for i in range(0, values.size, per))
     header = HEHeader(kind="update", run_id=int(run_id), server_round=int(server_round), key_id=key_id(context),
                       layout=layout_id(weights), num_values=int(flat.size), num_chunks=len(chunks), slots=slots,
                       num_examples=int(num_examples))
@@ -550,9 +561,15 @@ def decrypt_sum(
     parts = []
     for i, chunk in enumerate(bundle.chunks):
         try:
-            parts.append(np.asarray(ts.ckks_vector_from(context, chunk).decrypt(), dtype=np.float64))
+            part = np.asarray(ts.ckks_vector_from(context, chunk).decrypt(), dtype=np.float64)
         except Exception as exc:
             raise InvalidCiphertext(f"chunk {i} of the sum does not decrypt: {exc}") from exc
+        if part.size < 2 or not abs(part[-1] - total) <= CHECK_TOLERANCE:
+            raise InvalidCiphertext(
+                f"chunk {i} of the sum fails its check value ({part[-1] if part.size else 'missing'} instead of {total}): "
+                "a contribution was altered after it was encrypted, or made under another key"
+            )
+        parts.append(part[:-1])
     values = np.concatenate(parts)
     if values.size != h.num_values + NUM_CANARIES:
         raise InvalidCiphertext(f"sum holds {values.size} values, expected {h.num_values + NUM_CANARIES}")
@@ -567,6 +584,11 @@ def decrypt_sum(
     if not 0 <= bound <= limit:
         raise HEConfigError(f"the sum may have wrapped around: values up to {bound:.4g} against a CKKS range of "
                             f"{limit:.4g}; use a larger data modulus or a smaller scale (docs/he.md)")
+    # |sum of x_i| <= sum of max|x_i|, which is what the bound canary adds up.
+    worst = float(np.abs(values[: h.num_values]).max(initial=0.0))
+    if worst > bound * (1 + 1e-6) + CHECK_TOLERANCE:
+        raise InvalidCiphertext(f"the sum holds a value of {worst:.4g}, beyond the {bound:.4g} its contributors "
+                                "declared: a contribution was altered after it was encrypted")
     return unflatten(values[: h.num_values] / total, template=template)
 
 

@@ -16,13 +16,13 @@ from dataclasses import KW_ONLY, dataclass, field
 import tenseal as ts
 
 from common.he import (
-    NUM_CANARIES,
     EncryptedUpdate,
     HEHeader,
     MIN_PRIME_BITS,
     InvalidCiphertext,
     context_facts,
     load_public_context,
+    chunk_lengths,
     num_chunks_for,
 )
 
@@ -133,10 +133,9 @@ class HEAggregator:
             raise InvalidCiphertext(f"an update must come from 1 contributor, header says {h.contributors}")
 
     def _add_chunks(self, bundle: EncryptedUpdate) -> list[ts.CKKSVector]:
-        total_slots = self.expected_values + NUM_CANARIES
+        lengths = chunk_lengths(self.expected_values, self._slots)
         candidate: list[ts.CKKSVector] = []
-        for i, blob in enumerate(bundle.chunks):
-            length = min(self._slots, total_slots - i * self._slots)
+        for i, (blob, length) in enumerate(zip(bundle.chunks, lengths, strict=True)):
             vec = self._load_chunk(i, blob, length)
             try:
                 candidate.append(vec if self._sum is None else self._sum[i] + vec)

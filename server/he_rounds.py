@@ -9,6 +9,7 @@ secret key, so the server cannot read an update, the sum, or the final model.
 from __future__ import annotations
 
 from collections import OrderedDict
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from server.he_aggregate import HEAggregator
 from server.replies import RejectedPayload, SortedReplies, sort_replies
 from server.rounds import RoundContext, RoundOutcome
 
+log = logging.getLogger("flwr.fedcare.server")
+
 
 @dataclass
 class HERounds:
@@ -30,6 +33,7 @@ class HERounds:
     keys: ServerHEContext
     initial: OrderedDict[str, np.ndarray]  # the seeded initial model: public, it holds no one's data
     global_sum: EncryptedUpdate | None = None  # the last aggregated round's encrypted sum
+    previous_sum: EncryptedUpdate | None = None  # the one before: where to go back if hospitals refuse the last
     mode: str = "he"
     _layout: str = field(init=False)
     _num_values: int = field(init=False)
@@ -74,11 +78,32 @@ class HERounds:
         )
         extra = {"bytes_sent": dict(sorted(aggregator.bytes_received.items())), "model_bytes_to_each": model_bytes}
         if not replies.participants:
-            return RoundOutcome(replies, reason="no valid encrypted update from any hospital", extra=extra)
+            reason = "no valid encrypted update from any hospital"
+            if self._refused_by_all(replies):
+                reason = self._go_back(server_round)
+            return RoundOutcome(replies, reason=reason, extra=extra)
+        self.previous_sum = self.global_sum
         self.global_sum, _ = aggregator.result()
         path = self.ctx.run_dir / "models" / f"round-{server_round}.he"
         write_bytes_atomic(path, self.global_sum.to_bytes())
         return RoundOutcome(replies, model_path=path, extra=extra)
+
+    def _refused_by_all(self, replies: SortedReplies) -> bool:
+        return (self.global_sum is not None and bool(replies.rejections)
+                and all(r.code == "bad-global-model" for r in replies.rejections))
+
+    def _go_back(self, server_round: int) -> str:
+        """Every hospital refused the encrypted model: a contribution to it was altered after encryption
+        in a way the server cannot see (it parsed, but its check values decrypt wrong). No one can tell
+        whose it was, so the model of the round before takes its place and training goes on from there."""
+        assert self.global_sum is not None
+        bad = self.global_sum.header.server_round
+        self.global_sum, self.previous_sum = self.previous_sum, None
+        back = f"round {self.global_sum.header.server_round}'s model" if self.global_sum else "the initial model"
+        reason = (f"every hospital refused the encrypted model of round {bad} (it fails their integrity checks: a "
+                  f"contribution was altered after encryption); going back to {back}")
+        log.error("round %d: %s", server_round, reason)
+        return reason
 
     def evaluate(self, *, nodes: list[int], server_round: int) -> SortedReplies:
         content, _ = self._content(server_round)
@@ -89,7 +114,9 @@ class HERounds:
 
     def save_final(self) -> Path:
         """The encrypted final model: only a hospital can decrypt it (`fedcare he decrypt`)."""
-        assert self.global_sum is not None, "save_final after at least one aggregated round"
+        if self.global_sum is None:
+            raise RuntimeError("no encrypted model survived the run: the last aggregated one was refused by every "
+                               "hospital and nothing was aggregated after it")
         path = self.ctx.run_dir / "final_model.he"
         write_bytes_atomic(path, self.global_sum.to_bytes())
         return path

@@ -312,3 +312,24 @@ def test_flatten_unflatten_round_trip() -> None:
     assert all(back[k].dtype == weights[k].dtype and np.array_equal(back[k], weights[k]) for k in weights)
     with pytest.raises(InvalidCiphertext, match="do not fit"):
         unflatten(np.zeros(flat.size + 1), template=weights)
+
+
+def test_a_ciphertext_altered_after_encryption_is_caught_when_the_sum_is_decrypted(ctx: ts.Context, keys) -> None:
+    """A flipped byte often still parses (the server, holding no key, cannot tell); every chunk's check
+    slot then decrypts wrong, so the hospitals refuse that model instead of training on garbage."""
+    weights = model()
+    bundle = encrypt_update(weights, num_examples=10, context=ctx, run_id=1, server_round=1)
+    caught = parsed = 0
+    for pos in range(200, len(bundle.chunks[1]), 97):
+        damaged = bytearray(bundle.chunks[1])
+        damaged[pos] ^= 0xFF
+        agg = HEAggregator(keys[1], expected_values=size(weights), run_id=1, server_round=1)
+        try:
+            agg.add(replace(bundle, chunks=(bundle.chunks[0], bytes(damaged))).sealed(), institution="x")
+        except InvalidCiphertext:
+            continue  # refused by the server already
+        parsed += 1
+        with pytest.raises(InvalidCiphertext, match="chunk 1 of the sum fails its check value|beyond the"):
+            decrypt_sum(agg.result()[0], context=ctx, template=weights)
+        caught += 1
+    assert parsed > 10 and caught == parsed

@@ -131,7 +131,7 @@ def test_wrong_length_is_rejected(keys, ctx, updates, bundles) -> None:
     # Header claims the right size, but the first chunk is the (shorter) last one.
     chunks = bundles["north"].chunks
     swapped = replace(bundles["north"], chunks=(chunks[2], chunks[1], chunks[0])).sealed()
-    with pytest.raises(InvalidCiphertext, match="chunk 0 holds 1036 values, expected 2048"):
+    with pytest.raises(InvalidCiphertext, match="chunk 0 holds 1039 values, expected 2048"):
         aggregator(keys, updates).add(swapped, institution="north")
 
 

@@ -1,0 +1,183 @@
+"""HE rounds end to end in one process: the real ClientApp handlers answer the real HERounds.
+
+The SuperLink is replaced by a loopback grid that hands each message to `client.app.train`, so
+the ciphertexts, the aggregator and the hospitals' decryption are the production code. (The real
+multi-process federation is `tests/integration/test_he_federation.py`.)
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from client.app import evaluate as client_evaluate
+from client.app import train as client_train
+from common.codecs import to_numpy
+from common.demo_data import DemoSplit, write_demo_split
+from common.he import HEADER_KEY, InvalidCiphertext, flatten, load_server_context, put_bundle, take_bundle, write_keys
+from common.models import build_model
+from common.schema import load_schema
+from common.settings import RunSettings
+from server.he_aggregate import HEAggregator
+from server.he_rounds import HERounds
+from server.rounds import RoundContext
+
+RUN = 77
+
+
+@pytest.fixture(autouse=True)
+def serverapp_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_run_id", RUN)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+
+
+@dataclass
+class LoopbackGrid:
+    """Delivers each pushed message to the hospital's real handler; `tamper` may rewrite a reply."""
+
+    hospitals: dict[int, dict[str, str]]
+    tamper: Callable[[int, Message], None] = lambda node, reply: None
+    run: SimpleNamespace = field(default_factory=lambda: SimpleNamespace(run_id=RUN))
+    _replies: dict[str, Message] = field(default_factory=dict)
+    sent_bytes: list[int] = field(default_factory=list)
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.hospitals)
+
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        ids = []
+        for i, msg in enumerate(messages):
+            msg.metadata.__dict__["_message_id"] = f"m{len(self._replies)}-{i}"
+            node = msg.metadata.dst_node_id
+            context = Context(run_id=RUN, node_id=node, node_config=self.hospitals[node], state=RecordDict(), run_config={})
+            handler = client_train if msg.metadata.message_type == "train" else client_evaluate
+            reply = handler(msg, context)
+            self.tamper(node, reply)
+            self._replies[msg.metadata.message_id] = reply
+            ids.append(msg.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory: pytest.TempPathFactory) -> DemoSplit:
+    return write_demo_split(tmp_path_factory.mktemp("data"), dataset="breast-cancer", hospitals=3)
+
+
+def _rounds(tmp_path: Path, split: DemoSplit, *, tamper=lambda node, reply: None) -> tuple[HERounds, LoopbackGrid]:
+    keys = write_keys(tmp_path / "he")
+    hospitals = {
+        node: {"institution": f"hospital-{node}", "data-path": str(path), "he-context": str(keys.hospital_context),
+               "state-dir": str(tmp_path / f"state-{node}")}
+        for node, path in enumerate(split.hospital_paths, start=1)
+    }
+    grid = LoopbackGrid(hospitals, tamper=tamper)
+    settings = RunSettings.model_validate({"schema-path": str(split.schema_path), "num-rounds": 2, "dp": False,
+                                           "local-epochs": 1, "privacy-mode": "he", "he-context": str(keys.server_context)})
+    schema = load_schema(split.schema_path)
+    (tmp_path / "run" / "models").mkdir(parents=True)
+    ctx = RoundContext(grid=grid, settings=settings, schema=schema, run_dir=tmp_path / "run")  # type: ignore[arg-type]
+    initial = to_numpy(ArrayRecord(build_model(schema, seed=settings.seed).state_dict()))
+    return HERounds(ctx, load_server_context(keys.server_context), initial=initial), grid
+
+
+def _damage(reply: Message, *, server_context: bytes, parses: bool) -> None:
+    """Flip bytes in chunk 1 (and reseal the digest, as a sender could): either so that the server
+    cannot parse the chunk, or a single byte that still parses, which a key-less server cannot notice."""
+    bundle = take_bundle(reply.content)
+    num_values = bundle.header.num_values
+    for pos in range(len(bundle.chunks[1]) // 2, len(bundle.chunks[1])):
+        chunk = bytearray(bundle.chunks[1])
+        if parses:
+            chunk[pos] ^= 0xFF
+        else:
+            chunk[pos:pos + 16] = bytes(b ^ 0xFF for b in chunk[pos:pos + 16])
+        damaged = replace(bundle, chunks=(bundle.chunks[0], bytes(chunk), *bundle.chunks[2:])).sealed()
+        probe = HEAggregator(server_context, expected_values=num_values, run_id=RUN, server_round=bundle.header.server_round)
+        try:
+            probe.add(damaged, institution="probe")
+            accepted = True
+        except InvalidCiphertext:
+            accepted = False
+        if accepted == parses:
+            put_bundle(reply.content, damaged)
+            return
+    raise AssertionError("no such position")
+
+
+def test_a_ciphertext_the_server_cannot_parse_costs_only_its_sender(tmp_path: Path, split: DemoSplit) -> None:
+    server_context = (tmp_path / "he" / "server" / "he-public.ctx")
+
+    def tamper(node: int, reply: Message) -> None:
+        if node == 2 and take_bundle(reply.content).header.server_round == 1:
+            _damage(reply, server_context=server_context.read_bytes(), parses=False)
+
+    rounds, _ = _rounds(tmp_path, split, tamper=tamper)
+    outcome = rounds.train(nodes=[1, 2, 3], server_round=1)
+    assert outcome.aggregated
+    assert sorted(outcome.replies.participants) == ["hospital-1", "hospital-3"]
+    (rejection,) = outcome.replies.rejections
+    assert (rejection.institution, rejection.code) == ("hospital-2", "invalid-ciphertext")
+    assert "chunk 1" in rejection.reason
+    assert set(outcome.extra["bytes_sent"]) == {"hospital-1", "hospital-2", "hospital-3"}
+    assert rounds.global_sum is not None and rounds.global_sum.header.contributors == 2
+
+    # The next round's hospitals decrypt the two-hospital sum and train on it; all three take part.
+    second = rounds.train(nodes=[1, 2, 3], server_round=2)
+    assert second.aggregated and second.replies.rejections == []
+    assert sorted(second.replies.participants) == ["hospital-1", "hospital-2", "hospital-3"]
+
+
+def test_a_ciphertext_altered_so_it_still_parses_is_refused_by_the_hospitals_and_the_server_goes_back(
+    tmp_path: Path, split: DemoSplit
+) -> None:
+    damage = {"round": 2}
+    server_context = (tmp_path / "he" / "server" / "he-public.ctx")
+
+    def tamper(node: int, reply: Message) -> None:
+        if node == 2 and HEADER_KEY in reply.content and take_bundle(reply.content).header.server_round == damage["round"]:
+            _damage(reply, server_context=server_context.read_bytes(), parses=True)
+
+    rounds, _ = _rounds(tmp_path, split, tamper=tamper)
+    assert rounds.train(nodes=[1, 2, 3], server_round=1).aggregated
+    good = rounds.global_sum
+    second = rounds.train(nodes=[1, 2, 3], server_round=2)
+    assert second.aggregated and len(second.replies.participants) == 3  # the server could not tell
+
+    third = rounds.train(nodes=[1, 2, 3], server_round=3)
+    assert not third.aggregated and third.replies.participants == []
+    assert {r.code for r in third.replies.rejections} == {"bad-global-model"}
+    assert all("check value" in r.reason or "beyond the" in r.reason for r in third.replies.rejections)
+    assert "going back to round 1's model" in (third.reason or "")
+    assert rounds.global_sum is good
+
+    fourth = rounds.train(nodes=[1, 2, 3], server_round=4)
+    assert fourth.aggregated and sorted(fourth.replies.participants) == ["hospital-1", "hospital-2", "hospital-3"]
+
+
+def test_the_server_holds_only_ciphertexts_and_hospitals_refuse_a_stale_sum(tmp_path: Path, split: DemoSplit) -> None:
+    rounds, grid = _rounds(tmp_path, split)
+    rounds.train(nodes=[1, 2, 3], server_round=1)
+    first_sum = rounds.global_sum
+    assert first_sum is not None and first_sum.header.kind == "sum"
+    assert not hasattr(rounds, "weights")  # no plaintext global model kept after round 1
+    assert (tmp_path / "run" / "models" / "round-1.he").exists()
+    assert len(first_sum.chunks) * 2048 >= flatten(rounds.initial).size
+
+    # A sum claiming the current round (or a later one) cannot be the model of an earlier round.
+    rounds.train(nodes=[1, 2, 3], server_round=2)
+    rounds.global_sum = replace(first_sum, header=replace(first_sum.header, server_round=3)).sealed()
+    replies = rounds.evaluate(nodes=[1, 2, 3], server_round=3)
+    assert {r.code for r in replies.rejections} == {"bad-global-model"} and len(replies.rejections) == 3
+    assert "round 3" in replies.rejections[0].reason
