@@ -1,0 +1,121 @@
+"""Submit a run to the compose federation and (optionally) follow it: the `submit` service's command.
+
+Runs inside the stack's network (service names resolve), as the same uid as the ServerApp runner and on
+its volume, so it can hand the ServerApp a fresh aggregator token for the budget service and read the
+run's results.json back. Prints one JSON object on stdout: run id, Flower status, results.
+
+    docker compose run --rm submit --rounds 2 --wait
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+APP_DIR = Path("/opt/fedcare/app")
+CONNECTION = "fedcare"
+
+
+def log(message: str) -> None:
+    print(f"submit: {message}", file=sys.stderr, flush=True)
+
+
+def write_connection(*, superlink: str, ca_certificate: Path) -> None:
+    home = Path(os.environ.get("FLWR_HOME", "/var/lib/fedcare/flwr"))
+    home.mkdir(parents=True, exist_ok=True)
+    connection = {"address": superlink, "root-certificates": str(ca_certificate)}
+    (home / "config.toml").write_text(tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: connection}}))
+
+
+def flwr(*args: str, timeout: float = 120.0) -> dict[str, Any]:
+    done = subprocess.run(["flwr", *args, "--format", "json"], capture_output=True, text=True, timeout=timeout)
+    try:
+        answer = json.loads(done.stdout[done.stdout.index("{"):])
+    except ValueError:
+        raise SystemExit(f"`flwr {' '.join(args)}` gave no JSON (exit {done.returncode}): {done.stdout}{done.stderr}") from None
+    if not answer.get("success", False):
+        raise SystemExit(f"`flwr {' '.join(args)}` failed: {answer.get('error-message', answer)}")
+    return answer
+
+
+def aggregator_token_file(budget_url: str, token_dir: Path) -> Path:
+    """Mint an aggregator token with the admin token and leave it (0600) where the ServerApp runner reads it."""
+    from server.budget_client import BudgetClient
+
+    admin_token = os.environ.get("FEDCARE_ADMIN_TOKEN", "")
+    if not admin_token:
+        raise SystemExit("budget service given but no admin token: set FEDCARE_ADMIN_TOKEN_FILE (compose does)")
+    with BudgetClient(budget_url, admin_token) as admin:
+        token = admin.create_aggregator_token(f"compose-serverapp-{time.strftime('%Y%m%dT%H%M%S')}")
+    token_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = token_dir / "aggregator-token"
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token)
+    tmp.replace(path)
+    return path
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--superlink", default=os.environ.get("FEDCARE_SUPERLINK_CONTROL", "superlink:8000"))
+    parser.add_argument("--ca-certificate", type=Path, default=Path(os.environ.get("FEDCARE_CA_CERTIFICATE", "/run/fedcare/ca.crt")))
+    parser.add_argument("--budget-url", default=os.environ.get("FEDCARE_BUDGET_URL", ""))
+    parser.add_argument("--schema-path", default=os.environ.get("FEDCARE_SCHEMA_PATH", "/run/fedcare/schema.json"),
+                        help="the schema as the ServerApp runner sees it")
+    parser.add_argument("--results-dir", default="/var/lib/fedcare/runs", help="on the ServerApp runner's volume")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--min-nodes", type=int, default=3)
+    parser.add_argument("--run-config", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other run-config key (TOML value), repeatable")
+    parser.add_argument("--wait", action="store_true", help="follow the run until Flower reports it finished")
+    parser.add_argument("--timeout", type=float, default=1800.0)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    import tomllib
+
+    args = parse_args(argv)
+    write_connection(superlink=args.superlink, ca_certificate=args.ca_certificate)
+    run_config: dict[str, Any] = {"num-rounds": args.rounds, "min-nodes": args.min_nodes,
+                                  "schema-path": args.schema_path, "results-dir": args.results_dir}
+    for item in args.run_config:
+        run_config |= tomllib.loads(item.replace("=", " = ", 1))
+    if args.budget_url:
+        run_config["budget-url"] = args.budget_url
+        run_config["budget-token-file"] = str(aggregator_token_file(args.budget_url, Path("/var/lib/fedcare/tokens")))
+    config_path = Path(os.environ.get("HOME", "/tmp")) / f"run-config-{time.time_ns()}.toml"
+    config_path.write_text(tomli_w.dumps(run_config))
+    run_id = int(flwr("run", str(APP_DIR), CONNECTION, "--run-config", str(config_path))["run-id"])
+    log(f"run {run_id} submitted ({args.rounds} rounds); results: {args.results_dir}/{run_id}/results.json")
+    outcome: dict[str, Any] = {"run_id": run_id, "status": "submitted"}
+    if args.wait:
+        deadline = time.monotonic() + args.timeout
+        status = "unknown"
+        while time.monotonic() < deadline:
+            runs = flwr("ls", CONNECTION, "--run-id", str(run_id))["runs"]
+            status = str(runs[0]["status"]) if runs else "unknown"
+            if status.startswith("finished"):
+                break
+            time.sleep(2.0)
+        else:
+            log(f"run {run_id} did not finish within {args.timeout:.0f} s (status {status})")
+        outcome["status"] = status
+        results = Path(args.results_dir) / str(run_id) / "results.json"
+        outcome["results"] = json.loads(results.read_text()) if results.exists() else None
+    print(json.dumps(outcome))
+    return 0 if outcome["status"] in ("submitted", "finished:completed") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
