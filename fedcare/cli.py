@@ -15,11 +15,14 @@ from common.settings import PrivacyMode
 from fedcare.budget_cli import budget_app
 from fedcare.federation import FederationError
 from fedcare.he_cli import he_app
+from fedcare.registration_cli import federation_app, institution_app
 
 app = typer.Typer(help="fedcare: federated learning for hospitals.", no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
 app.add_typer(budget_app, name="budget", help="The privacy budget service: serve it, show budgets.")
 app.add_typer(he_app, name="he", help="Homomorphic-encryption keys: make them, decrypt a final model.")
+app.add_typer(federation_app, name="federation", help="Set up a federation directory (CA, TLS, HE keys); sync pending registrations.")
+app.add_typer(institution_app, name="institution", help="Register a hospital (its kit), revoke it, list them.")
 
 
 @app.callback()
