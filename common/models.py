@@ -65,7 +65,7 @@ def build_model(schema: DatasetSchema, *, seed: int | None = None) -> nn.Module:
         assert schema.input_shape is not None  # enforced by the schema validator
         c, h, w = schema.input_shape
         return SmallImageCNN(input_shape=(c, h, w), num_classes=schema.num_classes)
-    return TabularMLP(in_features=len(schema.features), num_classes=schema.num_classes)
+    return TabularMLP(in_features=len(schema.features), num_classes=schema.num_classes, hidden=schema.hidden_units)
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -39,6 +39,7 @@ class DatasetSchema(BaseModel):
     features: list[FeatureSpec] = Field(min_length=1)
     model: Literal["mlp", "cnn"] = "mlp"
     input_shape: list[int] | None = None
+    hidden_units: int = Field(default=64, ge=2, le=8192)  # mlp: width of the first hidden layer (the second is half)
 
     @model_validator(mode="after")
     def _check_shape(self) -> DatasetSchema:
