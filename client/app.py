@@ -13,14 +13,20 @@ import logging
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.local_round import LocalRound, RoundRefused
-
 app = ClientApp()
 log = logging.getLogger("flwr.fedcare.client")
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
+    from client.secagg_client import handle_stage, is_secagg_stage
+
+    if is_secagg_stage(msg):  # four SecAgg+ stages per round; only one trains (client/secagg_client.py)
+        return handle_stage(msg, context)
+    # Imported per handler, not at the top: torch alone takes seconds, and SecAgg+ key-exchange
+    # stages and liveness pings (each a fresh process) never need it.
+    from client.local_round import LocalRound, RoundRefused
+
     try:
         local = LocalRound.from_message(msg, context)
         before = local.score()
@@ -51,6 +57,8 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
+    from client.local_round import LocalRound, RoundRefused
+
     try:
         local = LocalRound.from_message(msg, context)
         score = local.score()
@@ -59,3 +67,10 @@ def evaluate(msg: Message, context: Context) -> Message:
         return Message(RecordDict({"status": ConfigRecord(exc.as_status())}), reply_to=msg)
     metrics = MetricRecord({"eval-loss": score.loss, "eval-accuracy": score.accuracy, "eval-examples": score.examples})
     return Message(RecordDict({"metrics": metrics, "status": ConfigRecord(local.ok_status())}), reply_to=msg)
+
+
+@app.query("liveness")
+def liveness(msg: Message, context: Context) -> Message:
+    """Answer the server's "are you there?" before it counts this hospital into a SecAgg+ round."""
+    institution = str(context.node_config.get("institution", f"node-{context.node_id}"))
+    return Message(RecordDict({"status": ConfigRecord({"ok": True, "institution": institution})}), reply_to=msg)

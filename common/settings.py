@@ -52,6 +52,14 @@ class RunSettings(BaseModel):
     # adds ciphertexts), "secagg" (Flower's SecAgg+: the server only learns the masked sum).
     privacy_mode: PrivacyMode = "plain"
     he_context: str = ""  # HE mode: the server's key-free context (server/he-public.ctx from `fedcare he keygen`)
+    # SecAgg+ mode (Flower's secure aggregation; docs/secagg.md). Each hospital splits its mask secrets into
+    # num_shares shares; reconstruction_threshold of them recover a dropped hospital's masks.
+    num_shares: int = Field(default=3, gt=2)
+    reconstruction_threshold: int = Field(default=2, ge=2)
+    clipping_range: float = Field(default=8.0, gt=0)  # weighted values are clipped to +-clipping_range
+    quantization_range: int = Field(default=4194304, ge=2, lt=2**31)  # integer levels across 2*clipping_range
+    max_weight: float = Field(default=1000.0, gt=0)  # the largest training-example count a hospital may have
+    secagg_timeout: float = Field(default=60.0, gt=0)  # seconds per SecAgg+ stage (one stage includes training)
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> RunSettings:
@@ -64,7 +72,33 @@ class RunSettings(BaseModel):
         if settings.privacy_mode == "he" and not settings.he_context:
             raise SettingsError("run config: privacy-mode is 'he' but 'he-context' is empty; point it at the server's "
                                 "he-public.ctx from `fedcare he keygen --out DIR` (DIR/server/he-public.ctx)")
+        if settings.privacy_mode == "secagg":
+            problems = _secagg_problems(settings)
+            if problems:
+                raise SettingsError("run config (privacy-mode 'secagg'): " + "; ".join(problems))
         return settings
+
+
+SECAGG_MODULUS = 2**32  # Flower's modulus_range: masked sums wrap around at this value
+
+
+def _secagg_problems(s: RunSettings) -> list[str]:
+    """What Flower's SecAgg+ would refuse or get wrong, said before any hospital is contacted."""
+    problems = []
+    if s.reconstruction_threshold >= s.num_shares:
+        problems.append(f"reconstruction-threshold ({s.reconstruction_threshold}) must be below num-shares "
+                        f"({s.num_shares}): a secret split into {s.num_shares} shares")
+    if s.min_nodes < 2:
+        problems.append(f"min-nodes is {s.min_nodes}; secure aggregation needs at least 2 hospitals per round "
+                        "(with one, the 'sum' is that hospital's update)")
+    if s.reconstruction_threshold > s.min_nodes:
+        problems.append(f"reconstruction-threshold ({s.reconstruction_threshold}) is above min-nodes ({s.min_nodes}): a "
+                        f"round with {s.min_nodes} hospitals could never recover its masks; lower the threshold or "
+                        "raise min-nodes")
+    if s.quantization_range * max(s.min_nodes, 2) >= SECAGG_MODULUS:
+        problems.append(f"quantization-range ({s.quantization_range}) times min-nodes ({s.min_nodes}) reaches 2**32, "
+                        "where the masked sum wraps around; lower quantization-range")
+    return problems
 
 
 class NodeSettings(BaseModel):

@@ -1,0 +1,211 @@
+"""SecAgg+ mode: the server learns only the weighted sum of the hospitals' updates.
+
+Each round runs Flower's SecAgg+ (four message exchanges, see `server.secagg_protocol`) on the
+nodes the ServerApp's loop chose, minus nodes that look dead:
+
+- A node that missed a stage of an earlier round is a suspect: the SuperLink keeps listing a
+  crashed SuperNode for about 44 s, and every stage would wait `secagg-timeout` for it. Before
+  the next round a suspect gets a liveness ping (a `query.liveness` message, answered without
+  importing torch); it takes part again once it answers, and until then it is left out and
+  results.json says so.
+- A node that leaves during the round is handled by the protocol: before it shared keys it is
+  simply dropped; after, the survivors' shares remove its masks. When that is impossible the
+  round fails with the stage and the reason; it is never silently skipped. A failure before
+  any hospital trained is retried once with the nodes that answered.
+
+The averaged model is plaintext on the server (that is what SecAgg+ reveals), so evaluation and
+the saved models (`round-N.pt`, `final_model.pt`) are exactly as in plain mode.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+
+from common.codecs import InvalidUpdate, check_update, from_numpy, save_weights
+from common.settings import SECAGG_MODULUS
+from server.messaging import exchange
+from server.replies import Rejection, RejectedPayload, SortedReplies, sort_replies
+from server.rounds import RoundContext, RoundOutcome
+from server.secagg_protocol import STAGES, SecAggRound, run_secagg_round
+from server.secagg_quantization import error_bound, quantization_facts
+
+log = logging.getLogger("flwr.fedcare.server")
+
+LIVENESS = "query.liveness"
+
+
+@dataclass
+class _MaskedReplies:
+    """Checks the masked-vectors stage's replies before any mask is removed (`CheckReplies`)."""
+
+    replies: SortedReplies = field(default_factory=SortedReplies)
+    counts: list[int] = field(default_factory=list)  # example counts of the updates in the sum
+
+    def __call__(self, masked: list[Message]) -> str | None:
+        def accept(msg: Message, who: str, n: int) -> None:
+            weight = msg.content.metric_records.get("fitres.num_examples")
+            if weight is None or int(weight["num_examples"]) != n:
+                raise RejectedPayload("invalid-update", f"its SecAgg+ weight {weight} differs from num-examples {n}")
+            self.counts.append(n)
+
+        self.replies = sort_replies(masked, reference=None, expect_update=True, accept=accept)
+        # A refusal carries weight 0 and leaves the sum as it is; an invalid reply's masked update is
+        # inside the sum, and SecAgg+ cannot take it out again.
+        in_sum = [r for r in self.replies.rejections if r.code in ("invalid-update", "no-status")]
+        if in_sum:
+            return ("the masked sum includes update(s) whose reply is invalid, and SecAgg+ cannot take them out: "
+                    + "; ".join(f"{r.institution}: {r.reason}" for r in in_sum))
+        if not self.replies.participants:
+            return "no hospital contributed an update (every one refused or failed)"
+        return None
+
+
+@dataclass
+class SecAggRounds:
+    ctx: RoundContext
+    weights: OrderedDict[str, np.ndarray]
+    mode: str = "secagg"
+    suspects: dict[int, str] = field(default_factory=dict)  # node id -> why it may be dead
+    institutions: dict[int, str] = field(default_factory=dict)  # node id -> institution, as last reported
+
+    @classmethod
+    def create(cls, ctx: RoundContext, *, weights: OrderedDict[str, np.ndarray]) -> SecAggRounds:
+        s = ctx.settings
+        facts = quantization_facts(s)
+        log.info("SecAgg+ mode for run %d: the server learns only the sum; %d shares, threshold %d, stage timeout "
+                 "%.0f s; quantization step %.3g (clipping-range %g, quantization-range %d): each averaged value is "
+                 "off by < %.3g x max-weight / mean examples per hospital", ctx.run_id, s.num_shares,
+                 s.reconstruction_threshold, s.secagg_timeout, facts["quantization_step"], s.clipping_range,
+                 s.quantization_range, facts["quantization_step"])
+        return cls(ctx, weights)
+
+    def privacy_facts(self) -> dict[str, Any]:
+        s = self.ctx.settings
+        return {"mode": self.mode, "secagg": {
+            "num_shares": s.num_shares, "reconstruction_threshold": s.reconstruction_threshold,
+            "timeout": s.secagg_timeout, "quantization": quantization_facts(s),
+        }}
+
+    # ---- who takes part ------------------------------------------------------------------------
+    def _who(self, node: int) -> str:
+        return self.institutions.get(node, f"node-{node}")
+
+    def _ping(self, nodes: list[int], *, server_round: int) -> set[int]:
+        """Nodes that answer a liveness query within the stage timeout."""
+        content = RecordDict({"config": ConfigRecord({"server-round": server_round})})
+        replies = exchange(self.ctx.grid, nodes=nodes, content=content, message_type=LIVENESS, server_round=server_round,
+                           timeout=self.ctx.settings.secagg_timeout, poll_interval=self.ctx.settings.poll_interval)
+        return {reply.metadata.src_node_id for reply in replies if not reply.has_error()}
+
+    def _live(self, nodes: list[int], *, server_round: int) -> tuple[list[int], dict[str, str]]:
+        """`nodes` minus suspects that do not answer a ping; also forgets suspects no longer listed."""
+        self.suspects = {n: why for n, why in self.suspects.items() if n in nodes}
+        if self.suspects:
+            back = self._ping(sorted(self.suspects), server_round=server_round)
+            for node in back:
+                log.info("round %d: %s answers again and takes part", server_round, self._who(node))
+                del self.suspects[node]
+        excluded = {self._who(n): f"left out: {why}; no answer to a liveness ping within "
+                                  f"{self.ctx.settings.secagg_timeout:.0f} s" for n, why in self.suspects.items()}
+        for who, why in excluded.items():
+            log.warning("round %d: %s %s", server_round, who, why)
+        return [n for n in nodes if n not in self.suspects], excluded
+
+    # ---- one round -------------------------------------------------------------------------------
+    def _attempt(self, nodes: list[int], server_round: int) -> tuple[SecAggRound, _MaskedReplies]:
+        checked = _MaskedReplies()
+        content = self.ctx.config(server_round)
+        content["arrays"] = from_numpy(self.weights)
+        result = run_secagg_round(grid=self.ctx.grid, settings=self.ctx.settings, nodes=nodes, server_round=server_round,
+                                  model_content=content, check_replies=checked)
+        return result, checked
+
+    def train(self, *, nodes: list[int], server_round: int) -> RoundOutcome:
+        s = self.ctx.settings
+        live, excluded = self._live(nodes, server_round=server_round)
+        extra: dict[str, Any] = {"secagg": {"excluded": excluded}}
+        need = max(2, s.reconstruction_threshold)
+        if len(live) < need:
+            return RoundOutcome(SortedReplies(), reason=f"only {len(live)} live hospital(s); SecAgg+ needs {need} "
+                                f"(reconstruction-threshold {s.reconstruction_threshold})", extra=extra)
+        if len(live) * s.quantization_range >= SECAGG_MODULUS:
+            return RoundOutcome(SortedReplies(), reason=f"{len(live)} hospitals x quantization-range "
+                                f"{s.quantization_range} reaches 2**32: the masked sum would wrap; lower "
+                                "quantization-range", extra=extra)
+        result, checked = self._attempt(live, server_round)
+        failure = result.failure
+        survivors = sorted(result.answered.get(failure.stage, set())) if failure else []
+        if failure and failure.stage in ("setup", "share-keys") and need <= len(survivors) < len(live):
+            log.warning("round %d: %s; nobody trained yet, retrying once with the %d hospitals that answered",
+                        server_round, failure, len(survivors))
+            self._suspect(set(live) - set(survivors), f"missed SecAgg+ stage '{failure.stage}' of round {server_round}")
+            extra["secagg"]["retried_after"] = str(failure)
+            live = survivors
+            result, checked = self._attempt(live, server_round)
+        return self._finish(result, checked, live=live, server_round=server_round, extra=extra)
+
+    def _suspect(self, nodes: set[int], why: str) -> None:
+        for node in nodes:
+            self.suspects.setdefault(node, why)
+
+    def _finish(self, result: SecAggRound, checked: _MaskedReplies, *, live: list[int], server_round: int,
+                extra: dict[str, Any]) -> RoundOutcome:
+        s, replies = self.ctx.settings, checked.replies
+        self.institutions.update(replies.node_institutions)
+        missed: dict[int, str] = {}
+        for stage in STAGES:  # in protocol order: a node is blamed for the first stage it missed
+            for node in set(live) - result.answered.get(stage, set(live)):
+                missed.setdefault(node, f"no usable reply to SecAgg+ stage '{stage}' of round {server_round} "
+                                        f"(no reply within {s.secagg_timeout:.0f} s)")
+        for node, why in sorted(missed.items()):
+            self._suspect({node}, why)
+            replies.rejections.append(Rejection(self._who(node), node, "dropped-out", why))
+        info = extra["secagg"]
+        info.update({"hospitals": len(live), "answered": {k: len(v) for k, v in result.answered.items()},
+                     "stage_seconds": result.seconds})
+        if result.failure is not None or result.average is None:
+            reason = str(result.failure) if result.failure else "no aggregate"
+            return RoundOutcome(replies, reason=reason, extra=extra)
+        bound = error_bound(clipping_range=s.clipping_range, quantization_range=s.quantization_range,
+                            max_weight=s.max_weight, num_examples=checked.counts)
+        info["quantization_error_bound"] = bound
+        try:
+            average = self._named(result.average)
+        except InvalidUpdate as exc:
+            return RoundOutcome(replies, reason=f"the unmasked sum is unusable: {exc}", extra=extra)
+        self.weights = average
+        path = self.ctx.run_dir / "models" / f"round-{server_round}.pt"
+        save_weights(self.weights, path)
+        log.info("round %d: SecAgg+ sum of %d update(s); quantization error per value < %.3g; stages %s",
+                 server_round, len(checked.counts), bound, result.seconds)
+        return RoundOutcome(replies, model_path=path, extra=extra)
+
+    def _named(self, average: list[np.ndarray]) -> OrderedDict[str, np.ndarray]:
+        if len(average) != len(self.weights):
+            raise InvalidUpdate(f"{len(average)} tensors, the model has {len(self.weights)}")
+        named = OrderedDict((name, np.asarray(value).astype(ref.dtype).reshape(ref.shape))
+                            for (name, ref), value in zip(self.weights.items(), average))
+        check_update(named, reference=self.weights)
+        return named
+
+    # ---- after the rounds ------------------------------------------------------------------------
+    def evaluate(self, *, nodes: list[int], server_round: int) -> SortedReplies:
+        live = [n for n in nodes if n not in self.suspects]
+        content = self.ctx.config(server_round)
+        content["arrays"] = from_numpy(self.weights)
+        return sort_replies(
+            self.ctx.send(content, nodes=live, message_type=MessageType.EVALUATE, server_round=server_round),
+            reference=None, expect_update=False,
+        )
+
+    def save_final(self) -> Path:
+        path = self.ctx.run_dir / "final_model.pt"
+        save_weights(self.weights, path)
+        return path
