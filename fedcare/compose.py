@@ -1,0 +1,140 @@
+"""Docker compose pieces for a federation: a hospital's service (an override file), and the compose-only files.
+
+`docker-compose.yml` at the repository root defines hospital-1..3. A hospital registered later gets its own
+override file with the same service shape, so the coordinator (or a hospital on its own host) starts it with
+
+    docker compose -f docker-compose.yml -f federation/compose/<slug>.yml up -d <slug>
+
+`fedcare institution register` can call `write_hospital_override` once the kit exists. The module also runs
+on its own: `python -m fedcare.compose --help` (`prepare` makes the files only compose needs).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+import yaml
+
+FEDERATION_VAR = "${FEDCARE_FEDERATION:-./federation}"
+IMAGE = "${FEDCARE_IMAGE:-fedcare:latest}"
+GPU_IMAGE = "${FEDCARE_GPU_IMAGE:-fedcare:gpu}"
+CONTAINER_KIT = "/run/fedcare/kit"
+CONTAINER_STATE = "/var/lib/fedcare"
+SUPEREXEC_SECRET = "superlink/superexec-secret"
+SERVER_DIR = "server"  # what the ServerApp runner mounts: schema.json
+
+
+def env_prefix(slug: str) -> str:
+    """hospital-1 -> HOSPITAL_1: the prefix of the variables that override a hospital's data dir and limit."""
+    return re.sub(r"[^A-Z0-9]", "_", slug.upper())
+
+
+def hospital_service(name: str, *, slug: str, epsilon_limit: float, data_file: str = "data.csv",
+                     fleet_address: str = "superlink:9092", gpu: bool = False) -> dict[str, Any]:
+    """The compose service of one hospital: its SuperNode (+ ClientApp processes), kit and data read-only, own state volume."""
+    prefix = env_prefix(slug)
+    node_config = (f'institution="{name}" data-path="/data/${{{prefix}_DATA_FILE:-{data_file}}}" '
+                   f'state-dir="{CONTAINER_STATE}/state" epsilon-limit=${{{prefix}_EPSILON_LIMIT:-{float(epsilon_limit)!r}}}')
+    service: dict[str, Any] = {
+        "image": GPU_IMAGE if gpu else IMAGE,
+        "init": True,
+        "user": "${FEDCARE_UID:-10001}:${FEDCARE_GID:-10001}",
+        "read_only": True,
+        "tmpfs": ["/tmp"],
+        "security_opt": ["no-new-privileges:true"],
+        "environment": {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+                        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"},
+        "restart": "unless-stopped",
+        "depends_on": {"superlink": {"condition": "service_healthy"}},
+        "healthcheck": {"test": ["CMD", "python", "/opt/fedcare/deploy/healthcheck.py", "tcp", "127.0.0.1:9094"],
+                        "interval": "5s", "timeout": "5s", "retries": 24, "start_period": "10s"},
+        "command": [
+            "flower-supernode",
+            f"--superlink={fleet_address}",
+            f"--root-certificates={CONTAINER_KIT}/ca.crt",
+            f"--auth-supernode-private-key={CONTAINER_KIT}/node.key",
+            f"--node-config={node_config}",
+        ],
+        "volumes": [
+            f"{FEDERATION_VAR}/institutions/{slug}:{CONTAINER_KIT}:ro",
+            f"${{{prefix}_DATA:-./federation/data/{slug}}}:/data:ro",
+            f"{slug}-state:{CONTAINER_STATE}",
+        ],
+    }
+    if gpu:
+        service["deploy"] = {"resources": {"reservations": {"devices": [
+            {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]}}}
+    return service
+
+
+def render_hospital_override(name: str, *, slug: str, epsilon_limit: float, **options: Any) -> str:
+    document = {"services": {slug: hospital_service(name, slug=slug, epsilon_limit=epsilon_limit, **options)},
+                "volumes": {f"{slug}-state": {}}}
+    header = (f"# {name}: its SuperNode, added to the federation's compose stack.\n"
+              f"#   docker compose -f docker-compose.yml -f <this file> up -d {slug}\n"
+              f"# Its data: ./federation/data/{slug}/data.csv, or set {env_prefix(slug)}_DATA (folder) and "
+              f"{env_prefix(slug)}_DATA_FILE.\n")
+    return header + yaml.safe_dump(document, sort_keys=False, default_flow_style=False, width=1000)
+
+
+def write_hospital_override(federation_root: Path, name: str, *, slug: str, epsilon_limit: float, **options: Any) -> Path:
+    """Write FEDERATION/compose/<slug>.yml (no secrets in it: it only names the kit folder) and return its path."""
+    path = federation_root / "compose" / f"{slug}.yml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_hospital_override(name, slug=slug, epsilon_limit=epsilon_limit, **options))
+    return path
+
+
+def prepare_federation(federation_root: Path, *, schema: Path | None = None) -> list[Path]:
+    """The files compose needs beyond `fedcare federation init`: the SuperExec secret (0600) and the ServerApp's schema."""
+    made = []
+    secret = federation_root / SUPEREXEC_SECRET
+    if not secret.exists():
+        secret.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(32))
+        made.append(secret)
+    if schema is not None:
+        target = federation_root / SERVER_DIR / "schema.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(schema, target)
+        made.append(target)
+    return made
+
+
+compose_app = typer.Typer(help="Docker compose files for a federation.", no_args_is_help=True, add_completion=False)
+
+
+@compose_app.command()
+def prepare(
+    federation: Annotated[Path, typer.Argument(help="The federation directory (from `fedcare federation init`).")],
+    schema: Annotated[Optional[Path], typer.Option(help="The data schema JSON the ServerApp uses.")] = None,
+) -> None:
+    """Make the SuperExec secret and copy the schema where docker-compose.yml mounts them."""
+    for path in prepare_federation(federation, schema=schema):
+        typer.echo(f"wrote {path}")
+
+
+@compose_app.command()
+def hospital(
+    name: Annotated[str, typer.Argument(help="The institution, as registered.")],
+    epsilon_limit: Annotated[float, typer.Option(min=1e-9, help="Its epsilon limit (the node enforces it too).")],
+    slug: Annotated[Optional[str], typer.Option(help="Its kit folder name under institutions/ (default: from the name).")] = None,
+    federation: Annotated[Path, typer.Option("--federation", "-f", help="The federation directory.")] = Path("."),
+    gpu: Annotated[bool, typer.Option("--gpu", help="Reserve an NVIDIA GPU (image: $FEDCARE_GPU_IMAGE).")] = False,
+) -> None:
+    """Write FEDERATION/compose/<slug>.yml: a compose override adding this hospital's SuperNode."""
+    slug = slug or re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")  # as fedcare.federation_dir.slugify
+    path = write_hospital_override(federation, name, slug=slug, epsilon_limit=epsilon_limit, gpu=gpu)
+    typer.echo(f"wrote {path}; start it: docker compose -f docker-compose.yml -f {path} up -d {slug}")
+
+
+if __name__ == "__main__":
+    compose_app()
