@@ -46,7 +46,7 @@ def demo(
     target_epsilon: Annotated[Optional[float], typer.Option(min=1e-9, help="Choose the noise so the whole run spends this epsilon (default 3).")] = None,
     epsilon_limit: Annotated[float, typer.Option(min=1e-9, help="Each hospital's lifetime epsilon limit.")] = 10.0,
     state_dir: Annotated[Optional[Path], typer.Option(help="Hospitals' privacy state (default OUT/state); reuse it and epsilon continues.")] = None,
-    mode: Annotated[PrivacyMode, typer.Option(help="How updates travel: plain (the server reads them), he (CKKS: the server adds ciphertexts it cannot read), secagg (SecAgg+: the server learns only the sum).")] = "plain",
+    mode: Annotated[PrivacyMode, typer.Option(help="How updates travel: plain (the server reads them), he (CKKS: the server adds ciphertexts it cannot read), secagg (SecAgg+: the server learns only the sum).")] = "he",
 ) -> None:
     """Run a real federation on this machine: SuperLink, one SuperNode per hospital, FedAvg."""
     from fedcare.demo import DemoOptions, run_demo  # torch import only when needed
