@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -28,7 +27,9 @@ from common.demo_data import DemoDataset, DemoSplit, write_demo_split
 from common.settings import PrivacyMode
 from common.models import build_model
 from common.schema import load_schema
+from common.private_files import write_private
 from fedcare.federation import FederationError, LocalFederation
+from fedcare.registration import BudgetTarget
 from server.budget.process import running_budget_service
 from server.budget_client import BudgetClient
 
@@ -53,7 +54,7 @@ class DemoOptions:
     state_dir: Path | None = None  # default: OUT/state; reuse it and epsilon continues
     epsilon_limit: float = 10.0  # each hospital's lifetime limit, enforced by the hospital and the ledger
     delta: float = 1e-5
-    mode: PrivacyMode = "plain"  # how updates travel: plain, he (CKKS), secagg (SecAgg+)
+    mode: PrivacyMode = "he"  # how updates travel: he (CKKS, the default: the server reads no update), secagg, plain
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,10 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoOut
         budget_url = None
         if options.dp:
             budget_url = stack.enter_context(_budget_service(out / "budget"))
-        fed = stack.enter_context(LocalFederation(out / "federation", insecure=options.insecure))
+        # The same path as a deployment: out/federation is a federation directory; each hospital gets a kit
+        # (registered node key, CA certificate, budget token) and its SuperNode starts from it.
+        budget = BudgetTarget(budget_url, _secret_file(out / "budget" / "admin-token")) if budget_url else None
+        fed = stack.enter_context(LocalFederation(out / "federation", insecure=options.insecure, budget=budget))
         with console.status("starting the SuperLink and the hospitals' SuperNodes..."):
             fed.start_superlink()
             for i, path in enumerate(split.hospital_paths, start=1):
@@ -121,7 +125,8 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoOut
                 if he_keys is not None:
                     node_config["he-context"] = str(he_keys.hospital_context)
                 fed.add_hospital(institution=f"hospital-{i}", data_path=path, node_config=node_config)
-        tls = "off (INSECURE)" if options.insecure else "on"
+        tls = ("[bold red]off (INSECURE: no TLS, no node authentication)[/]" if options.insecure
+               else f"on, node authentication on (kits in {fed.workdir / 'institutions'})")
         console.print(f"SuperLink up: Fleet API (gRPC) 127.0.0.1:{fed.fleet_port}, control API 127.0.0.1:{fed.control_port}, TLS {tls}")
 
         run_config = {
@@ -176,11 +181,8 @@ def _secret_file(path: Path) -> str:
     """Read a token file, or create it (0600) with a fresh token: a rerun keeps the same ledger and keys."""
     if path.exists():
         return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(token)
+    write_private(path, token, exclusive=True)
     return token
 
 
@@ -200,11 +202,7 @@ def _register_with_ledger(budget_dir: Path, url: str, *, options: DemoOptions, h
     with BudgetClient(url, (budget_dir / "admin-token").read_text().strip()) as admin:
         for i in range(1, hospitals + 1):
             admin.ensure_institution(f"hospital-{i}", options.epsilon_limit, options.delta)
-        token_file = budget_dir / "aggregator-token"
-        token_file.unlink(missing_ok=True)
-        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(admin.create_aggregator_token("demo-serverapp"))
+        token_file = write_private(budget_dir / "aggregator-token", admin.create_aggregator_token("demo-serverapp"))
     return {"budget-url": url, "budget-token-file": str(token_file)}
 
 

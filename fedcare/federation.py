@@ -3,6 +3,11 @@
 Every part is a separate OS process talking gRPC (Fleet API) and HTTP (control
 API) over 127.0.0.1, exactly as in a deployment. The federation owns every
 process it starts, their children included, and stops them all on exit.
+
+Secure by default, through the same code a deployment uses: `workdir` is a
+federation directory (made by `fedcare federation init`, or here on first
+use), the SuperLink runs with TLS and `--enable-supernode-auth`, and every
+hospital's SuperNode starts from its kit (CA certificate, registered node key).
 """
 
 from __future__ import annotations
@@ -22,7 +27,13 @@ from typing import Any
 import psutil
 import tomli_w
 
-from common.tls import TlsFiles, make_server_tls
+from common.tls import TlsFiles
+from fedcare.federation_dir import FederationDir, ensure_local_federation
+from fedcare.kits import CA_FILE, KitOptions
+from fedcare.node_keys import PRIVATE_KEY_FILE
+from fedcare.registration import BudgetTarget, RegistrationReport, budget_target, register_institution, sync
+from fedcare.registry import Registry
+from fedcare.superlink_control import SuperLinkConnection
 
 log = logging.getLogger("fedcare.federation")
 CONNECTION = "fedcare"
@@ -59,9 +70,11 @@ class ManagedProcess:
 
 @dataclass
 class LocalFederation:
-    """Owns the processes of a federation rooted at `workdir`.
+    """Owns the processes of a federation rooted at `workdir` (a federation directory, made if missing).
 
-    `insecure=True` turns TLS off; it exists for debugging only and says so loudly.
+    `insecure=True` turns TLS and node authentication off; it exists for debugging only and says so loudly.
+    `budget`: the budget service hospitals are registered with when `add_hospital` issues their kits
+    (default: the one federation.toml names, if any).
     """
 
     workdir: Path
@@ -69,7 +82,9 @@ class LocalFederation:
     startup_timeout: float = 60.0
     processes: list[ManagedProcess] = field(default_factory=list)
     seen_pids: set[int] = field(default_factory=set)
+    budget: BudgetTarget | None = None
     tls: TlsFiles | None = None
+    federation: FederationDir | None = None
     control_port: int = 0
     fleet_port: int = 0
 
@@ -92,6 +107,8 @@ class LocalFederation:
         log_path = self.workdir / "logs" / f"{name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("ab") as out:
+            out.write(f"$ {' '.join(args)}\n".encode())  # which flags ran (TLS, node auth) is the first thing to check
+            out.flush()
             popen = subprocess.Popen(
                 args,
                 stdout=out,
@@ -131,21 +148,66 @@ class LocalFederation:
             "--database", str(self.workdir / "superlink.db"),
         ]
         if self.insecure:
-            log.warning("INSECURE MODE: TLS is off; updates cross the network unencrypted. Use only for debugging.")
+            log.warning("INSECURE MODE: TLS and node authentication are off; updates cross the network unencrypted "
+                        "and any process may join as a hospital. Use only for debugging.")
             args.append("--insecure")
         else:
-            self.tls = make_server_tls(self.workdir / "tls")
+            fed = self.federation = ensure_local_federation(self.workdir)
+            self.tls = TlsFiles(fed.ca_certificate, fed.server_certificate, fed.server_key)
             args += [
                 "--ssl-ca-certfile", str(self.tls.ca_certificate),
                 "--ssl-certfile", str(self.tls.server_certificate),
                 "--ssl-keyfile", str(self.tls.server_key),
+                "--enable-supernode-auth",  # only node keys registered with `flwr supernode register` get in
             ]
+            if self.budget is None:
+                self.budget = budget_target(fed)
         proc = self._spawn("superlink", args)
         self._wait_for_port(proc, self.fleet_port)
         self._wait_for_port(proc, self.control_port)
         self._write_cli_config()
+        if self.federation is not None:
+            for report in self.sync():
+                log.info("%s: %s", report.name, "; ".join(report.done + report.problems))
 
-    def add_hospital(self, *, institution: str, data_path: Path, node_config: dict[str, Any] | None = None) -> ManagedProcess:
+    @property
+    def connection(self) -> SuperLinkConnection:
+        """The coordinator's connection to this SuperLink's control API (for registrations)."""
+        if self.federation is None or not self.control_port:
+            raise FederationError("start the SuperLink (with TLS) first")
+        return SuperLinkConnection(f"127.0.0.1:{self.control_port}", self.federation.ca_certificate)
+
+    def sync(self) -> list[RegistrationReport]:
+        """Finish the registrations and revocations that were pending while the SuperLink was down."""
+        return sync(self.federation, superlink=self.connection, budget=self.budget)  # type: ignore[arg-type]
+
+    def ensure_kit(self, institution: str, *, epsilon_limit: float = 10.0, delta: float = 1e-5) -> Path:
+        """The institution's kit, issued and registered now if it has none (the demo's and tests' hospitals)."""
+        fed = self.federation
+        if fed is None:
+            raise FederationError("kits need the SuperLink started with TLS")
+        record = Registry(fed.registry_path).snapshot().get(fed.kit_dir(institution).name)
+        if record is None:
+            report = register_institution(fed, KitOptions(institution, epsilon_limit, delta), superlink=self.connection,
+                                          budget=self.budget)
+        elif record.pending and record.active:
+            reports = sync(fed, superlink=self.connection, budget=self.budget, only={record.slug})
+            report = reports[0] if reports else None
+        else:
+            report = None
+        if report is not None and report.record.superlink != "registered":
+            raise FederationError(f"{institution}: node key not registered: {'; '.join(report.problems)}")
+        return fed.kit_dir(institution)
+
+    def add_hospital(
+        self, *, institution: str, data_path: Path, node_config: dict[str, Any] | None = None, kit: Path | None = None,
+        wait: bool = True,
+    ) -> ManagedProcess:
+        """Start a hospital's SuperNode from its kit (issued and registered now when `kit` is None).
+
+        An explicit `kit` folder is used as a hospital would use it: nothing is registered for it.
+        `wait=False` returns without waiting for the SuperNode's port (for nodes expected to be refused).
+        """
         if not self.fleet_port:
             raise FederationError("start the SuperLink before adding hospitals")
         config = {"institution": institution, "data-path": str(Path(data_path).resolve()), **(node_config or {})}
@@ -156,9 +218,15 @@ class LocalFederation:
             "--port", str(port),
             "--node-config", " ".join(f"{k}={json.dumps(v)}" for k, v in config.items()),
         ]
-        args += ["--insecure"] if self.insecure else ["--root-certificates", str(self.tls.ca_certificate)]  # type: ignore[union-attr]
+        if self.insecure:
+            args.append("--insecure")
+        else:
+            if kit is None:
+                kit = self.ensure_kit(institution, epsilon_limit=float(config.get("epsilon-limit", 10.0)))
+            args += ["--root-certificates", str(kit / CA_FILE), "--auth-supernode-private-key", str(kit / PRIVATE_KEY_FILE)]
         proc = self._spawn(f"supernode-{institution}", args)
-        self._wait_for_port(proc, port)
+        if wait:
+            self._wait_for_port(proc, port)
         return proc
 
     def _write_cli_config(self) -> None:

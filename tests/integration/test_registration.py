@@ -1,0 +1,142 @@
+"""Node authentication end to end: kits issued before anything runs, a SuperLink that admits only registered keys.
+
+Real processes (SuperLink, SuperNodes, budget service), no mocks: registered hospitals join and train, a
+stranger's key and a foreign CA are refused while the federation carries on, and a revoked hospital is
+shut out of both the SuperLink and the budget service.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from common.demo_data import DemoSplit
+from common.tls import make_server_tls
+from fedcare.demo import DemoOptions, run_demo
+from fedcare.federation import LocalFederation, ManagedProcess
+from fedcare.federation_dir import FederationDir, init_federation
+from fedcare.kits import KitOptions
+from fedcare.node_keys import make_node_keys
+from fedcare.registration import BudgetTarget, list_institutions, register_institution, revoke_institution
+from fedcare.superlink_control import SuperLinkConnection
+from server.budget.process import running_budget_service
+from server.budget_client import BudgetAuthError, BudgetClient
+from tests.integration.conftest import APP_DIR, assert_all_exited, wait_finished
+
+pytestmark = pytest.mark.slow
+NOT_RUNNING = "127.0.0.1:9"  # the SuperLink is not up yet when the kits are issued
+
+
+def _wait_exit(proc: ManagedProcess, *, timeout: float = 60.0) -> int:
+    deadline = time.monotonic() + timeout
+    while proc.popen.poll() is None:
+        assert time.monotonic() < deadline, f"{proc.name} still running after {timeout:.0f} s:\n{proc.log_tail()}"
+        time.sleep(0.5)
+    return proc.popen.returncode
+
+
+def _wait_cut_off(proc: ManagedProcess, *, after: int, timeout: float = 90.0) -> None:
+    """Flower 1.39's SuperNode does not exit when unregistered: it keeps trying to reconnect, and fails."""
+    deadline = time.monotonic() + timeout
+    while proc.popen.poll() is None:
+        with proc.log_path.open("rb") as handle:
+            handle.seek(after)
+            if b"Connection attempt failed" in handle.read():
+                return
+        assert time.monotonic() < deadline, f"{proc.name} not cut off after {timeout:.0f} s:\n{proc.log_tail()}"
+        time.sleep(0.5)
+
+
+def _forged_kit(src: Path, dst: Path, *, new_key: bool = False, ca_from: Path | None = None) -> Path:
+    """A copy of a kit with a key nobody registered, or trusting another CA."""
+    shutil.copytree(src, dst)
+    if new_key:
+        make_node_keys(dst, comment="stranger")
+    if ca_from is not None:
+        shutil.copyfile(make_server_tls(ca_from).ca_certificate, dst / "ca.crt")
+    return dst
+
+
+def test_registered_hospitals_train_strangers_are_refused_and_a_revoked_hospital_is_shut_out(
+    tmp_path: Path, breast_cancer_split: DemoSplit
+) -> None:
+    split = breast_cancer_split
+    started = time.monotonic()
+    fed_dir = init_federation(tmp_path / "fed", control_address=NOT_RUNNING, budget_url="")
+    admin_token = fed_dir.admin_token()
+    with running_budget_service(database_url=f"sqlite:///{tmp_path / 'ledger.db'}", admin_token=admin_token) as url:
+        budget = BudgetTarget(url, admin_token)
+        kits = []
+        for name in ("hospital-1", "hospital-2"):  # the SuperLink is down: node keys wait, the ledger takes them now
+            report = register_institution(fed_dir, KitOptions(name, 10.0, 1e-5),
+                                          superlink=SuperLinkConnection(NOT_RUNNING, fed_dir.ca_certificate), budget=budget)
+            assert report.record.superlink == "pending" and report.record.budget == "registered", report
+            kits.append(report.kit)
+        institution_token = (kits[1] / "budget-token").read_text().strip()
+
+        with LocalFederation(fed_dir.root, budget=budget) as fed, BudgetClient(url, admin_token) as admin:
+            fed.start_superlink()  # completes the pending registrations
+            records = {r.name: r for r in list_institutions(fed_dir)}
+            assert all(r.superlink == "registered" and r.node_id for r in records.values()), records
+
+            stranger = fed.add_hospital(institution="stranger", data_path=split.hospital_paths[2], wait=False,
+                                        kit=_forged_kit(kits[0], tmp_path / "stranger", new_key=True))
+            impostor = fed.add_hospital(institution="impostor", data_path=split.hospital_paths[2], wait=False,
+                                        kit=_forged_kit(kits[1], tmp_path / "impostor", ca_from=tmp_path / "other-ca"))
+            assert _wait_exit(stranger) != 0
+            assert "[code: 2004] Failed to activate SuperNode" in stranger.log_tail(40)
+            assert _wait_exit(impostor) != 0
+            assert "handshake" in impostor.log_tail(40).lower()
+
+            hospitals = [fed.add_hospital(institution=name, data_path=path, node_config={"state-dir": str(tmp_path / name)})
+                         for name, path in zip(("hospital-1", "hospital-2"), split.hospital_paths)]
+            token_file = tmp_path / "aggregator-token"
+            token_file.write_text(admin.create_aggregator_token("registration-test"))
+            run_id = fed.submit(app_dir=APP_DIR, run_config={
+                "num-rounds": 2, "schema-path": str(split.schema_path), "results-dir": str(tmp_path / "runs"),
+                "min-nodes": 2, "budget-url": url, "budget-token-file": str(token_file)})
+            assert wait_finished(fed, run_id) == "finished:completed"
+            trained = time.monotonic()
+
+            with BudgetClient(url, institution_token, retries=0) as own:
+                assert set(own.budgets()) == {"hospital-2"}  # the kit's token works, for its own budget only
+            log_before = hospitals[1].log_path.stat().st_size
+            report = revoke_institution(fed_dir, "hospital-2", superlink=fed.connection, budget=budget)
+            assert report.record.superlink == "revoked" and report.record.budget == "revoked", report
+            _wait_cut_off(hospitals[1], after=log_before)  # the SuperLink dropped it; its reconnections fail
+            assert hospitals[0].popen.poll() is None
+            online = {n["node-id"] for n in fed.flwr("supernode", "list", "fedcare")["nodes"] if n["status"] == "online"}
+            assert str(records["hospital-1"].node_id) in online and str(records["hospital-2"].node_id) not in online
+            with BudgetClient(url, institution_token, retries=0) as revoked, pytest.raises(BudgetAuthError) as refused:
+                revoked.budgets()
+            assert refused.value.status_code == 401
+    assert_all_exited(fed.seen_pids)
+    results = json.loads((tmp_path / "runs" / str(run_id) / "results.json").read_text())
+    assert [r["participants"] for r in results["rounds"]] == [["hospital-1", "hospital-2"]] * 2
+    print(f"\ntrained in {trained - started:.1f} s, revoked in {time.monotonic() - trained:.1f} s")
+
+
+def test_the_demo_runs_with_tls_and_node_authentication(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    outcome = run_demo(DemoOptions(hospitals=2, rounds=1, out=out), console=Console(file=open(tmp_path / "demo.log", "w")))
+    assert outcome.status == "finished:completed"
+    fed_dir = FederationDir(out / "federation")
+    records = list_institutions(fed_dir)
+    assert [r.name for r in records] == ["hospital-1", "hospital-2"]
+    for record in records:
+        assert record.superlink == "registered" and record.node_id, record
+        assert record.budget == "registered", record
+        kit = fed_dir.kit_dir(record.name)
+        assert (kit / "node.key").stat().st_mode & 0o077 == 0 and (kit / "budget-token").stat().st_mode & 0o077 == 0
+    superlink_log = (out / "federation" / "logs" / "superlink.log").read_text()
+    command = superlink_log.splitlines()[0]
+    assert "--enable-supernode-auth" in command and "--ssl-certfile" in command and "--insecure" not in command
+    assert superlink_log.count("[ControlServicer.RegisterNode] Created node_id") >= 2  # through `flwr supernode register`
+    for i in (1, 2):
+        supernode = (out / "federation" / "logs" / f"supernode-hospital-{i}.log").read_text().splitlines()[0]
+        assert "--auth-supernode-private-key" in supernode and "--root-certificates" in supernode
