@@ -101,6 +101,6 @@ class Registry:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def snapshot(self) -> dict[str, InstitutionRecord]:
-        """A read-only view (no lock held afterwards)."""
-        with self.locked() as registry:
-            return dict(registry.institutions)
+        """A read-only view: reads the file (atomically replaced by writers, so never torn), writes nothing."""
+        self._load()
+        return dict(self.institutions)
