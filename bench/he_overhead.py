@@ -18,10 +18,10 @@ Every hospital's update is encrypted separately (no ciphertext reuse). Each conf
 --repeats times and medians are reported; times are wall-clock and process CPU seconds (TenSEAL
 is single-threaded and holds the GIL, so on an idle machine they agree).
 
-The whole-round comparison (the demo federation in HE and in plain mode, same run) lives with
-the ServerApp/ClientApp wiring: see `federation_rounds` below.
+Then whole rounds of a real federation (SuperLink, 3 SuperNodes, TLS, DP on) with a 100k-parameter
+model, HE against plain mode, alternating in one federation: `federation_rounds` below.
 
-    python bench/he_overhead.py            # about 1 minute; --repeats 3 (default), --no-flare-like
+    python bench/he_overhead.py            # about 5 minutes; --repeats 3, --no-flare-like, --no-federation
 
 Prints a JSON object, writes bench/out/he_overhead.json, and a Markdown table on stderr.
 """
@@ -195,14 +195,58 @@ def run_config(*, values: int, clients: int, params: HEParams, repeats: int, see
     }
 
 
-def federation_rounds() -> dict[str, Any] | None:
-    """Whole-round time of the demo federation, HE versus plain mode, in the same run.
+FEDERATION_HIDDEN_UNITS = 420  # the breast-cancer MLP at this width has 101,852 parameters: the 100k model
 
-    Not measured here: it needs `--mode he` in the ServerApp/ClientApp, which are wired separately.
-    When they are, run `bench/round_latency.py` style runs with privacy-mode "he" and "plain"
-    alternately and record seconds per round and the ratio (goal: at most 1.3x for the 100k model).
+
+def federation_rounds(*, rounds: int, repeats: int, workdir: Path) -> dict[str, Any]:
+    """Seconds per round of a 3-hospital federation (real SuperLink and SuperNodes, TLS, DP on), HE
+    against plain mode, runs alternating in one federation so both see the same machine load.
+
+    The model is the demo's breast-cancer MLP widened to about 100k parameters. Seconds per round
+    is Flower's elapsed run time (ServerApp start to finish, including the closing evaluate
+    message) divided by the rounds.
     """
-    return None
+    from common.demo_data import write_demo_split
+    from common.he import write_keys
+    from common.models import build_model, parameter_count
+    from common.schema import load_schema, save_schema
+    from fedcare.federation import LocalFederation
+
+    split = write_demo_split(workdir / "data", dataset="breast-cancer", hospitals=3)
+    schema = load_schema(split.schema_path).model_copy(update={"hidden_units": FEDERATION_HIDDEN_UNITS})
+    save_schema(schema, split.schema_path)
+    params = parameter_count(build_model(schema))
+    keys = write_keys(workdir / "he", overwrite=True)
+    base = {"num-rounds": rounds, "schema-path": str(split.schema_path), "results-dir": str(workdir / "runs"), "min-nodes": 3}
+    modes = {"plain": base, "he": {**base, "privacy-mode": "he", "he-context": str(keys.server_context)}}
+    timings: dict[str, list[float]] = {"plain": [], "he": []}
+    bytes_sent: dict[str, list[int]] = {"plain": [], "he": []}
+    with LocalFederation(workdir / "fed") as fed:
+        fed.start_superlink()
+        for i, path in enumerate(split.hospital_paths, start=1):
+            fed.add_hospital(institution=f"hospital-{i}", data_path=path,
+                             node_config={"he-context": str(keys.hospital_context), "state-dir": str(workdir / f"state-{i}")})
+        for repeat in range(repeats):
+            for mode in (("plain", "he") if repeat % 2 == 0 else ("he", "plain")):
+                run_id = fed.submit(app_dir=REPO, run_config=modes[mode])
+                while not (info := fed.run_info(run_id))["status"].startswith("finished"):
+                    time.sleep(1.0)
+                results = json.loads((workdir / "runs" / str(run_id) / "results.json").read_text())
+                if info["status"] != "finished:completed" or any(r["status"] != "aggregated" for r in results["rounds"]):
+                    raise RuntimeError(f"{mode} run {run_id} ended {info['status']}; see {workdir / 'runs' / str(run_id)}")
+                timings[mode].append(float(info["elapsed"]) / rounds)
+                bytes_sent[mode] += [n for r in results["rounds"] for n in r.get("bytes_sent", {}).values()]
+                print(f"federation: {mode} run {run_id}: {timings[mode][-1]:.2f} s per round", file=sys.stderr)
+    plain, he = statistics.median(timings["plain"]), statistics.median(timings["he"])
+    return {
+        "hospitals": 3, "rounds_per_run": rounds, "runs_per_mode": repeats, "parameters": params, "dp": True,
+        "seconds_per_round": {"plain": round(plain, 2), "he": round(he, 2)},
+        "all_seconds_per_round": {k: [round(v, 2) for v in vs] for k, vs in timings.items()},
+        "ratio_he_to_plain": round(he / plain, 3),
+        "goal_ratio": 1.3, "goal_met": he / plain <= 1.3,
+        "he_bytes_per_update": statistics.median(bytes_sent["he"]) if bytes_sent["he"] else None,
+        "plain_float32_bytes": params * 4,
+    }
 
 
 def _machine(load_at_start: tuple[float, float, float]) -> dict[str, Any]:
@@ -245,6 +289,10 @@ def main() -> None:
     parser.add_argument("--no-flare-like", dest="flare_like", action="store_false",
                         help=f"skip the rows for {FLARE_LIKE} (FLARE's default context), 3 hospitals")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--federation", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time whole rounds of a real 3-hospital federation, HE against plain (a few minutes)")
+    parser.add_argument("--federation-rounds", type=int, default=3)
+    parser.add_argument("--federation-repeats", type=int, default=2)
     parser.add_argument("--memory-child", nargs=3, metavar=("DIR", "CLIENTS", "VALUES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -269,7 +317,8 @@ def main() -> None:
                  "met": all(r["expansion"] <= GOAL_EXPANSION for r in default)},
         "results": rows,
         "server_memory": server_memory(values=max(SIZES), clients=CLIENTS),
-        "federation_rounds": federation_rounds(),
+        "federation_rounds": (federation_rounds(rounds=args.federation_rounds, repeats=args.federation_repeats,
+                                                workdir=args.out.parent / "he_federation") if args.federation else None),
         "seconds": round(time.perf_counter() - started, 1),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
