@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import socket
 import sys
-import urllib.request
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -36,6 +35,8 @@ def check_grpc(address: str) -> None:
 
 
 def check_http(url: str) -> None:
+    import urllib.request
+
     with urllib.request.urlopen(url, timeout=3) as response:  # noqa: S310 (a fixed local URL)
         if response.status != 200:
             raise RuntimeError(f"{url} answered {response.status}")

@@ -65,6 +65,40 @@ def aggregator_token_file(budget_url: str, token_dir: Path) -> Path:
     return path
 
 
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # not written yet, or being replaced
+
+
+def run_status(run_id: int) -> str:
+    runs = flwr("ls", CONNECTION, "--run-id", str(run_id))["runs"]
+    return str(runs[0]["status"]) if runs else "unknown"
+
+
+def follow(run_id: int, results_path: Path, *, timeout: float) -> str:
+    """Wait until Flower reports the run finished. results.json (a file read) shows progress; `flwr ls` (a whole
+    Python process) is asked only every 15 s, or once results.json says the ServerApp is done."""
+    deadline = time.monotonic() + timeout
+    next_ask, reported = 0.0, -1
+    while time.monotonic() < deadline:
+        results = read_json(results_path) or {}
+        rounds = len(results.get("rounds", []))
+        if rounds != reported:
+            log(f"run {run_id}: {rounds} round(s) done")
+            reported = rounds
+        if results.get("status") in ("completed", "failed") or time.monotonic() >= next_ask:
+            status = run_status(run_id)
+            if status.startswith("finished"):
+                return status
+            next_ask = time.monotonic() + 15.0
+        time.sleep(2.0)
+    status = run_status(run_id)
+    log(f"run {run_id} did not finish within {timeout:.0f} s (status {status})")
+    return status
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--superlink", default=os.environ.get("FEDCARE_SUPERLINK_CONTROL", "superlink:8000"))
@@ -100,19 +134,9 @@ def main(argv: list[str]) -> int:
     log(f"run {run_id} submitted ({args.rounds} rounds); results: {args.results_dir}/{run_id}/results.json")
     outcome: dict[str, Any] = {"run_id": run_id, "status": "submitted"}
     if args.wait:
-        deadline = time.monotonic() + args.timeout
-        status = "unknown"
-        while time.monotonic() < deadline:
-            runs = flwr("ls", CONNECTION, "--run-id", str(run_id))["runs"]
-            status = str(runs[0]["status"]) if runs else "unknown"
-            if status.startswith("finished"):
-                break
-            time.sleep(2.0)
-        else:
-            log(f"run {run_id} did not finish within {args.timeout:.0f} s (status {status})")
-        outcome["status"] = status
-        results = Path(args.results_dir) / str(run_id) / "results.json"
-        outcome["results"] = json.loads(results.read_text()) if results.exists() else None
+        results_path = Path(args.results_dir) / str(run_id) / "results.json"
+        outcome["status"] = follow(run_id, results_path, timeout=args.timeout)
+        outcome["results"] = read_json(results_path)
     print(json.dumps(outcome))
     return 0 if outcome["status"] in ("submitted", "finished:completed") else 1
 

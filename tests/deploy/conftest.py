@@ -23,7 +23,7 @@ from .docker_env import (
     COMPOSE, REPO_ROOT, DeployEnvironmentError, DockerDaemon, PhaseTimer, build_context, cache_dir, cache_lock,
     dockerfile_base_image, ensure_base_image, ensure_packages, run, torch_wheel,
 )
-from .kits import give_to, make_federation
+from .kits import give_to, have_registration_commands, init_federation, register_institutions
 
 IMAGE = "fedcare:deploy-test"
 PROJECT = "fedcare-deploy-test"
@@ -96,6 +96,18 @@ class ComposeStack:
     daemon: DockerDaemon
     federation: Path
     env: dict[str, str]
+    use_cli: bool  # the federation made with `fedcare federation init` / `institution register` (issue 7)
+    as_root: bool
+
+    def hand_over(self) -> None:
+        """Give the federation folder to the containers' uid (when we are root and they are not)."""
+        if self.as_root:
+            give_to(self.federation, CONTAINER_UID, CONTAINER_UID)
+
+    def register(self, *, epsilon_limit: float = 10.0, delta: float = 1e-5) -> None:
+        register_institutions(self.federation, hospitals=HOSPITALS, epsilon_limit=epsilon_limit, delta=delta,
+                              use_cli=self.use_cli, env=self.env)
+        self.hand_over()
 
     @property
     def control_address(self) -> str:
@@ -105,29 +117,25 @@ class ComposeStack:
     def budget_url(self) -> str:
         return f"http://127.0.0.1:{self.env['FEDCARE_BUDGET_PORT']}"
 
-    def compose(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
-        cmd = [COMPOSE, "--project-name", PROJECT, "--project-directory", str(REPO_ROOT),
-               "--file", str(REPO_ROOT / "docker-compose.yml"), "--env-file", str(self.federation / "compose.env"), *args]
+    def compose(self, *args: str, timeout: float = 600, check: bool = True,
+                overrides: tuple[Path, ...] = ()) -> subprocess.CompletedProcess[str]:
+        files = [arg for path in (REPO_ROOT / "docker-compose.yml", *overrides) for arg in ("--file", str(path))]
+        cmd = [COMPOSE, "--project-name", PROJECT, "--project-directory", str(REPO_ROOT), *files,
+               "--env-file", str(self.federation / "compose.env"), *args]
         return run(cmd, env=self.env, timeout=timeout, check=check, cwd=REPO_ROOT)
 
     def health(self) -> dict[str, str]:
-        ids = self.compose("ps", "-q").stdout.split()
-        states = {}
-        for container in ids:
-            out = self.daemon.docker("inspect", "--format",
-                                     '{{index .Config.Labels "com.docker.compose.service"}} '
-                                     "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}",
-                                     container, check=False).stdout.split()
-            if out:
-                states[out[0]] = " ".join(out[1:])
-        return states
+        """service -> docker's status line ("Up 5 seconds (healthy)"); one `docker ps`, cheap enough to poll."""
+        out = self.daemon.docker("ps", "--all", "--filter", f"label=com.docker.compose.project={PROJECT}", "--format",
+                                 '{{.Label "com.docker.compose.service"}}\t{{.Status}}', check=False).stdout
+        return dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
 
     def wait_healthy(self, services: list[str], *, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
         states: dict[str, str] = {}
         while time.monotonic() < deadline:
             states = self.health()
-            if all(states.get(s) == "running healthy" for s in services):
+            if all("(healthy)" in states.get(s, "") for s in services):
                 return
             time.sleep(1.0)
         raise AssertionError(f"services not healthy within {timeout:.0f} s: {states}\n{self.logs()}")
@@ -140,24 +148,29 @@ class ComposeStack:
 def compose_stack(fedcare_image: str, docker_daemon: DockerDaemon, timer: PhaseTimer,
                   tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ComposeStack]:
     federation = tmp_path / "federation"
+    control_port, budget_port, fleet_port = free_port(), free_port(), free_port()
     split = write_demo_split(tmp_path / "demo-data", dataset="breast-cancer", hospitals=len(HOSPITALS))
-    make_federation(federation, split=split, hospitals=HOSPITALS)
-    uid = CONTAINER_UID if os.geteuid() == 0 else os.getuid()
-    if os.geteuid() == 0:
-        give_to(federation, CONTAINER_UID, CONTAINER_UID)
+    use_cli = have_registration_commands()
+    init_federation(federation, split=split, hospitals=HOSPITALS, control_address=f"127.0.0.1:{control_port}",
+                    budget_url=f"http://127.0.0.1:{budget_port}", use_cli=use_cli)
+    as_root = os.geteuid() == 0
+    uid, gid = (CONTAINER_UID, CONTAINER_UID) if as_root else (os.getuid(), os.getgid())
     env = {
         **docker_daemon.env,
         "FEDCARE_IMAGE": fedcare_image,
         "FEDCARE_FEDERATION": str(federation),
-        "FEDCARE_UID": str(uid), "FEDCARE_GID": str(uid if os.geteuid() else CONTAINER_UID),
-        "FEDCARE_CONTROL_PORT": str(free_port()),
-        "FEDCARE_BUDGET_PORT": str(free_port()),
-        "FEDCARE_FLEET_PORT": str(free_port()),
+        "FEDCARE_UID": str(uid), "FEDCARE_GID": str(gid),
+        "FEDCARE_CONTROL_PORT": str(control_port),
+        "FEDCARE_BUDGET_PORT": str(budget_port),
+        "FEDCARE_FLEET_PORT": str(fleet_port),
         "FEDCARE_FLEET_BIND": "127.0.0.1",
+        "FEDCARE_TEST_CONTROL_ADDRESS": f"127.0.0.1:{control_port}",
+        "FEDCARE_TEST_BUDGET_URL": f"http://127.0.0.1:{budget_port}",
         **{f"HOSPITAL_{i}_DATA": str(federation / "data" / name) for i, name in enumerate(HOSPITALS, start=1)},
     }
     (federation / "compose.env").write_text("")  # ignore any .env in the checkout
-    stack = ComposeStack(docker_daemon, federation, env)
+    stack = ComposeStack(docker_daemon, federation, env, use_cli=use_cli, as_root=as_root)
+    stack.hand_over()
     stack.compose("down", "--volumes", "--remove-orphans", "--timeout", "5", check=False)  # an earlier session's leftovers
     try:
         yield stack

@@ -9,41 +9,30 @@ from __future__ import annotations
 import json
 
 import pytest
-import tomli_w
 
+from fedcare.compose import write_hospital_override
 from server.budget_client import BudgetClient
 
 from .conftest import HOSPITALS, ComposeStack
-from .docker_env import REPO_ROOT, PhaseTimer, run
+from .docker_env import PhaseTimer
 
 pytestmark = pytest.mark.slow
 
 
-def register_nodes(stack: ComposeStack, tmp_home) -> None:
-    """Register each hospital's public key with the SuperLink (`flwr supernode register`)."""
-    # TODO(issue 7): `fedcare institution register` does this (and the ledger registration below).
-    tmp_home.mkdir(parents=True, exist_ok=True)
-    connection = {"address": stack.control_address,
-                  "root-certificates": str(stack.federation / "superlink" / "ca.crt")}
-    (tmp_home / "config.toml").write_text(tomli_w.dumps({"superlink": {"default": "fedcare", "fedcare": connection}}))
-    flwr = str(REPO_ROOT / ".venv" / "bin" / "flwr") if (REPO_ROOT / ".venv" / "bin" / "flwr").exists() else "flwr"
-    env = {**stack.env, "FLWR_HOME": str(tmp_home)}
-    for name in HOSPITALS:
-        done = run([flwr, "supernode", "register", str(stack.federation / "institutions" / name / "node.pub"), "fedcare",
-                    "--name", name, "--format", "json"], env=env, timeout=120, check=False)
-        assert '"success": true' in done.stdout.replace("\n", " ") or done.returncode == 0, done.stdout + done.stderr
-
-
 def test_compose_stack_trains_and_accounts(compose_stack: ComposeStack, timer: PhaseTimer, tmp_path) -> None:
     stack = compose_stack
+    # The override a later registration emits merges with the stack (compose itself validates it).
+    override = write_hospital_override(stack.federation, "St. Mary's", slug="st-mary-s", epsilon_limit=5.0)
+    services = stack.compose("config", "--services", overrides=(override,)).stdout.split()
+    assert "st-mary-s" in services and "hospital-1" in services, services
+    stack.compose("config", "--quiet")
+    stack.compose("--profile", "postgres", "--profile", "gpu", "--profile", "tools", "config", "--quiet")
+
     with timer.phase("stack_up"):
         stack.compose("up", "-d", "--no-build", "superlink", "budget")
         stack.wait_healthy(["superlink", "budget"])
-        register_nodes(stack, tmp_path / "flwr-home")
-        admin_token = (stack.federation / "budget" / "admin-token").read_text().strip()
-        with BudgetClient(stack.budget_url, admin_token) as admin:
-            for name in HOSPITALS:
-                admin.ensure_institution(name, 10.0, 1e-5)
+        with timer.phase("register"):
+            stack.register(epsilon_limit=10.0, delta=1e-5)
         stack.compose("up", "-d", "--no-build")
         stack.wait_healthy(["superlink", "budget", "serverapp", *HOSPITALS])
 
@@ -62,6 +51,7 @@ def test_compose_stack_trains_and_accounts(compose_stack: ComposeStack, timer: P
         assert sorted(rnd["participants"]) == HOSPITALS, rnd
         assert sorted(rnd["epsilon"]) == HOSPITALS and all(e and e > 0 for e in rnd["epsilon"].values()), rnd
 
+    admin_token = (stack.federation / "budget" / "admin-token").read_text().strip()
     with BudgetClient(stack.budget_url, admin_token) as admin:
         budgets = admin.budgets()
     assert sorted(budgets) == HOSPITALS, budgets
