@@ -104,7 +104,7 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoOut
     out = options.out.resolve()
     split = write_demo_split(out / "data", dataset=options.dataset, hospitals=options.hospitals)
     state_dir = (options.state_dir or out / "state").resolve()
-    console.print(f"[bold]fedcare demo[/]: {options.hospitals} hospitals, {options.rounds} rounds, {options.dataset} (data in {split.schema_path.parent})")
+    console.print(f"[bold]fedcare demo[/]: {options.hospitals} hospitals, {options.rounds} rounds, {options.dataset}, mode {options.mode} (data in {split.schema_path.parent})")
 
     he_keys = _he_keys(out / "he") if options.mode == "he" else None
     with contextlib.ExitStack() as stack:
