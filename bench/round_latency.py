@@ -12,6 +12,14 @@ times plain fedcare). They differ in how a round is orchestrated:
 - reference (bench/reference_app, the way Flower's quickstart-pytorch is written):
   stock `FedAvg.start`, a train and an evaluate message per hospital per round.
 
+With --secagg the pair is fedcare plain against fedcare in SecAgg+ mode (four message
+exchanges per round, key shares, masking), same snapshot, same federation, same settings;
+the ratio is secagg / plain (goal at most 2.0) and the output is
+OUT/round_latency-secagg-<N>h.json, so one invocation per hospital count:
+
+    python bench/round_latency.py --secagg --hospitals 3 --rounds 3
+    python bench/round_latency.py --secagg --hospitals 5 --rounds 3
+
 For every run it records the wall time from `flwr run` to the SuperLink's
 finished timestamp, and the run's `elapsed` (running to finished) from `flwr ls`.
 `seconds_per_round` is elapsed / rounds. With --baseline-rounds B (default 1)
@@ -59,6 +67,7 @@ from fedcare.federation import CONNECTION, FederationError, LocalFederation  # n
 
 REFERENCE_APP = REPO / "bench" / "reference_app"
 GOAL_RATIO = 0.6  # the issue: fedcare at most 0.6 of the reference's time per round
+SECAGG_GOAL_RATIO = 2.0  # issue 6: a SecAgg+ round at most twice a plain one
 SHARED_KEYS = ("local-epochs", "batch-size", "learning-rate", "validation-fraction", "seed")
 SKIP_COPY = shutil.ignore_patterns("__pycache__", "*.pyc")
 console = Console(stderr=True)
@@ -90,6 +99,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="first run each app once, 1 round, untimed, so neither pays for cold caches (default on)")
     parser.add_argument("--fedcare-set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a fedcare run-config key, TOML value (e.g. dp=false); repeatable")
+    parser.add_argument("--secagg", action="store_true",
+                        help="time fedcare plain against fedcare SecAgg+ (privacy-mode secagg) instead of the reference")
     parser.add_argument("--insecure", action="store_true", help="TLS off (the demo and deployments use TLS)")
     parser.add_argument("--poll-interval", type=float, default=3.0, help="seconds between `flwr ls` polls (default 3)")
     parser.add_argument("--run-timeout", type=float, default=1800.0, help="give up on a run after this many seconds")
@@ -142,11 +153,17 @@ def source_state() -> dict[str, Any]:
 
 
 def run_configs(split: DemoSplit, apps: dict[str, Path], *, hospitals: int, out: Path, training: dict[str, Any],
-                fedcare_overrides: dict[str, Any]) -> dict[str, tuple[Path, dict[str, Any], str]]:
+                fedcare_overrides: dict[str, Any], secagg: bool = False) -> dict[str, tuple[Path, dict[str, Any], str]]:
     """App name -> (app dir, run config without the round count, key of the round count)."""
     common = {**training, "schema-path": str(split.schema_path), "min-nodes": hospitals}
+    fedcare = {**common, "results-dir": str(out / "runs"), **fedcare_overrides}
+    if secagg:  # the same app and settings, only the privacy mode differs
+        return {
+            "fedcare": (apps["fedcare"], {**fedcare, "privacy-mode": "plain"}, "num-rounds"),
+            "fedcare-secagg": (apps["fedcare"], {**fedcare, "privacy-mode": "secagg"}, "num-rounds"),
+        }
     return {
-        "fedcare": (apps["fedcare"], {**common, "results-dir": str(out / "runs"), **fedcare_overrides}, "num-rounds"),
+        "fedcare": (apps["fedcare"], fedcare, "num-rounds"),
         "reference": (apps["reference"], {**common, "fraction-train": 1.0, "fraction-evaluate": 1.0}, "num-server-rounds"),
     }
 
@@ -205,7 +222,8 @@ def summarize(timings: list[RunTiming], *, app: str, rounds: int, baseline_round
         return statistics.median(getattr(t, field) for t in timings if t.app == app and t.rounds == n)
 
     elapsed, total = median("elapsed_seconds", rounds), median("total_seconds", rounds)
-    messages = (rounds + 1 if app == "fedcare" else 2 * rounds) * hospitals
+    per_round = {"fedcare": 1, "fedcare-secagg": 4}.get(app)  # SecAgg+: four stages, each a message
+    messages = (per_round * rounds + 1 if per_round else 2 * rounds) * hospitals
     summary: dict[str, Any] = {
         "rounds": rounds,
         "total_seconds": round(total, 1),
@@ -234,7 +252,7 @@ def leftover_processes(pids: set[int]) -> list[int]:
     return alive
 
 
-def plot(result: dict[str, Any], path: Path) -> bool:
+def plot(result: dict[str, Any], path: Path, *, pair: tuple[str, str] = ("fedcare", "reference")) -> bool:
     try:
         import matplotlib
 
@@ -244,6 +262,7 @@ def plot(result: dict[str, Any], path: Path) -> bool:
         console.log("matplotlib not installed: no plot")
         return False
     apps = result["apps"]
+    first, second = pair
     measures = [("seconds_per_round", f"elapsed / {result['settings']['rounds']} rounds")]
     if "marginal_seconds_per_round" in apps["fedcare"]:
         measures.append(("marginal_seconds_per_round", "marginal (one more round)"))
@@ -251,12 +270,15 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     width = 0.8 / len(measures)
     for i, (key, label) in enumerate(measures):
         xs = [j + (i - (len(measures) - 1) / 2) * width for j in range(2)]
-        values = [apps["fedcare"][key], apps["reference"][key]]
+        values = [apps[first][key], apps[second][key]]
         bars = ax.bar(xs, values, width, label=f"{label}: ratio {result['ratio'][key]:.2f}")
         ax.bar_label(bars, fmt="%.1f s")
     dp = (result["settings"].get("fedcare_privacy", {}).get("dp") or {}).get("enabled")
     fedcare_label = "fedcare" + {True: ", local DP on", False: ", DP off"}.get(dp, "")
-    ax.set_xticks(range(2), [f"{fedcare_label}\n(train+score in one message)", "quickstart-style reference\n(train, then evaluate)"])
+    labels = [f"{fedcare_label}\n(train+score in one message)", "quickstart-style reference\n(train, then evaluate)"]
+    if second == "fedcare":  # --secagg: SecAgg+ first (the numerator), plain second
+        labels = [f"{fedcare_label}, SecAgg+\n(4 stages per round)", f"{fedcare_label}, plain\n(one message per round)"]
+    ax.set_xticks(range(2), labels)
     ax.set_ylabel("seconds per round")
     ax.set_title(f"Round latency, {result['settings']['hospitals']} hospitals, Flower {result['environment']['flwr']}")
     ax.legend(loc="upper left")
@@ -277,7 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     app_dirs = snapshot_apps(out / "apps")
     training = fedcare_training_settings(app_dirs["fedcare"])
     apps = run_configs(split, app_dirs, hospitals=args.hospitals, out=out, training=training,
-                       fedcare_overrides=args.fedcare_overrides)
+                       fedcare_overrides=args.fedcare_overrides, secagg=args.secagg)
+    numerator, denominator = ("fedcare-secagg", "fedcare") if args.secagg else ("fedcare", "reference")
+    goal_ratio = SECAGG_GOAL_RATIO if args.secagg else GOAL_RATIO
     fedcare_privacy: dict[str, Any] = {}
     round_counts = [args.rounds] + ([args.baseline_rounds] if args.baseline_rounds else [])
     load_before = os.getloadavg()
@@ -300,17 +324,18 @@ def main(argv: list[str] | None = None) -> int:
             console.log("warm-up (not timed)")
             for app in apps:
                 warm = timed(app, 1)
-                if app == "fedcare":  # a broken fedcare tree shows here, before the timed runs
+                if app.startswith("fedcare"):  # a broken fedcare tree shows here, before the timed runs
                     check_fedcare_run(out / "runs" / str(warm.run_id) / "results.json", rounds=1, hospitals=args.hospitals)
         for repeat in range(args.repeats):
-            order = ["fedcare", "reference"] if repeat % 2 == 0 else ["reference", "fedcare"]
+            order = list(apps) if repeat % 2 == 0 else list(reversed(apps))
             for rounds in round_counts:
                 for app in order:
                     timing = timed(app, rounds)
-                    if app == "fedcare":
+                    if app.startswith("fedcare"):
                         results = check_fedcare_run(out / "runs" / str(timing.run_id) / "results.json",
                                                     rounds=rounds, hospitals=args.hospitals)
-                        fedcare_privacy = {"privacy_mode": results.get("privacy_mode"), "dp": results.get("dp")}
+                        if app == "fedcare":
+                            fedcare_privacy = {"privacy_mode": results.get("privacy_mode"), "dp": results.get("dp")}
                     timings.append(timing)
                     console.log(f"{app}, {rounds} rounds: elapsed {timing.elapsed_seconds:.0f} s, "
                                 f"{timing.elapsed_seconds / rounds:.1f} s per round")
@@ -321,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     summaries = {app: summarize(timings, app=app, rounds=args.rounds, baseline_rounds=args.baseline_rounds,
                                hospitals=args.hospitals) for app in apps}
     ratio = {
-        key: round(summaries["fedcare"][key] / summaries["reference"][key], 3)
+        key: round(summaries[numerator][key] / summaries[denominator][key], 3)
         for key in ("seconds_per_round", "total_seconds_per_round", "marginal_seconds_per_round")
         if key in summaries["fedcare"]
     }
@@ -332,13 +357,14 @@ def main(argv: list[str] | None = None) -> int:
             "repeats": args.repeats, "warmup": args.warmup, "dataset": "breast-cancer", "model": "TabularMLP",
             "tls": not args.insecure, **training,
             "fedcare_overrides": args.fedcare_overrides, "fedcare_privacy": fedcare_privacy,
+            "compared": f"{numerator} / {denominator}",
         },
         "source": source,
         "apps": summaries,
         "ratio": ratio,
         "goal": {
-            "max_ratio": GOAL_RATIO,
-            "met": {key: value <= GOAL_RATIO for key, value in ratio.items() if key != "total_seconds_per_round"},
+            "max_ratio": goal_ratio,
+            "met": {key: value <= goal_ratio for key, value in ratio.items() if key != "total_seconds_per_round"},
         },
         "runs": [asdict(t) for t in timings],
         "environment": {
@@ -351,11 +377,12 @@ def main(argv: list[str] | None = None) -> int:
         "leftover_processes": leftovers,
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "round_latency.json").write_text(json.dumps(result, indent=2) + "\n")
-    if plot(result, out / "round_latency.png"):
-        console.log(f"plot: {out / 'round_latency.png'}")
-    console.log(f"results: {out / 'round_latency.json'}")
-    console.log(f"fedcare / reference per round: {ratio['seconds_per_round']:.2f} (goal <= {GOAL_RATIO})")
+    stem = f"round_latency-secagg-{args.hospitals}h" if args.secagg else "round_latency"
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    if plot(result, out / f"{stem}.png", pair=(numerator, denominator)):
+        console.log(f"plot: {out / f'{stem}.png'}")
+    console.log(f"results: {out / f'{stem}.json'}")
+    console.log(f"{numerator} / {denominator} per round: {ratio['seconds_per_round']:.2f} (goal <= {goal_ratio})")
     print(json.dumps(result, indent=2))
     return 1 if leftovers else 0
 

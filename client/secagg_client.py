@@ -34,7 +34,12 @@ def is_secagg_stage(msg: Message) -> bool:
 
 
 def handle_stage(msg: Message, context: Context) -> Message:
-    return secaggplus_mod(msg, context, _train_masked)
+    reply = secaggplus_mod(msg, context, _train_masked)
+    if not reply.has_error() and "status" not in reply.content:
+        # Key-exchange stages say who answers too, so a hospital that drops out later is named.
+        institution = str(context.node_config.get("institution", f"node-{context.node_id}"))
+        reply.content["status"] = ConfigRecord({"ok": True, "institution": institution})
+    return reply
 
 
 def weighted_overflow(weights: dict[str, np.ndarray], *, num_examples: int, max_weight: float, clipping_range: float,

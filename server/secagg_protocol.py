@@ -65,6 +65,7 @@ class SecAggRound:
     masked_replies: list[Message] = field(default_factory=list)  # the masked-vectors stage's replies
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> wall time
     average: list[np.ndarray] | None = None  # the weighted average, in the model's tensor order
+    institutions: dict[int, str] = field(default_factory=dict)  # node id -> institution, as the nodes said
     failure: SecAggFailed | None = None
 
 
@@ -74,6 +75,7 @@ class _StageGrid:
     def __init__(self, grid: Grid, *, poll_interval: float) -> None:
         self._grid, self._poll = grid, poll_interval
         self.last: list[Message] = []
+        self.institutions: dict[int, str] = {}  # node id -> institution, from the replies' status records
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
         pending = set(self._grid.push_messages(list(messages)))
@@ -83,6 +85,9 @@ class _StageGrid:
             pulled = list(self._grid.pull_messages(pending))
             pending.difference_update(m.metadata.reply_to_message_id for m in pulled)
             replies += pulled
+            for reply in pulled:
+                if not reply.has_error() and "status" in reply.content:
+                    self.institutions[reply.metadata.src_node_id] = str(reply.content["status"].get("institution"))
             if pending:
                 time.sleep(self._poll)
         self.last = replies
@@ -198,11 +203,13 @@ def run_secagg_round(*, grid: Grid, settings: RunSettings, nodes: list[int], ser
     )
     workflow = _PrunedSecAggPlus(settings=settings, model_content=model_content, check_replies=check_replies,
                                  outcome=outcome)
+    stage_grid = _StageGrid(grid, poll_interval=settings.poll_interval)
     try:
-        workflow(cast(Grid, _StageGrid(grid, poll_interval=settings.poll_interval)), context)
+        workflow(cast(Grid, stage_grid), context)
     except Exception as exc:  # a malformed reply inside Flower's stage code: fail this round, loudly
         stage = STAGES[min(len(outcome.seconds), len(STAGES)) - 1] if outcome.seconds else "setup"
         outcome.failure = SecAggFailed(stage, f"{type(exc).__name__}: {exc}")
+    outcome.institutions = stage_grid.institutions
     if outcome.failure is None:
         if strategy.average is None:
             outcome.failure = SecAggFailed("unmask", "the workflow ended without an aggregate")

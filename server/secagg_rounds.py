@@ -102,7 +102,13 @@ class SecAggRounds:
         content = RecordDict({"config": ConfigRecord({"server-round": server_round})})
         replies = exchange(self.ctx.grid, nodes=nodes, content=content, message_type=LIVENESS, server_round=server_round,
                            timeout=self.ctx.settings.secagg_timeout, poll_interval=self.ctx.settings.poll_interval)
-        return {reply.metadata.src_node_id for reply in replies if not reply.has_error()}
+        answered = set()
+        for reply in replies:
+            if not reply.has_error():
+                answered.add(reply.metadata.src_node_id)
+                if "status" in reply.content:
+                    self.institutions[reply.metadata.src_node_id] = str(reply.content["status"].get("institution"))
+        return answered
 
     def _live(self, nodes: list[int], *, server_round: int) -> tuple[list[int], dict[str, str]]:
         """`nodes` minus suspects that do not answer a ping; also forgets suspects no longer listed."""
@@ -145,7 +151,9 @@ class SecAggRounds:
         if failure and failure.stage in ("setup", "share-keys") and need <= len(survivors) < len(live):
             log.warning("round %d: %s; nobody trained yet, retrying once with the %d hospitals that answered",
                         server_round, failure, len(survivors))
-            self._suspect(set(live) - set(survivors), f"missed SecAgg+ stage '{failure.stage}' of round {server_round}")
+            why = f"no reply to SecAgg+ stage '{failure.stage}' of round {server_round}, first attempt"
+            self._suspect(set(live) - set(survivors), why)
+            extra["secagg"]["excluded"].update({self._who(n): why for n in set(live) - set(survivors)})
             extra["secagg"]["retried_after"] = str(failure)
             live = survivors
             result, checked = self._attempt(live, server_round)
@@ -158,6 +166,7 @@ class SecAggRounds:
     def _finish(self, result: SecAggRound, checked: _MaskedReplies, *, live: list[int], server_round: int,
                 extra: dict[str, Any]) -> RoundOutcome:
         s, replies = self.ctx.settings, checked.replies
+        self.institutions.update(result.institutions)
         self.institutions.update(replies.node_institutions)
         missed: dict[int, str] = {}
         for stage in STAGES:  # in protocol order: a node is blamed for the first stage it missed
