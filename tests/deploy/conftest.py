@@ -23,12 +23,16 @@ from .docker_env import (
     COMPOSE, REPO_ROOT, DeployEnvironmentError, DockerDaemon, PhaseTimer, build_context, cache_dir, cache_lock,
     dockerfile_base_image, ensure_base_image, ensure_packages, run, torch_wheel,
 )
-from .kits import give_to, have_registration_commands, init_federation, register_institutions
+from .kits import give_to, init_federation, register_institutions
 
 IMAGE = "fedcare:deploy-test"
 PROJECT = "fedcare-deploy-test"
 HOSPITALS = ["hospital-1", "hospital-2", "hospital-3"]
 CONTAINER_UID = 10001
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "docker: runs a private dockerd, builds the image and the compose stack (root)")
 
 
 def _fail(exc: Exception) -> None:
@@ -96,7 +100,6 @@ class ComposeStack:
     daemon: DockerDaemon
     federation: Path
     env: dict[str, str]
-    use_cli: bool  # the federation made with `fedcare federation init` / `institution register` (issue 7)
     as_root: bool
 
     def hand_over(self) -> None:
@@ -106,7 +109,7 @@ class ComposeStack:
 
     def register(self, *, epsilon_limit: float = 10.0, delta: float = 1e-5) -> None:
         register_institutions(self.federation, hospitals=HOSPITALS, epsilon_limit=epsilon_limit, delta=delta,
-                              use_cli=self.use_cli, env=self.env)
+                              env=self.env)
         self.hand_over()
 
     @property
@@ -150,9 +153,8 @@ def compose_stack(fedcare_image: str, docker_daemon: DockerDaemon, timer: PhaseT
     federation = tmp_path / "federation"
     control_port, budget_port, fleet_port = free_port(), free_port(), free_port()
     split = write_demo_split(tmp_path / "demo-data", dataset="breast-cancer", hospitals=len(HOSPITALS))
-    use_cli = have_registration_commands()
     init_federation(federation, split=split, hospitals=HOSPITALS, control_address=f"127.0.0.1:{control_port}",
-                    budget_url=f"http://127.0.0.1:{budget_port}", use_cli=use_cli)
+                    budget_url=f"http://127.0.0.1:{budget_port}")
     as_root = os.geteuid() == 0
     uid, gid = (CONTAINER_UID, CONTAINER_UID) if as_root else (os.getuid(), os.getgid())
     env = {
@@ -164,12 +166,10 @@ def compose_stack(fedcare_image: str, docker_daemon: DockerDaemon, timer: PhaseT
         "FEDCARE_BUDGET_PORT": str(budget_port),
         "FEDCARE_FLEET_PORT": str(fleet_port),
         "FEDCARE_FLEET_BIND": "127.0.0.1",
-        "FEDCARE_TEST_CONTROL_ADDRESS": f"127.0.0.1:{control_port}",
-        "FEDCARE_TEST_BUDGET_URL": f"http://127.0.0.1:{budget_port}",
         **{f"HOSPITAL_{i}_DATA": str(federation / "data" / name) for i, name in enumerate(HOSPITALS, start=1)},
     }
     (federation / "compose.env").write_text("")  # ignore any .env in the checkout
-    stack = ComposeStack(docker_daemon, federation, env, use_cli=use_cli, as_root=as_root)
+    stack = ComposeStack(docker_daemon, federation, env, as_root=as_root)
     stack.hand_over()
     stack.compose("down", "--volumes", "--remove-orphans", "--timeout", "5", check=False)  # an earlier session's leftovers
     try:
