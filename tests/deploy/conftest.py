@@ -6,6 +6,7 @@ the stack goes down with its volumes, and the daemon we started is stopped.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -25,6 +26,7 @@ from .docker_env import (
 )
 from .kits import give_to, init_federation, register_institutions
 
+log = logging.getLogger("fedcare.tests.deploy")
 IMAGE = "fedcare:deploy-test"
 PROJECT = "fedcare-deploy-test"
 HOSPITALS = ["hospital-1", "hospital-2", "hospital-3"]
@@ -176,8 +178,8 @@ def compose_stack(fedcare_image: str, docker_daemon: DockerDaemon, timer: PhaseT
         yield stack
     finally:
         failed = getattr(request.node, "rep_call", None)
-        if failed is not None and failed.failed:
-            request.node.add_report_section("call", "compose logs", stack.logs(tail=200))
+        if failed is not None and failed.failed:  # shown under "Captured log teardown" of the failure
+            log.error("compose logs (last 200 lines per service):\n%s", stack.logs(tail=200))
         with timer.phase("teardown"):
             stack.compose("down", "--volumes", "--remove-orphans", "--timeout", "10", check=False, timeout=300)
 
