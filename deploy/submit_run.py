@@ -111,6 +111,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--min-nodes", type=int, default=3)
     parser.add_argument("--run-config", action="append", default=[], metavar="KEY=VALUE",
                         help="any other run-config key (TOML value), repeatable")
+    parser.add_argument("--he", action="store_true",
+                        help="privacy-mode he: the ServerApp adds CKKS ciphertexts with the key-free context in server/")
     parser.add_argument("--wait", action="store_true", help="follow the run until Flower reports it finished")
     parser.add_argument("--timeout", type=float, default=1800.0)
     return parser.parse_args(argv)
@@ -123,6 +125,8 @@ def main(argv: list[str]) -> int:
     write_connection(superlink=args.superlink, ca_certificate=args.ca_certificate)
     run_config: dict[str, Any] = {"num-rounds": args.rounds, "min-nodes": args.min_nodes,
                                   "schema-path": args.schema_path, "results-dir": args.results_dir}
+    if args.he:
+        run_config |= {"privacy-mode": "he", "he-context": str(Path(args.schema_path).parent / "he-public.ctx")}
     for item in args.run_config:
         run_config |= tomllib.loads(item.replace("=", " = ", 1))
     if args.budget_url:

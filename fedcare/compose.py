@@ -27,7 +27,8 @@ GPU_IMAGE = "${FEDCARE_GPU_IMAGE:-fedcare:gpu}"
 CONTAINER_KIT = "/run/fedcare/kit"
 CONTAINER_STATE = "/var/lib/fedcare"
 SUPEREXEC_SECRET = "superlink/superexec-secret"
-SERVER_DIR = "server"  # what the ServerApp runner mounts: schema.json
+SERVER_DIR = "server"  # what the ServerApp runner mounts: schema.json, and he-public.ctx in HE federations
+HE_SERVER_FILES = ("he-public.ctx", "he-params.json")  # from `fedcare federation init --he` (he/server/)
 
 
 def env_prefix(slug: str) -> str:
@@ -40,7 +41,8 @@ def hospital_service(name: str, *, slug: str, epsilon_limit: float, data_file: s
     """The compose service of one hospital: its SuperNode (+ ClientApp processes), kit and data read-only, own state volume."""
     prefix = env_prefix(slug)
     node_config = (f'institution="{name}" data-path="/data/${{{prefix}_DATA_FILE:-{data_file}}}" '
-                   f'state-dir="{CONTAINER_STATE}/state" epsilon-limit=${{{prefix}_EPSILON_LIMIT:-{float(epsilon_limit)!r}}}')
+                   f'state-dir="{CONTAINER_STATE}/state" he-context="{CONTAINER_KIT}/he-secret.ctx" '
+                   f'epsilon-limit=${{{prefix}_EPSILON_LIMIT:-{float(epsilon_limit)!r}}}')  # he-context: read in HE runs only
     service: dict[str, Any] = {
         "image": GPU_IMAGE if gpu else IMAGE,
         "init": True,
@@ -92,8 +94,16 @@ def write_hospital_override(federation_root: Path, name: str, *, slug: str, epsi
 
 
 def prepare_federation(federation_root: Path, *, schema: Path | None = None) -> list[Path]:
-    """The files compose needs beyond `fedcare federation init`: the SuperExec secret (0600) and the ServerApp's schema."""
+    """The files compose needs beyond `fedcare federation init`: the SuperExec secret (0600), and in `server/` (all the
+    ServerApp runner mounts) the schema and, in an HE federation, the key-free CKKS context with its parameters."""
     made = []
+    for name in HE_SERVER_FILES:
+        source = federation_root / "he" / "server" / name
+        if source.exists():
+            target = federation_root / SERVER_DIR / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+            made.append(target)
     secret = federation_root / SUPEREXEC_SECRET
     if not secret.exists():
         secret.parent.mkdir(parents=True, exist_ok=True)
@@ -117,7 +127,7 @@ def prepare(
     federation: Annotated[Path, typer.Argument(help="The federation directory (from `fedcare federation init`).")],
     schema: Annotated[Optional[Path], typer.Option(help="The data schema JSON the ServerApp uses.")] = None,
 ) -> None:
-    """Make the SuperExec secret and copy the schema where docker-compose.yml mounts them."""
+    """Make the SuperExec secret; copy the schema (and the HE server context) where docker-compose.yml mounts them."""
     for path in prepare_federation(federation, schema=schema):
         typer.echo(f"wrote {path}")
 

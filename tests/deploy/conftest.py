@@ -156,7 +156,7 @@ def compose_stack(fedcare_image: str, docker_daemon: DockerDaemon, timer: PhaseT
     control_port, budget_port, fleet_port = free_port(), free_port(), free_port()
     split = write_demo_split(tmp_path / "demo-data", dataset="breast-cancer", hospitals=len(HOSPITALS))
     init_federation(federation, split=split, hospitals=HOSPITALS, control_address=f"127.0.0.1:{control_port}",
-                    budget_url=f"http://127.0.0.1:{budget_port}")
+                    budget_url=f"http://127.0.0.1:{budget_port}", he=True)
     as_root = os.geteuid() == 0
     uid, gid = (CONTAINER_UID, CONTAINER_UID) if as_root else (os.getuid(), os.getgid())
     env = {

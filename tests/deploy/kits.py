@@ -22,10 +22,12 @@ def fedcare(*args: str, env: dict[str, str] | None = None) -> None:
     run([sys.executable, "-m", "fedcare.cli", *args], timeout=300, env=env)
 
 
-def init_federation(root: Path, *, split: DemoSplit, hospitals: list[str], control_address: str, budget_url: str) -> None:
-    """Everything before the services run: TLS, tokens, the SuperExec secret, the schema, the data folders."""
+def init_federation(root: Path, *, split: DemoSplit, hospitals: list[str], control_address: str, budget_url: str,
+                    he: bool) -> None:
+    """Everything before the services run: TLS, tokens, HE keys, the SuperExec secret, the schema, the data folders."""
     fedcare("federation", "init", str(root), "--san", "superlink", "--san", "localhost", "--san", "127.0.0.1",
-            "--superlink", control_address, "--fleet-address", "superlink:9092", "--budget-url", budget_url)
+            "--superlink", control_address, "--fleet-address", "superlink:9092", "--budget-url", budget_url,
+            *(["--he"] if he else []))
     run([sys.executable, "-m", "fedcare.compose", "prepare", str(root), "--schema", str(split.schema_path)], timeout=120)
     for name, data in zip(hospitals, split.hospital_paths, strict=True):
         (root / "data" / name).mkdir(parents=True)

@@ -39,7 +39,8 @@ def test_compose_stack_trains_and_accounts(compose_stack: ComposeStack, timer: P
         stack.wait_healthy(["superlink", "budget", "serverapp", *HOSPITALS])
 
     with timer.phase("run"):
-        done = stack.compose("run", "--rm", "--no-deps", "submit", "--rounds", "2", "--wait", "--timeout", "480",
+        # HE mode: the most wiring (hospitals' secret contexts from their kits, the server's key-free context).
+        done = stack.compose("run", "--rm", "--no-deps", "submit", "--rounds", "2", "--he", "--wait", "--timeout", "480",
                              timeout=600, check=False)
     assert done.returncode == 0, f"submit failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}\n{stack.logs()}"
     outcome = json.loads(done.stdout.strip().splitlines()[-1])
@@ -47,6 +48,7 @@ def test_compose_stack_trains_and_accounts(compose_stack: ComposeStack, timer: P
     results = outcome["results"]
     assert results is not None, "results.json was not written"
     assert results["status"] == "completed", results
+    assert results["privacy_mode"] == "he", results["privacy_mode"]
     assert len(results["rounds"]) == 2
     for rnd in results["rounds"]:
         assert rnd["status"] == "aggregated", rnd
