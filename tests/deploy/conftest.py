@@ -87,7 +87,9 @@ def fedcare_image(docker_daemon: DockerDaemon, timer: PhaseTimer, tmp_path_facto
                                     timeout=1500, check=False)
     if done.returncode != 0:
         pytest.fail(f"docker build failed:\n{done.stderr[-6000:]}", pytrace=False)
-    docker_daemon.docker("image", "prune", "--force", check=False)  # the previous build's untagged layers
+    # Keep the cache bounded: the previous build's untagged image, and build cache beyond the recent (pip's, deps).
+    docker_daemon.docker("image", "prune", "--force", check=False)
+    docker_daemon.docker("builder", "prune", "--force", "--keep-storage", "2GB", check=False)
     return IMAGE
 
 

@@ -20,6 +20,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -279,11 +280,8 @@ def torch_wheel(cache: Path) -> Path:
     found = sorted(wheels.glob(f"torch-{TORCH_VERSION}[+-]*.whl"))
     if not found:
         wheels.mkdir(parents=True, exist_ok=True)
-        pip = shutil.which("pip3") or shutil.which("pip")
-        if pip is None:
-            raise DeployEnvironmentError("no pip on the host to fetch the torch wheel with")
-        try:
-            run([pip, "download", f"torch=={TORCH_VERSION}", "--no-deps", "--only-binary=:all:", "-d", str(wheels)], timeout=1800)
+        try:  # this interpreter's pip: the machine's pip configuration (find-links, constraints) applies
+            run([sys.executable, "-m", "pip", "download", f"torch=={TORCH_VERSION}", "--no-deps", "--only-binary=:all:", "-d", str(wheels)], timeout=1800)
         except subprocess.CalledProcessError as exc:
             raise DeployEnvironmentError(f"pip download torch=={TORCH_VERSION} failed: {_describe(exc)}") from exc
         found = sorted(wheels.glob(f"torch-{TORCH_VERSION}[+-]*.whl"))
