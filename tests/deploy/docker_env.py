@@ -145,6 +145,12 @@ class DockerDaemon:
         if "dockerd" in cmdline and str(self.data_root) in cmdline:
             log.warning("stopping dockerd %d left behind by an earlier session on %s", pid, self.data_root)
             _terminate(pid, grace=30)
+            args = cmdline.split("\0")
+            if "--exec-root" in args[:-1]:  # its runtime folder (socket, exec root): ours, unless something is still mounted
+                runtime = Path(args[args.index("--exec-root") + 1]).parent
+                mounts = Path("/proc/mounts").read_text()
+                if runtime.name.startswith("fcd-") and runtime.parent == Path("/tmp") and f" {runtime}/" not in mounts:
+                    shutil.rmtree(runtime, ignore_errors=True)
 
     def start(self, *, timeout: float = 60) -> None:
         if os.geteuid() != 0:
@@ -163,9 +169,20 @@ class DockerDaemon:
             if self.process.poll() is not None:
                 raise DeployEnvironmentError(f"dockerd exited with {self.process.returncode}:\n{_tail(log_path)}")
             if self.socket.exists() and self.docker("version", check=False, timeout=10).returncode == 0:
+                self._remove_leftovers()
                 return
             time.sleep(0.2)
         raise DeployEnvironmentError(f"dockerd did not answer on {self.socket} within {timeout:.0f} s:\n{_tail(log_path)}")
+
+    def _remove_leftovers(self) -> None:
+        """Containers of a session that was killed outright come back with the daemon (restart policies): remove them,
+        their volumes and networks. Everything this daemon holds is ours."""
+        containers = self.docker("ps", "--all", "--quiet", check=False).stdout.split()
+        if containers:
+            log.warning("removing %d container(s) left by an earlier session", len(containers))
+            self.docker("rm", "--force", "--volumes", *containers, check=False, timeout=120)
+        self.docker("volume", "prune", "--force", check=False)
+        self.docker("network", "prune", "--force", check=False)
 
     def stop(self) -> None:
         if self.process is None:
