@@ -45,13 +45,15 @@ def train(msg: Message, context: Context) -> Message:
         }
     )
     content = RecordDict({"metrics": metrics, "status": ConfigRecord(local.ok_status())})
+    spent = RecordDict() if event is None else RecordDict({"dp-event": ConfigRecord(event.as_record())})
     try:
         local.put_update(content)
     except RoundRefused as exc:
-        log.error("%s", exc)  # the DP spending stays committed: the accountant only ever over-counts
-        return Message(RecordDict({"status": ConfigRecord(exc.as_status())}), reply_to=msg)
-    if event is not None:
-        content["dp-event"] = ConfigRecord(event.as_record())
+        # Training spent budget even though no update leaves: the refusal carries the DP event, so
+        # the server's ledger records the spending too (the local accountant already has it).
+        log.error("%s", exc)
+        return Message(RecordDict({"status": ConfigRecord(exc.as_status()), **spent}), reply_to=msg)
+    content.update(spent)
     return Message(content, reply_to=msg)
 
 

@@ -108,6 +108,7 @@ def sort_replies(
                     out.epsilon_known[who] = _epsilon(status["epsilon"])
                 except (InvalidUpdate, TypeError, ValueError) as exc:
                     reason += f" (and its reported spending is unusable: {exc})"
+            _keep_spending(out, msg, who)  # trained, then could not send: the spending still counts
             out.rejections.append(Rejection(who, node_id, code, reason))
             continue
         try:
@@ -145,6 +146,20 @@ def sort_replies(
                 out.epsilon_known[who] = float(event["epsilon"])  # type: ignore[arg-type]
         except RejectedPayload as exc:
             out.rejections.append(Rejection(who, node_id, exc.code, str(exc)))
+            _keep_spending(out, msg, who)
         except (InvalidUpdate, KeyError, TypeError, ValueError) as exc:
             out.rejections.append(Rejection(who, node_id, "invalid-update", str(exc)))
+            _keep_spending(out, msg, who)
     return out
+
+
+def _keep_spending(out: SortedReplies, msg: Message, who: str) -> None:
+    """A rejected update was still trained: its (valid) DP event goes to the ledger all the same, so
+    no spending is lost; only the update itself is dropped."""
+    try:
+        event = _dp_event(msg)
+    except (InvalidUpdate, TypeError, ValueError):
+        return  # an unusable event is named in the rejection's reason already, or the reply has none
+    if event is not None:
+        out.dp_events[who] = event
+        out.epsilon_known[who] = float(event["epsilon"])  # type: ignore[arg-type]

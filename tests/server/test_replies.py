@@ -227,3 +227,22 @@ def test_a_refusal_with_a_malformed_epsilon_is_rejected_not_fatal(
     out = sort_replies(replies, reference=reference, expect_update=True)
     assert [u.institution for u in out.updates] == ["B"]
     assert all(np.isfinite(e) for e in out.epsilon_known.values()), out.epsilon_known
+
+
+def test_a_rejected_update_still_reports_its_dp_spending(reference: OrderedDict[str, np.ndarray]) -> None:
+    """The hospital trained (and spent budget) even though its update is unusable: the ledger must know."""
+    weights = _weights()
+    weights["w"][0, 0] = np.nan
+    reply = _train_reply(5, "St Mary", weights)
+    reply.content["dp-event"] = _dp_event(1.5)
+    out = sort_replies([reply], reference=reference, expect_update=True)
+    assert [r.code for r in out.rejections] == ["invalid-update"] and out.updates == [] and out.participants == []
+    assert out.dp_events["St Mary"]["epsilon"] == 1.5 and out.epsilon_known == {"St Mary": 1.5}
+
+
+def test_a_refusal_after_training_carries_its_dp_event(reference: OrderedDict[str, np.ndarray]) -> None:
+    status = {"ok": False, "code": "cannot-encrypt", "reason": "update contains NaN", "institution": "A"}
+    reply = _reply(8, RecordDict({"status": ConfigRecord(status), "dp-event": _dp_event(0.75)}))
+    out = sort_replies([reply], reference=reference, expect_update=True)
+    assert [r.code for r in out.rejections] == ["cannot-encrypt"]
+    assert out.dp_events["A"]["epsilon"] == 0.75 and out.epsilon_known == {"A": 0.75}
