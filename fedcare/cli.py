@@ -13,6 +13,7 @@ from rich.logging import RichHandler
 from common.demo_data import DemoDataset
 from common.settings import PrivacyMode
 from fedcare.budget_cli import budget_app
+from fedcare.compose import compose_app
 from fedcare.federation import FederationError
 from fedcare.he_cli import he_app
 from fedcare.registration_cli import federation_app, institution_app
@@ -22,6 +23,7 @@ console = Console(stderr=True)
 app.add_typer(budget_app, name="budget", help="The privacy budget service: serve it, show budgets.")
 app.add_typer(he_app, name="he", help="Homomorphic-encryption keys: make them, decrypt a final model.")
 app.add_typer(federation_app, name="federation", help="Set up a federation directory (CA, TLS, HE keys); sync pending registrations.")
+app.add_typer(compose_app, name="compose", help="Docker compose files: prepare a federation, add a hospital's service.")
 app.add_typer(institution_app, name="institution", help="Register a hospital (its kit), revoke it, list them.")
 
 

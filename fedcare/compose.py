@@ -5,8 +5,8 @@ override file with the same service shape, so the coordinator (or a hospital on 
 
     docker compose -f docker-compose.yml -f federation/compose/<slug>.yml up -d <slug>
 
-`fedcare institution register` can call `write_hospital_override` once the kit exists. The module also runs
-on its own: `python -m fedcare.compose --help` (`prepare` makes the files only compose needs).
+`fedcare institution register --compose` writes it with the kit. The module also runs
+as `fedcare compose --help` (`prepare` makes the files only compose needs).
 """
 
 from __future__ import annotations

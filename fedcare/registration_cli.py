@@ -131,6 +131,8 @@ def register(
     budget_url: BudgetOption = None,
     rotate: Annotated[bool, typer.Option(
         "--rotate", help="Re-issue an existing institution's kit: new node key and token; the old ones stop working.")] = False,
+    compose: Annotated[bool, typer.Option(
+        "--compose", help="Also write FEDERATION/compose/<slug>.yml, a docker compose override adding its SuperNode.")] = False,
 ) -> None:
     """Issue NAME's kit (node key pair, CA, HE context, budget token, node config, README) and register it.
 
@@ -148,6 +150,11 @@ def register(
     except (FederationDirError, RegistrationError, ValueError) as exc:
         raise _fail(f"not registered: {exc}", 2) from None
     _print_report(report, verb="rotated" if rotate else "registered")
+    if compose:
+        from fedcare.compose import write_hospital_override
+
+        override = write_hospital_override(fed.root, name, slug=report.kit.name, epsilon_limit=epsilon_limit)
+        console.print(f"compose override: {override} (docker compose -f docker-compose.yml -f {override} up -d {report.kit.name})")
     console.print(f"Send {report.kit} to {name} over a channel you trust; it holds its private key and token.")
     if report.pending:
         raise typer.Exit(3)

@@ -148,3 +148,21 @@ def test_cli_init_register_list_are_non_interactive(tmp_path: Path) -> None:
     assert again.exit_code == 2 and "--rotate" in again.output
     listed = runner.invoke(app, ["institution", "list", "--federation", str(root)])
     assert listed.exit_code == 0 and "St Mary" in listed.output
+
+
+def test_register_can_write_the_hospitals_compose_override(tmp_path: Path) -> None:
+    import yaml
+
+    runner = CliRunner()
+    root = tmp_path / "fed"
+    assert runner.invoke(app, ["federation", "init", str(root), "--superlink", NOWHERE, "--budget-url", ""]).exit_code == 0
+    done = runner.invoke(app, ["institution", "register", "North Clinic", "--epsilon-limit", "6", "--delta", "1e-5",
+                               "--federation", str(root), "--compose"])
+    assert done.exit_code == 3, done.output  # the kit and the override are made; registration pending
+    override = root / "compose" / "north-clinic.yml"
+    document = yaml.safe_load(override.read_text())
+    (service,) = document["services"]
+    assert service == "north-clinic"
+    assert any("institutions/north-clinic" in str(v) for v in document["services"][service]["volumes"])
+    secret = (root / "institutions" / "north-clinic" / "node.key").read_text()
+    assert secret not in override.read_text() and "compose override" in done.output
