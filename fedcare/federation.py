@@ -60,6 +60,7 @@ class ManagedProcess:
     name: str
     popen: subprocess.Popen[bytes]
     log_path: Path
+    log_offset: int = 0  # where this process's output starts in a log shared with earlier runs of it
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -80,6 +81,7 @@ class LocalFederation:
     workdir: Path
     insecure: bool = False
     startup_timeout: float = 60.0
+    activation_timeout: float = 120.0  # a restarted SuperNode waits out its old session (2 missed 30 s heartbeats)
     processes: list[ManagedProcess] = field(default_factory=list)
     seen_pids: set[int] = field(default_factory=set)
     budget: BudgetTarget | None = None
@@ -106,6 +108,7 @@ class LocalFederation:
     def _spawn(self, name: str, args: list[str]) -> ManagedProcess:
         log_path = self.workdir / "logs" / f"{name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        offset = log_path.stat().st_size if log_path.exists() else 0
         with log_path.open("ab") as out:
             out.write(f"$ {' '.join(args)}\n".encode())  # which flags ran (TLS, node auth) is the first thing to check
             out.flush()
@@ -118,7 +121,7 @@ class LocalFederation:
                 cwd=self.workdir,
                 start_new_session=True,  # Ctrl-C in the terminal reaches us, and we stop them in order
             )
-        proc = ManagedProcess(name, popen, log_path)
+        proc = ManagedProcess(name, popen, log_path, offset)
         self.processes.append(proc)
         self.seen_pids.add(popen.pid)
         log.info("started %s (pid %d), log %s", name, popen.pid, log_path)
@@ -227,7 +230,38 @@ class LocalFederation:
         proc = self._spawn(f"supernode-{institution}", args)
         if wait:
             self._wait_for_port(proc, port)
+            proc = self._wait_for_activation(proc, args=args)
         return proc
+
+    def _wait_for_activation(self, proc: ManagedProcess, *, args: list[str]) -> ManagedProcess:
+        """Wait until the SuperLink has accepted the SuperNode, restarting it while it is refused (2004)
+        because the SuperLink still counts its key's previous session as online.
+
+        That happens when a hospital's SuperNode crashed and restarts at once: the SuperLink notices the
+        old session is gone only after two missed heartbeats (about 60 s), and Flower 1.39's SuperNode
+        exits instead of retrying. A hospital's supervisor (compose's restart policy, systemd) retries;
+        this does the same, for up to `activation_timeout` seconds.
+        """
+        deadline = time.monotonic() + self.activation_timeout
+        while True:
+            with proc.log_path.open("rb") as handle:
+                handle.seek(proc.log_offset)
+                text = handle.read().decode(errors="replace")
+            if "SuperNode ID:" in text:
+                return proc
+            if proc.popen.poll() is not None:
+                if "2004" in text and time.monotonic() < deadline:
+                    log.warning("%s refused (2004): the SuperLink still holds this key's previous session; "
+                                "retrying in 5 s", proc.name)
+                    self.processes.remove(proc)
+                    time.sleep(5.0)
+                    proc = self._spawn(proc.name, args)
+                    continue
+                raise FederationError(f"{proc.name} exited with code {proc.popen.returncode}:\n{proc.log_tail()}")
+            if time.monotonic() > deadline:
+                raise FederationError(f"{proc.name} was not accepted by the SuperLink within "
+                                      f"{self.activation_timeout:.0f} s:\n{proc.log_tail()}")
+            time.sleep(0.2)
 
     def _write_cli_config(self) -> None:
         connection: dict[str, Any] = {"address": f"127.0.0.1:{self.control_port}"}
