@@ -34,16 +34,7 @@ def train(msg: Message, context: Context) -> Message:
     except RoundRefused as exc:
         log.error("%s", exc)
         return Message(RecordDict({"status": ConfigRecord(exc.as_status())}), reply_to=msg)
-    metrics = MetricRecord(
-        {
-            "num-examples": local.train_examples,
-            "train-loss": outcome.loss,
-            "skipped-steps": outcome.skipped_steps,
-            "eval-loss": before.loss,
-            "eval-accuracy": before.accuracy,
-            "eval-examples": before.examples,
-        }
-    )
+    metrics = local.train_metrics(outcome, before)
     content = RecordDict({"metrics": metrics, "status": ConfigRecord(local.ok_status())})
     spent = RecordDict() if event is None else RecordDict({"dp-event": ConfigRecord(event.as_record())})
     try:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from torch import nn
 
 from client.accountant_state import AccountantStateError, DPEvent, HospitalAccountant
@@ -246,6 +246,19 @@ class LocalRound:
         self.accountant.commit(event)
         log.info("[%s] round %s: epsilon %.3f after this round (committed to %s)", self.institution, c["server-round"], projected, self.accountant.path)
         return event
+
+    def train_metrics(self, outcome: TrainingOutcome, before: Score) -> MetricRecord:
+        """What a train reply reports in clear: sample count, training loss, and the incoming model's scores."""
+        return MetricRecord(
+            {
+                "num-examples": self.train_examples,
+                "train-loss": outcome.loss,
+                "skipped-steps": outcome.skipped_steps,
+                "eval-loss": before.loss,
+                "eval-accuracy": before.accuracy,
+                "eval-examples": before.examples,
+            }
+        )
 
     def put_update(self, content: RecordDict) -> int:
         """Put the trained weights into the reply: plaintext, or in HE mode encrypted (times the sample

@@ -19,7 +19,7 @@ import logging
 from collections import OrderedDict
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.client.mod import secaggplus_mod
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE
@@ -95,16 +95,7 @@ def _train_masked(msg: Message, context: Context) -> Message:
         content["status"] = ConfigRecord(exc.as_status())
         return Message(content, reply_to=msg)
     content = _legacy_reply(weights, num_examples=local.train_examples)
-    content["metrics"] = MetricRecord(
-        {
-            "num-examples": local.train_examples,
-            "train-loss": outcome.loss,
-            "skipped-steps": outcome.skipped_steps,
-            "eval-loss": before.loss,
-            "eval-accuracy": before.accuracy,
-            "eval-examples": before.examples,
-        }
-    )
+    content["metrics"] = local.train_metrics(outcome, before)
     content["status"] = ConfigRecord(local.ok_status())
     if event is not None:
         content["dp-event"] = ConfigRecord(event.as_record())
