@@ -247,6 +247,23 @@ class KeyFiles:
     server_params: Path
     key_id: str
 
+    @classmethod
+    def at(cls, out_dir: Path, *, key_id: str = "") -> KeyFiles:
+        """Where `write_keys(out_dir)` puts each file: hospital/ for the hospitals, server/ for the server."""
+        out_dir = Path(out_dir)
+        return cls(hospital_context=out_dir / "hospital" / HOSPITAL_CONTEXT_FILE,
+                   hospital_params=out_dir / "hospital" / PARAMS_FILE,
+                   server_context=out_dir / "server" / SERVER_CONTEXT_FILE,
+                   server_params=out_dir / "server" / PARAMS_FILE, key_id=key_id)
+
+
+def existing_keys(out_dir: Path) -> KeyFiles | None:
+    """The key files `write_keys(out_dir)` made earlier, with their key id; None if there are none."""
+    files = KeyFiles.at(out_dir)
+    if not (files.hospital_context.exists() and files.server_params.exists()):
+        return None
+    return KeyFiles.at(out_dir, key_id=str(json.loads(files.server_params.read_text())["key_id"]))
+
 
 def write_keys(out_dir: Path, params: HEParams | None = None, *, overwrite: bool = False) -> KeyFiles:
     """Write the federation's HE material: `hospital/` goes to every hospital, `server/` to the server only.
@@ -255,10 +272,7 @@ def write_keys(out_dir: Path, params: HEParams | None = None, *, overwrite: bool
     """
     params = validate_params(params or HEParams())
     out_dir = Path(out_dir)
-    files = KeyFiles(
-        hospital_context=out_dir / "hospital" / HOSPITAL_CONTEXT_FILE, hospital_params=out_dir / "hospital" / PARAMS_FILE,
-        server_context=out_dir / "server" / SERVER_CONTEXT_FILE, server_params=out_dir / "server" / PARAMS_FILE, key_id="",
-    )
+    files = KeyFiles.at(out_dir)
     existing = [p for p in (files.hospital_context, files.server_context) if p.exists()]
     if existing and not overwrite:
         raise HEKeyError(f"{', '.join(map(str, existing))} already exist; new keys would make models encrypted "
@@ -275,7 +289,7 @@ def write_keys(out_dir: Path, params: HEParams | None = None, *, overwrite: bool
     write_json_atomic(files.server_params, {**meta, "server_context_sha256": hashlib.sha256(server).hexdigest()})
     for public in (files.hospital_params, files.server_params):
         os.chmod(public, 0o644)
-    return KeyFiles(**{**files.__dict__, "key_id": kid})
+    return KeyFiles.at(out_dir, key_id=kid)
 
 
 def load_secret_context(path: Path) -> ts.Context:

@@ -166,15 +166,9 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoOut
 
 def _he_keys(he_dir: Path) -> KeyFiles:
     """The demo federation's CKKS keys, made once and reused (a rerun can still read old models)."""
-    from common.he import HOSPITAL_CONTEXT_FILE, PARAMS_FILE, SERVER_CONTEXT_FILE, KeyFiles, write_keys
+    from common.he import existing_keys, write_keys
 
-    existing = KeyFiles(
-        hospital_context=he_dir / "hospital" / HOSPITAL_CONTEXT_FILE, hospital_params=he_dir / "hospital" / PARAMS_FILE,
-        server_context=he_dir / "server" / SERVER_CONTEXT_FILE, server_params=he_dir / "server" / PARAMS_FILE, key_id="",
-    )
-    if existing.hospital_context.exists() and existing.server_params.exists():
-        return KeyFiles(**{**existing.__dict__, "key_id": json.loads(existing.server_params.read_text())["key_id"]})
-    return write_keys(he_dir)
+    return existing_keys(he_dir) or write_keys(he_dir)
 
 
 def _secret_file(path: Path) -> str:

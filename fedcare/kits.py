@@ -49,10 +49,11 @@ def write_kit(fed: FederationDir, options: KitOptions, *, config: FederationConf
     shutil.copyfile(fed.ca_certificate, kit / CA_FILE)
     root = options.kit_root or str(kit)
     if config.he:
-        from common.he import HOSPITAL_CONTEXT_FILE, PARAMS_FILE
+        from common.he import KeyFiles
 
-        write_private(kit / HE_CONTEXT_FILE, (fed.he_dir / "hospital" / HOSPITAL_CONTEXT_FILE).read_bytes())
-        shutil.copyfile(fed.he_dir / "hospital" / PARAMS_FILE, kit / HE_PARAMS_FILE)
+        he = KeyFiles.at(fed.he_dir)
+        write_private(kit / HE_CONTEXT_FILE, he.hospital_context.read_bytes())
+        shutil.copyfile(he.hospital_params, kit / HE_PARAMS_FILE)
     (kit / NODE_CONFIG_FILE).write_text(node_config_toml(options, root=root, he=config.he))
     info = {"institution": options.name, "slug": kit.name, "issued-at": now(), "fleet-address": config.fleet_address,
             "budget-url": config.budget_url, "node-key-fingerprint": keys.fingerprint, "he": config.he,

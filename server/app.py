@@ -10,14 +10,17 @@ same for all of them.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from pathlib import Path
+
+import numpy as np
 
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from common.codecs import to_numpy
 from common.models import build_model, parameter_count
-from common.schema import DatasetSchema, load_schema
+from common.schema import load_schema
 from common.settings import RunSettings
 from server.budget_gate import BudgetGate
 from server.messaging import wait_for_nodes
@@ -49,9 +52,9 @@ def _dp_summary(settings: RunSettings) -> dict[str, object]:
     }
 
 
-def make_rounds(ctx: RoundContext, *, schema: DatasetSchema) -> Rounds:
-    """The privacy mode's round logic; HE refuses to start with a context that could decrypt."""
-    weights = to_numpy(ArrayRecord(build_model(schema, seed=ctx.settings.seed).state_dict()))
+def make_rounds(ctx: RoundContext, *, weights: OrderedDict[str, np.ndarray]) -> Rounds:
+    """The privacy mode's round logic, starting from `weights`; HE refuses to start with a context
+    that could decrypt."""
     mode = ctx.settings.privacy_mode
     if mode == "he":
         from common.he import load_server_context  # TenSEAL only where HE is used
@@ -77,13 +80,15 @@ def main(grid: Grid, context: Context) -> None:
     run_dir = Path(settings.results_dir).resolve() / str(grid.run.run_id)
     (run_dir / "models").mkdir(parents=True, exist_ok=True)
 
-    rounds = make_rounds(RoundContext(grid=grid, settings=settings, schema=schema, run_dir=run_dir), schema=schema)
+    model = build_model(schema, seed=settings.seed)
+    weights = to_numpy(ArrayRecord(model.state_dict()))
+    rounds = make_rounds(RoundContext(grid=grid, settings=settings, schema=schema, run_dir=run_dir), weights=weights)
     results = RunResults(
         path=run_dir / "results.json",
         run_id=grid.run.run_id,
         privacy_mode=rounds.mode,
         model=schema.model,
-        parameter_count=parameter_count(build_model(schema)),
+        parameter_count=parameter_count(model),
         num_rounds=settings.num_rounds,
         dp=_dp_summary(settings),
         privacy=rounds.privacy_facts(),

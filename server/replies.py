@@ -47,6 +47,11 @@ class SortedReplies:
     dp_events: dict[str, dict[str, object]] = field(default_factory=dict)  # institution -> the round's DP event
     epsilon_known: dict[str, float] = field(default_factory=dict)  # from refusals that report spending
 
+    def record_spending(self, institution: str, event: dict[str, object]) -> None:
+        """The round's DP event of `institution` (for the ledger) and the epsilon it reached."""
+        self.dp_events[institution] = event
+        self.epsilon_known[institution] = float(event["epsilon"])  # type: ignore[arg-type]
+
 
 def _epsilon(value: object) -> float:
     eps = float(value)  # type: ignore[arg-type]
@@ -142,8 +147,7 @@ def sort_replies(
                 out.updates.append(ClientUpdate(who, node_id, weights, n))
             out.participants.append(who)
             if event is not None:
-                out.dp_events[who] = event
-                out.epsilon_known[who] = float(event["epsilon"])  # type: ignore[arg-type]
+                out.record_spending(who, event)
         except RejectedPayload as exc:
             out.rejections.append(Rejection(who, node_id, exc.code, str(exc)))
             _keep_spending(out, msg, who)
@@ -161,5 +165,4 @@ def _keep_spending(out: SortedReplies, msg: Message, who: str) -> None:
     except (InvalidUpdate, TypeError, ValueError):
         return  # an unusable event is named in the rejection's reason already, or the reply has none
     if event is not None:
-        out.dp_events[who] = event
-        out.epsilon_known[who] = float(event["epsilon"])  # type: ignore[arg-type]
+        out.record_spending(who, event)
