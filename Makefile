@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup
+.PHONY: demo test setup lint
 
 $(BIN)/fedcare: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,3 +19,8 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# ruff: lint (with import sorting) and the formatter's check; CI runs this before the tests.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .

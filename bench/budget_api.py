@@ -37,7 +37,7 @@ import platform
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -79,8 +79,10 @@ class Connection:
             return await self._exchange(method, path, body)
 
     async def _exchange(self, method: str, path: str, body: bytes) -> int:
-        head = (f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nAuthorization: Bearer {self.token}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nAuthorization: Bearer {self.token}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
         self.writer.write(head.encode() + body)
         headers = await self.reader.readuntil(b"\r\n\r\n")
         status = int(headers[9:12])
@@ -103,11 +105,15 @@ def percentile(values: list[float], q: float) -> float:
 
 def summary(latencies: list[float], errors: int, seconds: float, **extra: Any) -> dict[str, Any]:
     return {
-        "requests": len(latencies), "errors": errors, "seconds": round(seconds, 2),
+        "requests": len(latencies),
+        "errors": errors,
+        "seconds": round(seconds, 2),
         "per_s": round(len(latencies) / seconds, 1),
-        "p50_ms": round(percentile(latencies, 50) * 1000, 2), "p99_ms": round(percentile(latencies, 99) * 1000, 2),
+        "p50_ms": round(percentile(latencies, 50) * 1000, 2),
+        "p99_ms": round(percentile(latencies, 99) * 1000, 2),
         "max_ms": round(max(latencies) * 1000, 2) if latencies else None,
-        "mean_ms": round(statistics.fmean(latencies) * 1000, 2) if latencies else None, **extra,
+        "mean_ms": round(statistics.fmean(latencies) * 1000, 2) if latencies else None,
+        **extra,
     }
 
 
@@ -138,7 +144,9 @@ async def closed_loop(url: str, token: str, *, concurrency: int, seconds: float,
     return summary(latencies, errors, elapsed, concurrency=concurrency)
 
 
-async def open_loop(url: str, token: str, *, rate: float, seconds: float, make_request, pool: int = 64) -> dict[str, Any]:
+async def open_loop(
+    url: str, token: str, *, rate: float, seconds: float, make_request, pool: int = 64
+) -> dict[str, Any]:
     parts = urlsplit(url)
     free: asyncio.Queue[Connection] = asyncio.Queue()
     for _ in range(pool):
@@ -216,14 +224,29 @@ class CpuWatch:
 
 
 def event(institution: str, run: str, server_round: int) -> dict[str, Any]:
-    return {"run_id": run, "server_round": server_round, "institution": institution, "noise_multiplier": 1.0,
-            "sample_rate": 0.02, "steps": 50, "accountant": "rdp", "epsilon": 1e6, "delta": 1e-5}
+    return {
+        "run_id": run,
+        "server_round": server_round,
+        "institution": institution,
+        "noise_multiplier": 1.0,
+        "sample_rate": 0.02,
+        "steps": 50,
+        "accountant": "rdp",
+        "epsilon": 1e6,
+        "delta": 1e-5,
+    }
 
 
 def bench_backend(name: str, database_url: str, workers: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     log(f"[{name}] starting the service ({workers} worker(s)) on {database_url.split('@')[-1]}")
-    with running_budget_service(database_url=database_url, admin_token=ADMIN_TOKEN, log_level="warning", workers=workers,
-                                wait_for_accounting=True, log_path=out / f"budget_api-{name}.log") as url:
+    with running_budget_service(
+        database_url=database_url,
+        admin_token=ADMIN_TOKEN,
+        log_level="warning",
+        workers=workers,
+        wait_for_accounting=True,
+        log_path=out / f"budget_api-{name}.log",
+    ) as url:
         admin = BudgetClient(url, ADMIN_TOKEN, timeout=30)
         names = [f"hospital-{i}" for i in range(1, INSTITUTIONS + 1)]
         ids = [admin.ensure_institution(n, 1e9, 1e-5).id for n in names]
@@ -247,21 +270,36 @@ def bench_backend(name: str, database_url: str, workers: int, args: argparse.Nam
         asyncio.run(closed_loop(url, token, concurrency=2, seconds=1.0, make_request=read))
         result: dict[str, Any] = {}
         for phase, runner in (
-            ("reads_max", lambda: closed_loop(url, token, concurrency=args.read_concurrency, seconds=args.seconds,
-                                              make_request=read)),
-            ("reads_at_rate", lambda: open_loop(url, token, rate=args.read_rate, seconds=args.seconds, make_request=read)),
-            ("writes", lambda: closed_loop(url, token, concurrency=args.write_concurrency, seconds=args.seconds,
-                                           make_request=write)),
-            ("batch_writes", lambda: closed_loop(url, token, concurrency=2, seconds=args.seconds,
-                                                 make_request=batch_write)),
+            (
+                "reads_max",
+                lambda: closed_loop(
+                    url, token, concurrency=args.read_concurrency, seconds=args.seconds, make_request=read
+                ),
+            ),
+            (
+                "reads_at_rate",
+                lambda: open_loop(url, token, rate=args.read_rate, seconds=args.seconds, make_request=read),
+            ),
+            (
+                "writes",
+                lambda: closed_loop(
+                    url, token, concurrency=args.write_concurrency, seconds=args.seconds, make_request=write
+                ),
+            ),
+            (
+                "batch_writes",
+                lambda: closed_loop(url, token, concurrency=2, seconds=args.seconds, make_request=batch_write),
+            ),
         ):
             with CpuWatch(urlsplit(url).port) as watch:
                 result[phase] = asyncio.run(runner())
             result[phase]["other_cpu_cores"] = round(watch.other_cores, 2)
             result[phase]["bench_cpu_cores"] = round(watch.our_cores, 2)
-            log(f"[{name}] {phase}: {result[phase]['per_s']}/s p50 {result[phase]['p50_ms']} ms "
+            log(
+                f"[{name}] {phase}: {result[phase]['per_s']}/s p50 {result[phase]['p50_ms']} ms "
                 f"p99 {result[phase]['p99_ms']} ms errors {result[phase]['errors']} "
-                f"(other processes: {watch.other_cores:.2f} cores)")
+                f"(other processes: {watch.other_cores:.2f} cores)"
+            )
         result["batch_writes"]["events_per_s"] = round(result["batch_writes"]["per_s"] * args.batch, 1)
         result["batch_writes"]["batch"] = args.batch
         stored = sum(b.rounds for b in admin.budgets().values())
@@ -292,9 +330,15 @@ def main() -> None:
 
     report: dict[str, Any] = {
         "benchmark": "budget_api",
-        "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "load_avg_at_start": os.getloadavg(),
-                    "fastapi": version("fastapi"), "uvicorn": version("uvicorn"), "sqlalchemy": version("sqlalchemy")},
+        "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_avg_at_start": os.getloadavg(),
+            "fastapi": version("fastapi"),
+            "uvicorn": version("uvicorn"),
+            "sqlalchemy": version("sqlalchemy"),
+        },
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "goals": GOALS,
         "results": {},

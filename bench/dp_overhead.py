@@ -36,7 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -110,13 +110,20 @@ def run_one(config: dict[str, Any], *, repeats: int, threads: int) -> dict[str, 
 
     baseline_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     device = torch.device("cpu")
-    common = {"batch_size": workload["batch_size"], "epochs": 1, "learning_rate": LR, "amp": config["amp"],
-              "device": device, "seed": 0}
+    common = {
+        "batch_size": workload["batch_size"],
+        "epochs": 1,
+        "learning_rate": LR,
+        "amp": config["amp"],
+        "device": device,
+        "seed": 0,
+    }
     dp_model, plain_model = fresh_model(), fresh_model()
 
     def dp_epoch() -> Any:
-        return train_private(dp_model, data, noise_multiplier=NOISE, max_grad_norm=CLIP,
-                             grad_sample_mode=config["mode"], **common)
+        return train_private(
+            dp_model, data, noise_multiplier=NOISE, max_grad_norm=CLIP, grad_sample_mode=config["mode"], **common
+        )
 
     def plain_epoch() -> Any:
         return train_plain(plain_model, data, **common)
@@ -184,8 +191,16 @@ def _machine(threads: int, load_at_start: tuple[float, float, float]) -> dict[st
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": threads, "python": platform.python_version(),
-            "torch": version("torch"), "opacus": version("opacus"), "load_avg_at_start": load_at_start, "load_avg_at_end": os.getloadavg()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": threads,
+        "python": platform.python_version(),
+        "torch": version("torch"),
+        "opacus": version("opacus"),
+        "load_avg_at_start": load_at_start,
+        "load_avg_at_end": os.getloadavg(),
+    }
 
 
 def _add_ratios(results: list[dict[str, Any]]) -> None:
@@ -229,18 +244,31 @@ def main() -> None:
     results = []
     for config in configurations():
         done = subprocess.run(
-            [sys.executable, __file__, "--child", json.dumps(config), "--repeats", str(args.repeats),
-             "--threads", str(args.threads)],
-            capture_output=True, text=True, check=False,
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                json.dumps(config),
+                "--repeats",
+                str(args.repeats),
+                "--threads",
+                str(args.threads),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if done.returncode != 0:
             sys.stderr.write(done.stderr)
             raise SystemExit(f"configuration {config} failed (exit {done.returncode})")
         result = json.loads(done.stdout.strip().splitlines()[-1])
         results.append(result)
-        print(f"{config['workload']} dp={config['dp']} mode={config['mode']} amp={config['amp']}: "
-              f"{result['median_s'] * 1000:.1f} CPU ms/epoch ({result['median_wall_s'] * 1000:.1f} wall), "
-              f"ratio {result.get('ratio_interleaved', '-')}, peak {result['peak_rss_mb']} MB", file=sys.stderr)
+        print(
+            f"{config['workload']} dp={config['dp']} mode={config['mode']} amp={config['amp']}: "
+            f"{result['median_s'] * 1000:.1f} CPU ms/epoch ({result['median_wall_s'] * 1000:.1f} wall), "
+            f"ratio {result.get('ratio_interleaved', '-')}, peak {result['peak_rss_mb']} MB",
+            file=sys.stderr,
+        )
     _add_ratios(results)
 
     goal_rows = [r for r in results if r["dp"] and r["workload"] == GOAL["workload"]]
@@ -248,13 +276,24 @@ def main() -> None:
     best = min(goal_rows, key=lambda r: r["ratio_interleaved"])
     report = {
         "benchmark": "dp_overhead",
-        "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": _machine(args.threads, load_at_start),
-        "settings": {"repeats": args.repeats, "noise_multiplier": NOISE, "max_grad_norm": CLIP, "learning_rate": LR,
-                     "optimizer": "Adam", "workloads": WORKLOADS},
-        "goal": {**GOAL, "auto_mode": auto_row["resolved_mode"], "auto_ratio": auto_row["ratio_interleaved"],
-                 "met_by_auto": auto_row["ratio_interleaved"] <= GOAL["max_ratio"],
-                 "best": f"{best['mode']}/{best['amp']}", "best_ratio": best["ratio_interleaved"]},
+        "settings": {
+            "repeats": args.repeats,
+            "noise_multiplier": NOISE,
+            "max_grad_norm": CLIP,
+            "learning_rate": LR,
+            "optimizer": "Adam",
+            "workloads": WORKLOADS,
+        },
+        "goal": {
+            **GOAL,
+            "auto_mode": auto_row["resolved_mode"],
+            "auto_ratio": auto_row["ratio_interleaved"],
+            "met_by_auto": auto_row["ratio_interleaved"] <= GOAL["max_ratio"],
+            "best": f"{best['mode']}/{best['amp']}",
+            "best_ratio": best["ratio_interleaved"],
+        },
         "results": results,
         "bench_seconds": round(time.perf_counter() - started, 1),
     }

@@ -92,15 +92,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=5, help="rounds per timed run (default 5)")
     parser.add_argument("--hospitals", type=int, default=3, help="SuperNodes, one per hospital (default 3)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out", help="output folder (default bench/out)")
-    parser.add_argument("--baseline-rounds", type=int, default=1,
-                        help="also time runs of this many rounds to get the marginal cost of a round; 0 skips (default 1)")
-    parser.add_argument("--repeats", type=int, default=1, help="timed runs per app and round count; medians reported (default 1)")
-    parser.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
-                        help="first run each app once, 1 round, untimed, so neither pays for cold caches (default on)")
-    parser.add_argument("--fedcare-set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a fedcare run-config key, TOML value (e.g. dp=false); repeatable")
-    parser.add_argument("--secagg", action="store_true",
-                        help="time fedcare plain against fedcare SecAgg+ (privacy-mode secagg) instead of the reference")
+    parser.add_argument(
+        "--baseline-rounds",
+        type=int,
+        default=1,
+        help="also time runs of this many rounds to get the marginal cost of a round; 0 skips (default 1)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="timed runs per app and round count; medians reported (default 1)"
+    )
+    parser.add_argument(
+        "--warmup",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="first run each app once, 1 round, untimed, so neither pays for cold caches (default on)",
+    )
+    parser.add_argument(
+        "--fedcare-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a fedcare run-config key, TOML value (e.g. dp=false); repeatable",
+    )
+    parser.add_argument(
+        "--secagg",
+        action="store_true",
+        help="time fedcare plain against fedcare SecAgg+ (privacy-mode secagg) instead of the reference",
+    )
     parser.add_argument("--insecure", action="store_true", help="TLS off (the demo and deployments use TLS)")
     parser.add_argument("--poll-interval", type=float, default=3.0, help="seconds between `flwr ls` polls (default 3)")
     parser.add_argument("--run-timeout", type=float, default=1800.0, help="give up on a run after this many seconds")
@@ -134,7 +152,9 @@ def snapshot_apps(dest: Path) -> dict[str, Path]:
     fedcare.mkdir(parents=True)
     shutil.copy2(REPO / "pyproject.toml", fedcare / "pyproject.toml")
     app = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
-    packages = sorted({pattern.split("/")[0] for pattern in app.get("fab-include", [])} or {"server", "client", "common"})
+    packages = sorted(
+        {pattern.split("/")[0] for pattern in app.get("fab-include", [])} or {"server", "client", "common"}
+    )
     for package in packages:
         shutil.copytree(REPO / package, fedcare / package, ignore=SKIP_COPY)
     shutil.copytree(REFERENCE_APP, reference, ignore=SKIP_COPY)
@@ -144,6 +164,7 @@ def snapshot_apps(dest: Path) -> dict[str, Path]:
 
 def source_state() -> dict[str, Any]:
     """The commit the apps were copied from, and which app files differed from it."""
+
     def git(*args: str) -> str:
         done = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
         return done.stdout.rstrip("\n") if done.returncode == 0 else ""  # porcelain lines start with a space
@@ -152,8 +173,16 @@ def source_state() -> dict[str, Any]:
     return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted": [line[3:] for line in changed.splitlines()]}
 
 
-def run_configs(split: DemoSplit, apps: dict[str, Path], *, hospitals: int, out: Path, training: dict[str, Any],
-                fedcare_overrides: dict[str, Any], secagg: bool = False) -> dict[str, tuple[Path, dict[str, Any], str]]:
+def run_configs(
+    split: DemoSplit,
+    apps: dict[str, Path],
+    *,
+    hospitals: int,
+    out: Path,
+    training: dict[str, Any],
+    fedcare_overrides: dict[str, Any],
+    secagg: bool = False,
+) -> dict[str, tuple[Path, dict[str, Any], str]]:
     """App name -> (app dir, run config without the round count, key of the round count)."""
     common = {**training, "schema-path": str(split.schema_path), "min-nodes": hospitals}
     fedcare = {**common, "results-dir": str(out / "runs"), **fedcare_overrides}
@@ -164,7 +193,11 @@ def run_configs(split: DemoSplit, apps: dict[str, Path], *, hospitals: int, out:
         }
     return {
         "fedcare": (apps["fedcare"], fedcare, "num-rounds"),
-        "reference": (apps["reference"], {**common, "fraction-train": 1.0, "fraction-evaluate": 1.0}, "num-server-rounds"),
+        "reference": (
+            apps["reference"],
+            {**common, "fraction-train": 1.0, "fraction-evaluate": 1.0},
+            "num-server-rounds",
+        ),
     }
 
 
@@ -173,10 +206,15 @@ def check_fedcare_run(results_path: Path, *, rounds: int, hospitals: int) -> dic
     results = json.loads(results_path.read_text())
     aggregated = [r for r in results["rounds"] if r["status"] == "aggregated" and len(r["participants"]) == hospitals]
     if results["status"] != "completed" or len(aggregated) != rounds:
-        problems = [f"round {r['round']}: {r.get('reason', r['status'])}; rejected {[x['reason'] for x in r['rejected']]}"
-                    for r in results["rounds"] if r not in aggregated]
-        raise FederationError(f"fedcare run {results['run_id']} ({results['status']}) did not aggregate all {hospitals} "
-                              f"hospitals in every round: {problems[:3]}; see {results_path}")
+        problems = [
+            f"round {r['round']}: {r.get('reason', r['status'])}; rejected {[x['reason'] for x in r['rejected']]}"
+            for r in results["rounds"]
+            if r not in aggregated
+        ]
+        raise FederationError(
+            f"fedcare run {results['run_id']} ({results['status']}) did not aggregate all {hospitals} "
+            f"hospitals in every round: {problems[:3]}; see {results_path}"
+        )
     return results
 
 
@@ -184,8 +222,16 @@ def _utc(stamp: str) -> datetime:
     return datetime.fromisoformat(stamp.replace(" ", "T"))
 
 
-def time_run(fed: LocalFederation, *, app: str, app_dir: Path, run_config: dict[str, Any], rounds: int,
-             poll: float, timeout: float) -> RunTiming:
+def time_run(
+    fed: LocalFederation,
+    *,
+    app: str,
+    app_dir: Path,
+    run_config: dict[str, Any],
+    rounds: int,
+    poll: float,
+    timeout: float,
+) -> RunTiming:
     console.log(f"{app}: submitting a {rounds}-round run")
     started = time.time()
     run_id = fed.submit(app_dir=app_dir, run_config=run_config)
@@ -199,25 +245,35 @@ def time_run(fed: LocalFederation, *, app: str, app_dir: Path, run_config: dict[
             if last_status.startswith("finished"):
                 break
             if time.time() - started > timeout:
-                raise FederationError(f"{app}: run {run_id} did not finish within {timeout:.0f} s (status {last_status})")
+                raise FederationError(
+                    f"{app}: run {run_id} did not finish within {timeout:.0f} s (status {last_status})"
+                )
             time.sleep(poll)
     except BaseException:
         fed.stop_run(run_id)
         raise
     observed = time.time() - started
     if last_status != "finished:completed":
-        raise FederationError(f"{app}: run {run_id} ended {last_status}: {run.get('status-details')}; logs in {fed.workdir / 'logs'}")
+        raise FederationError(
+            f"{app}: run {run_id} ended {last_status}: {run.get('status-details')}; logs in {fed.workdir / 'logs'}"
+        )
     return RunTiming(
-        app=app, rounds=rounds, run_id=run_id, status=last_status,
+        app=app,
+        rounds=rounds,
+        run_id=run_id,
+        status=last_status,
         total_seconds=round(_utc(run["finished-at"]).timestamp() - started, 1),
         elapsed_seconds=round(float(run["elapsed"]), 2),
         observed_seconds=round(observed, 1),
         clientapp_seconds=round(float(run["compute-time"]["clientapp-seconds"]), 2),
-        running_at=run["running-at"], finished_at=run["finished-at"],
+        running_at=run["running-at"],
+        finished_at=run["finished-at"],
     )
 
 
-def summarize(timings: list[RunTiming], *, app: str, rounds: int, baseline_rounds: int, hospitals: int) -> dict[str, Any]:
+def summarize(
+    timings: list[RunTiming], *, app: str, rounds: int, baseline_rounds: int, hospitals: int
+) -> dict[str, Any]:
     def median(field: str, n: int) -> float:
         return statistics.median(getattr(t, field) for t in timings if t.app == app and t.rounds == n)
 
@@ -298,8 +354,15 @@ def main(argv: list[str] | None = None) -> int:
     source = source_state()
     app_dirs = snapshot_apps(out / "apps")
     training = fedcare_training_settings(app_dirs["fedcare"])
-    apps = run_configs(split, app_dirs, hospitals=args.hospitals, out=out, training=training,
-                       fedcare_overrides=args.fedcare_overrides, secagg=args.secagg)
+    apps = run_configs(
+        split,
+        app_dirs,
+        hospitals=args.hospitals,
+        out=out,
+        training=training,
+        fedcare_overrides=args.fedcare_overrides,
+        secagg=args.secagg,
+    )
     numerator, denominator = ("fedcare-secagg", "fedcare") if args.secagg else ("fedcare", "reference")
     goal_ratio = SECAGG_GOAL_RATIO if args.secagg else GOAL_RATIO
     fedcare_privacy: dict[str, Any] = {}
@@ -317,34 +380,50 @@ def main(argv: list[str] | None = None) -> int:
 
         def timed(app: str, rounds: int) -> RunTiming:
             app_dir, config, rounds_key = apps[app]
-            return time_run(fed, app=app, app_dir=app_dir, run_config={**config, rounds_key: rounds},
-                            rounds=rounds, poll=args.poll_interval, timeout=args.run_timeout)
+            return time_run(
+                fed,
+                app=app,
+                app_dir=app_dir,
+                run_config={**config, rounds_key: rounds},
+                rounds=rounds,
+                poll=args.poll_interval,
+                timeout=args.run_timeout,
+            )
 
         if args.warmup:
             console.log("warm-up (not timed)")
             for app in apps:
                 warm = timed(app, 1)
                 if app.startswith("fedcare"):  # a broken fedcare tree shows here, before the timed runs
-                    check_fedcare_run(out / "runs" / str(warm.run_id) / "results.json", rounds=1, hospitals=args.hospitals)
+                    check_fedcare_run(
+                        out / "runs" / str(warm.run_id) / "results.json", rounds=1, hospitals=args.hospitals
+                    )
         for repeat in range(args.repeats):
             order = list(apps) if repeat % 2 == 0 else list(reversed(apps))
             for rounds in round_counts:
                 for app in order:
                     timing = timed(app, rounds)
                     if app.startswith("fedcare"):
-                        results = check_fedcare_run(out / "runs" / str(timing.run_id) / "results.json",
-                                                    rounds=rounds, hospitals=args.hospitals)
+                        results = check_fedcare_run(
+                            out / "runs" / str(timing.run_id) / "results.json", rounds=rounds, hospitals=args.hospitals
+                        )
                         if app == "fedcare":
                             fedcare_privacy = {"privacy_mode": results.get("privacy_mode"), "dp": results.get("dp")}
                     timings.append(timing)
-                    console.log(f"{app}, {rounds} rounds: elapsed {timing.elapsed_seconds:.0f} s, "
-                                f"{timing.elapsed_seconds / rounds:.1f} s per round")
+                    console.log(
+                        f"{app}, {rounds} rounds: elapsed {timing.elapsed_seconds:.0f} s, "
+                        f"{timing.elapsed_seconds / rounds:.1f} s per round"
+                    )
     leftovers = leftover_processes(fed.seen_pids)
     if leftovers:
         console.log(f"[red]processes still running after the federation stopped: {leftovers}")
 
-    summaries = {app: summarize(timings, app=app, rounds=args.rounds, baseline_rounds=args.baseline_rounds,
-                               hospitals=args.hospitals) for app in apps}
+    summaries = {
+        app: summarize(
+            timings, app=app, rounds=args.rounds, baseline_rounds=args.baseline_rounds, hospitals=args.hospitals
+        )
+        for app in apps
+    }
     ratio = {
         key: round(summaries[numerator][key] / summaries[denominator][key], 3)
         for key in ("seconds_per_round", "total_seconds_per_round", "marginal_seconds_per_round")
@@ -353,10 +432,17 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "benchmark": "round_latency",
         "settings": {
-            "rounds": args.rounds, "hospitals": args.hospitals, "baseline_rounds": args.baseline_rounds,
-            "repeats": args.repeats, "warmup": args.warmup, "dataset": "breast-cancer", "model": "TabularMLP",
-            "tls": not args.insecure, **training,
-            "fedcare_overrides": args.fedcare_overrides, "fedcare_privacy": fedcare_privacy,
+            "rounds": args.rounds,
+            "hospitals": args.hospitals,
+            "baseline_rounds": args.baseline_rounds,
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "dataset": "breast-cancer",
+            "model": "TabularMLP",
+            "tls": not args.insecure,
+            **training,
+            "fedcare_overrides": args.fedcare_overrides,
+            "fedcare_privacy": fedcare_privacy,
             "compared": f"{numerator} / {denominator}",
         },
         "source": source,
@@ -368,8 +454,11 @@ def main(argv: list[str] | None = None) -> int:
         },
         "runs": [asdict(t) for t in timings],
         "environment": {
-            "flwr": version("flwr"), "torch": version("torch"), "python": platform.python_version(),
-            "cpus": os.cpu_count(), "machine": platform.machine(),
+            "flwr": version("flwr"),
+            "torch": version("torch"),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "machine": platform.machine(),
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
         },

@@ -48,7 +48,12 @@ def simulate(split_dir: Path, *, settings: dict[str, float], epsilon: float) -> 
         for p in sorted(split_dir.glob("hospital-*.csv"))
     ]
     holdout = load_hospital_table(split_dir / "holdout.csv", schema)
-    bs, ep, lr, rounds = int(settings["batch-size"]), int(settings["local-epochs"]), float(settings["learning-rate"]), int(settings["num-rounds"])
+    bs, ep, lr, rounds = (
+        int(settings["batch-size"]),
+        int(settings["local-epochs"]),
+        float(settings["learning-rate"]),
+        int(settings["num-rounds"]),
+    )
     cpu = torch.device("cpu")
     global_model = build_model(schema, seed=SEED)
     for rnd in range(rounds):
@@ -59,7 +64,9 @@ def simulate(split_dir: Path, *, settings: dict[str, float], epsilon: float) -> 
             common = {"batch_size": bs, "epochs": ep, "learning_rate": lr, "amp": "off", "device": cpu, "seed": rnd}
             if epsilon > 0:
                 q, steps = plan_round(num_examples=len(train), batch_size=bs, epochs=ep)
-                sigma = get_noise_multiplier(target_epsilon=epsilon, target_delta=DELTA, sample_rate=q, steps=steps * rounds, accountant="rdp")
+                sigma = get_noise_multiplier(
+                    target_epsilon=epsilon, target_delta=DELTA, sample_rate=q, steps=steps * rounds, accountant="rdp"
+                )
                 train_private(model, train, noise_multiplier=float(sigma), max_grad_norm=1.0, **common)
             else:
                 train_plain(model, train, **common)
@@ -75,9 +82,19 @@ def real(split_dir: Path, work: Path, *, settings: dict[str, float], epsilon: fl
     with LocalFederation(work / "fed") as fed:
         fed.start_superlink()
         for i, path in enumerate(sorted(split_dir.glob("hospital-*.csv")), start=1):
-            fed.add_hospital(institution=f"hospital-{i}", data_path=path, node_config={"state-dir": str(work / f"state-{i}")})
-        run_config = {**settings, "schema-path": str(schema_path), "results-dir": str(work / "runs"), "min-nodes": 3,
-                      "dp": epsilon > 0, "target-epsilon": epsilon if epsilon > 0 else 3.0, "delta": DELTA, "amp": "off"}
+            fed.add_hospital(
+                institution=f"hospital-{i}", data_path=path, node_config={"state-dir": str(work / f"state-{i}")}
+            )
+        run_config = {
+            **settings,
+            "schema-path": str(schema_path),
+            "results-dir": str(work / "runs"),
+            "min-nodes": 3,
+            "dp": epsilon > 0,
+            "target-epsilon": epsilon if epsilon > 0 else 3.0,
+            "delta": DELTA,
+            "amp": "off",
+        }
         run_id = fed.submit(app_dir=REPO, run_config=run_config)
         while not (status := fed.run_status(run_id)).startswith("finished"):
             time.sleep(2)
@@ -111,12 +128,22 @@ def main() -> None:
                     accuracy = real(split_dir, Path(tmp) / f"{dataset}-{eps}", settings=SETTINGS[dataset], epsilon=eps)
                 else:
                     accuracy = simulate(split_dir, settings=SETTINGS[dataset], epsilon=eps)
-                row = {"dataset": dataset, "epsilon": eps or None, "accuracy": round(accuracy, 4),
-                       "seconds": round(time.perf_counter() - started, 1), "settings": SETTINGS[dataset]}
+                row = {
+                    "dataset": dataset,
+                    "epsilon": eps or None,
+                    "accuracy": round(accuracy, 4),
+                    "seconds": round(time.perf_counter() - started, 1),
+                    "settings": SETTINGS[dataset],
+                }
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 rows.append(row)
-    report = {"benchmark": "utility", "mode": "real" if args.real else "simulated", "delta": DELTA, "results": rows,
-              "goals": {"breast-cancer@eps3": 0.94, "digits@eps3": 0.86}}
+    report = {
+        "benchmark": "utility",
+        "mode": "real" if args.real else "simulated",
+        "delta": DELTA,
+        "results": rows,
+        "goals": {"breast-cancer@eps3": 0.94, "digits@eps3": 0.86},
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"utility-{report['mode']}.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ class DPEvent:
     delta: float
     run_id: int
     server_round: int
-    recorded_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    recorded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     def as_record(self) -> dict[str, Any]:
         return {
@@ -75,7 +75,9 @@ def _check_history(raw: Any, *, path: Path) -> list[tuple[float, float, int]]:
                 raise ValueError
             steps = int(steps)
         except (TypeError, ValueError):
-            raise AccountantStateError(f"{path}: history entry {i} is {entry!r}, not [noise, sample_rate, steps]") from None
+            raise AccountantStateError(
+                f"{path}: history entry {i} is {entry!r}, not [noise, sample_rate, steps]"
+            ) from None
         if not (math.isfinite(sigma) and sigma > 0 and 0 < q <= 1 and steps >= 1):
             raise AccountantStateError(
                 f"{path}: history entry {i} {entry!r} is out of range (noise > 0, 0 < sample_rate <= 1, steps >= 1)"
@@ -122,12 +124,16 @@ class HospitalAccountant:
         events = raw.get("events", [])
         if not isinstance(events, list):
             raise AccountantStateError(f"{path}: 'events' must be a list")
-        return cls(path=path, institution=institution, history=_check_history(state.get("history"), path=path), events=events)
+        return cls(
+            path=path, institution=institution, history=_check_history(state.get("history"), path=path), events=events
+        )
 
     def epsilon(self, *, accountant: str, delta: float) -> float:
         return epsilon_of(self.history, accountant=accountant, delta=delta)
 
-    def projected_epsilon(self, *, noise_multiplier: float, sample_rate: float, steps: int, accountant: str, delta: float) -> float:
+    def projected_epsilon(
+        self, *, noise_multiplier: float, sample_rate: float, steps: int, accountant: str, delta: float
+    ) -> float:
         return epsilon_of([*self.history, (noise_multiplier, sample_rate, steps)], accountant=accountant, delta=delta)
 
     def commit(self, event: DPEvent) -> None:

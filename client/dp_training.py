@@ -74,11 +74,11 @@ def resolve_amp(amp: str, *, device: torch.device) -> ResolvedAmp:
             return "off"
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if not torch.amp.autocast_mode.is_autocast_available(device.type):
-        raise DPConfigError(f"amp = {amp!r}: torch has no autocast for device {device.type!r}; set amp = \"off\"")
+        raise DPConfigError(f'amp = {amp!r}: torch has no autocast for device {device.type!r}; set amp = "off"')
     if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise DPConfigError(
-            "amp = \"bf16\": this GPU has no bf16 support (torch.cuda.is_bf16_supported() is False); "
-            "set amp = \"fp16\" or \"auto\""
+            'amp = "bf16": this GPU has no bf16 support (torch.cuda.is_bf16_supported() is False); '
+            'set amp = "fp16" or "auto"'
         )
     return amp  # type: ignore[return-value]
 
@@ -99,14 +99,14 @@ def resolve_grad_sample_mode(mode: str, *, amp: ResolvedAmp) -> str:
         return AUTO_GRAD_SAMPLE_MODE[amp]
     if mode == "ew" and amp != "off":
         raise DPConfigError(
-            f"grad-sample-mode = \"ew\" fails under {amp} autocast in Opacus 1.6; "
-            "set amp = \"off\" to keep ew, or use grad-sample-mode = \"ghost\" or \"hooks\" with bf16"
+            f'grad-sample-mode = "ew" fails under {amp} autocast in Opacus 1.6; '
+            'set amp = "off" to keep ew, or use grad-sample-mode = "ghost" or "hooks" with bf16'
         )
     if mode == "ghost" and amp == "fp16":
         raise DPConfigError(
-            "grad-sample-mode = \"ghost\" cannot be used with amp = \"fp16\": ghost clipping has no per-sample "
+            'grad-sample-mode = "ghost" cannot be used with amp = "fp16": ghost clipping has no per-sample '
             "gradients to remove the fp16 loss scale from, so clipping would be wrong; "
-            "use amp = \"bf16\" with ghost, or grad-sample-mode = \"hooks\" with fp16"
+            'use amp = "bf16" with ghost, or grad-sample-mode = "hooks" with fp16'
         )
     return mode
 
@@ -238,7 +238,7 @@ def dp_step(
         return StepResult(loss=None, applied=True)
 
     if amp == "fp16" and (loss_scaler is None or ghost):
-        raise DPConfigError("amp = \"fp16\" needs per-sample gradients and a PerSampleLossScaler to unscale them")
+        raise DPConfigError('amp = "fp16" needs per-sample gradients and a PerSampleLossScaler to unscale them')
     with _autocast(amp, features.device.type):
         loss = criterion(module(features), labels)
     loss_value = float(loss.detach())
@@ -365,8 +365,14 @@ def train_private(
     try:
         for x, y in _batches(dp_loader, epochs):
             result = dp_step(
-                dp_module, optimizer, criterion, x.to(device), y.to(device),
-                amp=resolved_amp, loss_scaler=scaler, ghost=mode == "ghost",
+                dp_module,
+                optimizer,
+                criterion,
+                x.to(device),
+                y.to(device),
+                amp=resolved_amp,
+                loss_scaler=scaler,
+                ghost=mode == "ghost",
             )
             steps, skipped = steps + result.applied, skipped + (not result.applied)
             if result.loss is not None and math.isfinite(result.loss):

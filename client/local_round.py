@@ -53,7 +53,7 @@ def _load_he_context(node: NodeSettings, institution: str) -> ts.Context:
         raise RoundRefused(
             code="he-not-configured",
             reason="the run uses privacy-mode 'he' but this SuperNode's node config has no 'he-context' (the path "
-                   "of hospital/he-secret.ctx from `fedcare he keygen`)",
+            "of hospital/he-secret.ctx from `fedcare he keygen`)",
             institution=institution,
         )
     try:
@@ -76,8 +76,10 @@ def _incoming_weights(
             bundle = take_bundle(content)
             h = bundle.header
             if h.run_id != msg.metadata.run_id or not 1 <= h.server_round < server_round:
-                raise InvalidCiphertext(f"the encrypted model is from run {h.run_id} round {h.server_round}; expected "
-                                        f"run {msg.metadata.run_id}, a round before {server_round}")
+                raise InvalidCiphertext(
+                    f"the encrypted model is from run {h.run_id} round {h.server_round}; expected "
+                    f"run {msg.metadata.run_id}, a round before {server_round}"
+                )
             weights = decrypt_sum(bundle, context=he_context, template=reference)
         except InvalidCiphertext as exc:
             raise InvalidUpdate(f"encrypted global model rejected: {exc}") from exc
@@ -133,7 +135,9 @@ class LocalRound:
         device = pick_device()
         model = build_model(schema)
         try:
-            weights = _incoming_weights(msg, model=model, he_context=he_context, server_round=int(config["server-round"]))
+            weights = _incoming_weights(
+                msg, model=model, he_context=he_context, server_round=int(config["server-round"])
+            )
         except InvalidUpdate as exc:
             raise RoundRefused(code="bad-global-model", reason=str(exc), institution=institution) from exc
         model.load_state_dict(to_state_dict(from_numpy(weights)))
@@ -173,7 +177,10 @@ class LocalRound:
         }
         try:
             if self.accountant is None:
-                log.warning("[%s] DIFFERENTIAL PRIVACY IS OFF for this run: the update carries no DP guarantee", self.institution)
+                log.warning(
+                    "[%s] DIFFERENTIAL PRIVACY IS OFF for this run: the update carries no DP guarantee",
+                    self.institution,
+                )
                 return train_plain(self.model, self.train_data, **common), None
             event = self._commit_spending()
             outcome = train_private(
@@ -196,8 +203,9 @@ class LocalRound:
         return outcome, event
 
     def _commit_spending(self) -> DPEvent:
-        from client.dp_training import plan_round
         from opacus.accountants.utils import get_noise_multiplier
+
+        from client.dp_training import plan_round
 
         assert self.accountant is not None
         c = self.config
@@ -244,7 +252,13 @@ class LocalRound:
             server_round=int(c["server-round"]),
         )
         self.accountant.commit(event)
-        log.info("[%s] round %s: epsilon %.3f after this round (committed to %s)", self.institution, c["server-round"], projected, self.accountant.path)
+        log.info(
+            "[%s] round %s: epsilon %.3f after this round (committed to %s)",
+            self.institution,
+            c["server-round"],
+            projected,
+            self.accountant.path,
+        )
         return event
 
     def train_metrics(self, outcome: TrainingOutcome, before: Score) -> MetricRecord:
@@ -271,8 +285,13 @@ class LocalRound:
 
         weights = to_numpy(to_record(self.model.state_dict()))
         try:
-            bundle = encrypt_update(weights, num_examples=self.train_examples, context=self.he_context,
-                                    run_id=self.run_id, server_round=int(self.config["server-round"]))
+            bundle = encrypt_update(
+                weights,
+                num_examples=self.train_examples,
+                context=self.he_context,
+                run_id=self.run_id,
+                server_round=int(self.config["server-round"]),
+            )
         except ValueError as exc:  # NaN weights, or values beyond what the CKKS parameters hold
             raise RoundRefused(code="cannot-encrypt", reason=str(exc), institution=self.institution) from exc
         put_bundle(content, bundle)

@@ -42,8 +42,14 @@ def handle_stage(msg: Message, context: Context) -> Message:
     return reply
 
 
-def weighted_overflow(weights: dict[str, np.ndarray], *, num_examples: int, max_weight: float, clipping_range: float,
-                      quantization_range: int) -> int:
+def weighted_overflow(
+    weights: dict[str, np.ndarray],
+    *,
+    num_examples: int,
+    max_weight: float,
+    clipping_range: float,
+    quantization_range: int,
+) -> int:
     """How many values SecAgg+ would clip: the mod scales the update by its (quantized) weight
     num_examples / max_weight and clips to +-clipping_range, silently corrupting the sum."""
     factor = round(num_examples / max_weight * quantization_range) / quantization_range
@@ -74,19 +80,23 @@ def _train_masked(msg: Message, context: Context) -> Message:
             raise RoundRefused(
                 code="secagg-weight-too-large",
                 reason=f"this hospital has {local.train_examples} training examples, above the run's max-weight "
-                       f"{float(secagg['max_weight']):g}; its weighted update would be clipped. Raise max-weight",
+                f"{float(secagg['max_weight']):g}; its weighted update would be clipped. Raise max-weight",
                 institution=local.institution,
             )
         outcome, event = local.train()
         weights = to_numpy(to_record(local.model.state_dict()))
-        clipped = weighted_overflow(weights, num_examples=local.train_examples, max_weight=float(secagg["max_weight"]),
-                                    clipping_range=float(secagg["clipping_range"]),
-                                    quantization_range=int(secagg["target_range"]))
+        clipped = weighted_overflow(
+            weights,
+            num_examples=local.train_examples,
+            max_weight=float(secagg["max_weight"]),
+            clipping_range=float(secagg["clipping_range"]),
+            quantization_range=int(secagg["target_range"]),
+        )
         if clipped:
             raise RoundRefused(
                 code="secagg-clipping",
                 reason=f"{clipped} weighted update value(s) exceed clipping-range {float(secagg['clipping_range']):g}; "
-                       "SecAgg+ would clip them and corrupt the sum. Raise clipping-range (or max-weight)",
+                "SecAgg+ would clip them and corrupt the sum. Raise clipping-range (or max-weight)",
                 institution=local.institution,
             )
     except RoundRefused as exc:
@@ -99,6 +109,10 @@ def _train_masked(msg: Message, context: Context) -> Message:
     content["status"] = ConfigRecord(local.ok_status())
     if event is not None:
         content["dp-event"] = ConfigRecord(event.as_record())
-    log.info("[%s] round %s: update handed to SecAgg+ for masking (%d examples)", local.institution,
-             local.config["server-round"], local.train_examples)
+    log.info(
+        "[%s] round %s: update handed to SecAgg+ for masking (%d examples)",
+        local.institution,
+        local.config["server-round"],
+        local.train_examples,
+    )
     return Message(content, reply_to=msg)

@@ -36,9 +36,7 @@ def to_state_dict(record: ArrayRecord) -> OrderedDict[str, torch.Tensor]:
     return OrderedDict((k, torch.from_numpy(np.array(v, copy=True))) for k, v in to_numpy(record).items())
 
 
-def check_update(
-    update: dict[str, np.ndarray], *, reference: dict[str, np.ndarray]
-) -> None:
+def check_update(update: dict[str, np.ndarray], *, reference: dict[str, np.ndarray]) -> None:
     """Raise InvalidUpdate unless `update` matches `reference` in keys, shapes and finiteness."""
     if set(update) != set(reference):
         missing = sorted(set(reference) - set(update))

@@ -65,10 +65,7 @@ def load_hospital_table(path: Path | str, schema: DatasetSchema) -> HospitalData
     if missing:
         raise SchemaError(f"{path}: missing column(s) {missing}; the schema expects them")
 
-    columns = [
-        (_numeric_column(frame, spec.name, path=path) - spec.center) / spec.scale
-        for spec in schema.features
-    ]
+    columns = [(_numeric_column(frame, spec.name, path=path) - spec.center) / spec.scale for spec in schema.features]
     features = np.stack(columns, axis=1).astype(np.float32)
 
     labels = _numeric_column(frame, schema.label, path=path)

@@ -55,7 +55,7 @@ def dirichlet_partition(labels: np.ndarray, *, parts: int, alpha: float, seed: i
         for cls in np.unique(labels):
             idx = rng.permutation(np.flatnonzero(labels == cls))
             cuts = (np.cumsum(rng.dirichlet([alpha] * parts)) * len(idx)).astype(int)[:-1]
-            for bucket, chunk in zip(buckets, np.split(idx, cuts)):
+            for bucket, chunk in zip(buckets, np.split(idx, cuts), strict=False):
                 bucket.extend(chunk.tolist())
         if min(len(b) for b in buckets) >= min_size:
             return [np.sort(np.array(b)) for b in buckets]

@@ -160,11 +160,13 @@ def validate_params(params: HEParams) -> HEParams:
 
 def params_from_dict(raw: dict[str, Any]) -> HEParams:
     try:
-        return validate_params(HEParams(
-            poly_modulus_degree=int(raw["poly_modulus_degree"]),
-            coeff_mod_bit_sizes=tuple(int(b) for b in raw["coeff_mod_bit_sizes"]),
-            global_scale_bits=int(raw["global_scale_bits"]),
-        ))
+        return validate_params(
+            HEParams(
+                poly_modulus_degree=int(raw["poly_modulus_degree"]),
+                coeff_mod_bit_sizes=tuple(int(b) for b in raw["coeff_mod_bit_sizes"]),
+                global_scale_bits=int(raw["global_scale_bits"]),
+            )
+        )
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, HEConfigError):
             raise
@@ -185,8 +187,11 @@ def make_keys(params: HEParams | None = None) -> tuple[bytes, bytes]:
     params = validate_params(params or HEParams())
     try:
         ctx = ts.context(
-            ts.SCHEME_TYPE.CKKS, params.poly_modulus_degree, coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes),
-            encryption_type=ts.ENCRYPTION_TYPE.SYMMETRIC, n_threads=1,
+            ts.SCHEME_TYPE.CKKS,
+            params.poly_modulus_degree,
+            coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes),
+            encryption_type=ts.ENCRYPTION_TYPE.SYMMETRIC,
+            n_threads=1,
         )
     except ValueError as exc:  # e.g. SEAL found no primes of that size for this degree
         raise HEConfigError(f"TenSEAL refused {params.to_dict()}: {exc}") from exc
@@ -205,8 +210,10 @@ def load_hospital_context(data: bytes) -> ts.Context:
     """A hospital's context from bytes (e.g. a Flower message or a secrets store); it must hold the secret key."""
     ctx = _context_from_bytes(data, what="hospital HE context")
     if not ctx.has_secret_key():
-        raise HEKeyError("the hospital HE context holds no secret key: hospitals need hospital/"
-                         f"{HOSPITAL_CONTEXT_FILE} from `fedcare he keygen`, not the server's context")
+        raise HEKeyError(
+            "the hospital HE context holds no secret key: hospitals need hospital/"
+            f"{HOSPITAL_CONTEXT_FILE} from `fedcare he keygen`, not the server's context"
+        )
     return ctx
 
 
@@ -214,8 +221,10 @@ def load_public_context(data: bytes) -> ts.Context:
     """The server's context from bytes; refuses one with a secret key, which would let the server decrypt."""
     ctx = _context_from_bytes(data, what="server HE context")
     if ctx.has_secret_key():
-        raise HEKeyError("the server's HE context holds a secret key; the server must only get the public "
-                         f"context (server/{SERVER_CONTEXT_FILE} from `fedcare he keygen`)")
+        raise HEKeyError(
+            "the server's HE context holds a secret key; the server must only get the public "
+            f"context (server/{SERVER_CONTEXT_FILE} from `fedcare he keygen`)"
+        )
     return ctx
 
 
@@ -234,8 +243,9 @@ def key_id(context: ts.Context) -> str:
     """
     if not context.has_secret_key():
         raise HEKeyError("a key id is derived from the hospitals' secret context; this context has no secret key")
-    material = context.serialize(save_public_key=False, save_secret_key=True, save_galois_keys=False,
-                                 save_relin_keys=False)
+    material = context.serialize(
+        save_public_key=False, save_secret_key=True, save_galois_keys=False, save_relin_keys=False
+    )
     return hashlib.sha256(b"fedcare-he-key-id/1\0" + material).hexdigest()[:32]
 
 
@@ -251,10 +261,13 @@ class KeyFiles:
     def at(cls, out_dir: Path, *, key_id: str = "") -> KeyFiles:
         """Where `write_keys(out_dir)` puts each file: hospital/ for the hospitals, server/ for the server."""
         out_dir = Path(out_dir)
-        return cls(hospital_context=out_dir / "hospital" / HOSPITAL_CONTEXT_FILE,
-                   hospital_params=out_dir / "hospital" / PARAMS_FILE,
-                   server_context=out_dir / "server" / SERVER_CONTEXT_FILE,
-                   server_params=out_dir / "server" / PARAMS_FILE, key_id=key_id)
+        return cls(
+            hospital_context=out_dir / "hospital" / HOSPITAL_CONTEXT_FILE,
+            hospital_params=out_dir / "hospital" / PARAMS_FILE,
+            server_context=out_dir / "server" / SERVER_CONTEXT_FILE,
+            server_params=out_dir / "server" / PARAMS_FILE,
+            key_id=key_id,
+        )
 
 
 def existing_keys(out_dir: Path) -> KeyFiles | None:
@@ -275,8 +288,10 @@ def write_keys(out_dir: Path, params: HEParams | None = None, *, overwrite: bool
     files = KeyFiles.at(out_dir)
     existing = [p for p in (files.hospital_context, files.server_context) if p.exists()]
     if existing and not overwrite:
-        raise HEKeyError(f"{', '.join(map(str, existing))} already exist; new keys would make models encrypted "
-                         "under the old ones unreadable (`fedcare he keygen --force` replaces them)")
+        raise HEKeyError(
+            f"{', '.join(map(str, existing))} already exist; new keys would make models encrypted "
+            "under the old ones unreadable (`fedcare he keygen --force` replaces them)"
+        )
     secret, server = make_keys(params)
     kid = key_id(ts.context_from(secret))
     (out_dir / "hospital").mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -297,11 +312,16 @@ def load_secret_context(path: Path) -> ts.Context:
     path = Path(path)
     ctx = _read_context(path)
     if not ctx.has_secret_key():
-        raise HEKeyError(f"{path} holds no secret key: hospitals need hospital/{HOSPITAL_CONTEXT_FILE} "
-                         "from `fedcare he keygen`, not the server's context")
+        raise HEKeyError(
+            f"{path} holds no secret key: hospitals need hospital/{HOSPITAL_CONTEXT_FILE} "
+            "from `fedcare he keygen`, not the server's context"
+        )
     if path.stat().st_mode & 0o077:
-        log.warning("%s is readable by other users (mode %o); it holds the federation's secret key: chmod 600 it",
-                    path, path.stat().st_mode & 0o777)
+        log.warning(
+            "%s is readable by other users (mode %o); it holds the federation's secret key: chmod 600 it",
+            path,
+            path.stat().st_mode & 0o777,
+        )
     return ctx
 
 
@@ -337,8 +357,10 @@ def load_server_context(path: Path) -> ServerHEContext:
         raise HEKeyError(f"{meta_path} is not a fedcare HE parameter file ({exc})") from exc
     facts = context_facts(ctx)
     if (facts["degree"], facts["scale_bits"]) != (params.poly_modulus_degree, params.global_scale_bits):
-        raise HEKeyError(f"{path} (degree {facts['degree']}, scale 2**{facts['scale_bits']:g}) does not match "
-                         f"{meta_path} ({params.to_dict()})")
+        raise HEKeyError(
+            f"{path} (degree {facts['degree']}, scale 2**{facts['scale_bits']:g}) does not match "
+            f"{meta_path} ({params.to_dict()})"
+        )
     return ServerHEContext(context_bytes=path.read_bytes(), params=params, key_id=kid)
 
 
@@ -389,8 +411,19 @@ class HEHeader:
     def parse(cls, text: str) -> HEHeader:
         try:
             raw = json.loads(text)
-            types = {"kind": str, "run_id": int, "server_round": int, "key_id": str, "layout": str, "num_values": int,
-                     "num_chunks": int, "slots": int, "num_examples": int, "contributors": int, "format": str}
+            types = {
+                "kind": str,
+                "run_id": int,
+                "server_round": int,
+                "key_id": str,
+                "layout": str,
+                "num_values": int,
+                "num_chunks": int,
+                "slots": int,
+                "num_examples": int,
+                "contributors": int,
+                "format": str,
+            }
             if set(raw) != set(types) or any(type(raw[k]) is not t for k, t in types.items()):
                 raise ValueError(f"expected fields {sorted(types)} with types {[t.__name__ for t in types.values()]}")
             header = cls(**raw)
@@ -430,13 +463,19 @@ class EncryptedUpdate:
 
     def check_digest(self) -> None:
         if self.digest != self.expected_digest():
-            raise InvalidCiphertext("digest does not match header and ciphertexts: bytes were changed or lost "
-                                    "in transit or storage")
+            raise InvalidCiphertext(
+                "digest does not match header and ciphertexts: bytes were changed or lost in transit or storage"
+            )
 
     def to_bytes(self) -> bytes:
         """One file, e.g. the encrypted final model a hospital decrypts with `fedcare he decrypt`."""
-        head = json.dumps({"header": json.loads(self.header.canonical()), "digest": self.digest,
-                           "chunk_sizes": [len(c) for c in self.chunks]}).encode()
+        head = json.dumps(
+            {
+                "header": json.loads(self.header.canonical()),
+                "digest": self.digest,
+                "chunk_sizes": [len(c) for c in self.chunks],
+            }
+        ).encode()
         return b"FCHE1\n" + struct.pack(">Q", len(head)) + head + b"".join(self.chunks)
 
     @classmethod
@@ -445,12 +484,12 @@ class EncryptedUpdate:
             if not blob.startswith(b"FCHE1\n"):
                 raise ValueError("not a fedcare HE file (bad magic)")
             (n,) = struct.unpack(">Q", blob[6:14])
-            head = json.loads(blob[14:14 + n])
+            head = json.loads(blob[14 : 14 + n])
             sizes, pos, chunks = [int(s) for s in head["chunk_sizes"]], 14 + n, []
             for size in sizes:
-                chunks.append(blob[pos:pos + size])
+                chunks.append(blob[pos : pos + size])
                 pos += size
-            if pos != len(blob) or any(len(c) != s for c, s in zip(chunks, sizes)):
+            if pos != len(blob) or any(len(c) != s for c, s in zip(chunks, sizes, strict=False)):
                 raise ValueError("file is truncated or has trailing bytes")
             header_text, digest = json.dumps(head["header"]), str(head["digest"])
         except (ValueError, KeyError, TypeError, struct.error) as exc:
@@ -461,9 +500,12 @@ class EncryptedUpdate:
 def put_bundle(content: RecordDict, bundle: EncryptedUpdate) -> None:
     """Store a bundle in a Flower message: chunks as uint8 Arrays (Flower 1.39 streams Arrays in 5 MB
     pieces), header and digest in a ConfigRecord (JSON text, so 64-bit run ids need no int64 care)."""
-    content[CIPHERTEXTS_KEY] = ArrayRecord(OrderedDict(
-        (f"c{i:06d}", Array(dtype="uint8", shape=(len(c),), stype=CHUNK_STYPE, data=c)) for i, c in enumerate(bundle.chunks)
-    ))
+    content[CIPHERTEXTS_KEY] = ArrayRecord(
+        OrderedDict(
+            (f"c{i:06d}", Array(dtype="uint8", shape=(len(c),), stype=CHUNK_STYPE, data=c))
+            for i, c in enumerate(bundle.chunks)
+        )
+    )
     content[HEADER_KEY] = ConfigRecord({"header": bundle.header.canonical().decode(), "digest": bundle.digest})
 
 
@@ -535,11 +577,21 @@ def encrypt_update(
     # Every ciphertext ends with the sample count: a ciphertext altered after encryption (which a
     # server without the key cannot notice when it still parses) decrypts to a wrong check value.
     per = slots - 1
-    chunks = tuple(ts.ckks_vector(context, np.append(values[i:i + per], float(num_examples))).serialize()
-                   for i in range(0, values.size, per))
-    header = HEHeader(kind="update", run_id=int(run_id), server_round=int(server_round), key_id=key_id(context),
-                      layout=layout_id(weights), num_values=int(flat.size), num_chunks=len(chunks), slots=slots,
-                      num_examples=int(num_examples))
+    chunks = tuple(
+        ts.ckks_vector(context, np.append(values[i : i + per], float(num_examples))).serialize()
+        for i in range(0, values.size, per)
+    )
+    header = HEHeader(
+        kind="update",
+        run_id=int(run_id),
+        server_round=int(server_round),
+        key_id=key_id(context),
+        layout=layout_id(weights),
+        num_values=int(flat.size),
+        num_chunks=len(chunks),
+        slots=slots,
+        num_examples=int(num_examples),
+    )
     return EncryptedUpdate(header, chunks).sealed()
 
 
@@ -567,8 +619,9 @@ def decrypt_sum(
     if h.layout != layout_id(template):
         raise InvalidCiphertext("sum was made for another model (tensor names, shapes or dtypes differ)")
     if (run_id is not None and h.run_id != run_id) or (server_round is not None and h.server_round != server_round):
-        raise InvalidCiphertext(f"sum is for run {h.run_id} round {h.server_round}, expected run {run_id} "
-                                f"round {server_round}")
+        raise InvalidCiphertext(
+            f"sum is for run {h.run_id} round {h.server_round}, expected run {run_id} round {server_round}"
+        )
     total = h.num_examples if total_examples is None else int(total_examples)
     if total != h.num_examples:
         raise InvalidCiphertext(f"total_examples {total} differs from the sum's header ({h.num_examples})")
@@ -580,7 +633,8 @@ def decrypt_sum(
             raise InvalidCiphertext(f"chunk {i} of the sum does not decrypt: {exc}") from exc
         if part.size < 2 or not abs(part[-1] - total) <= CHECK_TOLERANCE:
             raise InvalidCiphertext(
-                f"chunk {i} of the sum fails its check value ({part[-1] if part.size else 'missing'} instead of {total}): "
+                f"chunk {i} of the sum fails its check value "
+                f"({part[-1] if part.size else 'missing'} instead of {total}): "
                 "a contribution was altered after it was encrypted, or made under another key"
             )
         parts.append(part[:-1])
@@ -596,13 +650,17 @@ def decrypt_sum(
     facts = context_facts(context)
     limit = _max_abs_value(facts["data_bits"], facts["scale_bits"])
     if not 0 <= bound <= limit:
-        raise HEConfigError(f"the sum may have wrapped around: values up to {bound:.4g} against a CKKS range of "
-                            f"{limit:.4g}; use a larger data modulus or a smaller scale (docs/he.md)")
+        raise HEConfigError(
+            f"the sum may have wrapped around: values up to {bound:.4g} against a CKKS range of "
+            f"{limit:.4g}; use a larger data modulus or a smaller scale (docs/he.md)"
+        )
     # |sum of x_i| <= sum of max|x_i|, which is what the bound canary adds up.
     worst = float(np.abs(values[: h.num_values]).max(initial=0.0))
     if worst > bound * (1 + 1e-6) + CHECK_TOLERANCE:
-        raise InvalidCiphertext(f"the sum holds a value of {worst:.4g}, beyond the {bound:.4g} its contributors "
-                                "declared: a contribution was altered after it was encrypted")
+        raise InvalidCiphertext(
+            f"the sum holds a value of {worst:.4g}, beyond the {bound:.4g} its contributors "
+            "declared: a contribution was altered after it was encrypted"
+        )
     return unflatten(values[: h.num_values] / total, template=template)
 
 
@@ -619,7 +677,7 @@ def unflatten(flat: np.ndarray, *, template: OrderedDict[str, np.ndarray]) -> Or
     pos = 0
     for name, ref in template.items():
         ref = np.asarray(ref)
-        part = flat[pos:pos + ref.size].reshape(ref.shape)
+        part = flat[pos : pos + ref.size].reshape(ref.shape)
         out[name] = (np.rint(part) if np.issubdtype(ref.dtype, np.integer) else part).astype(ref.dtype)
         pos += ref.size
     if pos != flat.size:

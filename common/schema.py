@@ -76,8 +76,7 @@ def load_schema(path: Path) -> DatasetSchema:
         return DatasetSchema.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
-            for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
         )
         raise SchemaError(f"{path}: invalid schema: {problems}") from exc
 

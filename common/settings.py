@@ -11,7 +11,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-
 PrivacyMode = Literal["plain", "he", "secagg"]
 
 
@@ -22,7 +21,9 @@ class SettingsError(ValueError):
 class RunSettings(BaseModel):
     """What the coordinator chooses for a run."""
 
-    model_config = ConfigDict(alias_generator=lambda name: name.replace("_", "-"), populate_by_name=True, extra="forbid")
+    model_config = ConfigDict(
+        alias_generator=lambda name: name.replace("_", "-"), populate_by_name=True, extra="forbid"
+    )
 
     num_rounds: int = Field(default=5, ge=1)
     local_epochs: int = Field(default=2, ge=1)
@@ -42,7 +43,9 @@ class RunSettings(BaseModel):
     # Local differential privacy (DP-SGD at every hospital). On unless explicitly turned off.
     dp: bool = True
     noise_multiplier: float = Field(default=1.0, gt=0)
-    target_epsilon: float = Field(default=3.0, ge=0)  # > 0: noise chosen once for the whole run; 0: use noise_multiplier
+    target_epsilon: float = Field(
+        default=3.0, ge=0
+    )  # > 0: noise chosen once for the whole run; 0: use noise_multiplier
     max_grad_norm: float = Field(default=1.0, gt=0)
     delta: float = Field(default=1e-5, gt=0, lt=1)
     accountant: Literal["rdp", "prv"] = "rdp"
@@ -70,8 +73,10 @@ class RunSettings(BaseModel):
         if not settings.schema_path:
             raise SettingsError("run config: 'schema-path' is empty; point it at the federation's schema JSON")
         if settings.privacy_mode == "he" and not settings.he_context:
-            raise SettingsError("run config: privacy-mode is 'he' but 'he-context' is empty; point it at the server's "
-                                "he-public.ctx from `fedcare he keygen --out DIR` (DIR/server/he-public.ctx)")
+            raise SettingsError(
+                "run config: privacy-mode is 'he' but 'he-context' is empty; point it at the server's "
+                "he-public.ctx from `fedcare he keygen --out DIR` (DIR/server/he-public.ctx)"
+            )
         if settings.privacy_mode == "secagg":
             problems = _secagg_problems(settings)
             if problems:
@@ -86,25 +91,35 @@ def _secagg_problems(s: RunSettings) -> list[str]:
     """What Flower's SecAgg+ would refuse or get wrong, said before any hospital is contacted."""
     problems = []
     if s.reconstruction_threshold >= s.num_shares:
-        problems.append(f"reconstruction-threshold ({s.reconstruction_threshold}) must be below num-shares "
-                        f"({s.num_shares}): a secret split into {s.num_shares} shares")
+        problems.append(
+            f"reconstruction-threshold ({s.reconstruction_threshold}) must be below num-shares "
+            f"({s.num_shares}): a secret split into {s.num_shares} shares"
+        )
     if s.min_nodes < 2:
-        problems.append(f"min-nodes is {s.min_nodes}; secure aggregation needs at least 2 hospitals per round "
-                        "(with one, the 'sum' is that hospital's update)")
+        problems.append(
+            f"min-nodes is {s.min_nodes}; secure aggregation needs at least 2 hospitals per round "
+            "(with one, the 'sum' is that hospital's update)"
+        )
     if s.reconstruction_threshold > s.min_nodes:
-        problems.append(f"reconstruction-threshold ({s.reconstruction_threshold}) is above min-nodes ({s.min_nodes}): a "
-                        f"round with {s.min_nodes} hospitals could never recover its masks; lower the threshold or "
-                        "raise min-nodes")
+        problems.append(
+            f"reconstruction-threshold ({s.reconstruction_threshold}) is above min-nodes ({s.min_nodes}): a "
+            f"round with {s.min_nodes} hospitals could never recover its masks; lower the threshold or "
+            "raise min-nodes"
+        )
     if s.quantization_range * max(s.min_nodes, 2) >= SECAGG_MODULUS:
-        problems.append(f"quantization-range ({s.quantization_range}) times min-nodes ({s.min_nodes}) reaches 2**32, "
-                        "where the masked sum wraps around; lower quantization-range")
+        problems.append(
+            f"quantization-range ({s.quantization_range}) times min-nodes ({s.min_nodes}) reaches 2**32, "
+            "where the masked sum wraps around; lower quantization-range"
+        )
     return problems
 
 
 class NodeSettings(BaseModel):
     """What a hospital sets for its own SuperNode (`--node-config`)."""
 
-    model_config = ConfigDict(alias_generator=lambda name: name.replace("_", "-"), populate_by_name=True, extra="ignore")
+    model_config = ConfigDict(
+        alias_generator=lambda name: name.replace("_", "-"), populate_by_name=True, extra="ignore"
+    )
 
     institution: str = Field(min_length=1)
     data_path: Path
@@ -128,6 +143,4 @@ class NodeSettings(BaseModel):
 
 
 def _describe(exc: ValidationError, where: str) -> str:
-    return f"{where}: " + "; ".join(
-        f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-    )
+    return f"{where}: " + "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())

@@ -38,9 +38,11 @@ def write_connection(*, superlink: str, ca_certificate: Path) -> None:
 def flwr(*args: str, timeout: float = 120.0) -> dict[str, Any]:
     done = subprocess.run(["flwr", *args, "--format", "json"], capture_output=True, text=True, timeout=timeout)
     try:
-        answer = json.loads(done.stdout[done.stdout.index("{"):])
+        answer = json.loads(done.stdout[done.stdout.index("{") :])
     except ValueError:
-        raise SystemExit(f"`flwr {' '.join(args)}` gave no JSON (exit {done.returncode}): {done.stdout}{done.stderr}") from None
+        raise SystemExit(
+            f"`flwr {' '.join(args)}` gave no JSON (exit {done.returncode}): {done.stdout}{done.stderr}"
+        ) from None
     if not answer.get("success", False):
         raise SystemExit(f"`flwr {' '.join(args)}` failed: {answer.get('error-message', answer)}")
     return answer
@@ -102,17 +104,30 @@ def follow(run_id: int, results_path: Path, *, timeout: float) -> str:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--superlink", default=os.environ.get("FEDCARE_SUPERLINK_CONTROL", "superlink:8000"))
-    parser.add_argument("--ca-certificate", type=Path, default=Path(os.environ.get("FEDCARE_CA_CERTIFICATE", "/run/fedcare/ca.crt")))
+    parser.add_argument(
+        "--ca-certificate", type=Path, default=Path(os.environ.get("FEDCARE_CA_CERTIFICATE", "/run/fedcare/ca.crt"))
+    )
     parser.add_argument("--budget-url", default=os.environ.get("FEDCARE_BUDGET_URL", ""))
-    parser.add_argument("--schema-path", default=os.environ.get("FEDCARE_SCHEMA_PATH", "/run/fedcare/schema.json"),
-                        help="the schema as the ServerApp runner sees it")
+    parser.add_argument(
+        "--schema-path",
+        default=os.environ.get("FEDCARE_SCHEMA_PATH", "/run/fedcare/schema.json"),
+        help="the schema as the ServerApp runner sees it",
+    )
     parser.add_argument("--results-dir", default="/var/lib/fedcare/runs", help="on the ServerApp runner's volume")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--min-nodes", type=int, default=3)
-    parser.add_argument("--run-config", action="append", default=[], metavar="KEY=VALUE",
-                        help="any other run-config key (TOML value), repeatable")
-    parser.add_argument("--he", action="store_true",
-                        help="privacy-mode he: the ServerApp adds CKKS ciphertexts with the key-free context in server/")
+    parser.add_argument(
+        "--run-config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other run-config key (TOML value), repeatable",
+    )
+    parser.add_argument(
+        "--he",
+        action="store_true",
+        help="privacy-mode he: the ServerApp adds CKKS ciphertexts with the key-free context in server/",
+    )
     parser.add_argument("--wait", action="store_true", help="follow the run until Flower reports it finished")
     parser.add_argument("--timeout", type=float, default=1800.0)
     return parser.parse_args(argv)
@@ -123,8 +138,12 @@ def main(argv: list[str]) -> int:
 
     args = parse_args(argv)
     write_connection(superlink=args.superlink, ca_certificate=args.ca_certificate)
-    run_config: dict[str, Any] = {"num-rounds": args.rounds, "min-nodes": args.min_nodes,
-                                  "schema-path": args.schema_path, "results-dir": args.results_dir}
+    run_config: dict[str, Any] = {
+        "num-rounds": args.rounds,
+        "min-nodes": args.min_nodes,
+        "schema-path": args.schema_path,
+        "results-dir": args.results_dir,
+    }
     if args.he:
         run_config |= {"privacy-mode": "he", "he-context": str(Path(args.schema_path).parent / "he-public.ctx")}
     for item in args.run_config:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -14,8 +14,9 @@ from rich.table import Table
 DEFAULT_PORT = 8470
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 
-budget_app = typer.Typer(help="The privacy budget service: serve it, or show budgets.", no_args_is_help=True,
-                         add_completion=False)
+budget_app = typer.Typer(
+    help="The privacy budget service: serve it, or show budgets.", no_args_is_help=True, add_completion=False
+)
 console = Console()
 errors = Console(stderr=True)
 
@@ -24,10 +25,15 @@ errors = Console(stderr=True)
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = DEFAULT_PORT,
-    database_url: Annotated[Optional[str], typer.Option(
-        help="SQLAlchemy URL (default: $DATABASE_URL, else sqlite:///./fedcare-budget.db).")] = None,
-    workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes (one per core serves the most reads).")] = 1,
-    dev: Annotated[bool, typer.Option("--dev", help="Development mode: allow an empty or placeholder admin token.")] = False,
+    database_url: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL (default: $DATABASE_URL, else sqlite:///./fedcare-budget.db).")
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, help="uvicorn worker processes (one per core serves the most reads).")
+    ] = 1,
+    dev: Annotated[
+        bool, typer.Option("--dev", help="Development mode: allow an empty or placeholder admin token.")
+    ] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve the budget API, /metrics and /dashboard with uvicorn. The admin token comes from $FEDCARE_ADMIN_TOKEN."""
@@ -52,9 +58,16 @@ def serve(
         errors.print(f"[red]refusing to start:[/] {reasons}")
         raise typer.Exit(2) from None
     errors.print(f"budget service on http://{host}:{port} (API /v1, docs /docs, dashboard /dashboard)")
-    # Keep-alive outlives a benchmark's or a ServerApp's pauses between calls; a reconnect costs more than an idle socket.
-    options = dict(host=host, port=port, log_level=log_level.lower(), access_log=False, timeout_keep_alive=75,
-                   timeout_graceful_shutdown=5)
+    # Keep-alive outlives a benchmark's or a ServerApp's pauses between calls;
+    # a reconnect costs more than an idle socket.
+    options = dict(
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        access_log=False,
+        timeout_keep_alive=75,
+        timeout_graceful_shutdown=5,
+    )
     if workers == 1:
         from server.budget.main import create_app
 
@@ -62,9 +75,13 @@ def serve(
         return
     # Workers build the app from the environment (server.budget.main:app): hand them exactly these settings,
     # including a development token generated here, so every worker accepts the same one.
-    os.environ.update({"FEDCARE_BUDGET_DATABASE_URL": settings.database_url,
-                       "FEDCARE_ADMIN_TOKEN": settings.admin_token.get_secret_value(),
-                       "FEDCARE_BUDGET_DEVELOPMENT": "1" if settings.development else "0"})
+    os.environ.update(
+        {
+            "FEDCARE_BUDGET_DATABASE_URL": settings.database_url,
+            "FEDCARE_ADMIN_TOKEN": settings.admin_token.get_secret_value(),
+            "FEDCARE_BUDGET_DEVELOPMENT": "1" if settings.development else "0",
+        }
+    )
     from server.budget.core.db import make_engine, upgrade_schema
 
     engine = make_engine(settings)
@@ -87,10 +104,17 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 
 @budget_app.command()
 def show(
-    institution: Annotated[Optional[str], typer.Option(help="Only this institution, with its latest ledger events.")] = None,
+    institution: Annotated[
+        str | None, typer.Option(help="Only this institution, with its latest ledger events.")
+    ] = None,
     url: Annotated[str, typer.Option(envvar="FEDCARE_BUDGET_URL", help="The service's address.")] = DEFAULT_URL,
-    token: Annotated[Optional[str], typer.Option(
-        envvar="FEDCARE_BUDGET_TOKEN", help="A bearer token (default: $FEDCARE_BUDGET_TOKEN, else $FEDCARE_ADMIN_TOKEN).")] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FEDCARE_BUDGET_TOKEN",
+            help="A bearer token (default: $FEDCARE_BUDGET_TOKEN, else $FEDCARE_ADMIN_TOKEN).",
+        ),
+    ] = None,
     events: Annotated[int, typer.Option(min=0, help="Ledger events to list with --institution.")] = 10,
 ) -> None:
     """Epsilon spent, limit and remaining per institution, as a table."""
@@ -122,16 +146,36 @@ def show(
 
 def _budget_table(budgets, url: str) -> Table:
     table = Table(title=f"Privacy budgets ({url})")
-    for name, justify in (("institution", "left"), ("rounds", "right"), ("epsilon spent", "right"),
-                          ("limit", "right"), ("remaining", "right"), ("delta", "right"),
-                          ("after next round", "right"), ("flagged", "right"), ("last event (UTC)", "left")):
+    for name, justify in (
+        ("institution", "left"),
+        ("rounds", "right"),
+        ("epsilon spent", "right"),
+        ("limit", "right"),
+        ("remaining", "right"),
+        ("delta", "right"),
+        ("after next round", "right"),
+        ("flagged", "right"),
+        ("last event (UTC)", "left"),
+    ):
         table.add_column(name, justify=justify, no_wrap=name == "institution")
     for name, b in sorted(budgets.items()):
         remaining = _fmt(b.epsilon_remaining)
-        style = "red" if not b.can_cover_next_round else ("yellow" if b.epsilon_remaining < 0.2 * b.epsilon_limit else "green")
-        table.add_row(name, str(b.rounds), _fmt(b.epsilon_spent), _fmt(b.epsilon_limit, 2), f"[{style}]{remaining}[/]",
-                      f"{b.delta:g}", _fmt(b.epsilon_next_round), f"[red]{b.flagged_events}[/]" if b.flagged_events else "0",
-                      (b.last_event_at or "-")[:19].replace("T", " "))
+        style = (
+            "red"
+            if not b.can_cover_next_round
+            else ("yellow" if b.epsilon_remaining < 0.2 * b.epsilon_limit else "green")
+        )
+        table.add_row(
+            name,
+            str(b.rounds),
+            _fmt(b.epsilon_spent),
+            _fmt(b.epsilon_limit, 2),
+            f"[{style}]{remaining}[/]",
+            f"{b.delta:g}",
+            _fmt(b.epsilon_next_round),
+            f"[red]{b.flagged_events}[/]" if b.flagged_events else "0",
+            (b.last_event_at or "-")[:19].replace("T", " "),
+        )
     if not budgets:
         table.caption = "no institutions registered"
     return table
@@ -139,12 +183,30 @@ def _budget_table(budgets, url: str) -> Table:
 
 def _events_table(institution: str, items: list[dict], total: int) -> Table:
     table = Table(title=f"{institution}: last {len(items)} of {total} ledger events")
-    for name in ("run", "round", "noise", "sample rate", "steps", "accountant", "reported eps", "recomputed eps", "flag"):
+    for name in (
+        "run",
+        "round",
+        "noise",
+        "sample rate",
+        "steps",
+        "accountant",
+        "reported eps",
+        "recomputed eps",
+        "flag",
+    ):
         table.add_column(name, justify="left" if name in ("run", "accountant", "flag") else "right")
     for e in items:
-        table.add_row(e["run_id"], str(e["server_round"]), f"{e['noise_multiplier']:g}", f"{e['sample_rate']:g}",
-                      str(e["steps"]), e["accountant"], _fmt(e["epsilon"]), _fmt(e["epsilon_recomputed"]),
-                      f"[red]{e['flag_reason']}[/]" if e["flagged"] else "")
+        table.add_row(
+            e["run_id"],
+            str(e["server_round"]),
+            f"{e['noise_multiplier']:g}",
+            f"{e['sample_rate']:g}",
+            str(e["steps"]),
+            e["accountant"],
+            _fmt(e["epsilon"]),
+            _fmt(e["epsilon_recomputed"]),
+            f"[red]{e['flag_reason']}[/]" if e["flagged"] else "",
+        )
     return table
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -22,7 +22,11 @@ app = typer.Typer(help="fedcare: federated learning for hospitals.", no_args_is_
 console = Console(stderr=True)
 app.add_typer(budget_app, name="budget", help="The privacy budget service: serve it, show budgets.")
 app.add_typer(he_app, name="he", help="Homomorphic-encryption keys: make them, decrypt a final model.")
-app.add_typer(federation_app, name="federation", help="Set up a federation directory (CA, TLS, HE keys); sync pending registrations.")
+app.add_typer(
+    federation_app,
+    name="federation",
+    help="Set up a federation directory (CA, TLS, HE keys); sync pending registrations.",
+)
 app.add_typer(compose_app, name="compose", help="Docker compose files: prepare a federation, add a hospital's service.")
 app.add_typer(institution_app, name="institution", help="Register a hospital (its kit), revoke it, list them.")
 
@@ -40,15 +44,31 @@ def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show d
 def demo(
     hospitals: Annotated[int, typer.Option(min=2, help="Number of hospitals (SuperNodes).")] = 3,
     rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 5,
-    dataset: Annotated[DemoDataset, typer.Option(help="Built-in data set: breast-cancer (MLP) or digits (CNN).")] = "breast-cancer",
-    out: Annotated[Path, typer.Option(help="Where data, federation state, logs and results go.")] = Path("fedcare-demo"),
+    dataset: Annotated[
+        DemoDataset, typer.Option(help="Built-in data set: breast-cancer (MLP) or digits (CNN).")
+    ] = "breast-cancer",
+    out: Annotated[Path, typer.Option(help="Where data, federation state, logs and results go.")] = Path(
+        "fedcare-demo"
+    ),
     insecure: Annotated[bool, typer.Option("--insecure", help="Turn TLS off. For debugging only.")] = False,
     dp: Annotated[bool, typer.Option("--dp/--no-dp", help="Local DP-SGD at every hospital (on by default).")] = True,
-    noise_multiplier: Annotated[Optional[float], typer.Option(min=1e-9, help="Fixed DP noise multiplier instead of a per-run epsilon target.")] = None,
-    target_epsilon: Annotated[Optional[float], typer.Option(min=1e-9, help="Choose the noise so the whole run spends this epsilon (default 3).")] = None,
+    noise_multiplier: Annotated[
+        float | None, typer.Option(min=1e-9, help="Fixed DP noise multiplier instead of a per-run epsilon target.")
+    ] = None,
+    target_epsilon: Annotated[
+        float | None, typer.Option(min=1e-9, help="Choose the noise so the whole run spends this epsilon (default 3).")
+    ] = None,
     epsilon_limit: Annotated[float, typer.Option(min=1e-9, help="Each hospital's lifetime epsilon limit.")] = 10.0,
-    state_dir: Annotated[Optional[Path], typer.Option(help="Hospitals' privacy state (default OUT/state); reuse it and epsilon continues.")] = None,
-    mode: Annotated[PrivacyMode, typer.Option(help="How updates travel: plain (the server reads them), he (CKKS: the server adds ciphertexts it cannot read), secagg (SecAgg+: the server learns only the sum).")] = "he",
+    state_dir: Annotated[
+        Path | None, typer.Option(help="Hospitals' privacy state (default OUT/state); reuse it and epsilon continues.")
+    ] = None,
+    mode: Annotated[
+        PrivacyMode,
+        typer.Option(
+            help="How updates travel: plain (the server reads them), he (CKKS: the server adds ciphertexts it "
+            "cannot read), secagg (SecAgg+: the server learns only the sum)."
+        ),
+    ] = "he",
 ) -> None:
     """Run a real federation on this machine: SuperLink, one SuperNode per hospital, FedAvg."""
     from fedcare.demo import DemoOptions, run_demo  # torch import only when needed
@@ -57,8 +77,16 @@ def demo(
         if noise_multiplier is not None and target_epsilon is not None:
             raise typer.BadParameter("give --noise-multiplier or --target-epsilon, not both")
         options = DemoOptions(
-            hospitals=hospitals, rounds=rounds, dataset=dataset, out=out, insecure=insecure, dp=dp,
-            noise_multiplier=noise_multiplier, target_epsilon=target_epsilon, state_dir=state_dir, epsilon_limit=epsilon_limit,
+            hospitals=hospitals,
+            rounds=rounds,
+            dataset=dataset,
+            out=out,
+            insecure=insecure,
+            dp=dp,
+            noise_multiplier=noise_multiplier,
+            target_epsilon=target_epsilon,
+            state_dir=state_dir,
+            epsilon_limit=epsilon_limit,
             mode=mode,
         )
         outcome = run_demo(options, console=console)

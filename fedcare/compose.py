@@ -16,7 +16,7 @@ import re
 import secrets
 import shutil
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 import yaml
@@ -36,13 +36,23 @@ def env_prefix(slug: str) -> str:
     return re.sub(r"[^A-Z0-9]", "_", slug.upper())
 
 
-def hospital_service(name: str, *, slug: str, epsilon_limit: float, data_file: str = "data.csv",
-                     fleet_address: str = "superlink:9092", gpu: bool = False) -> dict[str, Any]:
-    """The compose service of one hospital: its SuperNode (+ ClientApp processes), kit and data read-only, own state volume."""
+def hospital_service(
+    name: str,
+    *,
+    slug: str,
+    epsilon_limit: float,
+    data_file: str = "data.csv",
+    fleet_address: str = "superlink:9092",
+    gpu: bool = False,
+) -> dict[str, Any]:
+    """The compose service of one hospital: its SuperNode (+ ClientApp processes), kit and data read-only,
+    its own state volume."""
     prefix = env_prefix(slug)
-    node_config = (f'institution="{name}" data-path="/data/${{{prefix}_DATA_FILE:-{data_file}}}" '
-                   f'state-dir="{CONTAINER_STATE}/state" he-context="{CONTAINER_KIT}/he-secret.ctx" '
-                   f'epsilon-limit=${{{prefix}_EPSILON_LIMIT:-{float(epsilon_limit)!r}}}')  # he-context: read in HE runs only
+    node_config = (
+        f'institution="{name}" data-path="/data/${{{prefix}_DATA_FILE:-{data_file}}}" '
+        f'state-dir="{CONTAINER_STATE}/state" he-context="{CONTAINER_KIT}/he-secret.ctx" '
+        f"epsilon-limit=${{{prefix}_EPSILON_LIMIT:-{float(epsilon_limit)!r}}}"
+    )  # he-context: read in HE runs only
     service: dict[str, Any] = {
         "image": GPU_IMAGE if gpu else IMAGE,
         "init": True,
@@ -50,12 +60,20 @@ def hospital_service(name: str, *, slug: str, epsilon_limit: float, data_file: s
         "read_only": True,
         "tmpfs": ["/tmp"],
         "security_opt": ["no-new-privileges:true"],
-        "environment": {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-                        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"},
+        "environment": {
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        },
         "restart": "unless-stopped",
         "depends_on": {"superlink": {"condition": "service_healthy"}},
-        "healthcheck": {"test": ["CMD", "python", "/opt/fedcare/deploy/healthcheck.py", "tcp", "127.0.0.1:9094"],
-                        "interval": "5s", "timeout": "5s", "retries": 24, "start_period": "10s"},
+        "healthcheck": {
+            "test": ["CMD", "python", "/opt/fedcare/deploy/healthcheck.py", "tcp", "127.0.0.1:9094"],
+            "interval": "5s",
+            "timeout": "5s",
+            "retries": 24,
+            "start_period": "10s",
+        },
         "command": [
             "flower-supernode",
             f"--superlink={fleet_address}",
@@ -70,22 +88,29 @@ def hospital_service(name: str, *, slug: str, epsilon_limit: float, data_file: s
         ],
     }
     if gpu:
-        service["deploy"] = {"resources": {"reservations": {"devices": [
-            {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]}}}
+        service["deploy"] = {
+            "resources": {"reservations": {"devices": [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]}}
+        }
     return service
 
 
 def render_hospital_override(name: str, *, slug: str, epsilon_limit: float, **options: Any) -> str:
-    document = {"services": {slug: hospital_service(name, slug=slug, epsilon_limit=epsilon_limit, **options)},
-                "volumes": {f"{slug}-state": {}}}
-    header = (f"# {name}: its SuperNode, added to the federation's compose stack.\n"
-              f"#   docker compose -f docker-compose.yml -f <this file> up -d {slug}\n"
-              f"# Its data: ./federation/data/{slug}/data.csv, or set {env_prefix(slug)}_DATA (folder) and "
-              f"{env_prefix(slug)}_DATA_FILE.\n")
+    document = {
+        "services": {slug: hospital_service(name, slug=slug, epsilon_limit=epsilon_limit, **options)},
+        "volumes": {f"{slug}-state": {}},
+    }
+    header = (
+        f"# {name}: its SuperNode, added to the federation's compose stack.\n"
+        f"#   docker compose -f docker-compose.yml -f <this file> up -d {slug}\n"
+        f"# Its data: ./federation/data/{slug}/data.csv, or set {env_prefix(slug)}_DATA (folder) and "
+        f"{env_prefix(slug)}_DATA_FILE.\n"
+    )
     return header + yaml.safe_dump(document, sort_keys=False, default_flow_style=False, width=1000)
 
 
-def write_hospital_override(federation_root: Path, name: str, *, slug: str, epsilon_limit: float, **options: Any) -> Path:
+def write_hospital_override(
+    federation_root: Path, name: str, *, slug: str, epsilon_limit: float, **options: Any
+) -> Path:
     """Write FEDERATION/compose/<slug>.yml (no secrets in it: it only names the kit folder) and return its path."""
     path = federation_root / "compose" / f"{slug}.yml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,7 +150,7 @@ compose_app = typer.Typer(help="Docker compose files for a federation.", no_args
 @compose_app.command()
 def prepare(
     federation: Annotated[Path, typer.Argument(help="The federation directory (from `fedcare federation init`).")],
-    schema: Annotated[Optional[Path], typer.Option(help="The data schema JSON the ServerApp uses.")] = None,
+    schema: Annotated[Path | None, typer.Option(help="The data schema JSON the ServerApp uses.")] = None,
 ) -> None:
     """Make the SuperExec secret; copy the schema (and the HE server context) where docker-compose.yml mounts them."""
     for path in prepare_federation(federation, schema=schema):
@@ -136,7 +161,9 @@ def prepare(
 def hospital(
     name: Annotated[str, typer.Argument(help="The institution, as registered.")],
     epsilon_limit: Annotated[float, typer.Option(min=1e-9, help="Its epsilon limit (the node enforces it too).")],
-    slug: Annotated[Optional[str], typer.Option(help="Its kit folder name under institutions/ (default: from the name).")] = None,
+    slug: Annotated[
+        str | None, typer.Option(help="Its kit folder name under institutions/ (default: from the name).")
+    ] = None,
     federation: Annotated[Path, typer.Option("--federation", "-f", help="The federation directory.")] = Path("."),
     gpu: Annotated[bool, typer.Option("--gpu", help="Reserve an NVIDIA GPU (image: $FEDCARE_GPU_IMAGE).")] = False,
 ) -> None:

@@ -24,10 +24,10 @@ from rich.table import Table
 from client.training import evaluate
 from common.data import load_hospital_table
 from common.demo_data import DemoDataset, DemoSplit, write_demo_split
-from common.settings import PrivacyMode
 from common.models import build_model
-from common.schema import load_schema
 from common.private_files import write_private
+from common.schema import load_schema
+from common.settings import PrivacyMode
 from fedcare.federation import FederationError, LocalFederation
 from fedcare.registration import BudgetTarget
 from server.budget.process import running_budget_service
@@ -70,7 +70,8 @@ class DemoOutcome:
 def _app_dir() -> Path:
     if not (APP_DIR / "pyproject.toml").exists():
         raise FederationError(
-            f"the Flower app sources were not found at {APP_DIR}; run the demo from a fedcare checkout (pip install -e .)"
+            f"the Flower app sources were not found at {APP_DIR}; "
+            "run the demo from a fedcare checkout (pip install -e .)"
         )
     return APP_DIR
 
@@ -104,7 +105,10 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoOut
     out = options.out.resolve()
     split = write_demo_split(out / "data", dataset=options.dataset, hospitals=options.hospitals)
     state_dir = (options.state_dir or out / "state").resolve()
-    console.print(f"[bold]fedcare demo[/]: {options.hospitals} hospitals, {options.rounds} rounds, {options.dataset}, mode {options.mode} (data in {split.schema_path.parent})")
+    console.print(
+        f"[bold]fedcare demo[/]: {options.hospitals} hospitals, {options.rounds} rounds, {options.dataset}, "
+        f"mode {options.mode} (data in {split.schema_path.parent})"
+    )
 
     he_keys = _he_keys(out / "he") if options.mode == "he" else None
     with contextlib.ExitStack() as stack:
@@ -125,9 +129,15 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoOut
                 if he_keys is not None:
                     node_config["he-context"] = str(he_keys.hospital_context)
                 fed.add_hospital(institution=f"hospital-{i}", data_path=path, node_config=node_config)
-        tls = ("[bold red]off (INSECURE: no TLS, no node authentication)[/]" if options.insecure
-               else f"on, node authentication on (kits in {fed.workdir / 'institutions'})")
-        console.print(f"SuperLink up: Fleet API (gRPC) 127.0.0.1:{fed.fleet_port}, control API 127.0.0.1:{fed.control_port}, TLS {tls}")
+        tls = (
+            "[bold red]off (INSECURE: no TLS, no node authentication)[/]"
+            if options.insecure
+            else f"on, node authentication on (kits in {fed.workdir / 'institutions'})"
+        )
+        console.print(
+            f"SuperLink up: Fleet API (gRPC) 127.0.0.1:{fed.fleet_port}, "
+            f"control API 127.0.0.1:{fed.control_port}, TLS {tls}"
+        )
 
         run_config = {
             "num-rounds": options.rounds,
@@ -139,11 +149,18 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoOut
         }
         if he_keys is not None:
             run_config["he-context"] = str(he_keys.server_context)
-            console.print(f"HE mode: CKKS keys in {out / 'he'} (key set {he_keys.key_id}); the server gets only "
-                          f"{he_keys.server_context.name}, which cannot decrypt")
+            console.print(
+                f"HE mode: CKKS keys in {out / 'he'} (key set {he_keys.key_id}); the server gets only "
+                f"{he_keys.server_context.name}, which cannot decrypt"
+            )
         if budget_url:
-            run_config |= _register_with_ledger(out / "budget", budget_url, options=options, hospitals=options.hospitals)
-            console.print(f"privacy budget service: {budget_url}  dashboard: {budget_url}/dashboard?token=<admin token in {out / 'budget' / 'admin-token'}>")
+            run_config |= _register_with_ledger(
+                out / "budget", budget_url, options=options, hospitals=options.hospitals
+            )
+            console.print(
+                f"privacy budget service: {budget_url}  dashboard: "
+                f"{budget_url}/dashboard?token=<admin token in {out / 'budget' / 'admin-token'}>"
+            )
         if not options.dp:
             console.print("[bold red]WARNING: differential privacy is OFF (--no-dp): updates carry no DP guarantee[/]")
         console.print(f"privacy accountants: {state_dir}/<hospital>/privacy-accountant.json")
@@ -151,7 +168,14 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoOut
         results_path = out / "runs" / str(run_id) / "results.json"
         console.print(f"run {run_id} submitted; logs: {fed.workdir / 'logs'}")
         try:
-            status = _follow(fed, run_id=run_id, results_path=results_path, rounds=options.rounds, timeout=options.run_timeout, console=console)
+            status = _follow(
+                fed,
+                run_id=run_id,
+                results_path=results_path,
+                rounds=options.rounds,
+                timeout=options.run_timeout,
+                console=console,
+            )
         except BaseException:
             fed.stop_run(run_id)
             raise
@@ -185,7 +209,9 @@ def _budget_service(budget_dir: Path):
     budget_dir.mkdir(parents=True, exist_ok=True)
     admin_token = _secret_file(budget_dir / "admin-token")
     with running_budget_service(
-        database_url=f"sqlite:///{budget_dir / 'ledger.db'}", admin_token=admin_token, log_path=budget_dir / "service.log",
+        database_url=f"sqlite:///{budget_dir / 'ledger.db'}",
+        admin_token=admin_token,
+        log_path=budget_dir / "service.log",
         wait_for_accounting=True,
     ) as url:
         yield url
@@ -214,10 +240,17 @@ def _privacy_config(options: DemoOptions) -> dict[str, object]:
     return config
 
 
-def _follow(fed: LocalFederation, *, run_id: int, results_path: Path, rounds: int, timeout: float, console: Console) -> str:
+def _follow(
+    fed: LocalFederation, *, run_id: int, results_path: Path, rounds: int, timeout: float, console: Console
+) -> str:
     """Show a progress bar fed by results.json until Flower reports the run finished."""
     deadline = time.monotonic() + timeout
-    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} rounds"), TimeElapsedColumn())
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} rounds"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("federated training", total=rounds)
         while True:
@@ -230,7 +263,9 @@ def _follow(fed: LocalFederation, *, run_id: int, results_path: Path, rounds: in
                     desc += f" (round {scored[-1]['round']} accuracy {scored[-1]['accuracy']:.3f})"
                 progress.update(task, completed=len(results["rounds"]), description=desc)
                 if len(done) < len(results["rounds"]):
-                    progress.update(task, description=f"{desc} [red]{len(results['rounds']) - len(done)} failed round(s)")
+                    progress.update(
+                        task, description=f"{desc} [red]{len(results['rounds']) - len(done)} failed round(s)"
+                    )
             status = fed.run_status(run_id)
             if status.startswith("finished"):
                 return status
@@ -249,14 +284,24 @@ def print_summary(outcome: DemoOutcome, *, console: Console) -> None:
     for r in outcome.results.get("rounds", []):
         spent = [e for e in r["epsilon"].values() if e is not None]
         table.add_row(
-            str(r["round"]), r["status"], str(len(r["participants"])), fmt(r["train_loss"]), fmt(r["loss"]),
-            fmt(r["accuracy"]), f"{max(spent):.3f}" if spent else "off",
+            str(r["round"]),
+            r["status"],
+            str(len(r["participants"])),
+            fmt(r["train_loss"]),
+            fmt(r["loss"]),
+            fmt(r["accuracy"]),
+            f"{max(spent):.3f}" if spent else "off",
         )
     console.print(table)
     if outcome.holdout_accuracy is not None:
-        console.print(f"final model accuracy on held-out data (no hospital saw it): [bold]{outcome.holdout_accuracy:.4f}[/]")
+        console.print(
+            f"final model accuracy on held-out data (no hospital saw it): [bold]{outcome.holdout_accuracy:.4f}[/]"
+        )
     if outcome.budget_url:
-        console.print(f"privacy ledger: {outcome.budget_url}/v1/budgets (stopped with the demo; `fedcare budget serve` reopens it)")
+        console.print(
+            f"privacy ledger: {outcome.budget_url}/v1/budgets "
+            "(stopped with the demo; `fedcare budget serve` reopens it)"
+        )
     console.print(f"results.json: {outcome.results_path}")
     if outcome.results.get("final_model_path"):
         console.print(f"final model:  {outcome.results['final_model_path']}")

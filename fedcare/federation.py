@@ -136,7 +136,9 @@ class LocalFederation:
                 if sock.connect_ex(("127.0.0.1", port)) == 0:
                     return
             time.sleep(0.2)
-        raise FederationError(f"{proc.name} did not open port {port} within {self.startup_timeout:.0f} s:\n{proc.log_tail()}")
+        raise FederationError(
+            f"{proc.name} did not open port {port} within {self.startup_timeout:.0f} s:\n{proc.log_tail()}"
+        )
 
     # ---- federation parts --------------------------------------------------
     def start_superlink(self) -> None:
@@ -145,22 +147,31 @@ class LocalFederation:
         args = [
             _bin("flower-superlink"),
             "--disable-runtime-dependency-installation",  # hospitals' sites have no internet
-            "--host", "127.0.0.1",
-            "--port", str(self.control_port),
-            "--fleet-api-address", f"127.0.0.1:{self.fleet_port}",
-            "--database", str(self.workdir / "superlink.db"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.control_port),
+            "--fleet-api-address",
+            f"127.0.0.1:{self.fleet_port}",
+            "--database",
+            str(self.workdir / "superlink.db"),
         ]
         if self.insecure:
-            log.warning("INSECURE MODE: TLS and node authentication are off; updates cross the network unencrypted "
-                        "and any process may join as a hospital. Use only for debugging.")
+            log.warning(
+                "INSECURE MODE: TLS and node authentication are off; updates cross the network unencrypted "
+                "and any process may join as a hospital. Use only for debugging."
+            )
             args.append("--insecure")
         else:
             fed = self.federation = ensure_local_federation(self.workdir)
             self.tls = TlsFiles(fed.ca_certificate, fed.server_certificate, fed.server_key)
             args += [
-                "--ssl-ca-certfile", str(self.tls.ca_certificate),
-                "--ssl-certfile", str(self.tls.server_certificate),
-                "--ssl-keyfile", str(self.tls.server_key),
+                "--ssl-ca-certfile",
+                str(self.tls.ca_certificate),
+                "--ssl-certfile",
+                str(self.tls.server_certificate),
+                "--ssl-keyfile",
+                str(self.tls.server_key),
                 "--enable-supernode-auth",  # only node keys registered with `flwr supernode register` get in
             ]
             if self.budget is None:
@@ -191,8 +202,9 @@ class LocalFederation:
             raise FederationError("kits need the SuperLink started with TLS")
         record = Registry(fed.registry_path).snapshot().get(fed.kit_dir(institution).name)
         if record is None:
-            report = register_institution(fed, KitOptions(institution, epsilon_limit, delta), superlink=self.connection,
-                                          budget=self.budget)
+            report = register_institution(
+                fed, KitOptions(institution, epsilon_limit, delta), superlink=self.connection, budget=self.budget
+            )
         elif record.pending and record.active:
             reports = sync(fed, superlink=self.connection, budget=self.budget, only={record.slug})
             report = reports[0] if reports else None
@@ -203,7 +215,12 @@ class LocalFederation:
         return fed.kit_dir(institution)
 
     def add_hospital(
-        self, *, institution: str, data_path: Path, node_config: dict[str, Any] | None = None, kit: Path | None = None,
+        self,
+        *,
+        institution: str,
+        data_path: Path,
+        node_config: dict[str, Any] | None = None,
+        kit: Path | None = None,
         wait: bool = True,
     ) -> ManagedProcess:
         """Start a hospital's SuperNode from its kit (issued and registered now when `kit` is None).
@@ -217,16 +234,24 @@ class LocalFederation:
         port = free_port()
         args = [
             _bin("flower-supernode"),
-            "--superlink", f"127.0.0.1:{self.fleet_port}",
-            "--port", str(port),
-            "--node-config", " ".join(f"{k}={json.dumps(v)}" for k, v in config.items()),
+            "--superlink",
+            f"127.0.0.1:{self.fleet_port}",
+            "--port",
+            str(port),
+            "--node-config",
+            " ".join(f"{k}={json.dumps(v)}" for k, v in config.items()),
         ]
         if self.insecure:
             args.append("--insecure")
         else:
             if kit is None:
                 kit = self.ensure_kit(institution, epsilon_limit=float(config.get("epsilon-limit", 10.0)))
-            args += ["--root-certificates", str(kit / CA_FILE), "--auth-supernode-private-key", str(kit / PRIVATE_KEY_FILE)]
+            args += [
+                "--root-certificates",
+                str(kit / CA_FILE),
+                "--auth-supernode-private-key",
+                str(kit / PRIVATE_KEY_FILE),
+            ]
         proc = self._spawn(f"supernode-{institution}", args)
         if wait:
             self._wait_for_port(proc, port)
@@ -251,16 +276,20 @@ class LocalFederation:
                 return proc
             if proc.popen.poll() is not None:
                 if "2004" in text and time.monotonic() < deadline:
-                    log.warning("%s refused (2004): the SuperLink still holds this key's previous session; "
-                                "retrying in 5 s", proc.name)
+                    log.warning(
+                        "%s refused (2004): the SuperLink still holds this key's previous session; retrying in 5 s",
+                        proc.name,
+                    )
                     self.processes.remove(proc)
                     time.sleep(5.0)
                     proc = self._spawn(proc.name, args)
                     continue
                 raise FederationError(f"{proc.name} exited with code {proc.popen.returncode}:\n{proc.log_tail()}")
             if time.monotonic() > deadline:
-                raise FederationError(f"{proc.name} was not accepted by the SuperLink within "
-                                      f"{self.activation_timeout:.0f} s:\n{proc.log_tail()}")
+                raise FederationError(
+                    f"{proc.name} was not accepted by the SuperLink within "
+                    f"{self.activation_timeout:.0f} s:\n{proc.log_tail()}"
+                )
             time.sleep(0.2)
 
     def _write_cli_config(self) -> None:
@@ -277,12 +306,19 @@ class LocalFederation:
         """Run a `flwr` CLI command against this federation and parse its JSON answer."""
         cmd = [_bin("flwr"), *args, "--format", "json"]
         done = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=timeout, env=self._env(self.workdir / "homes" / "cli"), cwd=self.workdir
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self._env(self.workdir / "homes" / "cli"),
+            cwd=self.workdir,
         )
         try:
-            answer = json.loads(done.stdout[done.stdout.index("{"):])
+            answer = json.loads(done.stdout[done.stdout.index("{") :])
         except ValueError as exc:
-            raise FederationError(f"`flwr {' '.join(args)}` gave no JSON (exit {done.returncode}): {done.stdout}{done.stderr}") from exc
+            raise FederationError(
+                f"`flwr {' '.join(args)}` gave no JSON (exit {done.returncode}): {done.stdout}{done.stderr}"
+            ) from exc
         if not answer.get("success", False):
             raise FederationError(f"`flwr {' '.join(args)}` failed: {answer.get('error-message', answer)}")
         return answer

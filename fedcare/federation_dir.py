@@ -49,24 +49,32 @@ class FederationConfig:
     he: bool = False
     dns_names: tuple[str, ...] = ("localhost",)
     ip_addresses: tuple[str, ...] = ("127.0.0.1", "::1")
-    created_at: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    created_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
 
     def to_toml(self) -> dict:
         return {
             "federation": {"created-at": self.created_at, "he": self.he},
-            "superlink": {"control-address": self.control_address, "fleet-address": self.fleet_address,
-                          "dns-names": list(self.dns_names), "ip-addresses": list(self.ip_addresses)},
+            "superlink": {
+                "control-address": self.control_address,
+                "fleet-address": self.fleet_address,
+                "dns-names": list(self.dns_names),
+                "ip-addresses": list(self.ip_addresses),
+            },
             "budget": {"url": self.budget_url},
         }
 
     @classmethod
     def from_toml(cls, raw: dict) -> FederationConfig:
         fed, link, budget = raw.get("federation", {}), raw.get("superlink", {}), raw.get("budget", {})
-        return cls(control_address=link.get("control-address", DEFAULT_CONTROL_ADDRESS),
-                   fleet_address=link.get("fleet-address", f"localhost:{DEFAULT_FLEET_PORT}"),
-                   budget_url=budget.get("url", ""), he=bool(fed.get("he", False)),
-                   dns_names=tuple(link.get("dns-names", ())), ip_addresses=tuple(link.get("ip-addresses", ())),
-                   created_at=fed.get("created-at", ""))
+        return cls(
+            control_address=link.get("control-address", DEFAULT_CONTROL_ADDRESS),
+            fleet_address=link.get("fleet-address", f"localhost:{DEFAULT_FLEET_PORT}"),
+            budget_url=budget.get("url", ""),
+            he=bool(fed.get("he", False)),
+            dns_names=tuple(link.get("dns-names", ())),
+            ip_addresses=tuple(link.get("ip-addresses", ())),
+            created_at=fed.get("created-at", ""),
+        )
 
 
 @dataclass(frozen=True)
@@ -122,15 +130,19 @@ class FederationDir:
 
     def config(self) -> FederationConfig:
         if not self.exists():
-            raise FederationDirError(f"{self.root} is not a federation directory (no {CONFIG_FILE}); "
-                                     f"create one with `fedcare federation init {self.root}`")
+            raise FederationDirError(
+                f"{self.root} is not a federation directory (no {CONFIG_FILE}); "
+                f"create one with `fedcare federation init {self.root}`"
+            )
         return FederationConfig.from_toml(tomllib.loads(self.config_path.read_text()))
 
     def admin_token(self) -> str:
         try:
             return self.admin_token_file.read_text().strip()
         except FileNotFoundError:
-            raise FederationDirError(f"{self.admin_token_file} is missing; the federation directory is incomplete") from None
+            raise FederationDirError(
+                f"{self.admin_token_file} is missing; the federation directory is incomplete"
+            ) from None
 
 
 def slugify(name: str) -> str:
@@ -155,8 +167,14 @@ def split_sans(sans: list[str] | tuple[str, ...]) -> tuple[tuple[str, ...], tupl
 
 
 def init_federation(
-    root: Path, *, sans: tuple[str, ...] = ("localhost", "127.0.0.1", "::1"), control_address: str = DEFAULT_CONTROL_ADDRESS,
-    fleet_address: str | None = None, budget_url: str = DEFAULT_BUDGET_URL, he: bool = False, days: int = 825,
+    root: Path,
+    *,
+    sans: tuple[str, ...] = ("localhost", "127.0.0.1", "::1"),
+    control_address: str = DEFAULT_CONTROL_ADDRESS,
+    fleet_address: str | None = None,
+    budget_url: str = DEFAULT_BUDGET_URL,
+    he: bool = False,
+    days: int = 825,
 ) -> FederationDir:
     """Create a federation directory: CA, SuperLink certificate, HE keys (if `he`), budget admin token.
 
@@ -164,8 +182,10 @@ def init_federation(
     """
     fed = FederationDir(Path(root).resolve())
     if fed.exists():
-        raise FederationDirError(f"{fed.root} already holds a federation ({CONFIG_FILE}); issued kits trust its CA, "
-                                 "so it is never overwritten. Pick another directory or remove it yourself.")
+        raise FederationDirError(
+            f"{fed.root} already holds a federation ({CONFIG_FILE}); issued kits trust its CA, "
+            "so it is never overwritten. Pick another directory or remove it yourself."
+        )
     names, ips = split_sans(sans)
     fed.root.mkdir(parents=True, exist_ok=True)
     make_private_dir(fed.ca_key.parent)
@@ -179,8 +199,14 @@ def init_federation(
     fed.institutions_dir.mkdir(exist_ok=True)
     host = (names or ips)[0]
     default_fleet = f"[{host}]:{DEFAULT_FLEET_PORT}" if ":" in host else f"{host}:{DEFAULT_FLEET_PORT}"
-    config = FederationConfig(control_address=control_address, fleet_address=fleet_address or default_fleet,
-                              budget_url=budget_url, he=he, dns_names=names, ip_addresses=ips)
+    config = FederationConfig(
+        control_address=control_address,
+        fleet_address=fleet_address or default_fleet,
+        budget_url=budget_url,
+        he=he,
+        dns_names=names,
+        ip_addresses=ips,
+    )
     fed.config_path.write_text(tomli_w.dumps(config.to_toml()))  # written last: its presence means "complete"
     return fed
 

@@ -9,8 +9,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-he_app = typer.Typer(help="Homomorphic encryption (CKKS): make keys, decrypt the final model.",
-                     no_args_is_help=True, add_completion=False)
+he_app = typer.Typer(
+    help="Homomorphic encryption (CKKS): make keys, decrypt the final model.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 console = Console()
 errors = Console(stderr=True)
 
@@ -25,16 +28,25 @@ def _bit_sizes(text: str) -> tuple[int, ...]:
 @he_app.command()
 def keygen(
     out: Annotated[Path, typer.Option(help="Directory for hospital/ and server/ key material.")],
-    poly_modulus_degree: Annotated[int, typer.Option(help="CKKS ring degree: 4096 (default), 8192, 16384, 32768.")] = 4096,
-    coeff_mod_bit_sizes: Annotated[str, typer.Option(help="Prime sizes in bits, comma-separated; the last is SEAL's special prime.")] = "60,40",
+    poly_modulus_degree: Annotated[
+        int, typer.Option(help="CKKS ring degree: 4096 (default), 8192, 16384, 32768.")
+    ] = 4096,
+    coeff_mod_bit_sizes: Annotated[
+        str, typer.Option(help="Prime sizes in bits, comma-separated; the last is SEAL's special prime.")
+    ] = "60,40",
     scale_bits: Annotated[int, typer.Option(help="CKKS scale 2**BITS: precision below the point.")] = 40,
-    force: Annotated[bool, typer.Option("--force", help="Replace existing keys (models encrypted under them become unreadable).")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace existing keys (models encrypted under them become unreadable).")
+    ] = False,
 ) -> None:
     """Make a secret context for the hospitals and a key-free context for the server."""
     from common.he import HEConfigError, HEKeyError, HEParams, write_keys
 
-    params = HEParams(poly_modulus_degree=poly_modulus_degree, coeff_mod_bit_sizes=_bit_sizes(coeff_mod_bit_sizes),
-                      global_scale_bits=scale_bits)
+    params = HEParams(
+        poly_modulus_degree=poly_modulus_degree,
+        coeff_mod_bit_sizes=_bit_sizes(coeff_mod_bit_sizes),
+        global_scale_bits=scale_bits,
+    )
     try:
         files = write_keys(out, params, overwrite=force)
     except (HEConfigError, HEKeyError) as exc:
@@ -43,16 +55,22 @@ def keygen(
     table = Table(title=f"HE key material (key id {files.key_id})")
     for name in ("file", "give it to", "bytes", "mode"):
         table.add_column(name)
-    for path, who in ((files.hospital_context, "every hospital, and no one else (holds the SECRET key)"),
-                      (files.hospital_params, "every hospital"),
-                      (files.server_context, "the server (parameters only, no key)"),
-                      (files.server_params, "the server")):
+    for path, who in (
+        (files.hospital_context, "every hospital, and no one else (holds the SECRET key)"),
+        (files.hospital_params, "every hospital"),
+        (files.server_context, "the server (parameters only, no key)"),
+        (files.server_params, "the server"),
+    ):
         table.add_row(str(path), who, str(path.stat().st_size), oct(path.stat().st_mode & 0o777))
-    table.caption = (f"degree {params.poly_modulus_degree}, primes {list(params.coeff_mod_bit_sizes)}, scale "
-                     f"2**{params.global_scale_bits}; sums must stay within ±{params.max_abs_value:,.0f}")
+    table.caption = (
+        f"degree {params.poly_modulus_degree}, primes {list(params.coeff_mod_bit_sizes)}, scale "
+        f"2**{params.global_scale_bits}; sums must stay within ±{params.max_abs_value:,.0f}"
+    )
     console.print(table)
-    console.print("Anyone holding he-secret.ctx can read every update and the model: copy hospital/ only to hospitals, "
-                  "server/ only to the server.")
+    console.print(
+        "Anyone holding he-secret.ctx can read every update and the model: copy hospital/ only to hospitals, "
+        "server/ only to the server."
+    )
 
 
 @he_app.command()
@@ -76,8 +94,10 @@ def decrypt(
         raise typer.Exit(1) from None
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state_dict, out)
-    console.print(f"wrote {out}: run {h.run_id} round {h.server_round}, {h.contributors} hospital(s), "
-                  f"{h.num_examples} examples, {h.num_values} values")
+    console.print(
+        f"wrote {out}: run {h.run_id} round {h.server_round}, {h.contributors} hospital(s), "
+        f"{h.num_examples} examples, {h.num_values} values"
+    )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,12 @@ from fedcare.node_keys import NodeKeys, make_node_keys
 from fedcare.registry import now
 
 CA_FILE, NODE_CONFIG_FILE, TOKEN_FILE, HE_CONTEXT_FILE, HE_PARAMS_FILE = (
-    "ca.crt", "node-config.toml", "budget-token", "he-secret.ctx", "he-params.json")
+    "ca.crt",
+    "node-config.toml",
+    "budget-token",
+    "he-secret.ctx",
+    "he-params.json",
+)
 KIT_FILE, README_FILE = "kit.json", "README.md"
 
 
@@ -55,12 +60,20 @@ def write_kit(fed: FederationDir, options: KitOptions, *, config: FederationConf
         write_private(kit / HE_CONTEXT_FILE, he.hospital_context.read_bytes())
         shutil.copyfile(he.hospital_params, kit / HE_PARAMS_FILE)
     (kit / NODE_CONFIG_FILE).write_text(node_config_toml(options, root=root, he=config.he))
-    info = {"institution": options.name, "slug": kit.name, "issued-at": now(), "fleet-address": config.fleet_address,
-            "budget-url": config.budget_url, "node-key-fingerprint": keys.fingerprint, "he": config.he,
-            "node-config": options.node_config or f"{root}/{NODE_CONFIG_FILE}"}
+    info = {
+        "institution": options.name,
+        "slug": kit.name,
+        "issued-at": now(),
+        "fleet-address": config.fleet_address,
+        "budget-url": config.budget_url,
+        "node-key-fingerprint": keys.fingerprint,
+        "he": config.he,
+        "node-config": options.node_config or f"{root}/{NODE_CONFIG_FILE}",
+    }
     (kit / KIT_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    (kit / README_FILE).write_text(readme(options.name, slug=kit.name, root=root, config=config,
-                                          node_config=options.node_config))
+    (kit / README_FILE).write_text(
+        readme(options.name, slug=kit.name, root=root, config=config, node_config=options.node_config)
+    )
     return kit, keys
 
 
@@ -84,11 +97,17 @@ def write_budget_token(kit: Path, token: str) -> Path:
 
 def readme(name: str, *, slug: str, root: str, config: FederationConfig, node_config: str | None) -> str:
     node_config_arg = f"'{node_config}'" if node_config else f"{root}/{NODE_CONFIG_FILE}"
-    budget = (f"- `budget-token`: your institution's token for the budget service at {config.budget_url}; it reads only "
-              f"your own budget: `fedcare budget show --url {config.budget_url} --token \"$(cat budget-token)\"`.\n"
-              if config.budget_url else "")
-    he = "- `he-secret.ctx`: the federation's CKKS secret context. It can decrypt every update: keep it here only.\n" \
-        if config.he else ""
+    budget = (
+        f"- `budget-token`: your institution's token for the budget service at {config.budget_url}; it reads only "
+        f'your own budget: `fedcare budget show --url {config.budget_url} --token "$(cat budget-token)"`.\n'
+        if config.budget_url
+        else ""
+    )
+    he = (
+        "- `he-secret.ctx`: the federation's CKKS secret context. It can decrypt every update: keep it here only.\n"
+        if config.he
+        else ""
+    )
     return f"""# fedcare kit for {name}
 
 This folder is everything {name} needs to join the federation. Keep it private: `node.key`

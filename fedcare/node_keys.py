@@ -37,7 +37,9 @@ def fingerprint(public_openssh: bytes) -> str:
 def make_node_keys(out_dir: Path, *, comment: str) -> NodeKeys:
     """Write `node.key` (0600) and `node.pub` in `out_dir`, replacing any earlier pair."""
     key = ec.generate_private_key(ec.SECP384R1())
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     public_line = public + b" " + comment.encode() + b"\n"
     keys = NodeKeys(out_dir / PRIVATE_KEY_FILE, out_dir / PUBLIC_KEY_FILE, fingerprint(public))

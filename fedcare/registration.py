@@ -1,4 +1,6 @@
-"""Register, rotate and revoke institutions: the kit on disk, the node key at the SuperLink, the token at the budget service.
+"""Register, rotate and revoke institutions.
+
+The kit on disk, the node key at the SuperLink, the token at the budget service.
 
 The kit is always made first; the two remote halves are then attempted and,
 when a service is not running, recorded as pending in the registry. `sync`
@@ -58,7 +60,11 @@ def budget_target(fed: FederationDir, *, url: str | None = None) -> BudgetTarget
 
 
 def register_institution(
-    fed: FederationDir, options: KitOptions, *, rotate: bool = False, superlink: SuperLinkConnection | None,
+    fed: FederationDir,
+    options: KitOptions,
+    *,
+    rotate: bool = False,
+    superlink: SuperLinkConnection | None,
     budget: BudgetTarget | None,
 ) -> RegistrationReport:
     """Issue `options.name`'s kit and register it; an existing name is refused unless `rotate` (new key, new token)."""
@@ -67,17 +73,26 @@ def register_institution(
         slug = fed.kit_dir(options.name).name
         old = registry.institutions.get(slug)
         if old is not None and old.name != options.name:
-            raise RegistrationError(f"{options.name!r} and the registered {old.name!r} share the kit folder "
-                                    f"institutions/{slug}; choose a more distinct name")
+            raise RegistrationError(
+                f"{options.name!r} and the registered {old.name!r} share the kit folder "
+                f"institutions/{slug}; choose a more distinct name"
+            )
         if old is not None and not rotate:
             state = "revoked" if not old.active else "registered"
-            raise RegistrationError(f"{options.name!r} is already {state} (kit {fed.kit_dir(options.name)}); "
-                                    "pass --rotate to issue a new key and token (the old ones stop working)")
+            raise RegistrationError(
+                f"{options.name!r} is already {state} (kit {fed.kit_dir(options.name)}); "
+                "pass --rotate to issue a new key and token (the old ones stop working)"
+            )
         kit, keys = write_kit(fed, options, config=config)
         (kit / TOKEN_FILE).unlink(missing_ok=True)  # a rotated kit gets a new token, or none until sync
-        record = InstitutionRecord(name=options.name, slug=slug, epsilon_limit=options.epsilon_limit,
-                                   delta=options.delta, fingerprint=keys.fingerprint,
-                                   budget="pending" if (budget is not None or config.budget_url) else "off")
+        record = InstitutionRecord(
+            name=options.name,
+            slug=slug,
+            epsilon_limit=options.epsilon_limit,
+            delta=options.delta,
+            fingerprint=keys.fingerprint,
+            budget="pending" if (budget is not None or config.budget_url) else "off",
+        )
         if old is not None:
             record.created_at = old.created_at
             still_known = old.node_id is not None and old.superlink != "revoked"
@@ -91,8 +106,9 @@ def register_institution(
     return report
 
 
-def revoke_institution(fed: FederationDir, name: str, *, superlink: SuperLinkConnection | None,
-                       budget: BudgetTarget | None) -> RegistrationReport:
+def revoke_institution(
+    fed: FederationDir, name: str, *, superlink: SuperLinkConnection | None, budget: BudgetTarget | None
+) -> RegistrationReport:
     """Unregister the institution's node (the SuperLink drops it) and disable its budget token."""
     with Registry(fed.registry_path).locked() as registry:
         record = _find(registry, fed, name)
@@ -110,8 +126,13 @@ def revoke_institution(fed: FederationDir, name: str, *, superlink: SuperLinkCon
     return report
 
 
-def sync(fed: FederationDir, *, superlink: SuperLinkConnection | None, budget: BudgetTarget | None,
-         only: set[str] | None = None) -> list[RegistrationReport]:
+def sync(
+    fed: FederationDir,
+    *,
+    superlink: SuperLinkConnection | None,
+    budget: BudgetTarget | None,
+    only: set[str] | None = None,
+) -> list[RegistrationReport]:
     """Finish every pending registration and revocation (those of `only` slugs, if given)."""
     reports = []
     with Registry(fed.registry_path).locked() as registry:
@@ -135,8 +156,14 @@ def _find(registry: Registry, fed: FederationDir, name: str) -> InstitutionRecor
     return record
 
 
-def _complete(fed: FederationDir, record: InstitutionRecord, report: RegistrationReport, *,
-              superlink: SuperLinkConnection | None, budget: BudgetTarget | None) -> None:
+def _complete(
+    fed: FederationDir,
+    record: InstitutionRecord,
+    report: RegistrationReport,
+    *,
+    superlink: SuperLinkConnection | None,
+    budget: BudgetTarget | None,
+) -> None:
     """Do the remote work `record` still needs; what cannot be done now stays pending."""
     if superlink is not None:
         try:
@@ -156,8 +183,9 @@ def _complete(fed: FederationDir, record: InstitutionRecord, report: Registratio
     record.updated_at = now()
 
 
-def _complete_superlink(fed: FederationDir, record: InstitutionRecord, report: RegistrationReport,
-                        control: SuperLinkControl) -> None:
+def _complete_superlink(
+    fed: FederationDir, record: InstitutionRecord, report: RegistrationReport, control: SuperLinkControl
+) -> None:
     for node_id in list(record.stale_node_ids):
         control.unregister(node_id)
         record.stale_node_ids.remove(node_id)
@@ -173,15 +201,18 @@ def _complete_superlink(fed: FederationDir, record: InstitutionRecord, report: R
         report.done.append(f"SuperLink: node {record.node_id} unregistered (it can no longer connect)")
 
 
-def _complete_budget(fed: FederationDir, record: InstitutionRecord, report: RegistrationReport,
-                     client: BudgetClient) -> None:
+def _complete_budget(
+    fed: FederationDir, record: InstitutionRecord, report: RegistrationReport, client: BudgetClient
+) -> None:
     if record.budget == "pending":
         view = client.ensure_institution(record.name, record.epsilon_limit, record.delta)
         token = view.token or client.rotate_institution_token(view.id)  # existing: a new token, the old one stops
         write_budget_token(fed.kit_dir(record.name), token)
         record.budget, record.budget_institution_id = "registered", view.id
-        report.done.append(f"budget service: institution {view.id} registered, token written to the kit "
-                           f"({'new' if view.token else 'rotated'})")
+        report.done.append(
+            f"budget service: institution {view.id} registered, token written to the kit "
+            f"({'new' if view.token else 'rotated'})"
+        )
     elif record.budget == "revoke-pending":
         view = client.find_institution(record.name)
         revoked = client.revoke_institution_tokens(view.id) if view is not None else 0

@@ -7,29 +7,42 @@ commands inside containers. Secrets are written to files (0600), never printed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from fedcare.federation_dir import (
-    DEFAULT_BUDGET_URL, DEFAULT_CONTROL_ADDRESS, FederationDir, FederationDirError, init_federation,
+    DEFAULT_BUDGET_URL,
+    DEFAULT_CONTROL_ADDRESS,
+    FederationDir,
+    FederationDirError,
+    init_federation,
 )
 from fedcare.registration import RegistrationError, RegistrationReport
 
-federation_app = typer.Typer(help="A federation directory: CA, SuperLink certificate, HE keys, budget admin token.",
-                             no_args_is_help=True, add_completion=False)
-institution_app = typer.Typer(help="Hospitals: issue a kit and register it, revoke it, list them.",
-                              no_args_is_help=True, add_completion=False)
+federation_app = typer.Typer(
+    help="A federation directory: CA, SuperLink certificate, HE keys, budget admin token.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+institution_app = typer.Typer(
+    help="Hospitals: issue a kit and register it, revoke it, list them.", no_args_is_help=True, add_completion=False
+)
 console = Console()
 errors = Console(stderr=True)
 
 FederationOption = Annotated[Path, typer.Option("--federation", "-f", help="The federation directory (default: here).")]
-SuperLinkOption = Annotated[Optional[str], typer.Option(
-    "--superlink", help="The SuperLink's control API HOST:PORT (default: federation.toml's control-address).")]
-BudgetOption = Annotated[Optional[str], typer.Option(
-    "--budget-url", help="The budget service's URL (default: federation.toml's; '' for none).")]
+SuperLinkOption = Annotated[
+    str | None,
+    typer.Option(
+        "--superlink", help="The SuperLink's control API HOST:PORT (default: federation.toml's control-address)."
+    ),
+]
+BudgetOption = Annotated[
+    str | None, typer.Option("--budget-url", help="The budget service's URL (default: federation.toml's; '' for none).")
+]
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -56,21 +69,38 @@ def _print_report(report: RegistrationReport, *, verb: str) -> None:
 @federation_app.command()
 def init(
     directory: Annotated[Path, typer.Argument(help="Where to create the federation directory.")],
-    san: Annotated[Optional[list[str]], typer.Option(
-        "--san", help="A DNS name or IP address hospitals use to reach the SuperLink; repeat it. "
-                      "Default: localhost, 127.0.0.1, ::1.")] = None,
-    superlink: Annotated[str, typer.Option(
-        "--superlink", help="The SuperLink's control API as the coordinator reaches it (HOST:PORT).")] = DEFAULT_CONTROL_ADDRESS,
-    fleet_address: Annotated[Optional[str], typer.Option(
-        help="What hospitals' SuperNodes dial (HOST:PORT). Default: the first --san, port 9092.")] = None,
-    budget_url: Annotated[str, typer.Option(help="The budget service's URL; '' for a federation without one.")] = DEFAULT_BUDGET_URL,
+    san: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--san",
+            help="A DNS name or IP address hospitals use to reach the SuperLink; repeat it. "
+            "Default: localhost, 127.0.0.1, ::1.",
+        ),
+    ] = None,
+    superlink: Annotated[
+        str, typer.Option("--superlink", help="The SuperLink's control API as the coordinator reaches it (HOST:PORT).")
+    ] = DEFAULT_CONTROL_ADDRESS,
+    fleet_address: Annotated[
+        str | None,
+        typer.Option(help="What hospitals' SuperNodes dial (HOST:PORT). Default: the first --san, port 9092."),
+    ] = None,
+    budget_url: Annotated[
+        str, typer.Option(help="The budget service's URL; '' for a federation without one.")
+    ] = DEFAULT_BUDGET_URL,
     he: Annotated[bool, typer.Option("--he", help="Make CKKS keys: kits get the hospitals' secret context.")] = False,
     days: Annotated[int, typer.Option(min=1, help="Validity of the CA and SuperLink certificates, in days.")] = 825,
 ) -> None:
     """Create a federation directory: CA, SuperLink TLS certificate, HE keys (--he), budget admin token."""
     try:
-        fed = init_federation(directory, sans=tuple(san or ("localhost", "127.0.0.1", "::1")), control_address=superlink,
-                              fleet_address=fleet_address, budget_url=budget_url, he=he, days=days)
+        fed = init_federation(
+            directory,
+            sans=tuple(san or ("localhost", "127.0.0.1", "::1")),
+            control_address=superlink,
+            fleet_address=fleet_address,
+            budget_url=budget_url,
+            he=he,
+            days=days,
+        )
     except (FederationDirError, ValueError) as exc:
         raise _fail(f"no federation created: {exc}", 2) from None
     config = fed.config()
@@ -78,26 +108,33 @@ def init(
     table.add_column("file")
     table.add_column("what it is for")
     table.add_column("mode")
-    rows = [(fed.ca_certificate, "CA certificate: copied into every kit"),
-            (fed.ca_key, "CA private key: re-issues the SuperLink certificate; keep it offline"),
-            (fed.server_certificate, f"SuperLink certificate for {', '.join(config.dns_names + config.ip_addresses)}"),
-            (fed.server_key, "SuperLink private key: only the SuperLink reads it"),
-            (fed.admin_token_file, "budget service admin token (FEDCARE_ADMIN_TOKEN)")]
+    rows = [
+        (fed.ca_certificate, "CA certificate: copied into every kit"),
+        (fed.ca_key, "CA private key: re-issues the SuperLink certificate; keep it offline"),
+        (fed.server_certificate, f"SuperLink certificate for {', '.join(config.dns_names + config.ip_addresses)}"),
+        (fed.server_key, "SuperLink private key: only the SuperLink reads it"),
+        (fed.admin_token_file, "budget service admin token (FEDCARE_ADMIN_TOKEN)"),
+    ]
     if he:
-        rows += [(fed.he_dir / "hospital", "CKKS secret context: copied into kits only"),
-                 (fed.he_dir / "server", "CKKS context without keys: for the ServerApp")]
+        rows += [
+            (fed.he_dir / "hospital", "CKKS secret context: copied into kits only"),
+            (fed.he_dir / "server", "CKKS context without keys: for the ServerApp"),
+        ]
     for path, what in rows:
         table.add_row(str(path.relative_to(fed.root)), what, oct(path.stat().st_mode & 0o777))
     console.print(table)
-    console.print(f"SuperLink: start it with `--ssl-ca-certfile {fed.ca_certificate} --ssl-certfile {fed.server_certificate} "
-                  f"--ssl-keyfile {fed.server_key} --enable-supernode-auth --database <state>/superlink.db`; "
-                  f"hospitals dial {config.fleet_address}.")
+    console.print(
+        f"SuperLink: start it with `--ssl-ca-certfile {fed.ca_certificate} --ssl-certfile {fed.server_certificate} "
+        f"--ssl-keyfile {fed.server_key} --enable-supernode-auth --database <state>/superlink.db`; "
+        f"hospitals dial {config.fleet_address}."
+    )
     console.print(f"Next: `fedcare institution register NAME --epsilon-limit E --delta D --federation {fed.root}`")
 
 
 @federation_app.command("sync")
-def sync_command(federation: FederationOption = Path("."), superlink: SuperLinkOption = None,
-                 budget_url: BudgetOption = None) -> None:
+def sync_command(
+    federation: FederationOption = Path("."), superlink: SuperLinkOption = None, budget_url: BudgetOption = None
+) -> None:
     """Finish registrations and revocations left pending while the SuperLink or the budget service was down."""
     from fedcare.registration import sync
 
@@ -117,22 +154,42 @@ def sync_command(federation: FederationOption = Path("."), superlink: SuperLinkO
 
 @institution_app.command()
 def register(
-    name: Annotated[str, typer.Argument(help="The institution's name, as its ClientApp reports it and the ledger lists it.")],
-    epsilon_limit: Annotated[float, typer.Option(min=1e-9, help="Its lifetime epsilon limit (ledger and its own node).")],
+    name: Annotated[
+        str, typer.Argument(help="The institution's name, as its ClientApp reports it and the ledger lists it.")
+    ],
+    epsilon_limit: Annotated[
+        float, typer.Option(min=1e-9, help="Its lifetime epsilon limit (ledger and its own node).")
+    ],
     delta: Annotated[float, typer.Option(min=1e-12, max=0.999999, help="The delta its epsilon is stated at.")],
-    data_path: Annotated[Optional[str], typer.Option(
-        help="Its data file as the hospital sees it (default: KIT/data.csv).")] = None,
-    kit_root: Annotated[Optional[str], typer.Option(
-        help="Where the kit will live at the hospital, e.g. /kit in a container (default: its path here).")] = None,
-    node_config: Annotated[Optional[str], typer.Option(
-        help="A whole --node-config string instead of the generated node-config.toml.")] = None,
+    data_path: Annotated[
+        str | None, typer.Option(help="Its data file as the hospital sees it (default: KIT/data.csv).")
+    ] = None,
+    kit_root: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the kit will live at the hospital, e.g. /kit in a container (default: its path here)."
+        ),
+    ] = None,
+    node_config: Annotated[
+        str | None, typer.Option(help="A whole --node-config string instead of the generated node-config.toml.")
+    ] = None,
     federation: FederationOption = Path("."),
     superlink: SuperLinkOption = None,
     budget_url: BudgetOption = None,
-    rotate: Annotated[bool, typer.Option(
-        "--rotate", help="Re-issue an existing institution's kit: new node key and token; the old ones stop working.")] = False,
-    compose: Annotated[bool, typer.Option(
-        "--compose", help="Also write FEDERATION/compose/<slug>.yml, a docker compose override adding its SuperNode.")] = False,
+    rotate: Annotated[
+        bool,
+        typer.Option(
+            "--rotate",
+            help="Re-issue an existing institution's kit: new node key and token; the old ones stop working.",
+        ),
+    ] = False,
+    compose: Annotated[
+        bool,
+        typer.Option(
+            "--compose",
+            help="Also write FEDERATION/compose/<slug>.yml, a docker compose override adding its SuperNode.",
+        ),
+    ] = False,
 ) -> None:
     """Issue NAME's kit (node key pair, CA, HE context, budget token, node config, README) and register it.
 
@@ -145,8 +202,13 @@ def register(
     fed = FederationDir(federation.resolve())
     try:
         link, budget = _targets(fed, superlink, budget_url)
-        report = register_institution(fed, KitOptions(name, epsilon_limit, delta, data_path, kit_root, node_config),
-                                      rotate=rotate, superlink=link, budget=budget)
+        report = register_institution(
+            fed,
+            KitOptions(name, epsilon_limit, delta, data_path, kit_root, node_config),
+            rotate=rotate,
+            superlink=link,
+            budget=budget,
+        )
     except (FederationDirError, RegistrationError, ValueError) as exc:
         raise _fail(f"not registered: {exc}", 2) from None
     _print_report(report, verb="rotated" if rotate else "registered")
@@ -154,7 +216,9 @@ def register(
         from fedcare.compose import write_hospital_override
 
         override = write_hospital_override(fed.root, name, slug=report.kit.name, epsilon_limit=epsilon_limit)
-        console.print(f"compose override: {override} (docker compose -f docker-compose.yml -f {override} up -d {report.kit.name})")
+        console.print(
+            f"compose override: {override} (docker compose -f docker-compose.yml -f {override} up -d {report.kit.name})"
+        )
     console.print(f"Send {report.kit} to {name} over a channel you trust; it holds its private key and token.")
     if report.pending:
         raise typer.Exit(3)
@@ -197,8 +261,15 @@ def list_command(federation: FederationOption = Path(".")) -> None:
         table.add_column(column, no_wrap=column == "institution")
     for r in records:
         style = "red" if not r.active else ("yellow" if r.pending else "green")
-        table.add_row(f"[{style}]{r.name}[/]", str(r.node_id or "-"), r.superlink, r.budget, f"{r.epsilon_limit:g}",
-                      f"{r.delta:g}", "; ".join(r.pending) or "-")
+        table.add_row(
+            f"[{style}]{r.name}[/]",
+            str(r.node_id or "-"),
+            r.superlink,
+            r.budget,
+            f"{r.epsilon_limit:g}",
+            f"{r.delta:g}",
+            "; ".join(r.pending) or "-",
+        )
     if not records:
         table.caption = "none yet: `fedcare institution register NAME --epsilon-limit E --delta D`"
     console.print(table)

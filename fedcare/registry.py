@@ -28,7 +28,7 @@ FORMAT = "fedcare-registry/1"
 
 
 def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 @dataclass
@@ -84,8 +84,9 @@ class Registry:
         self.institutions = {slug: InstitutionRecord(**rec) for slug, rec in raw["institutions"].items()}
 
     def _save(self) -> None:
-        write_json_atomic(self.path, {"format": FORMAT,
-                                      "institutions": {s: asdict(r) for s, r in sorted(self.institutions.items())}})
+        write_json_atomic(
+            self.path, {"format": FORMAT, "institutions": {s: asdict(r) for s, r in sorted(self.institutions.items())}}
+        )
 
     @contextmanager
     def locked(self) -> Iterator[Registry]:

@@ -58,17 +58,25 @@ class SuperLinkControl:
     def run(self, *args: str) -> dict[str, Any]:
         """One `flwr` command with `--format json`; its answer, or SuperLinkError/SuperLinkUnavailable."""
         self._write_config()
-        env = {**os.environ, "FLWR_HOME": str(self.home), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+        env = {
+            **os.environ,
+            "FLWR_HOME": str(self.home),
+            "FLWR_TELEMETRY_ENABLED": "0",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+        }
         try:
-            done = subprocess.run([flwr_bin(), *args, "--format", "json"], capture_output=True, text=True,
-                                  timeout=self.timeout, env=env)
+            done = subprocess.run(
+                [flwr_bin(), *args, "--format", "json"], capture_output=True, text=True, timeout=self.timeout, env=env
+            )
         except subprocess.TimeoutExpired:
             raise SuperLinkUnavailable(f"`flwr {' '.join(args)}` got no answer within {self.timeout:.0f} s") from None
         try:
-            answer = json.loads(done.stdout[done.stdout.index("{"):])
+            answer = json.loads(done.stdout[done.stdout.index("{") :])
         except ValueError:
             text = (done.stdout + done.stderr).strip()
-            raise SuperLinkError(f"`flwr {' '.join(args)}` gave no JSON (exit {done.returncode}): {text[-500:]}") from None
+            raise SuperLinkError(
+                f"`flwr {' '.join(args)}` gave no JSON (exit {done.returncode}): {text[-500:]}"
+            ) from None
         if not answer.get("success", False):
             message = str(answer.get("error-message", answer)).strip()
             kind = SuperLinkUnavailable if any(m in message.lower() for m in UNREACHABLE_MARKERS) else SuperLinkError

@@ -14,7 +14,6 @@ from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
-
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
@@ -61,15 +60,21 @@ def make_rounds(ctx: RoundContext, *, weights: OrderedDict[str, np.ndarray]) -> 
         from server.he_rounds import HERounds
 
         keys = load_server_context(Path(ctx.settings.he_context))  # raises HEKeyError on a secret-key context
-        log.info("HE mode: CKKS degree %d, key set %s; the server adds ciphertexts it cannot decrypt",
-                 keys.params.poly_modulus_degree, keys.key_id)
+        log.info(
+            "HE mode: CKKS degree %d, key set %s; the server adds ciphertexts it cannot decrypt",
+            keys.params.poly_modulus_degree,
+            keys.key_id,
+        )
         return HERounds(ctx, keys, initial=weights)
     if mode == "secagg":
         from server.secagg_rounds import SecAggRounds  # Flower's legacy SecAgg+ corner
 
         return SecAggRounds.create(ctx, weights=weights)
-    log.warning("PLAIN MODE for run %d: the server reads each hospital's update (use privacy-mode \"he\" or "
-                "\"secagg\" so it only sees the sum)", ctx.run_id)
+    log.warning(
+        'PLAIN MODE for run %d: the server reads each hospital\'s update (use privacy-mode "he" or '
+        '"secagg" so it only sees the sum)',
+        ctx.run_id,
+    )
     return PlainRounds(ctx, weights)
 
 
@@ -95,7 +100,11 @@ def main(grid: Grid, context: Context) -> None:
     )
     results.save()
     if not settings.dp:
-        log.warning("DIFFERENTIAL PRIVACY IS OFF for run %d (asked for with dp=false): hospitals' updates carry no DP guarantee", grid.run.run_id)
+        log.warning(
+            "DIFFERENTIAL PRIVACY IS OFF for run %d (asked for with dp=false): "
+            "hospitals' updates carry no DP guarantee",
+            grid.run.run_id,
+        )
     log.info("run %d: results in %s", grid.run.run_id, results.path)
 
     gate = None
@@ -117,8 +126,12 @@ def main(grid: Grid, context: Context) -> None:
                 nodes, skipped = gate.select(nodes, server_round=server_round)
             if not nodes:
                 log.error("round %d failed: every hospital is out of privacy budget", server_round)
-                results.record_failed_round(server_round=server_round, reason="every hospital is out of privacy budget",
-                                            replies=SortedReplies(), skipped=skipped)
+                results.record_failed_round(
+                    server_round=server_round,
+                    reason="every hospital is out of privacy budget",
+                    replies=SortedReplies(),
+                    skipped=skipped,
+                )
                 results.save()
                 continue
             outcome = rounds.train(nodes=nodes, server_round=server_round)
@@ -130,20 +143,32 @@ def main(grid: Grid, context: Context) -> None:
             results.record_scores(after_round=scored_round, replies=replies)
             if not outcome.aggregated:
                 log.error("round %d failed: %s; the global model is unchanged", server_round, outcome.reason)
-                results.record_failed_round(server_round=server_round, reason=outcome.reason or "failed",
-                                            replies=replies, skipped=skipped, extra=outcome.extra)
+                results.record_failed_round(
+                    server_round=server_round,
+                    reason=outcome.reason or "failed",
+                    replies=replies,
+                    skipped=skipped,
+                    extra=outcome.extra,
+                )
                 results.save()
                 continue
             model_path = outcome.model_path
-            results.record_round(server_round=server_round, replies=replies, model_path=model_path, skipped=skipped,
-                                 extra=outcome.extra)
+            results.record_round(
+                server_round=server_round, replies=replies, model_path=model_path, skipped=skipped, extra=outcome.extra
+            )
             scored_round = server_round
             results.save()
-            log.info("round %d: aggregated %d update(s) from %s", server_round, len(replies.participants),
-                     ", ".join(replies.participants))
+            log.info(
+                "round %d: aggregated %d update(s) from %s",
+                server_round,
+                len(replies.participants),
+                ", ".join(replies.participants),
+            )
 
         if scored_round == 0:
-            raise RuntimeError(f"none of the {settings.num_rounds} round(s) aggregated an update; see 'rejected' per round")
+            raise RuntimeError(
+                f"none of the {settings.num_rounds} round(s) aggregated an update; see 'rejected' per round"
+            )
         nodes = wait_for_nodes(grid, minimum=settings.min_nodes, timeout=settings.node_wait_timeout)
         final = rounds.evaluate(nodes=nodes, server_round=settings.num_rounds + 1)
         _log_rejections(settings.num_rounds + 1, final)

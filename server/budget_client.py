@@ -30,8 +30,15 @@ import httpx
 log = logging.getLogger("fedcare.budget.client")
 
 EVENT_FIELDS = {
-    "run_id": str, "server_round": int, "institution": str, "noise_multiplier": float, "sample_rate": float,
-    "steps": int, "accountant": str, "epsilon": float, "delta": float,
+    "run_id": str,
+    "server_round": int,
+    "institution": str,
+    "noise_multiplier": float,
+    "sample_rate": float,
+    "steps": int,
+    "accountant": str,
+    "epsilon": float,
+    "delta": float,
 }
 OUTBOX, REJECTED, LOCK = "outbox.jsonl", "rejected.jsonl", "outbox.lock"
 MAX_BATCH = 1000
@@ -102,8 +109,17 @@ def _detail(response: httpx.Response) -> str:
 
 
 class BudgetClient:
-    def __init__(self, base_url: str, token: str, *, outbox_dir: Path | None = None, timeout: float = 5.0,
-                 retries: int = 3, backoff: float = 0.25, http: httpx.Client | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        outbox_dir: Path | None = None,
+        timeout: float = 5.0,
+        retries: int = 3,
+        backoff: float = 0.25,
+        http: httpx.Client | None = None,
+    ) -> None:
         """`http` replaces the connection (tests pass FastAPI's TestClient); it gets this client's headers."""
         self.base_url = base_url.rstrip("/")
         self.outbox_dir = Path(outbox_dir) if outbox_dir is not None else None
@@ -143,7 +159,9 @@ class BudgetClient:
                 kind = BudgetRejected if response.status_code == 422 else BudgetServiceError
                 raise kind(f"{method} {path}: {_detail(response)}", status_code=response.status_code)
             return response
-        raise BudgetServiceUnavailable(f"{method} {self.base_url}{path}: no answer after {self.retries + 1} tries ({last})")
+        raise BudgetServiceUnavailable(
+            f"{method} {self.base_url}{path}: no answer after {self.retries + 1} tries ({last})"
+        )
 
     def _get(self, path: str, **params: Any) -> Any:
         return self._request("GET", path, params=params or None).json()
@@ -187,7 +205,7 @@ class BudgetClient:
     def _deliver(self, records: list[dict[str, Any]]) -> None:
         rejected: list[tuple[dict[str, Any], str]] = []
         for start in range(0, len(records), MAX_BATCH):
-            chunk = records[start:start + MAX_BATCH]
+            chunk = records[start : start + MAX_BATCH]
             try:
                 self._request("POST", "/v1/events", json=chunk)
             except BudgetRejected as exc:
@@ -202,8 +220,9 @@ class BudgetClient:
         if rejected:
             self._append(REJECTED, [r | {"rejected_because": why} for r, why in rejected])
             reasons = "; ".join(sorted({why for _, why in rejected}))
-            raise BudgetRejected(f"{len(rejected)} event(s) refused and kept in {self.outbox_dir / REJECTED}: {reasons}",
-                                 status_code=422)
+            raise BudgetRejected(
+                f"{len(rejected)} event(s) refused and kept in {self.outbox_dir / REJECTED}: {reasons}", status_code=422
+            )
 
     def _flush_locked(self) -> int:
         if self.outbox_dir is None:
@@ -290,8 +309,9 @@ class BudgetClient:
     def ensure_institution(self, name: str, epsilon_limit: float, delta: float) -> InstitutionView:
         """Register `name` (admin token) or return the existing one; `token` is set only when created now."""
         try:
-            raw = self._request("POST", "/v1/institutions",
-                                json={"name": name, "epsilon_limit": epsilon_limit, "delta": delta}).json()
+            raw = self._request(
+                "POST", "/v1/institutions", json={"name": name, "epsilon_limit": epsilon_limit, "delta": delta}
+            ).json()
             return InstitutionView(raw["id"], raw["name"], raw["epsilon_limit"], raw["delta"], raw["token"])
         except BudgetServiceError as exc:
             if exc.status_code != 409:
@@ -299,8 +319,15 @@ class BudgetClient:
         for raw in self._get("/v1/institutions"):
             if raw["name"] == name:
                 if (raw["epsilon_limit"], raw["delta"]) != (epsilon_limit, delta):
-                    log.warning("institution %r already exists with epsilon limit %g, delta %g (asked for %g, %g); "
-                                "keeping the stored values", name, raw["epsilon_limit"], raw["delta"], epsilon_limit, delta)
+                    log.warning(
+                        "institution %r already exists with epsilon limit %g, delta %g (asked for %g, %g); "
+                        "keeping the stored values",
+                        name,
+                        raw["epsilon_limit"],
+                        raw["delta"],
+                        epsilon_limit,
+                        delta,
+                    )
                 return InstitutionView(raw["id"], raw["name"], raw["epsilon_limit"], raw["delta"], None)
         raise BudgetServiceError(f"institution {name!r} exists (409) but is not listed")
 

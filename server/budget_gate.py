@@ -40,7 +40,9 @@ class BudgetGate:
         try:
             budgets: dict[str, BudgetView] = self.client.budgets()
         except BudgetServiceError as exc:
-            log.warning("round %d: budget service unavailable (%s); relying on each hospital's own limit", server_round, exc)
+            log.warning(
+                "round %d: budget service unavailable (%s); relying on each hospital's own limit", server_round, exc
+            )
             return nodes, {}
         chosen, skipped = [], {}
         for node in nodes:
@@ -48,7 +50,9 @@ class BudgetGate:
             view = budgets.get(name) if name else None
             if view is not None and not view.can_cover_next_round:
                 nxt = f"{view.epsilon_next_round:.3f}" if view.epsilon_next_round is not None else "more"
-                reason = f"epsilon spent {view.epsilon_spent:.3f} of {view.epsilon_limit:g}; another round would reach {nxt}"
+                reason = (
+                    f"epsilon spent {view.epsilon_spent:.3f} of {view.epsilon_limit:g}; another round would reach {nxt}"
+                )
                 log.warning("round %d: skipping %s: %s", server_round, name, reason)
                 skipped[name] = reason
                 continue
@@ -66,7 +70,9 @@ class BudgetGate:
         try:
             self.client.post_events(events)
         except BudgetServiceError as exc:
-            log.warning("round %d: %d DP event(s) kept in the outbox for later delivery: %s", server_round, len(events), exc)
+            log.warning(
+                "round %d: %d DP event(s) kept in the outbox for later delivery: %s", server_round, len(events), exc
+            )
 
     def close(self) -> None:
         try:

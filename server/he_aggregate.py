@@ -16,13 +16,13 @@ from dataclasses import KW_ONLY, dataclass, field
 import tenseal as ts
 
 from common.he import (
+    MIN_PRIME_BITS,
     EncryptedUpdate,
     HEHeader,
-    MIN_PRIME_BITS,
     InvalidCiphertext,
+    chunk_lengths,
     context_facts,
     load_public_context,
-    chunk_lengths,
     num_chunks_for,
 )
 
@@ -84,26 +84,46 @@ class HEAggregator:
             candidate = self._add_chunks(bundle)
         except InvalidCiphertext as exc:
             self.rejected[institution] = str(exc)
-            log.warning("run %s round %d: rejected encrypted update from %s: %s",
-                        self.run_id, self.server_round, institution, exc)
+            log.warning(
+                "run %s round %d: rejected encrypted update from %s: %s",
+                self.run_id,
+                self.server_round,
+                institution,
+                exc,
+            )
             raise
         self._sum = candidate
         self._first = self._first or bundle.header
         self._total_examples += bundle.header.num_examples
         self.accepted.append(institution)
-        log.info("run %s round %d: added encrypted update from %s (%d examples, %d bytes)",
-                 self.run_id, self.server_round, institution, bundle.header.num_examples, bundle.nbytes)
+        log.info(
+            "run %s round %d: added encrypted update from %s (%d examples, %d bytes)",
+            self.run_id,
+            self.server_round,
+            institution,
+            bundle.header.num_examples,
+            bundle.nbytes,
+        )
         return bundle.nbytes
 
     def result(self) -> tuple[EncryptedUpdate, int]:
         """The encrypted sum (kind 'sum') and the total sample count, for the hospitals to divide by."""
         if self._sum is None or self._first is None:
-            raise EmptyAggregate(f"run {self.run_id} round {self.server_round}: no valid encrypted update "
-                                 f"(rejected: {self.rejected or 'none received'})")
+            raise EmptyAggregate(
+                f"run {self.run_id} round {self.server_round}: no valid encrypted update "
+                f"(rejected: {self.rejected or 'none received'})"
+            )
         header = HEHeader(
-            kind="sum", run_id=self.run_id, server_round=self.server_round, key_id=self._first.key_id,
-            layout=self._first.layout, num_values=self.expected_values, num_chunks=self._num_chunks, slots=self._slots,
-            num_examples=self._total_examples, contributors=len(self.accepted),
+            kind="sum",
+            run_id=self.run_id,
+            server_round=self.server_round,
+            key_id=self._first.key_id,
+            layout=self._first.layout,
+            num_values=self.expected_values,
+            num_chunks=self._num_chunks,
+            slots=self._slots,
+            num_examples=self._total_examples,
+            contributors=len(self.accepted),
         )
         return EncryptedUpdate(header, tuple(v.serialize() for v in self._sum)).sealed(), self._total_examples
 
@@ -113,20 +133,26 @@ class HEAggregator:
         if h.kind != "update":
             raise InvalidCiphertext(f"expected an encrypted update, got an encrypted {h.kind}")
         if h.run_id != self.run_id or h.server_round != self.server_round:
-            raise InvalidCiphertext(f"update is for run {h.run_id} round {h.server_round}, this is run {self.run_id} "
-                                    f"round {self.server_round} (replayed or stale)")
+            raise InvalidCiphertext(
+                f"update is for run {h.run_id} round {h.server_round}, this is run {self.run_id} "
+                f"round {self.server_round} (replayed or stale)"
+            )
         key_id = self.key_id or (self._first.key_id if self._first else None)
         if key_id is not None and h.key_id != key_id:
-            raise InvalidCiphertext(f"update is under key set {h.key_id}, the federation's is {key_id} "
-                                    "(hospital has old or foreign HE keys)")
+            raise InvalidCiphertext(
+                f"update is under key set {h.key_id}, the federation's is {key_id} "
+                "(hospital has old or foreign HE keys)"
+            )
         layout = self.layout or (self._first.layout if self._first else None)
         if layout is not None and h.layout != layout:
             raise InvalidCiphertext("update is for another model (tensor names, shapes or dtypes differ)")
         if h.num_values != self.expected_values:
             raise InvalidCiphertext(f"update has {h.num_values} values, the model has {self.expected_values}")
         if h.slots != self._slots or h.num_chunks != self._num_chunks or len(bundle.chunks) != self._num_chunks:
-            raise InvalidCiphertext(f"update has {len(bundle.chunks)} chunks of {h.slots} slots, expected "
-                                    f"{self._num_chunks} of {self._slots}")
+            raise InvalidCiphertext(
+                f"update has {len(bundle.chunks)} chunks of {h.slots} slots, expected "
+                f"{self._num_chunks} of {self._slots}"
+            )
         if not 1 <= h.num_examples <= MAX_EXAMPLES:
             raise InvalidCiphertext(f"sample count {h.num_examples} is out of range 1..{MAX_EXAMPLES}")
         if h.contributors != 1:
@@ -145,12 +171,15 @@ class HEAggregator:
 
     def _load_chunk(self, i: int, blob: bytes, length: int) -> ts.CKKSVector:
         if not 0 < len(blob) <= self._max_chunk_bytes:
-            raise InvalidCiphertext(f"chunk {i} is {len(blob)} bytes; a ciphertext here is at most {self._max_chunk_bytes}")
+            raise InvalidCiphertext(
+                f"chunk {i} is {len(blob)} bytes; a ciphertext here is at most {self._max_chunk_bytes}"
+            )
         try:
             vec = ts.ckks_vector_from(self._ctx, blob)
         except Exception as exc:  # TenSEAL/SEAL raise ValueError or RuntimeError from C++
-            raise InvalidCiphertext(f"chunk {i} does not deserialize under the federation's CKKS parameters: "
-                                    f"{exc}") from exc
+            raise InvalidCiphertext(
+                f"chunk {i} does not deserialize under the federation's CKKS parameters: {exc}"
+            ) from exc
         if vec.size() != length:
             raise InvalidCiphertext(f"chunk {i} holds {vec.size()} values, expected {length}")
         cts = vec.ciphertext()
@@ -164,6 +193,7 @@ class HEAggregator:
         if ct.is_transparent():
             raise InvalidCiphertext(f"chunk {i} is transparent: it is not encrypted at all")
         if not math.isclose(ct.scale, self._scale, rel_tol=1e-9):
-            raise InvalidCiphertext(f"chunk {i} has scale 2**{math.log2(ct.scale):.2f}, expected "
-                                    f"2**{math.log2(self._scale):.2f}")
+            raise InvalidCiphertext(
+                f"chunk {i} has scale 2**{math.log2(ct.scale):.2f}, expected 2**{math.log2(self._scale):.2f}"
+            )
         return vec

@@ -8,8 +8,8 @@ secret key, so the server cannot read an update, the sum, or the final model.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,8 +43,15 @@ class HERounds:
         self._num_values = int(flatten(self.initial).size)
 
     def privacy_facts(self) -> dict[str, Any]:
-        return {"mode": self.mode, "he": {"scheme": "CKKS", **self.keys.params.to_dict(), "key_id": self.keys.key_id,
-                                          "model_values": self._num_values}}
+        return {
+            "mode": self.mode,
+            "he": {
+                "scheme": "CKKS",
+                **self.keys.params.to_dict(),
+                "key_id": self.keys.key_id,
+                "model_values": self._num_values,
+            },
+        }
 
     def _content(self, server_round: int) -> tuple[RecordDict, int]:
         """The round's message and the bytes of the model it carries."""
@@ -57,16 +64,21 @@ class HERounds:
 
     def train(self, *, nodes: list[int], server_round: int) -> RoundOutcome:
         aggregator = HEAggregator(
-            self.keys.context_bytes, expected_values=self._num_values, run_id=self.ctx.run_id, server_round=server_round,
-            key_id=self.keys.key_id, layout=self._layout,
+            self.keys.context_bytes,
+            expected_values=self._num_values,
+            run_id=self.ctx.run_id,
+            server_round=server_round,
+            key_id=self.keys.key_id,
+            layout=self._layout,
         )
 
         def accept(msg: Message, institution: str, num_examples: int) -> None:
             try:
                 bundle = take_bundle(msg.content)
                 if bundle.header.num_examples != num_examples:
-                    raise InvalidCiphertext(f"ciphertext header says {bundle.header.num_examples} examples, the "
-                                            f"metrics say {num_examples}")
+                    raise InvalidCiphertext(
+                        f"ciphertext header says {bundle.header.num_examples} examples, the metrics say {num_examples}"
+                    )
                 aggregator.add(bundle, institution=institution)
             except InvalidCiphertext as exc:
                 raise RejectedPayload("invalid-ciphertext", str(exc)) from exc
@@ -74,7 +86,9 @@ class HERounds:
         content, model_bytes = self._content(server_round)
         replies = sort_replies(
             self.ctx.send(content, nodes=nodes, message_type=MessageType.TRAIN, server_round=server_round),
-            reference=None, expect_update=True, accept=accept,
+            reference=None,
+            expect_update=True,
+            accept=accept,
         )
         extra = {"bytes_sent": dict(sorted(aggregator.bytes_received.items())), "model_bytes_to_each": model_bytes}
         if not replies.participants:
@@ -89,8 +103,11 @@ class HERounds:
         return RoundOutcome(replies, model_path=path, extra=extra)
 
     def _refused_by_all(self, replies: SortedReplies) -> bool:
-        return (self.global_sum is not None and bool(replies.rejections)
-                and all(r.code == "bad-global-model" for r in replies.rejections))
+        return (
+            self.global_sum is not None
+            and bool(replies.rejections)
+            and all(r.code == "bad-global-model" for r in replies.rejections)
+        )
 
     def _go_back(self, server_round: int) -> str:
         """Every hospital refused the encrypted model: a contribution to it was altered after encryption
@@ -100,8 +117,10 @@ class HERounds:
         bad = self.global_sum.header.server_round
         self.global_sum, self.previous_sum = self.previous_sum, None
         back = f"round {self.global_sum.header.server_round}'s model" if self.global_sum else "the initial model"
-        reason = (f"every hospital refused the encrypted model of round {bad} (it fails their integrity checks: a "
-                  f"contribution was altered after encryption); going back to {back}")
+        reason = (
+            f"every hospital refused the encrypted model of round {bad} (it fails their integrity checks: a "
+            f"contribution was altered after encryption); going back to {back}"
+        )
         log.error("round %d: %s", server_round, reason)
         return reason
 
@@ -109,14 +128,17 @@ class HERounds:
         content, _ = self._content(server_round)
         return sort_replies(
             self.ctx.send(content, nodes=nodes, message_type=MessageType.EVALUATE, server_round=server_round),
-            reference=None, expect_update=False,
+            reference=None,
+            expect_update=False,
         )
 
     def save_final(self) -> Path:
         """The encrypted final model: only a hospital can decrypt it (`fedcare he decrypt`)."""
         if self.global_sum is None:
-            raise RuntimeError("no encrypted model survived the run: the last aggregated one was refused by every "
-                               "hospital and nothing was aggregated after it")
+            raise RuntimeError(
+                "no encrypted model survived the run: the last aggregated one was refused by every "
+                "hospital and nothing was aggregated after it"
+            )
         path = self.ctx.run_dir / "final_model.he"
         write_bytes_atomic(path, self.global_sum.to_bytes())
         return path

@@ -23,7 +23,9 @@ def wait_for_nodes(grid: Grid, *, minimum: int, timeout: float) -> list[int]:
         if len(nodes) >= minimum:
             return nodes
         if time.monotonic() > deadline:
-            raise TimeoutError(f"only {len(nodes)} of the required {minimum} hospitals connected within {timeout:.0f} s")
+            raise TimeoutError(
+                f"only {len(nodes)} of the required {minimum} hospitals connected within {timeout:.0f} s"
+            )
         log.info("waiting for hospitals: %d of %d connected", len(nodes), minimum)
         time.sleep(2.0)
 
@@ -54,7 +56,13 @@ def message_config(settings: RunSettings, schema: DatasetSchema, server_round: i
 
 
 def exchange(
-    grid: Grid, *, nodes: list[int], content: RecordDict, message_type: str, server_round: int, timeout: float,
+    grid: Grid,
+    *,
+    nodes: list[int],
+    content: RecordDict,
+    message_type: str,
+    server_round: int,
+    timeout: float,
     poll_interval: float,
 ) -> Iterator[Message]:
     """Push one message per node and yield replies as they are pulled, until all arrive or `timeout` passes.

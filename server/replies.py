@@ -102,7 +102,9 @@ def sort_replies(
         if not who.startswith("node-"):
             out.node_institutions[node_id] = who
         if msg.has_error():
-            out.rejections.append(Rejection(who, node_id, "node-error", msg.error.reason or f"error code {msg.error.code}"))
+            out.rejections.append(
+                Rejection(who, node_id, "node-error", msg.error.reason or f"error code {msg.error.code}")
+            )
             continue
         status = msg.content.get("status")
         if status is None or not bool(status.get("ok", False)):

@@ -7,17 +7,17 @@ file that says how far it got.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from common.atomic import write_json_atomic
-from server.replies import SortedReplies
 from server.fedavg import weighted_mean
+from server.replies import SortedReplies
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @dataclass

@@ -49,8 +49,15 @@ class RoundContext:
         return self.grid.run.run_id
 
     def send(self, content: RecordDict, *, nodes: list[int], message_type: str, server_round: int) -> Iterator[Message]:
-        return exchange(self.grid, nodes=nodes, content=content, message_type=message_type, server_round=server_round,
-                        timeout=self.settings.round_timeout, poll_interval=self.settings.poll_interval)
+        return exchange(
+            self.grid,
+            nodes=nodes,
+            content=content,
+            message_type=message_type,
+            server_round=server_round,
+            timeout=self.settings.round_timeout,
+            poll_interval=self.settings.poll_interval,
+        )
 
     def config(self, server_round: int) -> RecordDict:
         return RecordDict({"config": message_config(self.settings, self.schema, server_round)})
@@ -88,7 +95,9 @@ class PlainRounds:
 
     def train(self, *, nodes: list[int], server_round: int) -> RoundOutcome:
         replies = sort_replies(
-            self.ctx.send(self._content(server_round), nodes=nodes, message_type=MessageType.TRAIN, server_round=server_round),
+            self.ctx.send(
+                self._content(server_round), nodes=nodes, message_type=MessageType.TRAIN, server_round=server_round
+            ),
             reference=self.weights,
             expect_update=True,
         )
@@ -101,7 +110,9 @@ class PlainRounds:
 
     def evaluate(self, *, nodes: list[int], server_round: int) -> SortedReplies:
         return sort_replies(
-            self.ctx.send(self._content(server_round), nodes=nodes, message_type=MessageType.EVALUATE, server_round=server_round),
+            self.ctx.send(
+                self._content(server_round), nodes=nodes, message_type=MessageType.EVALUATE, server_round=server_round
+            ),
             reference=None,
             expect_update=False,
         )

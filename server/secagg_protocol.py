@@ -101,14 +101,17 @@ class _OneRoundStrategy:
         self._grid, self._nodes = grid, nodes
         self.average: list[np.ndarray] | None = None
 
-    def configure_fit(self, server_round: int, parameters: Parameters, client_manager: Any) -> list[tuple[ClientProxy, FitIns]]:
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: Any
+    ) -> list[tuple[ClientProxy, FitIns]]:
         # The global model and fedcare's config are added to the masked-vectors stage's messages by
         # _PrunedSecAggPlus, under the same record names as plain mode; the FitIns stays empty.
         empty = FitIns(Parameters(tensors=[], tensor_type=""), {})
         return [(GridClientProxy(node, self._grid, self._grid.run.run_id), empty) for node in self._nodes]
 
-    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
-                      failures: list[Any]) -> tuple[Parameters | None, dict[str, Any]]:
+    def aggregate_fit(
+        self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: list[Any]
+    ) -> tuple[Parameters | None, dict[str, Any]]:
         if results:  # the workflow put the unmasked average into every FitRes
             self.average = parameters_to_ndarrays(results[0][1].parameters)
             return results[0][1].parameters, {}
@@ -118,12 +121,17 @@ class _OneRoundStrategy:
 class _PrunedSecAggPlus(SecAggPlusWorkflow):
     """Flower's workflow, minus nodes that left before sharing keys, with failures that say why."""
 
-    def __init__(self, *, settings: RunSettings, model_content: RecordDict, check_replies: CheckReplies,
-                 outcome: SecAggRound) -> None:
+    def __init__(
+        self, *, settings: RunSettings, model_content: RecordDict, check_replies: CheckReplies, outcome: SecAggRound
+    ) -> None:
         super().__init__(
-            settings.num_shares, settings.reconstruction_threshold, max_weight=settings.max_weight,
-            clipping_range=settings.clipping_range, quantization_range=settings.quantization_range,
-            modulus_range=SECAGG_MODULUS, timeout=settings.secagg_timeout,
+            settings.num_shares,
+            settings.reconstruction_threshold,
+            max_weight=settings.max_weight,
+            clipping_range=settings.clipping_range,
+            quantization_range=settings.quantization_range,
+            modulus_range=SECAGG_MODULUS,
+            timeout=settings.secagg_timeout,
         )
         self._model_content, self._check_replies, self._outcome = model_content, check_replies, outcome
 
@@ -135,14 +143,23 @@ class _PrunedSecAggPlus(SecAggPlusWorkflow):
         self._outcome.answered[stage] = answered
         if forget_silent:
             state.sampled_node_ids = state.sampled_node_ids & answered
-            state.nid_to_neighbours = {nid: nbrs & answered for nid, nbrs in state.nid_to_neighbours.items()
-                                       if nid in answered}
-        short = sorted(nid for nid in state.sampled_node_ids
-                       if len(state.nid_to_neighbours[nid] & state.active_node_ids) < state.threshold)
+            state.nid_to_neighbours = {
+                nid: nbrs & answered for nid, nbrs in state.nid_to_neighbours.items() if nid in answered
+            }
+        short = sorted(
+            nid
+            for nid in state.sampled_node_ids
+            if len(state.nid_to_neighbours[nid] & state.active_node_ids) < state.threshold
+        )
         if short:
-            self._outcome.failure = SecAggFailed(stage, (
-                f"{len(answered)} of {len(state.sampled_node_ids)} hospitals answered; node(s) {short} have fewer than "
-                f"reconstruction-threshold={state.threshold} live neighbours, so their masks could not be removed"))
+            self._outcome.failure = SecAggFailed(
+                stage,
+                (
+                    f"{len(answered)} of {len(state.sampled_node_ids)} hospitals answered; "
+                    f"node(s) {short} have fewer than "
+                    f"reconstruction-threshold={state.threshold} live neighbours, so their masks could not be removed"
+                ),
+            )
             return False
         return True
 
@@ -167,8 +184,9 @@ class _PrunedSecAggPlus(SecAggPlusWorkflow):
         for nid in state.active_node_ids:
             for name, record in self._model_content.items():
                 state.nid_to_fitins[nid][name] = record
-        self._timed("masked-vectors",
-                    lambda: super(_PrunedSecAggPlus, self).collect_masked_vectors_stage(grid, context, state))
+        self._timed(
+            "masked-vectors", lambda: super(_PrunedSecAggPlus, self).collect_masked_vectors_stage(grid, context, state)
+        )
         self._outcome.masked_replies = list(cast(_StageGrid, grid).last)
         if not self._after("masked-vectors", state, forget_silent=False):
             return False
@@ -183,26 +201,40 @@ class _PrunedSecAggPlus(SecAggPlusWorkflow):
         ok = self._timed("unmask", lambda: super(_PrunedSecAggPlus, self).unmask_stage(grid, context, state))
         self._outcome.answered["unmask"] = set(state.active_node_ids)
         if not ok:
-            self._outcome.failure = SecAggFailed("unmask", (
-                f"only {len(state.active_node_ids)} of {expected} hospitals returned their key shares; a secret needs "
-                f"reconstruction-threshold={state.threshold} shares, so the masks could not be removed"))
+            self._outcome.failure = SecAggFailed(
+                "unmask",
+                (
+                    f"only {len(state.active_node_ids)} of {expected} hospitals returned their key shares; "
+                    "a secret needs "
+                    f"reconstruction-threshold={state.threshold} shares, so the masks could not be removed"
+                ),
+            )
         return ok
 
 
-def run_secagg_round(*, grid: Grid, settings: RunSettings, nodes: list[int], server_round: int,
-                     model_content: RecordDict, check_replies: CheckReplies) -> SecAggRound:
+def run_secagg_round(
+    *,
+    grid: Grid,
+    settings: RunSettings,
+    nodes: list[int],
+    server_round: int,
+    model_content: RecordDict,
+    check_replies: CheckReplies,
+) -> SecAggRound:
     """Run the four SecAgg+ stages on exactly `nodes`; never raises for a protocol failure, reports it."""
     outcome = SecAggRound()
     strategy = _OneRoundStrategy(grid, nodes)
-    state = RecordDict({MAIN_CONFIGS_RECORD: ConfigRecord({Key.CURRENT_ROUND: server_round}),
-                        MAIN_PARAMS_RECORD: ArrayRecord()})
+    state = RecordDict(
+        {MAIN_CONFIGS_RECORD: ConfigRecord({Key.CURRENT_ROUND: server_round}), MAIN_PARAMS_RECORD: ArrayRecord()}
+    )
     context = LegacyContext(
         Context(run_id=grid.run.run_id, node_id=0, node_config={}, state=state, run_config={}),
         config=ServerConfig(num_rounds=1),
         strategy=cast(Strategy, strategy),
     )
-    workflow = _PrunedSecAggPlus(settings=settings, model_content=model_content, check_replies=check_replies,
-                                 outcome=outcome)
+    workflow = _PrunedSecAggPlus(
+        settings=settings, model_content=model_content, check_replies=check_replies, outcome=outcome
+    )
     stage_grid = _StageGrid(grid, poll_interval=settings.poll_interval)
     try:
         workflow(cast(Grid, stage_grid), context)

@@ -26,8 +26,9 @@ def quantization_step(*, clipping_range: float, quantization_range: int) -> floa
     return 2.0 * clipping_range / quantization_range
 
 
-def error_bound(*, clipping_range: float, quantization_range: int, max_weight: float,
-                num_examples: Sequence[int]) -> float:
+def error_bound(
+    *, clipping_range: float, quantization_range: int, max_weight: float, num_examples: Sequence[int]
+) -> float:
     """Largest absolute difference, per model value, between SecAgg+'s average of these hospitals'
     updates and the exact FedAvg of the same updates."""
     counts = [n for n in num_examples if n > 0]
@@ -37,10 +38,13 @@ def error_bound(*, clipping_range: float, quantization_range: int, max_weight: f
     quantized = [round(n / max_weight * quantization_range) / quantization_range for n in counts]
     total_q, total_n = sum(quantized), float(sum(counts))
     if total_q <= 0:
-        raise ValueError(f"example counts {counts} are too small against max-weight {max_weight:g}: every quantized "
-                         "weight is 0")
+        raise ValueError(
+            f"example counts {counts} are too small against max-weight {max_weight:g}: every quantized weight is 0"
+        )
     rounding = len(counts) * step / total_q
-    weighting = sum(clipping_range / d * abs(d / total_q - n / total_n) for d, n in zip(quantized, counts) if d > 0)
+    weighting = sum(
+        clipping_range / d * abs(d / total_q - n / total_n) for d, n in zip(quantized, counts, strict=False) if d > 0
+    )
     return rounding + weighting
 
 
@@ -56,5 +60,5 @@ def quantization_facts(settings: RunSettings) -> dict[str, Any]:
         # Every hospital with max_weight examples: each averaged value is off by less than one step.
         "error_bound_at_max_weight": step,
         "error_bound_note": "per averaged value: < quantization_step * max_weight / (mean training examples per "
-                            "hospital); each round records its own bound",
+        "hospital); each round records its own bound",
     }

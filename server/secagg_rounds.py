@@ -31,7 +31,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from common.codecs import InvalidUpdate, check_update, from_numpy, save_weights
 from common.settings import SECAGG_MODULUS
 from server.messaging import exchange
-from server.replies import Rejection, RejectedPayload, SortedReplies, sort_replies
+from server.replies import RejectedPayload, Rejection, SortedReplies, sort_replies
 from server.rounds import RoundContext, RoundOutcome
 from server.secagg_protocol import STAGES, SecAggRound, run_secagg_round
 from server.secagg_quantization import error_bound, quantization_facts
@@ -60,8 +60,10 @@ class _MaskedReplies:
         # inside the sum, and SecAgg+ cannot take it out again.
         in_sum = [r for r in self.replies.rejections if r.code in ("invalid-update", "no-status")]
         if in_sum:
-            return ("the masked sum includes update(s) whose reply is invalid, and SecAgg+ cannot take them out: "
-                    + "; ".join(f"{r.institution}: {r.reason}" for r in in_sum))
+            return (
+                "the masked sum includes update(s) whose reply is invalid, and SecAgg+ cannot take them out: "
+                + "; ".join(f"{r.institution}: {r.reason}" for r in in_sum)
+            )
         if not self.replies.participants:
             return "no hospital contributed an update (every one refused or failed)"
         return None
@@ -79,19 +81,32 @@ class SecAggRounds:
     def create(cls, ctx: RoundContext, *, weights: OrderedDict[str, np.ndarray]) -> SecAggRounds:
         s = ctx.settings
         facts = quantization_facts(s)
-        log.info("SecAgg+ mode for run %d: the server learns only the sum; %d shares, threshold %d, stage timeout "
-                 "%.0f s; quantization step %.3g (clipping-range %g, quantization-range %d): each averaged value is "
-                 "off by < %.3g x max-weight / mean examples per hospital", ctx.run_id, s.num_shares,
-                 s.reconstruction_threshold, s.secagg_timeout, facts["quantization_step"], s.clipping_range,
-                 s.quantization_range, facts["quantization_step"])
+        log.info(
+            "SecAgg+ mode for run %d: the server learns only the sum; %d shares, threshold %d, stage timeout "
+            "%.0f s; quantization step %.3g (clipping-range %g, quantization-range %d): each averaged value is "
+            "off by < %.3g x max-weight / mean examples per hospital",
+            ctx.run_id,
+            s.num_shares,
+            s.reconstruction_threshold,
+            s.secagg_timeout,
+            facts["quantization_step"],
+            s.clipping_range,
+            s.quantization_range,
+            facts["quantization_step"],
+        )
         return cls(ctx, weights)
 
     def privacy_facts(self) -> dict[str, Any]:
         s = self.ctx.settings
-        return {"mode": self.mode, "secagg": {
-            "num_shares": s.num_shares, "reconstruction_threshold": s.reconstruction_threshold,
-            "timeout": s.secagg_timeout, "quantization": quantization_facts(s),
-        }}
+        return {
+            "mode": self.mode,
+            "secagg": {
+                "num_shares": s.num_shares,
+                "reconstruction_threshold": s.reconstruction_threshold,
+                "timeout": s.secagg_timeout,
+                "quantization": quantization_facts(s),
+            },
+        }
 
     # ---- who takes part ------------------------------------------------------------------------
     def _who(self, node: int) -> str:
@@ -100,8 +115,15 @@ class SecAggRounds:
     def _ping(self, nodes: list[int], *, server_round: int) -> set[int]:
         """Nodes that answer a liveness query within the stage timeout."""
         content = RecordDict({"config": ConfigRecord({"server-round": server_round})})
-        replies = exchange(self.ctx.grid, nodes=nodes, content=content, message_type=LIVENESS, server_round=server_round,
-                           timeout=self.ctx.settings.secagg_timeout, poll_interval=self.ctx.settings.poll_interval)
+        replies = exchange(
+            self.ctx.grid,
+            nodes=nodes,
+            content=content,
+            message_type=LIVENESS,
+            server_round=server_round,
+            timeout=self.ctx.settings.secagg_timeout,
+            poll_interval=self.ctx.settings.poll_interval,
+        )
         answered = set()
         for reply in replies:
             if not reply.has_error():
@@ -118,8 +140,11 @@ class SecAggRounds:
             for node in back:
                 log.info("round %d: %s answers again and takes part", server_round, self._who(node))
                 del self.suspects[node]
-        excluded = {self._who(n): f"left out: {why}; no answer to a liveness ping within "
-                                  f"{self.ctx.settings.secagg_timeout:.0f} s" for n, why in self.suspects.items()}
+        excluded = {
+            self._who(n): f"left out: {why}; no answer to a liveness ping within "
+            f"{self.ctx.settings.secagg_timeout:.0f} s"
+            for n, why in self.suspects.items()
+        }
         for who, why in excluded.items():
             log.warning("round %d: %s %s", server_round, who, why)
         return [n for n in nodes if n not in self.suspects], excluded
@@ -129,8 +154,14 @@ class SecAggRounds:
         checked = _MaskedReplies()
         content = self.ctx.config(server_round)
         content["arrays"] = from_numpy(self.weights)
-        result = run_secagg_round(grid=self.ctx.grid, settings=self.ctx.settings, nodes=nodes, server_round=server_round,
-                                  model_content=content, check_replies=checked)
+        result = run_secagg_round(
+            grid=self.ctx.grid,
+            settings=self.ctx.settings,
+            nodes=nodes,
+            server_round=server_round,
+            model_content=content,
+            check_replies=checked,
+        )
         return result, checked
 
     def train(self, *, nodes: list[int], server_round: int) -> RoundOutcome:
@@ -139,18 +170,30 @@ class SecAggRounds:
         extra: dict[str, Any] = {"secagg": {"excluded": excluded}}
         need = max(2, s.reconstruction_threshold)
         if len(live) < need:
-            return RoundOutcome(SortedReplies(), reason=f"only {len(live)} live hospital(s); SecAgg+ needs {need} "
-                                f"(reconstruction-threshold {s.reconstruction_threshold})", extra=extra)
+            return RoundOutcome(
+                SortedReplies(),
+                reason=f"only {len(live)} live hospital(s); SecAgg+ needs {need} "
+                f"(reconstruction-threshold {s.reconstruction_threshold})",
+                extra=extra,
+            )
         if len(live) * s.quantization_range >= SECAGG_MODULUS:
-            return RoundOutcome(SortedReplies(), reason=f"{len(live)} hospitals x quantization-range "
-                                f"{s.quantization_range} reaches 2**32: the masked sum would wrap; lower "
-                                "quantization-range", extra=extra)
+            return RoundOutcome(
+                SortedReplies(),
+                reason=f"{len(live)} hospitals x quantization-range "
+                f"{s.quantization_range} reaches 2**32: the masked sum would wrap; lower "
+                "quantization-range",
+                extra=extra,
+            )
         result, checked = self._attempt(live, server_round)
         failure = result.failure
         survivors = sorted(result.answered.get(failure.stage, set())) if failure else []
         if failure and failure.stage in ("setup", "share-keys") and need <= len(survivors) < len(live):
-            log.warning("round %d: %s; nobody trained yet, retrying once with the %d hospitals that answered",
-                        server_round, failure, len(survivors))
+            log.warning(
+                "round %d: %s; nobody trained yet, retrying once with the %d hospitals that answered",
+                server_round,
+                failure,
+                len(survivors),
+            )
             why = f"no reply to SecAgg+ stage '{failure.stage}' of round {server_round}, first attempt"
             self._suspect(set(live) - set(survivors), why)
             extra["secagg"]["excluded"].update({self._who(n): why for n in set(live) - set(survivors)})
@@ -163,27 +206,40 @@ class SecAggRounds:
         for node in nodes:
             self.suspects.setdefault(node, why)
 
-    def _finish(self, result: SecAggRound, checked: _MaskedReplies, *, live: list[int], server_round: int,
-                extra: dict[str, Any]) -> RoundOutcome:
+    def _finish(
+        self, result: SecAggRound, checked: _MaskedReplies, *, live: list[int], server_round: int, extra: dict[str, Any]
+    ) -> RoundOutcome:
         s, replies = self.ctx.settings, checked.replies
         self.institutions.update(result.institutions)
         self.institutions.update(replies.node_institutions)
         missed: dict[int, str] = {}
         for stage in STAGES:  # in protocol order: a node is blamed for the first stage it missed
             for node in set(live) - result.answered.get(stage, set(live)):
-                missed.setdefault(node, f"no usable reply to SecAgg+ stage '{stage}' of round {server_round} "
-                                        f"(no reply within {s.secagg_timeout:.0f} s)")
+                missed.setdefault(
+                    node,
+                    f"no usable reply to SecAgg+ stage '{stage}' of round {server_round} "
+                    f"(no reply within {s.secagg_timeout:.0f} s)",
+                )
         for node, why in sorted(missed.items()):
             self._suspect({node}, why)
             replies.rejections.append(Rejection(self._who(node), node, "dropped-out", why))
         info = extra["secagg"]
-        info.update({"hospitals": len(live), "answered": {k: len(v) for k, v in result.answered.items()},
-                     "stage_seconds": result.seconds})
+        info.update(
+            {
+                "hospitals": len(live),
+                "answered": {k: len(v) for k, v in result.answered.items()},
+                "stage_seconds": result.seconds,
+            }
+        )
         if result.failure is not None or result.average is None:
             reason = str(result.failure) if result.failure else "no aggregate"
             return RoundOutcome(replies, reason=reason, extra=extra)
-        bound = error_bound(clipping_range=s.clipping_range, quantization_range=s.quantization_range,
-                            max_weight=s.max_weight, num_examples=checked.counts)
+        bound = error_bound(
+            clipping_range=s.clipping_range,
+            quantization_range=s.quantization_range,
+            max_weight=s.max_weight,
+            num_examples=checked.counts,
+        )
         info["quantization_error_bound"] = bound
         try:
             average = self._named(result.average)
@@ -192,15 +248,22 @@ class SecAggRounds:
         self.weights = average
         path = self.ctx.run_dir / "models" / f"round-{server_round}.pt"
         save_weights(self.weights, path)
-        log.info("round %d: SecAgg+ sum of %d update(s); quantization error per value < %.3g; stages %s",
-                 server_round, len(checked.counts), bound, result.seconds)
+        log.info(
+            "round %d: SecAgg+ sum of %d update(s); quantization error per value < %.3g; stages %s",
+            server_round,
+            len(checked.counts),
+            bound,
+            result.seconds,
+        )
         return RoundOutcome(replies, model_path=path, extra=extra)
 
     def _named(self, average: list[np.ndarray]) -> OrderedDict[str, np.ndarray]:
         if len(average) != len(self.weights):
             raise InvalidUpdate(f"{len(average)} tensors, the model has {len(self.weights)}")
-        named = OrderedDict((name, np.asarray(value).astype(ref.dtype).reshape(ref.shape))
-                            for (name, ref), value in zip(self.weights.items(), average))
+        named = OrderedDict(
+            (name, np.asarray(value).astype(ref.dtype).reshape(ref.shape))
+            for (name, ref), value in zip(self.weights.items(), average, strict=False)
+        )
         check_update(named, reference=self.weights)
         return named
 
@@ -211,7 +274,8 @@ class SecAggRounds:
         content["arrays"] = from_numpy(self.weights)
         return sort_replies(
             self.ctx.send(content, nodes=live, message_type=MessageType.EVALUATE, server_round=server_round),
-            reference=None, expect_update=False,
+            reference=None,
+            expect_update=False,
         )
 
     def save_final(self) -> Path:

@@ -22,9 +22,24 @@ from server.budget.core import accounting
 from server.budget.core.db import begin_write
 from server.budget.core.security import Principal, Role, hash_token, new_token
 from server.budget.models import (
-    AggregatorCreated, ApiToken, BudgetPublic, EventCreate, EventOutcome, EventPage, EventPublic, EventsWritten,
-    Institution, InstitutionCreate, InstitutionCreated, InstitutionPublic, InstitutionToken, PrivacyEvent, RunBudget,
-    RunInstitutionSpending, TokensRevoked, utcnow,
+    AggregatorCreated,
+    ApiToken,
+    BudgetPublic,
+    EventCreate,
+    EventOutcome,
+    EventPage,
+    EventPublic,
+    EventsWritten,
+    Institution,
+    InstitutionCreate,
+    InstitutionCreated,
+    InstitutionPublic,
+    InstitutionToken,
+    PrivacyEvent,
+    RunBudget,
+    RunInstitutionSpending,
+    TokensRevoked,
+    utcnow,
 )
 
 log = logging.getLogger("fedcare.budget")
@@ -56,20 +71,28 @@ def create_institution(*, session: Session, payload: InstitutionCreate) -> Insti
     session.add(institution)
     session.flush()
     token = new_token()
-    session.add(ApiToken(token_hash=hash_token(token), role=Role.institution, name=payload.name, institution_id=institution.id))
+    session.add(
+        ApiToken(token_hash=hash_token(token), role=Role.institution, name=payload.name, institution_id=institution.id)
+    )
     try:
         session.commit()
     except IntegrityError:
         session.rollback()
         raise DuplicateName(f"an institution named {payload.name!r} already exists") from None
-    log.info("registered institution %r (id %d, epsilon limit %g, delta %g)", institution.name, institution.id,
-             institution.epsilon_limit, institution.delta)
+    log.info(
+        "registered institution %r (id %d, epsilon limit %g, delta %g)",
+        institution.name,
+        institution.id,
+        institution.epsilon_limit,
+        institution.delta,
+    )
     return InstitutionCreated(**InstitutionPublic.model_validate(institution).model_dump(), token=token)
 
 
 def _delete_institution_tokens(session: Session, institution: Institution) -> int:
-    result = session.execute(delete(ApiToken).where(ApiToken.institution_id == institution.id,
-                                                    ApiToken.role == Role.institution))
+    result = session.execute(
+        delete(ApiToken).where(ApiToken.institution_id == institution.id, ApiToken.role == Role.institution)
+    )
     return int(result.rowcount or 0)
 
 
@@ -84,16 +107,25 @@ def revoke_institution_tokens(*, session: Session, institution_id: int) -> Token
 
 
 def rotate_institution_token(*, session: Session, institution_id: int) -> InstitutionToken:
-    """A new token for the institution (a re-issued kit, or one re-admitted after revocation); earlier ones stop working."""
+    """A new token for the institution (a re-issued kit, or one re-admitted after revocation).
+
+    Earlier ones stop working."""
     begin_write(session)
     institution = _institution(session, institution_id)
     revoked = _delete_institution_tokens(session, institution)
     token = new_token()
-    session.add(ApiToken(token_hash=hash_token(token), role=Role.institution, name=institution.name,
-                         institution_id=institution.id))
+    session.add(
+        ApiToken(
+            token_hash=hash_token(token), role=Role.institution, name=institution.name, institution_id=institution.id
+        )
+    )
     session.commit()
-    log.info("issued a new token for institution %r (id %d); %d earlier token(s) revoked", institution.name,
-             institution.id, revoked)
+    log.info(
+        "issued a new token for institution %r (id %d); %d earlier token(s) revoked",
+        institution.name,
+        institution.id,
+        revoked,
+    )
     return InstitutionToken(institution_id=institution.id, institution=institution.name, token=token)
 
 
@@ -149,10 +181,17 @@ def budget_of(institution: Institution) -> BudgetPublic:
     spent, limit = institution.epsilon_spent, institution.epsilon_limit
     next_round = institution.epsilon_next_round
     return BudgetPublic(
-        institution_id=institution.id, institution=institution.name, epsilon_spent=spent, epsilon_limit=limit,
-        epsilon_remaining=max(0.0, limit - spent), delta=institution.delta, rounds=institution.rounds,
-        last_event_at=institution.last_event_at, epsilon_recomputed=institution.epsilon_recomputed,
-        epsilon_reported=institution.epsilon_reported_max, epsilon_next_round=next_round,
+        institution_id=institution.id,
+        institution=institution.name,
+        epsilon_spent=spent,
+        epsilon_limit=limit,
+        epsilon_remaining=max(0.0, limit - spent),
+        delta=institution.delta,
+        rounds=institution.rounds,
+        last_event_at=institution.last_event_at,
+        epsilon_recomputed=institution.epsilon_recomputed,
+        epsilon_reported=institution.epsilon_reported_max,
+        epsilon_next_round=next_round,
         can_cover_next_round=(next_round <= limit) if next_round is not None else spent < limit,
         flagged_events=institution.flagged_events,
     )
@@ -162,9 +201,16 @@ def list_events(*, session: Session, institution_id: int, limit: int, offset: in
     _institution(session, institution_id)
     where = PrivacyEvent.institution_id == institution_id
     total = session.scalar(select(func.count()).select_from(PrivacyEvent).where(where)) or 0
-    rows = list(session.scalars(select(PrivacyEvent).where(where).order_by(PrivacyEvent.id).limit(limit).offset(offset)))
-    return EventPage(items=[EventPublic.of(r) for r in rows], total=total, limit=limit, offset=offset,
-                     next_offset=offset + len(rows) if offset + len(rows) < total else None)
+    rows = list(
+        session.scalars(select(PrivacyEvent).where(where).order_by(PrivacyEvent.id).limit(limit).offset(offset))
+    )
+    return EventPage(
+        items=[EventPublic.of(r) for r in rows],
+        total=total,
+        limit=limit,
+        offset=offset,
+        next_offset=offset + len(rows) if offset + len(rows) < total else None,
+    )
 
 
 def _history(session: Session, institution_id: int) -> dict[tuple[float, float], int]:
@@ -178,7 +224,13 @@ def _history(session: Session, institution_id: int) -> dict[tuple[float, float],
 
 def _same_numbers(row: PrivacyEvent, event: EventCreate) -> bool:
     return (row.noise_multiplier, row.sample_rate, row.steps, row.accountant, row.epsilon_reported, row.delta) == (
-        event.noise_multiplier, event.sample_rate, event.steps, event.accountant, event.epsilon, event.delta)
+        event.noise_multiplier,
+        event.sample_rate,
+        event.steps,
+        event.accountant,
+        event.epsilon,
+        event.delta,
+    )
 
 
 @dataclass
@@ -195,18 +247,28 @@ class _Spending:
 def _assess(institution: Institution, event: EventCreate, history: dict) -> _Spending:
     acc = event.accountant
     recomputed = accounting.cumulative_epsilon(history, accountant=acc, delta=event.delta)
-    at_own_delta = recomputed if event.delta == institution.delta else accounting.cumulative_epsilon(
-        history, accountant=acc, delta=institution.delta)
+    at_own_delta = (
+        recomputed
+        if event.delta == institution.delta
+        else accounting.cumulative_epsilon(history, accountant=acc, delta=institution.delta)
+    )
     spent = max(institution.epsilon_spent, at_own_delta, institution.epsilon_reported_max, event.epsilon)
-    again = accounting.with_event(history, noise_multiplier=event.noise_multiplier, sample_rate=event.sample_rate,
-                                  steps=event.steps)
-    next_round = spent + max(0.0, accounting.cumulative_epsilon(again, accountant=acc, delta=institution.delta) - at_own_delta)
+    again = accounting.with_event(
+        history, noise_multiplier=event.noise_multiplier, sample_rate=event.sample_rate, steps=event.steps
+    )
+    next_round = spent + max(
+        0.0, accounting.cumulative_epsilon(again, accountant=acc, delta=institution.delta) - at_own_delta
+    )
     reasons = []
     if accounting.under_reported(reported=event.epsilon, recomputed=recomputed):
-        reasons.append(f"under-reported: the client says epsilon {event.epsilon:.6g} but its {institution.rounds + 1} "
-                       f"stored event(s) give {recomputed:.6g} ({acc}, delta {event.delta:g})")
+        reasons.append(
+            f"under-reported: the client says epsilon {event.epsilon:.6g} but its {institution.rounds + 1} "
+            f"stored event(s) give {recomputed:.6g} ({acc}, delta {event.delta:g})"
+        )
     if event.delta != institution.delta:
-        reasons.append(f"delta mismatch: reported at delta {event.delta:g}, the institution's delta is {institution.delta:g}")
+        reasons.append(
+            f"delta mismatch: reported at delta {event.delta:g}, the institution's delta is {institution.delta:g}"
+        )
     return _Spending(recomputed, at_own_delta, spent, next_round, reasons)
 
 
@@ -239,8 +301,9 @@ def record_batches(*, session: Session, batches: list[list[EventCreate]]) -> lis
 def _written(results: list[tuple[str, PrivacyEvent]]) -> EventsWritten:
     outcomes = [EventOutcome(outcome=outcome, event=EventPublic.of(row)) for outcome, row in results]
     counts = {k: sum(o.outcome == k for o in outcomes) for k in ("created", "duplicate", "conflict")}
-    return EventsWritten(created=counts["created"], duplicates=counts["duplicate"], conflicts=counts["conflict"],
-                         results=outcomes)
+    return EventsWritten(
+        created=counts["created"], duplicates=counts["duplicate"], conflicts=counts["conflict"], results=outcomes
+    )
 
 
 def _record(session: Session, events: list[EventCreate]) -> list[tuple[str, PrivacyEvent]]:
@@ -249,39 +312,63 @@ def _record(session: Session, events: list[EventCreate]) -> list[tuple[str, Priv
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update()
     institutions = {i.name: i for i in session.scalars(query)}
-    unknown = [f"events[{i}].institution {e.institution!r}" for i, e in enumerate(events) if e.institution not in institutions]
+    unknown = [
+        f"events[{i}].institution {e.institution!r}" for i, e in enumerate(events) if e.institution not in institutions
+    ]
     if unknown:
-        raise UnknownInstitution(f"unknown institution: {', '.join(unknown[:10])}; register it first (POST /v1/institutions)")
+        raise UnknownInstitution(
+            f"unknown institution: {', '.join(unknown[:10])}; register it first (POST /v1/institutions)"
+        )
 
     histories: dict[int, dict] = {}
     results: list[tuple[str, PrivacyEvent]] = []
     for event in events:
         institution = institutions[event.institution]
-        stored = session.scalar(select(PrivacyEvent).where(
-            PrivacyEvent.run_id == event.run_id, PrivacyEvent.server_round == event.server_round,
-            PrivacyEvent.institution_id == institution.id))
+        stored = session.scalar(
+            select(PrivacyEvent).where(
+                PrivacyEvent.run_id == event.run_id,
+                PrivacyEvent.server_round == event.server_round,
+                PrivacyEvent.institution_id == institution.id,
+            )
+        )
         if stored is not None:
             outcome = "duplicate" if _same_numbers(stored, event) else "conflict"
             if outcome == "conflict":
-                log.warning("run %s round %d %s: a retry with other numbers was ignored; the stored event stands "
-                            "(stored epsilon %g, retried %g)", event.run_id, event.server_round, institution.name,
-                            stored.epsilon_reported, event.epsilon)
+                log.warning(
+                    "run %s round %d %s: a retry with other numbers was ignored; the stored event stands "
+                    "(stored epsilon %g, retried %g)",
+                    event.run_id,
+                    event.server_round,
+                    institution.name,
+                    stored.epsilon_reported,
+                    event.epsilon,
+                )
             results.append((outcome, stored))
             continue
         history = histories.get(institution.id)
         if history is None:
             history = _history(session, institution.id)
-        history = accounting.with_event(history, noise_multiplier=event.noise_multiplier,
-                                        sample_rate=event.sample_rate, steps=event.steps)
+        history = accounting.with_event(
+            history, noise_multiplier=event.noise_multiplier, sample_rate=event.sample_rate, steps=event.steps
+        )
         histories[institution.id] = history
         spending = _assess(institution, event, history)
         now = utcnow()
         row = PrivacyEvent(
-            run_id=event.run_id, server_round=event.server_round, institution=institution,
-            noise_multiplier=event.noise_multiplier, sample_rate=event.sample_rate, steps=event.steps,
-            accountant=event.accountant, epsilon_reported=event.epsilon, delta=event.delta, received_at=now,
-            epsilon_recomputed=spending.recomputed, epsilon_spent_after=spending.spent,
-            flagged=bool(spending.reasons), flag_reason="; ".join(spending.reasons) or None,
+            run_id=event.run_id,
+            server_round=event.server_round,
+            institution=institution,
+            noise_multiplier=event.noise_multiplier,
+            sample_rate=event.sample_rate,
+            steps=event.steps,
+            accountant=event.accountant,
+            epsilon_reported=event.epsilon,
+            delta=event.delta,
+            received_at=now,
+            epsilon_recomputed=spending.recomputed,
+            epsilon_spent_after=spending.spent,
+            flagged=bool(spending.reasons),
+            flag_reason="; ".join(spending.reasons) or None,
         )
         session.add(row)
         institution.epsilon_recomputed = spending.institution_recomputed
@@ -292,8 +379,13 @@ def _record(session: Session, events: list[EventCreate]) -> list[tuple[str, Priv
         institution.flagged_events += bool(spending.reasons)
         institution.last_event_at = now
         if spending.reasons:
-            log.warning("run %s round %d %s: event flagged: %s", event.run_id, event.server_round, institution.name,
-                        row.flag_reason)
+            log.warning(
+                "run %s round %d %s: event flagged: %s",
+                event.run_id,
+                event.server_round,
+                institution.name,
+                row.flag_reason,
+            )
         session.flush()
         results.append(("created", row))
     return results
@@ -310,34 +402,58 @@ def run_budget(*, session: Session, run_id: str, institution_id: int | None = No
         raise NotFound(f"no events recorded for run {run_id!r}")
     spending = []
     for inst_id, rows in by_institution.items():
-        before = session.scalar(
-            select(PrivacyEvent.epsilon_spent_after)
-            .where(PrivacyEvent.institution_id == inst_id, PrivacyEvent.id < rows[0].id)
-            .order_by(PrivacyEvent.id.desc()).limit(1)
-        ) or 0.0
+        before = (
+            session.scalar(
+                select(PrivacyEvent.epsilon_spent_after)
+                .where(PrivacyEvent.institution_id == inst_id, PrivacyEvent.id < rows[0].id)
+                .order_by(PrivacyEvent.id.desc())
+                .limit(1)
+            )
+            or 0.0
+        )
         after = max(r.epsilon_spent_after for r in rows)
-        spending.append(RunInstitutionSpending(
-            institution_id=inst_id, institution=rows[0].institution.name, rounds=len(rows),
-            first_round=min(r.server_round for r in rows), last_round=max(r.server_round for r in rows),
-            epsilon_before=before, epsilon_after=after, epsilon_spent_in_run=max(0.0, after - before),
-            flagged_events=sum(r.flagged for r in rows),
-        ))
+        spending.append(
+            RunInstitutionSpending(
+                institution_id=inst_id,
+                institution=rows[0].institution.name,
+                rounds=len(rows),
+                first_round=min(r.server_round for r in rows),
+                last_round=max(r.server_round for r in rows),
+                epsilon_before=before,
+                epsilon_after=after,
+                epsilon_spent_in_run=max(0.0, after - before),
+                flagged_events=sum(r.flagged for r in rows),
+            )
+        )
     return RunBudget(run_id=run_id, institutions=sorted(spending, key=lambda s: s.institution))
 
 
 def dashboard_data(*, session: Session, only: int | None, points: int) -> list[dict]:
-    """Per institution: its budget figures and (round over all runs, epsilon spent after it) for its last `points` events."""
+    """Per institution: its budget figures and, for its last `points` events,
+    (round over all runs, epsilon spent after it)."""
     out = []
     for institution in _institutions(session, only):
-        rows = list(session.execute(
-            select(PrivacyEvent.epsilon_spent_after).where(PrivacyEvent.institution_id == institution.id)
-            .order_by(PrivacyEvent.id.desc()).limit(points)
-        ).scalars())
+        rows = list(
+            session.execute(
+                select(PrivacyEvent.epsilon_spent_after)
+                .where(PrivacyEvent.institution_id == institution.id)
+                .order_by(PrivacyEvent.id.desc())
+                .limit(points)
+            ).scalars()
+        )
         first = institution.rounds - len(rows) + 1
-        out.append({"id": institution.id, "name": institution.name, "limit": institution.epsilon_limit,
-                    "spent": institution.epsilon_spent, "delta": institution.delta, "rounds": institution.rounds,
-                    "flagged": institution.flagged_events,
-                    "points": [(first + i, eps) for i, eps in enumerate(reversed(rows))]})
+        out.append(
+            {
+                "id": institution.id,
+                "name": institution.name,
+                "limit": institution.epsilon_limit,
+                "spent": institution.epsilon_spent,
+                "delta": institution.delta,
+                "rounds": institution.rounds,
+                "flagged": institution.flagged_events,
+                "points": [(first + i, eps) for i, eps in enumerate(reversed(rows))],
+            }
+        )
     return out
 
 

@@ -46,7 +46,9 @@ def _run_as() -> str | None:
             return user
         except KeyError:
             continue
-    raise PostgresUnavailable("running as root and there is neither a 'postgres' nor a 'nobody' user to run PostgreSQL as")
+    raise PostgresUnavailable(
+        "running as root and there is neither a 'postgres' nor a 'nobody' user to run PostgreSQL as"
+    )
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,9 @@ class LocalPostgres:
         """Create `name` (dropping an old one) and return its SQLAlchemy URL."""
         import psycopg
 
-        with psycopg.connect(host=self.host, port=self.port, user=self.user, dbname="postgres", autocommit=True) as conn:
+        with psycopg.connect(
+            host=self.host, port=self.port, user=self.user, dbname="postgres", autocommit=True
+        ) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
@@ -82,8 +86,10 @@ def running_postgres(*, port: int | None = None, durable: bool = True) -> Iterat
     """
     bin_dir = find_postgres_bin()
     if bin_dir is None:
-        raise PostgresUnavailable("initdb/pg_ctl not found on PATH nor under /usr/lib/postgresql/*/bin; "
-                                  "install them with `apt-get install -y postgresql`")
+        raise PostgresUnavailable(
+            "initdb/pg_ctl not found on PATH nor under /usr/lib/postgresql/*/bin; "
+            "install them with `apt-get install -y postgresql`"
+        )
     user = _run_as()
     base = Path(tempfile.mkdtemp(prefix="fedcare-pg-", dir="/tmp"))
     data, log = base / "data", base / "server.log"
@@ -93,13 +99,37 @@ def running_postgres(*, port: int | None = None, durable: bool = True) -> Iterat
     port = port or free_port()
     started = False
     try:
-        _check(_command([str(bin_dir / "initdb"), "-D", str(data), "-U", "fedcare", "-A", "trust", "-E", "UTF8",
-                         "--no-sync", "--no-instructions"], user), "initdb", log)
+        _check(
+            _command(
+                [
+                    str(bin_dir / "initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    "fedcare",
+                    "-A",
+                    "trust",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                    "--no-instructions",
+                ],
+                user,
+            ),
+            "initdb",
+            log,
+        )
         options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c max_connections=200"
         if not durable:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        _check(_command([str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(log), "-w", "-t", "60",
-                         "start"], user), "pg_ctl start", log)
+        _check(
+            _command(
+                [str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(log), "-w", "-t", "60", "start"],
+                user,
+            ),
+            "pg_ctl start",
+            log,
+        )
         started = True
         yield LocalPostgres(host="127.0.0.1", port=port, user="fedcare", base_dir=base)
     finally:
@@ -112,8 +142,11 @@ def _stop(bin_dir: Path, data: Path, user: str | None) -> None:
     """Fast shutdown, then immediate, then SIGKILL: a test session must never leave a server behind."""
     for mode in ("fast", "immediate"):
         try:
-            subprocess.run(_command([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", mode, "-w", "-t", "30", "stop"], user),
-                           capture_output=True, timeout=45)
+            subprocess.run(
+                _command([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", mode, "-w", "-t", "30", "stop"], user),
+                capture_output=True,
+                timeout=45,
+            )
         except subprocess.TimeoutExpired:
             continue
         if not (data / "postmaster.pid").exists():
@@ -129,5 +162,6 @@ def _check(command: list[str], what: str, log: Path) -> None:
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
         server_log = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-        raise PostgresUnavailable(f"{what} failed ({result.returncode}): {result.stderr.strip() or result.stdout.strip()}"
-                                  f"\n{server_log}")
+        raise PostgresUnavailable(
+            f"{what} failed ({result.returncode}): {result.stderr.strip() or result.stdout.strip()}\n{server_log}"
+        )

@@ -56,8 +56,10 @@ async def _ledger_error(request: Request, exc: crud.LedgerError) -> JSONResponse
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return JSONResponse(status_code=HTTP_422_UNPROCESSABLE_CONTENT,
-                        content={"detail": describe_validation_error(exc), "errors": jsonable_errors(exc)})
+    return JSONResponse(
+        status_code=HTTP_422_UNPROCESSABLE_CONTENT,
+        content={"detail": describe_validation_error(exc), "errors": jsonable_errors(exc)},
+    )
 
 
 def jsonable_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
@@ -90,16 +92,21 @@ def create_app(settings: BudgetSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessions = sessions
-    read_sessions = None if settings.is_sqlite else make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
-    app.state.ledger = Ledger(sessions, read_sessions=read_sessions, serialize_writes=settings.is_sqlite,
-                              write_threads=settings.write_threads)
+    read_sessions = (
+        None if settings.is_sqlite else make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
+    )
+    app.state.ledger = Ledger(
+        sessions, read_sessions=read_sessions, serialize_writes=settings.is_sqlite, write_threads=settings.write_threads
+    )
     app.state.admin_digest = hash_token(settings.admin_token.get_secret_value())
     app.state.token_cache = TokenCache(settings.token_cache_seconds)
     app.state.metrics = metrics = BudgetMetrics(sessions)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(crud.LedgerError, _ledger_error)
-    app.add_middleware(LatencyMiddleware, observe=lambda m, route, status, seconds: metrics.requests.labels(
-        m, route, str(status)).observe(seconds))
+    app.add_middleware(
+        LatencyMiddleware,
+        observe=lambda m, route, status, seconds: metrics.requests.labels(m, route, str(status)).observe(seconds),
+    )
     app.include_router(api_router)
     app.include_router(site_router)
     log.info("budget service ready on %s", engine.url.render_as_string(hide_password=True))

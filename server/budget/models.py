@@ -8,12 +8,22 @@ institution's spending after it, and a flag when the report was too low.
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
 from sqlalchemy import (
-    BigInteger, Boolean, DateTime, Double, ForeignKey, Index, Integer, String, Text, TypeDecorator, UniqueConstraint,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -22,7 +32,7 @@ MAX_BATCH = 1000
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class UTCDateTime(TypeDecorator):
@@ -32,11 +42,11 @@ class UTCDateTime(TypeDecorator):
     cache_ok = True
 
     def process_bind_param(self, value, dialect):
-        return value.astimezone(timezone.utc) if value is not None else None
+        return value.astimezone(UTC) if value is not None else None
 
     def process_result_value(self, value, dialect):
         if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
+            return value.replace(tzinfo=UTC)
         return value
 
 
@@ -105,6 +115,7 @@ class PrivacyEvent(Base):
 
 
 # ---------------------------------------------------------------- API schemas
+
 
 def _finite(name: str, value: float) -> float:
     if not math.isfinite(value):
@@ -233,17 +244,28 @@ class EventPublic(EventBase):
     @classmethod
     def of(cls, row: PrivacyEvent) -> EventPublic:
         return cls(
-            id=row.id, run_id=row.run_id, server_round=row.server_round, institution=row.institution.name,
-            noise_multiplier=row.noise_multiplier, sample_rate=row.sample_rate, steps=row.steps,
-            accountant=row.accountant, epsilon=row.epsilon_reported, delta=row.delta, received_at=row.received_at,
-            epsilon_recomputed=row.epsilon_recomputed, epsilon_spent_after=row.epsilon_spent_after,
-            flagged=row.flagged, flag_reason=row.flag_reason,
+            id=row.id,
+            run_id=row.run_id,
+            server_round=row.server_round,
+            institution=row.institution.name,
+            noise_multiplier=row.noise_multiplier,
+            sample_rate=row.sample_rate,
+            steps=row.steps,
+            accountant=row.accountant,
+            epsilon=row.epsilon_reported,
+            delta=row.delta,
+            received_at=row.received_at,
+            epsilon_recomputed=row.epsilon_recomputed,
+            epsilon_spent_after=row.epsilon_spent_after,
+            flagged=row.flagged,
+            flag_reason=row.flag_reason,
         )
 
 
 class EventOutcome(BaseModel):
     outcome: Literal["created", "duplicate", "conflict"] = Field(
-        description="created; duplicate (same key, same numbers); conflict (same key, other numbers: the stored event wins)"
+        description="created; duplicate (same key, same numbers); "
+        "conflict (same key, other numbers: the stored event wins)"
     )
     event: EventPublic
 
@@ -285,4 +307,5 @@ class Health(BaseModel):
     database: str
     version: str
     accounting: Literal["ready", "warming"] = Field(
-        description="'warming' while Opacus loads after a start (seconds); writes wait for it meanwhile")
+        description="'warming' while Opacus loads after a start (seconds); writes wait for it meanwhile"
+    )

@@ -81,8 +81,20 @@ def running_budget_service(
         "FEDCARE_BUDGET_DEVELOPMENT": "1" if development else "0",
         "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p),
     }
-    command = [sys.executable, "-m", "fedcare.budget_cli", "serve", "--host", host, "--port", str(port),
-               "--log-level", log_level, "--workers", str(workers)]
+    command = [
+        sys.executable,
+        "-m",
+        "fedcare.budget_cli",
+        "serve",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--log-level",
+        log_level,
+        "--workers",
+        str(workers),
+    ]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
     try:
@@ -101,7 +113,9 @@ def _wait_healthy(proc: subprocess.Popen, url: str, log_path: Path, *, timeout: 
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise BudgetServiceStartError(
-                    f"the budget service exited with code {proc.returncode} before answering; its log:\n{_tail(log_path)}")
+                    f"the budget service exited with code {proc.returncode} before answering; "
+                    f"its log:\n{_tail(log_path)}"
+                )
             try:
                 response = http.get(f"{url}/healthz", headers={"Connection": "close"})
                 ready = response.status_code == 200 and (not accounting or response.json()["accounting"] == "ready")
@@ -112,5 +126,6 @@ def _wait_healthy(proc: subprocess.Popen, url: str, log_path: Path, *, timeout: 
                 return
             time.sleep(0.05 if ready else 0.1)
     stop_process(proc)
-    raise BudgetServiceStartError(f"the budget service did not answer {url}/healthz within {timeout:.0f} s; "
-                                  f"its log:\n{_tail(log_path)}")
+    raise BudgetServiceStartError(
+        f"the budget service did not answer {url}/healthz within {timeout:.0f} s; its log:\n{_tail(log_path)}"
+    )

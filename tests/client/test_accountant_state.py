@@ -12,14 +12,25 @@ DELTA = 1e-5
 
 
 def _event(sigma: float, q: float, steps: int, eps: float, rnd: int) -> DPEvent:
-    return DPEvent(noise_multiplier=sigma, sample_rate=q, steps=steps, accountant="rdp", epsilon=eps, delta=DELTA, run_id=7, server_round=rnd)
+    return DPEvent(
+        noise_multiplier=sigma,
+        sample_rate=q,
+        steps=steps,
+        accountant="rdp",
+        epsilon=eps,
+        delta=DELTA,
+        run_id=7,
+        server_round=rnd,
+    )
 
 
 def test_epsilon_after_rounds_equals_a_fresh_opacus_accountant_fed_the_same_steps(tmp_path: Path) -> None:
     rounds = [(1.1, 0.08, 24), (1.1, 0.08, 24), (0.9, 0.1, 20)]
     ledger = HospitalAccountant.for_institution(tmp_path, "st-mary")
     for i, (sigma, q, steps) in enumerate(rounds, start=1):
-        projected = ledger.projected_epsilon(noise_multiplier=sigma, sample_rate=q, steps=steps, accountant="rdp", delta=DELTA)
+        projected = ledger.projected_epsilon(
+            noise_multiplier=sigma, sample_rate=q, steps=steps, accountant="rdp", delta=DELTA
+        )
         ledger.commit(_event(sigma, q, steps, projected, i))
 
     reference = RDPAccountant()
@@ -27,7 +38,9 @@ def test_epsilon_after_rounds_equals_a_fresh_opacus_accountant_fed_the_same_step
         for _ in range(steps):
             reference.step(noise_multiplier=sigma, sample_rate=q)
     reloaded = HospitalAccountant.for_institution(tmp_path, "st-mary")
-    assert reloaded.epsilon(accountant="rdp", delta=DELTA) == pytest.approx(reference.get_epsilon(delta=DELTA), rel=1e-9)
+    assert reloaded.epsilon(accountant="rdp", delta=DELTA) == pytest.approx(
+        reference.get_epsilon(delta=DELTA), rel=1e-9
+    )
     assert reloaded.events[-1]["epsilon"] == pytest.approx(reference.get_epsilon(delta=DELTA), rel=1e-9)
     assert [e["server_round"] for e in reloaded.events] == [1, 2, 3]
 
@@ -58,13 +71,24 @@ def test_the_state_file_is_an_opacus_state_dict_and_written_atomically(tmp_path:
     [
         ("{not json", "unreadable"),
         ('{"format": "something-else"}', "not a fedcare accountant file"),
-        ('{"format": "fedcare-accountant/1", "institution": "other-hospital", "state": {"history": []}}', "belongs to 'other-hospital'"),
-        ('{"format": "fedcare-accountant/1", "institution": "st-mary", "state": {"history": [[1.0, 2.0, 3]]}}', "out of range"),
-        ('{"format": "fedcare-accountant/1", "institution": "st-mary", "state": {"history": [["x"]]}}', "history entry 0"),
+        (
+            '{"format": "fedcare-accountant/1", "institution": "other-hospital", "state": {"history": []}}',
+            "belongs to 'other-hospital'",
+        ),
+        (
+            '{"format": "fedcare-accountant/1", "institution": "st-mary", "state": {"history": [[1.0, 2.0, 3]]}}',
+            "out of range",
+        ),
+        (
+            '{"format": "fedcare-accountant/1", "institution": "st-mary", "state": {"history": [["x"]]}}',
+            "history entry 0",
+        ),
         ('{"format": "fedcare-accountant/1", "institution": "st-mary"}', "missing 'state'"),
     ],
 )
-def test_a_corrupt_or_foreign_state_file_is_refused_with_a_clear_error(tmp_path: Path, content: str, message: str) -> None:
+def test_a_corrupt_or_foreign_state_file_is_refused_with_a_clear_error(
+    tmp_path: Path, content: str, message: str
+) -> None:
     (tmp_path / "privacy-accountant.json").write_text(content)
     with pytest.raises(AccountantStateError, match=message) as info:
         HospitalAccountant.for_institution(tmp_path, "st-mary")

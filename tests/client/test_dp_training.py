@@ -50,21 +50,36 @@ def _mlp(seed: int = 0) -> TabularMLP:
     return TabularMLP(in_features=30, num_classes=2)
 
 
-def _private_sgd(base: nn.Module, x: torch.Tensor, y: torch.Tensor, *, max_grad_norm: float, noise: float = 0.0,
-                 mode: str = "hooks", device: torch.device = CPU):
+def _private_sgd(
+    base: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    max_grad_norm: float,
+    noise: float = 0.0,
+    mode: str = "hooks",
+    device: torch.device = CPU,
+):
     """A copy of `base` made private with plain SGD(lr=1), so a step's update is exactly the DP gradient."""
     model = copy.deepcopy(base).to(device)
     loader = DataLoader(TensorDataset(x, y), batch_size=len(y))
     engine = PrivacyEngine()
     private = engine.make_private(
-        module=model, optimizer=torch.optim.SGD(model.parameters(), lr=1.0), criterion=nn.CrossEntropyLoss(),
-        data_loader=loader, noise_multiplier=noise, max_grad_norm=max_grad_norm, grad_sample_mode=mode,
+        module=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
+        criterion=nn.CrossEntropyLoss(),
+        data_loader=loader,
+        noise_multiplier=noise,
+        max_grad_norm=max_grad_norm,
+        grad_sample_mode=mode,
     )
     return model, engine, private
 
 
 def _update(model: nn.Module, base: nn.Module) -> torch.Tensor:
-    return torch.cat([(p.detach().cpu() - q.detach()).flatten() for p, q in zip(model.parameters(), base.parameters())])
+    return torch.cat(
+        [(p.detach().cpu() - q.detach()).flatten() for p, q in zip(model.parameters(), base.parameters(), strict=False)]
+    )
 
 
 def _relative_error(a: torch.Tensor, reference: torch.Tensor) -> float:
@@ -144,8 +159,18 @@ def test_fp16_dp_step_on_cuda(breast_cancer: HospitalData) -> None:
 def test_bf16_dp_training_lowers_the_loss(breast_cancer: HospitalData) -> None:
     model = _mlp()
     before = evaluate(model, breast_cancer, device=CPU).loss
-    outcome = train_private(model, breast_cancer, batch_size=64, epochs=5, learning_rate=5e-3, noise_multiplier=0.5,
-                            max_grad_norm=1.0, amp="bf16", device=CPU, seed=0)
+    outcome = train_private(
+        model,
+        breast_cancer,
+        batch_size=64,
+        epochs=5,
+        learning_rate=5e-3,
+        noise_multiplier=0.5,
+        max_grad_norm=1.0,
+        amp="bf16",
+        device=CPU,
+        seed=0,
+    )
     after = evaluate(model, breast_cancer, device=CPU).loss
     assert (outcome.amp, outcome.grad_sample_mode, outcome.skipped_steps) == ("bf16", "ghost", 0)
     assert after < 0.7 * before
@@ -175,16 +200,36 @@ def test_train_private_counts_skipped_steps_and_leaves_weights_alone(breast_canc
     overflowing = HospitalData(features=breast_cancer.features[:100] * 1e5, labels=breast_cancer.labels[:100])
     model = _mlp()
     before = copy.deepcopy(model.state_dict())
-    outcome = train_private(model, overflowing, batch_size=25, epochs=2, learning_rate=1e-3, noise_multiplier=1.0,
-                            max_grad_norm=1.0, amp="fp16", device=CPU, seed=0)
+    outcome = train_private(
+        model,
+        overflowing,
+        batch_size=25,
+        epochs=2,
+        learning_rate=1e-3,
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        amp="fp16",
+        device=CPU,
+        seed=0,
+    )
     _, planned = plan_round(num_examples=100, batch_size=25, epochs=2)
     assert (outcome.steps, outcome.skipped_steps) == (0, planned)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_fp16_training_takes_every_planned_step(breast_cancer: HospitalData) -> None:
-    outcome = train_private(_mlp(), breast_cancer, batch_size=64, epochs=2, learning_rate=1e-3, noise_multiplier=1.0,
-                            max_grad_norm=1.0, amp="fp16", device=CPU, seed=0)
+    outcome = train_private(
+        _mlp(),
+        breast_cancer,
+        batch_size=64,
+        epochs=2,
+        learning_rate=1e-3,
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        amp="fp16",
+        device=CPU,
+        seed=0,
+    )
     assert (outcome.amp, outcome.grad_sample_mode) == ("fp16", "hooks")
     assert (outcome.steps, outcome.skipped_steps) == (plan_round(num_examples=569, batch_size=64, epochs=2)[1], 0)
 
@@ -198,11 +243,24 @@ def test_plan_round_matches_the_steps_and_rate_opacus_takes(n: int, batch: int, 
     data = HospitalData(features=rng.normal(size=(n, 30)).astype(np.float32), labels=rng.integers(0, 2, n))
     sample_rate, steps = plan_round(num_examples=n, batch_size=batch, epochs=epochs)
 
-    outcome = train_private(_mlp(), data, batch_size=batch, epochs=epochs, learning_rate=1e-3, noise_multiplier=1.0,
-                            max_grad_norm=1.0, amp="off", device=CPU, seed=0)
+    outcome = train_private(
+        _mlp(),
+        data,
+        batch_size=batch,
+        epochs=epochs,
+        learning_rate=1e-3,
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        amp="off",
+        device=CPU,
+        seed=0,
+    )
     assert (outcome.steps, outcome.skipped_steps) == (steps, 0)
     assert outcome.sample_rate == sample_rate  # read back from Opacus' own accountant: exact, not approximate
-    assert len(DPDataLoader.from_data_loader(DataLoader(TensorDataset(torch.zeros(n)), batch_size=batch))) == steps // epochs
+    assert (
+        len(DPDataLoader.from_data_loader(DataLoader(TensorDataset(torch.zeros(n)), batch_size=batch)))
+        == steps // epochs
+    )
 
 
 def test_plan_round_knows_opacus_floating_point_step_count() -> None:
@@ -226,8 +284,12 @@ def test_an_empty_poisson_batch_still_takes_a_noisy_counted_step(mode: str) -> N
     engine = PrivacyEngine()
     model = copy.deepcopy(base)
     private = engine.make_private(
-        module=model, optimizer=torch.optim.SGD(model.parameters(), lr=1.0), criterion=nn.CrossEntropyLoss(),
-        data_loader=DataLoader(TensorDataset(x, y), batch_size=4), noise_multiplier=1.0, max_grad_norm=1.0,
+        module=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
+        criterion=nn.CrossEntropyLoss(),
+        data_loader=DataLoader(TensorDataset(x, y), batch_size=4),
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
         grad_sample_mode=mode,
     )
     module, optimizer, criterion = private[0], private[1], (private[2] if mode == "ghost" else nn.CrossEntropyLoss())
@@ -289,8 +351,19 @@ def test_train_private_refuses_an_invalid_combination_before_training(breast_can
     model = _mlp()
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(DPConfigError, match="ew"):
-        train_private(model, breast_cancer, batch_size=64, epochs=1, learning_rate=1e-3, noise_multiplier=1.0,
-                      max_grad_norm=1.0, grad_sample_mode="ew", amp="bf16", device=CPU, seed=0)
+        train_private(
+            model,
+            breast_cancer,
+            batch_size=64,
+            epochs=1,
+            learning_rate=1e-3,
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+            grad_sample_mode="ew",
+            amp="bf16",
+            device=CPU,
+            seed=0,
+        )
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
@@ -302,14 +375,23 @@ def test_the_original_module_is_trained_in_place_and_reusable(breast_cancer: Hos
     model = _mlp()
     params_before = list(model.parameters())
     weights_before = copy.deepcopy(model.state_dict())
-    kwargs = {"batch_size": 64, "epochs": 1, "learning_rate": 1e-3, "noise_multiplier": 0.5, "max_grad_norm": 1.0,
-              "grad_sample_mode": mode, "amp": "off", "device": CPU, "seed": 0}
+    kwargs = {
+        "batch_size": 64,
+        "epochs": 1,
+        "learning_rate": 1e-3,
+        "noise_multiplier": 0.5,
+        "max_grad_norm": 1.0,
+        "grad_sample_mode": mode,
+        "amp": "off",
+        "device": CPU,
+        "seed": 0,
+    }
 
     train_private(model, breast_cancer, **kwargs)
 
     assert list(model.state_dict()) == list(weights_before)  # no "_module." prefix
     assert not any(k.startswith("_module.") for k in model.state_dict())
-    assert all(p is q for p, q in zip(model.parameters(), params_before))
+    assert all(p is q for p, q in zip(model.parameters(), params_before, strict=False))
     assert all(not torch.equal(weights_before[k], v) for k, v in model.state_dict().items())
     assert all(not hasattr(p, "grad_sample") or p.grad_sample is None for p in model.parameters())
     train_private(model, breast_cancer, **kwargs)  # Opacus' hooks were removed, so a second round works
@@ -319,19 +401,40 @@ def test_the_run_seed_does_not_fix_the_noise(breast_cancer: HospitalData) -> Non
     # The seed comes from the server's config: noise it could regenerate would protect nothing.
     a, b = _mlp(), _mlp()
     for model in (a, b):
-        train_private(model, breast_cancer, batch_size=64, epochs=1, learning_rate=1e-3, noise_multiplier=1.0,
-                      max_grad_norm=1.0, amp="off", device=CPU, seed=7)
+        train_private(
+            model,
+            breast_cancer,
+            batch_size=64,
+            epochs=1,
+            learning_rate=1e-3,
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+            amp="off",
+            device=CPU,
+            seed=7,
+        )
     assert not torch.equal(a.net[0].weight, b.net[0].weight)
 
 
-def test_the_missing_csprng_is_logged_once(breast_cancer: HospitalData, caplog: pytest.LogCaptureFixture,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_missing_csprng_is_logged_once(
+    breast_cancer: HospitalData, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(dp_training, "_prng_warned", False)
     small = HospitalData(features=breast_cancer.features[:40], labels=breast_cancer.labels[:40])
     with caplog.at_level(logging.WARNING, logger="flwr.fedcare.client"):
         for _ in range(2):
-            train_private(_mlp(), small, batch_size=20, epochs=1, learning_rate=1e-3, noise_multiplier=1.0,
-                          max_grad_norm=1.0, amp="off", device=CPU, seed=0)
+            train_private(
+                _mlp(),
+                small,
+                batch_size=20,
+                epochs=1,
+                learning_rate=1e-3,
+                noise_multiplier=1.0,
+                max_grad_norm=1.0,
+                amp="off",
+                device=CPU,
+                seed=0,
+            )
     notes = [r for r in caplog.records if "not a CSPRNG" in r.getMessage()]
     assert len(notes) == 1 and notes[0].name == "flwr.fedcare.client"
 
@@ -343,8 +446,9 @@ def test_the_missing_csprng_is_logged_once(breast_cancer: HospitalData, caplog: 
 def test_train_plain_trains_with_every_precision(breast_cancer: HospitalData, amp: str) -> None:
     model = _mlp()
     before = evaluate(model, breast_cancer, device=CPU).loss
-    outcome = train_plain(model, breast_cancer, batch_size=64, epochs=3, learning_rate=5e-3, amp=amp, device=CPU,
-                          seed=0)
+    outcome = train_plain(
+        model, breast_cancer, batch_size=64, epochs=3, learning_rate=5e-3, amp=amp, device=CPU, seed=0
+    )
     assert (outcome.sample_rate, outcome.noise_multiplier, outcome.grad_sample_mode) == (None, None, None)
     assert outcome.amp == amp
     assert outcome.steps + outcome.skipped_steps == 3 * math.ceil(569 / 64)

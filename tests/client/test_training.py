@@ -53,8 +53,11 @@ def test_training_with_no_batches_reports_nan_and_changes_nothing() -> None:
     model = _sign_model()
     empty = HospitalData(features=np.zeros((0, 2), np.float32), labels=np.zeros(0, np.int64))
     loss = train_epochs(
-        model, make_loader(empty, batch_size=4, shuffle=False), optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
-        epochs=2, device=CPU,
+        model,
+        make_loader(empty, batch_size=4, shuffle=False),
+        optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
+        epochs=2,
+        device=CPU,
     )
     assert math.isnan(loss)
     assert torch.equal(model.weight, _sign_model().weight)

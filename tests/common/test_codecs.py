@@ -80,7 +80,9 @@ def test_an_unexpected_tensor_is_named(reference: OrderedDict[str, np.ndarray]) 
         pytest.param(np.zeros((2, 3), np.int64), r"tensor 'w' has dtype int64, expected float32", id="integer"),
         pytest.param(np.zeros((2, 3), np.float64), r"tensor 'w' has dtype float64, expected float32", id="float64"),
         pytest.param(np.full((2, 3), np.nan, np.float32), r"tensor 'w' contains NaN or infinite values", id="nan"),
-        pytest.param(np.array([[0, 0, np.inf]] * 2, np.float32), r"tensor 'w' contains NaN or infinite values", id="inf"),
+        pytest.param(
+            np.array([[0, 0, np.inf]] * 2, np.float32), r"tensor 'w' contains NaN or infinite values", id="inf"
+        ),
     ],
 )
 def test_a_bad_tensor_is_named(reference: OrderedDict[str, np.ndarray], bad_w: np.ndarray, expected: str) -> None:

@@ -64,14 +64,26 @@ def test_a_good_parquet_file_loads_like_the_csv(tmp_path: Path, schema: DatasetS
 @pytest.mark.parametrize(
     "body,row,column,detail",
     [
-        pytest.param(HEADER + "60,1.5,0\n40,high,1\n", 2, "lactate", "has 'high', not a finite number", id="non-numeric"),
+        pytest.param(
+            HEADER + "60,1.5,0\n40,high,1\n", 2, "lactate", "has 'high', not a finite number", id="non-numeric"
+        ),
         pytest.param(HEADER + "60,1.5,0\n,1.0,1\n", 2, "age", "is empty", id="empty-cell"),
-        pytest.param(HEADER + "60,1.5,0\n40,1.0,1\n45,inf,1\n", 3, "lactate", "has 'inf', not a finite number", id="inf"),
+        pytest.param(
+            HEADER + "60,1.5,0\n40,1.0,1\n45,inf,1\n", 3, "lactate", "has 'inf', not a finite number", id="inf"
+        ),
         pytest.param(HEADER + "60,1.5,0\n40,NaN,1\n", 2, "lactate", "has 'NaN', not a finite number", id="nan-text"),
         pytest.param(HEADER + "60,1.5,0\n40,1.0\n", 2, "outcome", "is empty", id="short-row"),
-        pytest.param(HEADER + "60,1.5,0\n40,1.0,1\n45,1.0,3\n", 3, "outcome", "labels must be integers in [0, 2]", id="label-too-big"),
+        pytest.param(
+            HEADER + "60,1.5,0\n40,1.0,1\n45,1.0,3\n",
+            3,
+            "outcome",
+            "labels must be integers in [0, 2]",
+            id="label-too-big",
+        ),
         pytest.param(HEADER + "60,1.5,-1\n", 1, "outcome", "labels must be integers in [0, 2]", id="label-negative"),
-        pytest.param(HEADER + "60,1.5,0\n40,1.0,1.5\n", 2, "outcome", "labels must be integers in [0, 2]", id="label-not-integer"),
+        pytest.param(
+            HEADER + "60,1.5,0\n40,1.0,1.5\n", 2, "outcome", "labels must be integers in [0, 2]", id="label-not-integer"
+        ),
         pytest.param(HEADER + "60,1.5,sick\n", 1, "outcome", "has 'sick', not a finite number", id="label-word"),
     ],
 )

@@ -56,8 +56,11 @@ def ctx(keys: tuple[bytes, bytes]) -> ts.Context:
 def model(seed: int = 0, scale: float = 1.0) -> OrderedDict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     return OrderedDict(
-        [("w1", (rng.normal(size=(30, 64)) * scale).astype(np.float32)), ("b1", rng.normal(size=64).astype(np.float32)),
-         ("w2", (rng.normal(size=(64, 2)) * scale).astype(np.float32))]
+        [
+            ("w1", (rng.normal(size=(30, 64)) * scale).astype(np.float32)),
+            ("b1", rng.normal(size=64).astype(np.float32)),
+            ("w2", (rng.normal(size=(64, 2)) * scale).astype(np.float32)),
+        ]
     )
 
 
@@ -68,8 +71,16 @@ def size(weights: OrderedDict[str, np.ndarray]) -> int:
 # ---- parameters --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("params", [HEParams(), HEParams(4096, (60, 41), 40), HEParams(4096, (60, 49), 40),
-                                    HEParams(8192, (60, 40, 40, 60), 40), HEParams(16384, (60, 60, 60, 60), 40)])
+@pytest.mark.parametrize(
+    "params",
+    [
+        HEParams(),
+        HEParams(4096, (60, 41), 40),
+        HEParams(4096, (60, 49), 40),
+        HEParams(8192, (60, 40, 40, 60), 40),
+        HEParams(16384, (60, 60, 60, 60), 40),
+    ],
+)
 def test_secure_params_pass(params: HEParams) -> None:
     assert validate_params(params) is params
 
@@ -165,7 +176,9 @@ def test_bundle_survives_flower_message_transport(ctx: ts.Context) -> None:
     wire = {oid: obj.deflate() for oid, obj in get_all_nested_objects(content).items()}
     received = inflate_object_from_contents(content.object_id, wire)
     assert take_bundle(received) == bundle
-    assert bundle.header.num_chunks == 2 and bundle.header.num_values == size(model())  # 2,112 values + 2 canaries > 2,048 slots
+    assert bundle.header.num_chunks == 2 and bundle.header.num_values == size(
+        model()
+    )  # 2,112 values + 2 canaries > 2,048 slots
     assert len(bundle.chunks[0]) / (2048 * 4) < 8.1  # a full ciphertext against the float32 it replaces
 
 
@@ -226,7 +239,9 @@ def test_decrypt_checks_what_it_is_given(keys: tuple[bytes, bytes], ctx: ts.Cont
         decrypt_sum(replace(total, chunks=total.chunks[::-1]), context=ctx, template=model())
 
 
-def test_contribution_under_a_foreign_key_is_caught_after_decryption(keys: tuple[bytes, bytes], ctx: ts.Context) -> None:
+def test_contribution_under_a_foreign_key_is_caught_after_decryption(
+    keys: tuple[bytes, bytes], ctx: ts.Context
+) -> None:
     """Same parameters, other key, key id forged: the server cannot tell (CKKS has no integrity);
     the count canary makes the hospitals' decryption fail instead of returning noise."""
     foreign = ts.context_from(make_keys()[0])
@@ -287,18 +302,42 @@ def test_keygen_and_decrypt_commands(tmp_path) -> None:
     weights = OrderedDict((k, v.detach().numpy()) for k, v in build_model(schema, seed=3).state_dict().items())
     ctx = load_secret_context(tmp_path / "he" / "hospital" / "he-secret.ctx")
     server = load_server_context(tmp_path / "he" / "server" / "he-public.ctx")
-    agg = HEAggregator(server.context_bytes, expected_values=size(weights), run_id=9, server_round=4, key_id=server.key_id)
+    agg = HEAggregator(
+        server.context_bytes, expected_values=size(weights), run_id=9, server_round=4, key_id=server.key_id
+    )
     agg.add(encrypt_update(weights, num_examples=11, context=ctx, run_id=9, server_round=4), institution="h1")
     (tmp_path / "final_model.he").write_bytes(agg.result()[0].to_bytes())
-    result = runner.invoke(he_app, ["decrypt", "--context", str(tmp_path / "he" / "hospital" / "he-secret.ctx"),
-                                    "--encrypted", str(tmp_path / "final_model.he"), "--schema",
-                                    str(tmp_path / "schema.json"), "--out", str(tmp_path / "final_model.pt")])
+    result = runner.invoke(
+        he_app,
+        [
+            "decrypt",
+            "--context",
+            str(tmp_path / "he" / "hospital" / "he-secret.ctx"),
+            "--encrypted",
+            str(tmp_path / "final_model.he"),
+            "--schema",
+            str(tmp_path / "schema.json"),
+            "--out",
+            str(tmp_path / "final_model.pt"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     state = torch.load(tmp_path / "final_model.pt")
     assert max(float(np.abs(state[k].numpy() - weights[k]).max()) for k in weights) < 1e-6
-    wrong = runner.invoke(he_app, ["decrypt", "--context", str(tmp_path / "he" / "server" / "he-public.ctx"),
-                                   "--encrypted", str(tmp_path / "final_model.he"), "--schema",
-                                   str(tmp_path / "schema.json"), "--out", str(tmp_path / "x.pt")])
+    wrong = runner.invoke(
+        he_app,
+        [
+            "decrypt",
+            "--context",
+            str(tmp_path / "he" / "server" / "he-public.ctx"),
+            "--encrypted",
+            str(tmp_path / "final_model.he"),
+            "--schema",
+            str(tmp_path / "schema.json"),
+            "--out",
+            str(tmp_path / "x.pt"),
+        ],
+    )
     assert wrong.exit_code == 1 and "holds no secret key" in wrong.output
 
 

@@ -23,7 +23,9 @@ def test_a_valid_tabular_schema_lists_its_feature_names() -> None:
 
 
 def test_cnn_input_shape_must_hold_exactly_the_listed_features() -> None:
-    with pytest.raises(ValidationError, match=r"input_shape \[1, 8, 8\] holds 64 values but the schema lists 63 features"):
+    with pytest.raises(
+        ValidationError, match=r"input_shape \[1, 8, 8\] holds 64 values but the schema lists 63 features"
+    ):
         DatasetSchema(label="y", num_classes=10, features=_features(63), model="cnn", input_shape=[1, 8, 8])
 
 
@@ -62,8 +64,11 @@ def test_out_of_contract_fields_are_refused(field: str, value: object) -> None:
 
 def test_save_then_load_round_trips(tmp_path: Path) -> None:
     schema = DatasetSchema(
-        label="y", num_classes=10, features=[FeatureSpec(name=f"p{i}", center=8.0, scale=8.0) for i in range(4)],
-        model="cnn", input_shape=[1, 2, 2],
+        label="y",
+        num_classes=10,
+        features=[FeatureSpec(name=f"p{i}", center=8.0, scale=8.0) for i in range(4)],
+        model="cnn",
+        input_shape=[1, 2, 2],
     )
     path = tmp_path / "schema.json"
     save_schema(schema, path)

@@ -50,5 +50,7 @@ def test_all_secagg_problems_are_reported_at_once() -> None:
 
 
 def test_secagg_limits_do_not_apply_to_the_other_modes() -> None:
-    settings = RunSettings.from_run_config({"schema-path": "schema.json", "min-nodes": 1, "reconstruction-threshold": 3})
+    settings = RunSettings.from_run_config(
+        {"schema-path": "schema.json", "min-nodes": 1, "reconstruction-threshold": 3}
+    )
     assert settings.privacy_mode == "plain"

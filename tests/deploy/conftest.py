@@ -21,8 +21,19 @@ import pytest
 from common.demo_data import write_demo_split
 
 from .docker_env import (
-    COMPOSE, REPO_ROOT, DeployEnvironmentError, DockerDaemon, PhaseTimer, build_context, cache_dir, cache_lock,
-    dockerfile_base_image, ensure_base_image, ensure_packages, run, torch_wheel,
+    COMPOSE,
+    REPO_ROOT,
+    DeployEnvironmentError,
+    DockerDaemon,
+    PhaseTimer,
+    build_context,
+    cache_dir,
+    cache_lock,
+    dockerfile_base_image,
+    ensure_base_image,
+    ensure_packages,
+    run,
+    torch_wheel,
 )
 from .kits import give_to, init_federation, register_institutions
 
@@ -80,11 +91,15 @@ def fedcare_image(docker_daemon: DockerDaemon, timer: PhaseTimer, tmp_path_facto
             wheel = torch_wheel(cache)
     except DeployEnvironmentError as exc:
         _fail(exc)
-    context = build_context(tmp_path_factory.mktemp("context"), wheel=wheel,
-                            ca_certificates=sorted(Path("/usr/local/share/ca-certificates").glob("*.crt")))
+    context = build_context(
+        tmp_path_factory.mktemp("context"),
+        wheel=wheel,
+        ca_certificates=sorted(Path("/usr/local/share/ca-certificates").glob("*.crt")),
+    )
     with timer.phase("image_build"):
-        done = docker_daemon.docker("build", "--progress=plain", "-f", "deploy/Dockerfile", "-t", IMAGE, str(context),
-                                    timeout=1500, check=False)
+        done = docker_daemon.docker(
+            "build", "--progress=plain", "-f", "deploy/Dockerfile", "-t", IMAGE, str(context), timeout=1500, check=False
+        )
     if done.returncode != 0:
         pytest.fail(f"docker build failed:\n{done.stderr[-6000:]}", pytrace=False)
     # Keep the cache bounded: the previous build's untagged image, and build cache beyond the recent (pip's, deps).
@@ -112,8 +127,9 @@ class ComposeStack:
             give_to(self.federation, CONTAINER_UID, CONTAINER_UID)
 
     def register(self, *, epsilon_limit: float = 10.0, delta: float = 1e-5) -> None:
-        register_institutions(self.federation, hospitals=HOSPITALS, epsilon_limit=epsilon_limit, delta=delta,
-                              env=self.env)
+        register_institutions(
+            self.federation, hospitals=HOSPITALS, epsilon_limit=epsilon_limit, delta=delta, env=self.env
+        )
         self.hand_over()
 
     @property
@@ -124,17 +140,34 @@ class ComposeStack:
     def budget_url(self) -> str:
         return f"http://127.0.0.1:{self.env['FEDCARE_BUDGET_PORT']}"
 
-    def compose(self, *args: str, timeout: float = 600, check: bool = True,
-                overrides: tuple[Path, ...] = ()) -> subprocess.CompletedProcess[str]:
+    def compose(
+        self, *args: str, timeout: float = 600, check: bool = True, overrides: tuple[Path, ...] = ()
+    ) -> subprocess.CompletedProcess[str]:
         files = [arg for path in (REPO_ROOT / "docker-compose.yml", *overrides) for arg in ("--file", str(path))]
-        cmd = [COMPOSE, "--project-name", PROJECT, "--project-directory", str(REPO_ROOT), *files,
-               "--env-file", str(self.federation / "compose.env"), *args]
+        cmd = [
+            COMPOSE,
+            "--project-name",
+            PROJECT,
+            "--project-directory",
+            str(REPO_ROOT),
+            *files,
+            "--env-file",
+            str(self.federation / "compose.env"),
+            *args,
+        ]
         return run(cmd, env=self.env, timeout=timeout, check=check, cwd=REPO_ROOT)
 
     def health(self) -> dict[str, str]:
         """service -> docker's status line ("Up 5 seconds (healthy)"); one `docker ps`, cheap enough to poll."""
-        out = self.daemon.docker("ps", "--all", "--filter", f"label=com.docker.compose.project={PROJECT}", "--format",
-                                 '{{.Label "com.docker.compose.service"}}\t{{.Status}}', check=False).stdout
+        out = self.daemon.docker(
+            "ps",
+            "--all",
+            "--filter",
+            f"label=com.docker.compose.project={PROJECT}",
+            "--format",
+            '{{.Label "com.docker.compose.service"}}\t{{.Status}}',
+            check=False,
+        ).stdout
         return dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
 
     def wait_healthy(self, services: list[str], *, timeout: float = 180) -> None:
@@ -152,20 +185,28 @@ class ComposeStack:
 
 
 @pytest.fixture
-def compose_stack(fedcare_image: str, docker_daemon: DockerDaemon, timer: PhaseTimer,
-                  tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ComposeStack]:
+def compose_stack(
+    fedcare_image: str, docker_daemon: DockerDaemon, timer: PhaseTimer, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[ComposeStack]:
     federation = tmp_path / "federation"
     control_port, budget_port, fleet_port = free_port(), free_port(), free_port()
     split = write_demo_split(tmp_path / "demo-data", dataset="breast-cancer", hospitals=len(HOSPITALS))
-    init_federation(federation, split=split, hospitals=HOSPITALS, control_address=f"127.0.0.1:{control_port}",
-                    budget_url=f"http://127.0.0.1:{budget_port}", he=True)
+    init_federation(
+        federation,
+        split=split,
+        hospitals=HOSPITALS,
+        control_address=f"127.0.0.1:{control_port}",
+        budget_url=f"http://127.0.0.1:{budget_port}",
+        he=True,
+    )
     as_root = os.geteuid() == 0
     uid, gid = (CONTAINER_UID, CONTAINER_UID) if as_root else (os.getuid(), os.getgid())
     env = {
         **docker_daemon.env,
         "FEDCARE_IMAGE": fedcare_image,
         "FEDCARE_FEDERATION": str(federation),
-        "FEDCARE_UID": str(uid), "FEDCARE_GID": str(gid),
+        "FEDCARE_UID": str(uid),
+        "FEDCARE_GID": str(gid),
         "FEDCARE_CONTROL_PORT": str(control_port),
         "FEDCARE_BUDGET_PORT": str(budget_port),
         "FEDCARE_FLEET_PORT": str(fleet_port),
@@ -175,7 +216,9 @@ def compose_stack(fedcare_image: str, docker_daemon: DockerDaemon, timer: PhaseT
     (federation / "compose.env").write_text("")  # ignore any .env in the checkout
     stack = ComposeStack(docker_daemon, federation, env, as_root=as_root)
     stack.hand_over()
-    stack.compose("down", "--volumes", "--remove-orphans", "--timeout", "5", check=False)  # an earlier session's leftovers
+    stack.compose(
+        "down", "--volumes", "--remove-orphans", "--timeout", "5", check=False
+    )  # an earlier session's leftovers
     try:
         yield stack
     finally:

@@ -75,30 +75,52 @@ class PhaseTimer:
             log.warning("deploy phase %s: %.1f s", name, self.phases[name])
 
 
-def run(cmd: list[str], *, timeout: float = 600, check: bool = True, env: dict[str, str] | None = None,
-        cwd: Path | None = None, input: str | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    cmd: list[str],
+    *,
+    timeout: float = 600,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    input: str | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run a command; on failure raise with its output, so a failed test says why."""
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd, input=input,
-                          stdin=None if input is not None else subprocess.DEVNULL)
+    done = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=cwd,
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+    )
     if check and done.returncode != 0:
         raise CommandFailed(done.returncode, cmd, done.stdout, done.stderr)
     return done
 
 
 def _describe(exc: subprocess.CalledProcessError) -> str:
-    return f"`{' '.join(map(str, exc.cmd))}` exited {exc.returncode}:\n{(exc.stdout or '')[-3000:]}\n{(exc.stderr or '')[-3000:]}"
+    out, err = (exc.stdout or "")[-3000:], (exc.stderr or "")[-3000:]
+    return f"`{' '.join(map(str, exc.cmd))}` exited {exc.returncode}:\n{out}\n{err}"
 
 
 # ---- packages ---------------------------------------------------------------------------------------------
 def ensure_packages() -> None:
     """Install Debian's docker.io, docker-compose and debootstrap when any of them is missing."""
-    missing = [p for p, binary in zip(APT_PACKAGES, (DOCKERD, COMPOSE, DEBOOTSTRAP)) if not Path(binary).exists()]
+    missing = [
+        p for p, binary in zip(APT_PACKAGES, (DOCKERD, COMPOSE, DEBOOTSTRAP), strict=False) if not Path(binary).exists()
+    ]
     if not missing:
         return
     if os.geteuid() != 0:
-        raise DeployEnvironmentError(f"the deploy test needs {', '.join(missing)} installed, and root to install them or run dockerd")
+        raise DeployEnvironmentError(
+            f"the deploy test needs {', '.join(missing)} installed, and root to install them or run dockerd"
+        )
     if shutil.which("apt-get") is None:
-        raise DeployEnvironmentError(f"no apt-get to install {', '.join(missing)}; install Docker 20.10+, docker-compose and debootstrap")
+        raise DeployEnvironmentError(
+            f"no apt-get to install {', '.join(missing)}; install Docker 20.10+, docker-compose and debootstrap"
+        )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     install = ["apt-get", "install", "-y", "--no-install-recommends", *APT_PACKAGES]
     try:
@@ -133,7 +155,9 @@ class DockerDaemon:
         env.update(DOCKER_HOST=f"unix://{self.socket}", DOCKER_BUILDKIT="1", COMPOSE_DOCKER_CLI_BUILD="1")
         return env
 
-    def docker(self, *args: str, timeout: float = 600, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def docker(
+        self, *args: str, timeout: float = 600, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return run([DOCKER, *args], env=self.env, timeout=timeout, check=check, input=input)
 
     def _stop_leftover(self) -> None:
@@ -146,7 +170,9 @@ class DockerDaemon:
             log.warning("stopping dockerd %d left behind by an earlier session on %s", pid, self.data_root)
             _terminate(pid, grace=30)
             args = cmdline.split("\0")
-            if "--exec-root" in args[:-1]:  # its runtime folder (socket, exec root): ours, unless something is still mounted
+            if (
+                "--exec-root" in args[:-1]
+            ):  # its runtime folder (socket, exec root): ours, unless something is still mounted
                 runtime = Path(args[args.index("--exec-root") + 1]).parent
                 mounts = Path("/proc/mounts").read_text()
                 if runtime.name.startswith("fcd-") and runtime.parent == Path("/tmp") and f" {runtime}/" not in mounts:
@@ -154,16 +180,29 @@ class DockerDaemon:
 
     def start(self, *, timeout: float = 60) -> None:
         if os.geteuid() != 0:
-            raise DeployEnvironmentError("dockerd needs root (or a rootless Docker set up by hand); run the deploy test as root")
+            raise DeployEnvironmentError(
+                "dockerd needs root (or a rootless Docker set up by hand); run the deploy test as root"
+            )
         self._stop_leftover()
         self.data_root.mkdir(parents=True, exist_ok=True)
         log_path = self.runtime_dir / "dockerd.log"
-        args = [DOCKERD, "--data-root", str(self.data_root), "--exec-root", str(self.runtime_dir / "exec"),
-                "--pidfile", str(self.pidfile), "-H", f"unix://{self.socket}", "--storage-driver=overlay2",
-                "--log-level=warn"]
+        args = [
+            DOCKERD,
+            "--data-root",
+            str(self.data_root),
+            "--exec-root",
+            str(self.runtime_dir / "exec"),
+            "--pidfile",
+            str(self.pidfile),
+            "-H",
+            f"unix://{self.socket}",
+            "--storage-driver=overlay2",
+            "--log-level=warn",
+        ]
         with log_path.open("ab") as out:
-            self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -172,7 +211,9 @@ class DockerDaemon:
                 self._remove_leftovers()
                 return
             time.sleep(0.2)
-        raise DeployEnvironmentError(f"dockerd did not answer on {self.socket} within {timeout:.0f} s:\n{_tail(log_path)}")
+        raise DeployEnvironmentError(
+            f"dockerd did not answer on {self.socket} within {timeout:.0f} s:\n{_tail(log_path)}"
+        )
 
     def _remove_leftovers(self) -> None:
         """Containers of a session that was killed outright come back with the daemon (restart policies): remove them,
@@ -258,7 +299,9 @@ def dockerfile_base_image(dockerfile: Path = REPO_ROOT / "deploy" / "Dockerfile"
 
 
 def ensure_base_image(daemon: DockerDaemon, *, tag: str, cache: Path) -> str:
-    """Tag `tag` from a cached debootstrap tarball, making the tarball first when it is missing. Returns what was done."""
+    """Tag `tag` from a cached debootstrap tarball, making the tarball first when it is missing.
+
+    Returns what was done."""
     if daemon.docker("image", "inspect", tag, check=False).returncode == 0:
         return "present"
     tarball = cache / "base-bookworm.tar"
@@ -267,8 +310,14 @@ def ensure_base_image(daemon: DockerDaemon, *, tag: str, cache: Path) -> str:
         build_base_tarball(tarball)
         made = "debootstrapped"
     with tarball.open("rb") as handle:
-        done = subprocess.run([DOCKER, "import", "--change", 'CMD ["/bin/bash"]', "-", tag], stdin=handle,
-                              capture_output=True, text=True, env=daemon.env, timeout=600)
+        done = subprocess.run(
+            [DOCKER, "import", "--change", 'CMD ["/bin/bash"]', "-", tag],
+            stdin=handle,
+            capture_output=True,
+            text=True,
+            env=daemon.env,
+            timeout=600,
+        )
     if done.returncode != 0:
         raise DeployEnvironmentError(f"docker import of {tarball} failed: {done.stderr}")
     return made
@@ -279,11 +328,19 @@ def build_base_tarball(tarball: Path, *, mirror: str = "http://deb.debian.org/de
     with tempfile.TemporaryDirectory(prefix="fedcare-debootstrap-", dir=tarball.parent) as tmp:
         root = Path(tmp) / "root"
         try:
-            run([DEBOOTSTRAP, "--variant=minbase", f"--include={BASE_PACKAGES}", "bookworm", str(root), mirror], timeout=1200)
+            run(
+                [DEBOOTSTRAP, "--variant=minbase", f"--include={BASE_PACKAGES}", "bookworm", str(root), mirror],
+                timeout=1200,
+            )
         except subprocess.CalledProcessError as exc:
             raise DeployEnvironmentError(f"debootstrap failed: {_describe(exc)}") from exc
-        for pattern in ("var/cache/apt/archives/*.deb", "var/lib/apt/lists/*", "usr/share/doc/*", "usr/share/man/*",
-                        "usr/share/locale/*"):
+        for pattern in (
+            "var/cache/apt/archives/*.deb",
+            "var/lib/apt/lists/*",
+            "usr/share/doc/*",
+            "usr/share/man/*",
+            "usr/share/locale/*",
+        ):
             for path in root.glob(pattern):
                 shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
         partial = tarball.with_suffix(".partial")
@@ -298,7 +355,20 @@ def torch_wheel(cache: Path) -> Path:
     if not found:
         wheels.mkdir(parents=True, exist_ok=True)
         try:  # this interpreter's pip: the machine's pip configuration (find-links, constraints) applies
-            run([sys.executable, "-m", "pip", "download", f"torch=={TORCH_VERSION}", "--no-deps", "--only-binary=:all:", "-d", str(wheels)], timeout=1800)
+            run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    f"torch=={TORCH_VERSION}",
+                    "--no-deps",
+                    "--only-binary=:all:",
+                    "-d",
+                    str(wheels),
+                ],
+                timeout=1800,
+            )
         except subprocess.CalledProcessError as exc:
             raise DeployEnvironmentError(f"pip download torch=={TORCH_VERSION} failed: {_describe(exc)}") from exc
         found = sorted(wheels.glob(f"torch-{TORCH_VERSION}[+-]*.whl"))
@@ -319,8 +389,9 @@ def build_context(dest: Path, *, wheel: Path, ca_certificates: list[Path]) -> Pa
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
     (dest / "deploy" / "wheels").mkdir(parents=True, exist_ok=True)
-    os.link(wheel, dest / "deploy" / "wheels" / wheel.name) if wheel.stat().st_dev == dest.stat().st_dev \
-        else shutil.copy2(wheel, dest / "deploy" / "wheels" / wheel.name)
+    os.link(
+        wheel, dest / "deploy" / "wheels" / wheel.name
+    ) if wheel.stat().st_dev == dest.stat().st_dev else shutil.copy2(wheel, dest / "deploy" / "wheels" / wheel.name)
     (dest / "deploy" / "ca-certificates").mkdir(parents=True, exist_ok=True)
     for cert in ca_certificates:
         shutil.copy2(cert, dest / "deploy" / "ca-certificates" / cert.name)

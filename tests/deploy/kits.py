@@ -22,24 +22,53 @@ def fedcare(*args: str, env: dict[str, str] | None = None) -> None:
     run([sys.executable, "-m", "fedcare.cli", *args], timeout=300, env=env)
 
 
-def init_federation(root: Path, *, split: DemoSplit, hospitals: list[str], control_address: str, budget_url: str,
-                    he: bool) -> None:
+def init_federation(
+    root: Path, *, split: DemoSplit, hospitals: list[str], control_address: str, budget_url: str, he: bool
+) -> None:
     """Everything before the services run: TLS, tokens, HE keys, the SuperExec secret, the schema, the data folders."""
-    fedcare("federation", "init", str(root), "--san", "superlink", "--san", "localhost", "--san", "127.0.0.1",
-            "--superlink", control_address, "--fleet-address", "superlink:9092", "--budget-url", budget_url,
-            *(["--he"] if he else []))
-    run([sys.executable, "-m", "fedcare.compose", "prepare", str(root), "--schema", str(split.schema_path)], timeout=120)
+    fedcare(
+        "federation",
+        "init",
+        str(root),
+        "--san",
+        "superlink",
+        "--san",
+        "localhost",
+        "--san",
+        "127.0.0.1",
+        "--superlink",
+        control_address,
+        "--fleet-address",
+        "superlink:9092",
+        "--budget-url",
+        budget_url,
+        *(["--he"] if he else []),
+    )
+    run(
+        [sys.executable, "-m", "fedcare.compose", "prepare", str(root), "--schema", str(split.schema_path)], timeout=120
+    )
     for name, data in zip(hospitals, split.hospital_paths, strict=True):
         (root / "data" / name).mkdir(parents=True)
         shutil.copy2(data, root / "data" / name / "data.csv")
 
 
-def register_institutions(root: Path, *, hospitals: list[str], epsilon_limit: float, delta: float,
-                          env: dict[str, str]) -> None:
+def register_institutions(
+    root: Path, *, hospitals: list[str], epsilon_limit: float, delta: float, env: dict[str, str]
+) -> None:
     """With the SuperLink and the budget service up: node keys to the SuperLink, institutions to the ledger."""
     for name in hospitals:
-        fedcare("institution", "register", name, "--epsilon-limit", str(epsilon_limit), "--delta", str(delta),
-                "--federation", str(root), env=env)
+        fedcare(
+            "institution",
+            "register",
+            name,
+            "--epsilon-limit",
+            str(epsilon_limit),
+            "--delta",
+            str(delta),
+            "--federation",
+            str(root),
+            env=env,
+        )
 
 
 def give_to(root: Path, uid: int, gid: int) -> None:

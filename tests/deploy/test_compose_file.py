@@ -44,5 +44,8 @@ def test_override_for_a_new_hospital() -> None:
     service = override["services"]["st-mary-s"]
     assert "st-mary-s-state" in override["volumes"]
     assert "${FEDCARE_FEDERATION:-./federation}/institutions/st-mary-s:/run/fedcare/kit:ro" in service["volumes"]
-    assert 'institution="St. Mary\'s"' in service["command"][-1] and "ST_MARY_S_EPSILON_LIMIT:-4.0" in service["command"][-1]
+    assert (
+        'institution="St. Mary\'s"' in service["command"][-1]
+        and "ST_MARY_S_EPSILON_LIMIT:-4.0" in service["command"][-1]
+    )
     assert service["deploy"]["resources"]["reservations"]["devices"][0]["count"] == 1

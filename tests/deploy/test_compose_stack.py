@@ -40,9 +40,23 @@ def test_compose_stack_trains_and_accounts(compose_stack: ComposeStack, timer: P
 
     with timer.phase("run"):
         # HE mode: the most wiring (hospitals' secret contexts from their kits, the server's key-free context).
-        done = stack.compose("run", "--rm", "--no-deps", "submit", "--rounds", "2", "--he", "--wait", "--timeout", "480",
-                             timeout=600, check=False)
-    assert done.returncode == 0, f"submit failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}\n{stack.logs()}"
+        done = stack.compose(
+            "run",
+            "--rm",
+            "--no-deps",
+            "submit",
+            "--rounds",
+            "2",
+            "--he",
+            "--wait",
+            "--timeout",
+            "480",
+            timeout=600,
+            check=False,
+        )
+    assert done.returncode == 0, (
+        f"submit failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}\n{stack.logs()}"
+    )
     outcome = json.loads(done.stdout.strip().splitlines()[-1])
     assert outcome["status"] == "finished:completed", outcome
     results = outcome["results"]

@@ -1,4 +1,6 @@
-"""The budget half of registration against a real budget service: pending while it is down, then synced, rotated, revoked."""
+"""The budget half of registration against a real budget service.
+
+Pending while it is down, then synced, rotated, revoked."""
 
 from __future__ import annotations
 
@@ -30,8 +32,9 @@ def test_pending_budget_registration_is_synced_rotated_and_revoked(tmp_path: Pat
     assert report.record.budget == "pending" and not (report.kit / "budget-token").exists()
     assert any("budget service not reachable" in p for p in report.problems)
 
-    with running_budget_service(database_url=f"sqlite:///{tmp_path / 'ledger.db'}", admin_token=fed.admin_token(),
-                                port=port):
+    with running_budget_service(
+        database_url=f"sqlite:///{tmp_path / 'ledger.db'}", admin_token=fed.admin_token(), port=port
+    ):
         (synced,) = sync(fed, superlink=None, budget=budget)
         assert synced.record.budget == "registered"
         token_file = synced.kit / "budget-token"
@@ -39,7 +42,9 @@ def test_pending_budget_registration_is_synced_rotated_and_revoked(tmp_path: Pat
         first = token_file.read_text().strip()
         assert _reads_own_budget(url, first)
 
-        rotated = register_institution(fed, KitOptions("St Mary", 6.0, 1e-5), rotate=True, superlink=None, budget=budget)
+        rotated = register_institution(
+            fed, KitOptions("St Mary", 6.0, 1e-5), rotate=True, superlink=None, budget=budget
+        )
         second = (rotated.kit / "budget-token").read_text().strip()
         assert second != first and _reads_own_budget(url, second) and not _reads_own_budget(url, first)
 

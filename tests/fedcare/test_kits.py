@@ -29,8 +29,12 @@ def _mode(path: Path) -> int:
 
 @pytest.fixture
 def fed(tmp_path: Path) -> FederationDir:
-    return init_federation(tmp_path / "fed", sans=("superlink.example.org", "10.0.0.5"), control_address=NOWHERE,
-                           budget_url="http://127.0.0.1:9")
+    return init_federation(
+        tmp_path / "fed",
+        sans=("superlink.example.org", "10.0.0.5"),
+        control_address=NOWHERE,
+        budget_url="http://127.0.0.1:9",
+    )
 
 
 def _register(fed: FederationDir, name: str, **options) -> object:
@@ -69,16 +73,26 @@ def test_a_kit_holds_what_the_hospital_needs_and_registrations_wait(fed: Federat
     report = _register(fed, "St Mary")
     kit = report.kit
     assert kit == fed.root / "institutions" / "st-mary"
-    assert sorted(p.name for p in kit.iterdir()) == ["README.md", "ca.crt", "kit.json", "node-config.toml",
-                                                      "node.key", "node.pub"]
+    assert sorted(p.name for p in kit.iterdir()) == [
+        "README.md",
+        "ca.crt",
+        "kit.json",
+        "node-config.toml",
+        "node.key",
+        "node.pub",
+    ]
     key = load_ssh_private_key((kit / "node.key").read_bytes(), None)
     assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp384r1"
     assert load_ssh_public_key((kit / "node.pub").read_bytes()).public_numbers() == key.public_key().public_numbers()
     assert _mode(kit / "node.key") == 0o600 and _mode(kit) == 0o700
     assert (kit / "ca.crt").read_bytes() == fed.ca_certificate.read_bytes()
     config = tomllib.loads((kit / "node-config.toml").read_text())
-    assert config == {"institution": "St Mary", "data-path": f"{kit}/data.csv", "state-dir": f"{kit}/state",
-                      "epsilon-limit": 5.0}
+    assert config == {
+        "institution": "St Mary",
+        "data-path": f"{kit}/data.csv",
+        "state-dir": f"{kit}/state",
+        "epsilon-limit": 5.0,
+    }
     readme = (kit / "README.md").read_text()
     assert "flower-supernode --superlink superlink.example.org:9092" in readme and "docker compose" in readme
     assert report.record.superlink == "pending" and report.record.budget == "pending"
@@ -130,21 +144,40 @@ def test_no_kit_holds_another_hospitals_secret_or_a_server_key(tmp_path: Path) -
 def test_cli_init_register_list_are_non_interactive(tmp_path: Path) -> None:
     runner = CliRunner()
     root = tmp_path / "fed"
-    done = runner.invoke(app, ["federation", "init", str(root), "--san", "localhost", "--superlink", NOWHERE,
-                               "--budget-url", ""])
+    done = runner.invoke(
+        app, ["federation", "init", str(root), "--san", "localhost", "--superlink", NOWHERE, "--budget-url", ""]
+    )
     assert done.exit_code == 0, done.output
     token = FederationDir(root).admin_token()
     assert token not in done.output
-    done = runner.invoke(app, ["institution", "register", "St Mary", "--epsilon-limit", "4", "--delta", "1e-5",
-                               "--federation", str(root), "--data-path", "/data/mary.csv", "--kit-root", "/kit"])
+    done = runner.invoke(
+        app,
+        [
+            "institution",
+            "register",
+            "St Mary",
+            "--epsilon-limit",
+            "4",
+            "--delta",
+            "1e-5",
+            "--federation",
+            str(root),
+            "--data-path",
+            "/data/mary.csv",
+            "--kit-root",
+            "/kit",
+        ],
+    )
     assert done.exit_code == 3, done.output  # 3: made, registration pending
     assert "pending" in done.output and "SuperLink" in done.output
     kit = root / "institutions" / "st-mary"
     assert (kit / "node.key").read_text() not in done.output
     assert tomllib.loads((kit / "node-config.toml").read_text())["data-path"] == "/data/mary.csv"
     assert json.loads((kit / "kit.json").read_text())["node-config"] == "/kit/node-config.toml"
-    again = runner.invoke(app, ["institution", "register", "St Mary", "--epsilon-limit", "4", "--delta", "1e-5",
-                                "--federation", str(root)])
+    again = runner.invoke(
+        app,
+        ["institution", "register", "St Mary", "--epsilon-limit", "4", "--delta", "1e-5", "--federation", str(root)],
+    )
     assert again.exit_code == 2 and "--rotate" in again.output
     listed = runner.invoke(app, ["institution", "list", "--federation", str(root)])
     assert listed.exit_code == 0 and "St Mary" in listed.output
@@ -155,9 +188,24 @@ def test_register_can_write_the_hospitals_compose_override(tmp_path: Path) -> No
 
     runner = CliRunner()
     root = tmp_path / "fed"
-    assert runner.invoke(app, ["federation", "init", str(root), "--superlink", NOWHERE, "--budget-url", ""]).exit_code == 0
-    done = runner.invoke(app, ["institution", "register", "North Clinic", "--epsilon-limit", "6", "--delta", "1e-5",
-                               "--federation", str(root), "--compose"])
+    assert (
+        runner.invoke(app, ["federation", "init", str(root), "--superlink", NOWHERE, "--budget-url", ""]).exit_code == 0
+    )
+    done = runner.invoke(
+        app,
+        [
+            "institution",
+            "register",
+            "North Clinic",
+            "--epsilon-limit",
+            "6",
+            "--delta",
+            "1e-5",
+            "--federation",
+            str(root),
+            "--compose",
+        ],
+    )
     assert done.exit_code == 3, done.output  # the kit and the override are made; registration pending
     override = root / "compose" / "north-clinic.yml"
     document = yaml.safe_load(override.read_text())

@@ -26,20 +26,29 @@ def test_three_hospitals_two_rounds_improve_the_model(tmp_path: Path, breast_can
     """With the defaults (TLS, local DP with a per-run target of epsilon 3) and the budget service."""
     split = breast_cancer_split
     admin_token = "integration-admin-" + "x" * 32
-    with running_budget_service(database_url=f"sqlite:///{tmp_path / 'ledger.db'}", admin_token=admin_token) as url, \
-            BudgetClient(url, admin_token) as admin, LocalFederation(tmp_path / "fed") as fed:
+    with (
+        running_budget_service(database_url=f"sqlite:///{tmp_path / 'ledger.db'}", admin_token=admin_token) as url,
+        BudgetClient(url, admin_token) as admin,
+        LocalFederation(tmp_path / "fed") as fed,
+    ):
         for i in range(1, 4):
             admin.ensure_institution(f"hospital-{i}", 10.0, 1e-5)
         token_file = tmp_path / "aggregator-token"
         token_file.write_text(admin.create_aggregator_token("integration-test"))
         fed.start_superlink()
         for i, path in enumerate(split.hospital_paths, start=1):
-            fed.add_hospital(institution=f"hospital-{i}", data_path=path, node_config={"state-dir": str(tmp_path / f"state-{i}")})
+            fed.add_hospital(
+                institution=f"hospital-{i}", data_path=path, node_config={"state-dir": str(tmp_path / f"state-{i}")}
+            )
         run_id = fed.submit(
             app_dir=APP_DIR,
             run_config={
-                "num-rounds": 2, "schema-path": str(split.schema_path), "results-dir": str(tmp_path / "runs"), "min-nodes": 3,
-                "budget-url": url, "budget-token-file": str(token_file),
+                "num-rounds": 2,
+                "schema-path": str(split.schema_path),
+                "results-dir": str(tmp_path / "runs"),
+                "min-nodes": 3,
+                "budget-url": url,
+                "budget-token-file": str(token_file),
             },
         )
         status = wait_finished(fed, run_id)
@@ -107,7 +116,10 @@ def test_a_hospital_with_a_malformed_file_is_rejected_and_the_round_goes_on(
         run_id = fed.submit(
             app_dir=APP_DIR,
             run_config={
-                "num-rounds": 1, "schema-path": str(split.schema_path), "results-dir": str(tmp_path / "runs"), "min-nodes": 3,
+                "num-rounds": 1,
+                "schema-path": str(split.schema_path),
+                "results-dir": str(tmp_path / "runs"),
+                "min-nodes": 3,
                 "dp": False,
             },
         )
@@ -123,4 +135,8 @@ def test_a_hospital_with_a_malformed_file_is_rejected_and_the_round_goes_on(
     (rejection,) = entry["rejected"]
     assert rejection["institution"] == "hospital-3"
     assert rejection["code"] == "bad-local-data"
-    assert "row 3" in rejection["reason"] and "'mean_radius'" in rejection["reason"] and "broken.csv" in rejection["reason"]
+    assert (
+        "row 3" in rejection["reason"]
+        and "'mean_radius'" in rejection["reason"]
+        and "broken.csv" in rejection["reason"]
+    )

@@ -35,18 +35,31 @@ def test_he_federation_matches_plain_and_the_server_never_holds_a_readable_model
     split = breast_cancer_split
     keys = write_keys(tmp_path / "he")
     runs = tmp_path / "runs"
-    common = {"num-rounds": 2, "schema-path": str(split.schema_path), "results-dir": str(runs), "min-nodes": 3, "dp": False}
+    common = {
+        "num-rounds": 2,
+        "schema-path": str(split.schema_path),
+        "results-dir": str(runs),
+        "min-nodes": 3,
+        "dp": False,
+    }
     with LocalFederation(tmp_path / "fed") as fed:
         fed.start_superlink()
         for i, path in enumerate(split.hospital_paths, start=1):
-            fed.add_hospital(institution=f"hospital-{i}", data_path=path,
-                             node_config={"he-context": str(keys.hospital_context), "state-dir": str(tmp_path / f"state-{i}")})
+            fed.add_hospital(
+                institution=f"hospital-{i}",
+                data_path=path,
+                node_config={"he-context": str(keys.hospital_context), "state-dir": str(tmp_path / f"state-{i}")},
+            )
         plain_id = fed.submit(app_dir=APP_DIR, run_config=common)
         plain_status = wait_finished(fed, plain_id)
-        he_id = fed.submit(app_dir=APP_DIR, run_config={**common, "privacy-mode": "he", "he-context": str(keys.server_context)})
+        he_id = fed.submit(
+            app_dir=APP_DIR, run_config={**common, "privacy-mode": "he", "he-context": str(keys.server_context)}
+        )
         he_status = wait_finished(fed, he_id)
         # The server must refuse to run HE with a context that can decrypt.
-        leaked_id = fed.submit(app_dir=APP_DIR, run_config={**common, "privacy-mode": "he", "he-context": str(keys.hospital_context)})
+        leaked_id = fed.submit(
+            app_dir=APP_DIR, run_config={**common, "privacy-mode": "he", "he-context": str(keys.hospital_context)}
+        )
         leaked_status = wait_finished(fed, leaked_id, timeout=180)
     assert_all_exited(fed.seen_pids)
     assert (plain_status, he_status) == ("finished:completed", "finished:completed")
@@ -54,7 +67,9 @@ def test_he_federation_matches_plain_and_the_server_never_holds_a_readable_model
     he = json.loads((runs / str(he_id) / "results.json").read_text())
     assert he["privacy_mode"] == "he" and he["status"] == "completed"
     facts = he["privacy"]["he"]
-    assert facts["scheme"] == "CKKS" and facts["poly_modulus_degree"] == 4096 and facts["coeff_mod_bit_sizes"] == [60, 40]
+    assert (
+        facts["scheme"] == "CKKS" and facts["poly_modulus_degree"] == 4096 and facts["coeff_mod_bit_sizes"] == [60, 40]
+    )
     assert facts["key_id"] == keys.key_id
     for entry in he["rounds"]:
         assert entry["status"] == "aggregated" and entry["participants"] == ["hospital-1", "hospital-2", "hospital-3"]
@@ -77,6 +92,10 @@ def test_he_federation_matches_plain_and_the_server_never_holds_a_readable_model
     assert abs(he_acc - plain_acc) <= 0.01, (he_acc, plain_acc)
     assert he_acc > 0.85
 
-    leaked = json.loads((runs / str(leaked_id) / "results.json").read_text()) if (runs / str(leaked_id) / "results.json").exists() else None
+    leaked = (
+        json.loads((runs / str(leaked_id) / "results.json").read_text())
+        if (runs / str(leaked_id) / "results.json").exists()
+        else None
+    )
     assert leaked_status == "finished:failed"
     assert leaked is None  # refused before any round, before writing anything

@@ -33,15 +33,26 @@ def test_epsilon_continues_across_a_killed_supernode_and_a_second_run_and_budget
     split, state = breast_cancer_split, tmp_path / "state"
     # hospital-3 can afford exactly the two rounds of run 1, not a third.
     h3 = _round_event(split, 2)
-    limit_h3 = (epsilon_of([h3] * 2, accountant="rdp", delta=DELTA) + epsilon_of([h3] * 3, accountant="rdp", delta=DELTA)) / 2
+    limit_h3 = (
+        epsilon_of([h3] * 2, accountant="rdp", delta=DELTA) + epsilon_of([h3] * 3, accountant="rdp", delta=DELTA)
+    ) / 2
     run_config = {
-        "schema-path": str(split.schema_path), "results-dir": str(tmp_path / "runs"), "min-nodes": 3,
-        "noise-multiplier": NOISE, "target-epsilon": 0.0, "delta": DELTA, "local-epochs": EPOCHS, "batch-size": BATCH, "amp": "off",
+        "schema-path": str(split.schema_path),
+        "results-dir": str(tmp_path / "runs"),
+        "min-nodes": 3,
+        "noise-multiplier": NOISE,
+        "target-epsilon": 0.0,
+        "delta": DELTA,
+        "local-epochs": EPOCHS,
+        "batch-size": BATCH,
+        "amp": "off",
     }
 
     def add(fed: LocalFederation, i: int, **extra: object):
         return fed.add_hospital(
-            institution=f"hospital-{i}", data_path=split.hospital_paths[i - 1], node_config={"state-dir": str(state / f"h{i}"), **extra}
+            institution=f"hospital-{i}",
+            data_path=split.hospital_paths[i - 1],
+            node_config={"state-dir": str(state / f"h{i}"), **extra},
         )
 
     with LocalFederation(tmp_path / "fed") as fed:
@@ -72,7 +83,9 @@ def test_epsilon_continues_across_a_killed_supernode_and_a_second_run_and_budget
 
     (entry,) = second["rounds"]
     # The restarted hospital-1 continues from its state file: its third round in total.
-    assert entry["epsilon"]["hospital-1"] == pytest.approx(epsilon_of([h1] * 3, accountant="rdp", delta=DELTA), rel=1e-9)
+    assert entry["epsilon"]["hospital-1"] == pytest.approx(
+        epsilon_of([h1] * 3, accountant="rdp", delta=DELTA), rel=1e-9
+    )
     assert entry["epsilon"]["hospital-1"] > first["rounds"][-1]["epsilon"]["hospital-1"]
     # hospital-3 is out of budget: refused with a typed status, the others trained.
     assert entry["participants"] == ["hospital-1", "hospital-2"]

@@ -73,8 +73,12 @@ def test_registered_hospitals_train_strangers_are_refused_and_a_revoked_hospital
         budget = BudgetTarget(url, admin_token)
         kits = []
         for name in ("hospital-1", "hospital-2"):  # the SuperLink is down: node keys wait, the ledger takes them now
-            report = register_institution(fed_dir, KitOptions(name, 10.0, 1e-5),
-                                          superlink=SuperLinkConnection(NOT_RUNNING, fed_dir.ca_certificate), budget=budget)
+            report = register_institution(
+                fed_dir,
+                KitOptions(name, 10.0, 1e-5),
+                superlink=SuperLinkConnection(NOT_RUNNING, fed_dir.ca_certificate),
+                budget=budget,
+            )
             assert report.record.superlink == "pending" and report.record.budget == "registered", report
             kits.append(report.kit)
         institution_token = (kits[1] / "budget-token").read_text().strip()
@@ -84,22 +88,40 @@ def test_registered_hospitals_train_strangers_are_refused_and_a_revoked_hospital
             records = {r.name: r for r in list_institutions(fed_dir)}
             assert all(r.superlink == "registered" and r.node_id for r in records.values()), records
 
-            stranger = fed.add_hospital(institution="stranger", data_path=split.hospital_paths[2], wait=False,
-                                        kit=_forged_kit(kits[0], tmp_path / "stranger", new_key=True))
-            impostor = fed.add_hospital(institution="impostor", data_path=split.hospital_paths[2], wait=False,
-                                        kit=_forged_kit(kits[1], tmp_path / "impostor", ca_from=tmp_path / "other-ca"))
+            stranger = fed.add_hospital(
+                institution="stranger",
+                data_path=split.hospital_paths[2],
+                wait=False,
+                kit=_forged_kit(kits[0], tmp_path / "stranger", new_key=True),
+            )
+            impostor = fed.add_hospital(
+                institution="impostor",
+                data_path=split.hospital_paths[2],
+                wait=False,
+                kit=_forged_kit(kits[1], tmp_path / "impostor", ca_from=tmp_path / "other-ca"),
+            )
             assert _wait_exit(stranger) != 0
             assert "[code: 2004] Failed to activate SuperNode" in stranger.log_tail(40)
             assert _wait_exit(impostor) != 0
             assert "handshake" in impostor.log_tail(40).lower()
 
-            hospitals = [fed.add_hospital(institution=name, data_path=path, node_config={"state-dir": str(tmp_path / name)})
-                         for name, path in zip(("hospital-1", "hospital-2"), split.hospital_paths)]
+            hospitals = [
+                fed.add_hospital(institution=name, data_path=path, node_config={"state-dir": str(tmp_path / name)})
+                for name, path in zip(("hospital-1", "hospital-2"), split.hospital_paths, strict=False)
+            ]
             token_file = tmp_path / "aggregator-token"
             token_file.write_text(admin.create_aggregator_token("registration-test"))
-            run_id = fed.submit(app_dir=APP_DIR, run_config={
-                "num-rounds": 2, "schema-path": str(split.schema_path), "results-dir": str(tmp_path / "runs"),
-                "min-nodes": 2, "budget-url": url, "budget-token-file": str(token_file)})
+            run_id = fed.submit(
+                app_dir=APP_DIR,
+                run_config={
+                    "num-rounds": 2,
+                    "schema-path": str(split.schema_path),
+                    "results-dir": str(tmp_path / "runs"),
+                    "min-nodes": 2,
+                    "budget-url": url,
+                    "budget-token-file": str(token_file),
+                },
+            )
             assert wait_finished(fed, run_id) == "finished:completed"
             trained = time.monotonic()
 
@@ -110,7 +132,9 @@ def test_registered_hospitals_train_strangers_are_refused_and_a_revoked_hospital
             assert report.record.superlink == "revoked" and report.record.budget == "revoked", report
             _wait_cut_off(hospitals[1], after=log_before)  # the SuperLink dropped it; its reconnections fail
             assert hospitals[0].popen.poll() is None
-            online = {n["node-id"] for n in fed.flwr("supernode", "list", "fedcare")["nodes"] if n["status"] == "online"}
+            online = {
+                n["node-id"] for n in fed.flwr("supernode", "list", "fedcare")["nodes"] if n["status"] == "online"
+            }
             assert str(records["hospital-1"].node_id) in online and str(records["hospital-2"].node_id) not in online
             with BudgetClient(url, institution_token, retries=0) as revoked, pytest.raises(BudgetAuthError) as refused:
                 revoked.budgets()
@@ -123,7 +147,9 @@ def test_registered_hospitals_train_strangers_are_refused_and_a_revoked_hospital
 
 def test_the_demo_runs_with_tls_and_node_authentication(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    outcome = run_demo(DemoOptions(hospitals=2, rounds=1, out=out), console=Console(file=open(tmp_path / "demo.log", "w")))
+    outcome = run_demo(
+        DemoOptions(hospitals=2, rounds=1, out=out), console=Console(file=open(tmp_path / "demo.log", "w"))
+    )
     assert outcome.status == "finished:completed"
     fed_dir = FederationDir(out / "federation")
     records = list_institutions(fed_dir)
@@ -136,7 +162,9 @@ def test_the_demo_runs_with_tls_and_node_authentication(tmp_path: Path) -> None:
     superlink_log = (out / "federation" / "logs" / "superlink.log").read_text()
     command = superlink_log.splitlines()[0]
     assert "--enable-supernode-auth" in command and "--ssl-certfile" in command and "--insecure" not in command
-    assert superlink_log.count("[ControlServicer.RegisterNode] Created node_id") >= 2  # through `flwr supernode register`
+    assert (
+        superlink_log.count("[ControlServicer.RegisterNode] Created node_id") >= 2
+    )  # through `flwr supernode register`
     for i in (1, 2):
         supernode = (out / "federation" / "logs" / f"supernode-hospital-{i}.log").read_text().splitlines()[0]
         assert "--auth-supernode-private-key" in supernode and "--root-certificates" in supernode

@@ -35,21 +35,41 @@ SEED = 42  # the ServerApp's default seed for the initial global model
 
 
 def _run_config(split: DemoSplit, tmp_path: Path, **extra: Any) -> dict[str, Any]:
-    return {"schema-path": str(split.schema_path), "results-dir": str(tmp_path / "runs"), "privacy-mode": "secagg",
-            "secagg-timeout": 45.0, **extra}
+    return {
+        "schema-path": str(split.schema_path),
+        "results-dir": str(tmp_path / "runs"),
+        "privacy-mode": "secagg",
+        "secagg-timeout": 45.0,
+        **extra,
+    }
 
 
-def _local_update(split: DemoSplit, settings: RunSettings, *, hospital: int, weights: dict[str, np.ndarray],
-                  server_round: int) -> ClientUpdate:
+def _local_update(
+    split: DemoSplit, settings: RunSettings, *, hospital: int, weights: dict[str, np.ndarray], server_round: int
+) -> ClientUpdate:
     """What hospital `hospital` (1-based) trains from `weights` in `server_round`, recomputed in this process
     with the ClientApp's own code: DP off and the run's seed make local training deterministic."""
     schema = load_schema(split.schema_path)
     content = RecordDict({"config": message_config(settings, schema, server_round), "arrays": from_numpy(weights)})
-    metadata = Metadata(run_id=1, message_id="recompute", src_node_id=0, dst_node_id=hospital, reply_to_message_id="",
-                        group_id=str(server_round), created_at=time.time(), ttl=3600.0, message_type="train")
+    metadata = Metadata(
+        run_id=1,
+        message_id="recompute",
+        src_node_id=0,
+        dst_node_id=hospital,
+        reply_to_message_id="",
+        group_id=str(server_round),
+        created_at=time.time(),
+        ttl=3600.0,
+        message_type="train",
+    )
     institution = f"hospital-{hospital}"
-    context = Context(run_id=1, node_id=hospital, node_config={
-        "institution": institution, "data-path": str(split.hospital_paths[hospital - 1])}, state=RecordDict(), run_config={})
+    context = Context(
+        run_id=1,
+        node_id=hospital,
+        node_config={"institution": institution, "data-path": str(split.hospital_paths[hospital - 1])},
+        state=RecordDict(),
+        run_config={},
+    )
     local = LocalRound.from_message(Message(content, metadata=metadata), context)
     local.train()
     return ClientUpdate(institution, hospital, to_numpy(to_record(local.model.state_dict())), local.train_examples)
@@ -59,7 +79,9 @@ def _load(path: str | Path) -> OrderedDict[str, np.ndarray]:
     return to_numpy(ArrayRecord(torch.load(path)))
 
 
-def test_secagg_fedavg_equals_plaintext_fedavg_of_the_same_updates(tmp_path: Path, breast_cancer_split: DemoSplit) -> None:
+def test_secagg_fedavg_equals_plaintext_fedavg_of_the_same_updates(
+    tmp_path: Path, breast_cancer_split: DemoSplit
+) -> None:
     split = breast_cancer_split
     run_config = _run_config(split, tmp_path, **{"num-rounds": 2, "min-nodes": 3, "dp": False})
     with LocalFederation(tmp_path / "fed") as fed:
@@ -82,8 +104,9 @@ def test_secagg_fedavg_equals_plaintext_fedavg_of_the_same_updates(tmp_path: Pat
         assert entry["status"] == "aggregated", entry
         assert entry["participants"] == ["hospital-1", "hospital-2", "hospital-3"]
         assert entry["secagg"]["answered"] == {"setup": 3, "share-keys": 3, "masked-vectors": 3, "unmask": 3}
-        updates = [_local_update(split, settings, hospital=i, weights=previous, server_round=entry["round"])
-                   for i in (1, 2, 3)]
+        updates = [
+            _local_update(split, settings, hospital=i, weights=previous, server_round=entry["round"]) for i in (1, 2, 3)
+        ]
         expected = fedavg(updates)
         secagg = _load(entry["model_path"])
         bound = entry["secagg"]["quantization_error_bound"]
@@ -108,13 +131,28 @@ def test_a_supernode_killed_mid_round_costs_no_round_and_dp_epsilon_is_reported_
     """
     split, state = breast_cancer_split, tmp_path / "state"
     delta, noise, epochs, batch = 1e-5, 1.0, 8, 16
-    run_config = _run_config(split, tmp_path, **{
-        "num-rounds": 3, "min-nodes": 2, "noise-multiplier": noise, "target-epsilon": 0.0, "delta": delta,
-        "local-epochs": epochs, "batch-size": batch, "amp": "off"})
+    run_config = _run_config(
+        split,
+        tmp_path,
+        **{
+            "num-rounds": 3,
+            "min-nodes": 2,
+            "noise-multiplier": noise,
+            "target-epsilon": 0.0,
+            "delta": delta,
+            "local-epochs": epochs,
+            "batch-size": batch,
+            "amp": "off",
+        },
+    )
     with LocalFederation(tmp_path / "fed") as fed:
         fed.start_superlink()
-        nodes = [fed.add_hospital(institution=f"hospital-{i}", data_path=path, node_config={"state-dir": str(state / f"h{i}")})
-                 for i, path in enumerate(split.hospital_paths, start=1)]
+        nodes = [
+            fed.add_hospital(
+                institution=f"hospital-{i}", data_path=path, node_config={"state-dir": str(state / f"h{i}")}
+            )
+            for i, path in enumerate(split.hospital_paths, start=1)
+        ]
         run_id = fed.submit(app_dir=APP_DIR, run_config=run_config)
         committed = state / "h3" / "privacy-accountant.json"
         deadline = time.monotonic() + 300

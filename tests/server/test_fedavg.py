@@ -13,7 +13,9 @@ from server.fedavg import ClientUpdate, fedavg, weighted_mean
 
 def _update(name: str, n: int, **weights: list[float]) -> ClientUpdate:
     return ClientUpdate(
-        institution=name, node_id=hash(name) % 1000, num_examples=n,
+        institution=name,
+        node_id=hash(name) % 1000,
+        num_examples=n,
         weights=OrderedDict((k, np.asarray(v, dtype=np.float32)) for k, v in weights.items()),
     )
 

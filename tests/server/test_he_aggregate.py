@@ -41,16 +41,27 @@ def ctx(keys: tuple[bytes, bytes]) -> ts.Context:
 def updates() -> dict[str, OrderedDict[str, np.ndarray]]:
     """An MLP's shapes plus a spare tensor (5,130 values: 3 chunks), different random weights per hospital."""
     rng = np.random.default_rng(7)
-    shapes = {"net.0.weight": (64, 30), "net.0.bias": (64,), "net.2.weight": (32, 64), "net.2.bias": (32,),
-              "net.4.weight": (2, 32), "net.4.bias": (2,), "extra": (1000,)}
-    return {name: OrderedDict((k, rng.normal(0, 0.5, size=s).astype(np.float32)) for k, s in shapes.items())
-            for name in COUNTS}
+    shapes = {
+        "net.0.weight": (64, 30),
+        "net.0.bias": (64,),
+        "net.2.weight": (32, 64),
+        "net.2.bias": (32,),
+        "net.4.weight": (2, 32),
+        "net.4.bias": (2,),
+        "extra": (1000,),
+    }
+    return {
+        name: OrderedDict((k, rng.normal(0, 0.5, size=s).astype(np.float32)) for k, s in shapes.items())
+        for name in COUNTS
+    }
 
 
 @pytest.fixture(scope="module")
 def bundles(updates, ctx) -> dict[str, EncryptedUpdate]:
-    return {name: encrypt_update(w, num_examples=COUNTS[name], context=ctx, run_id=RUN, server_round=ROUND)
-            for name, w in updates.items()}
+    return {
+        name: encrypt_update(w, num_examples=COUNTS[name], context=ctx, run_id=RUN, server_round=ROUND)
+        for name, w in updates.items()
+    }
 
 
 def template(updates) -> OrderedDict[str, np.ndarray]:
@@ -91,14 +102,15 @@ def flip_middle(bundle: EncryptedUpdate, *, chunk: int, reseal: bool) -> Encrypt
     chunks = list(bundle.chunks)
     damaged = bytearray(chunks[chunk])
     mid = len(damaged) // 2
-    damaged[mid:mid + 16] = bytes(b ^ 0xFF for b in damaged[mid:mid + 16])
+    damaged[mid : mid + 16] = bytes(b ^ 0xFF for b in damaged[mid : mid + 16])
     chunks[chunk] = bytes(damaged)
     out = replace(bundle, chunks=tuple(chunks))
     return out.sealed() if reseal else out
 
 
-@pytest.mark.parametrize(("reseal", "match"), [(False, "digest does not match"),
-                                                (True, "chunk 2 does not deserialize")])
+@pytest.mark.parametrize(
+    ("reseal", "match"), [(False, "digest does not match"), (True, "chunk 2 does not deserialize")]
+)
 def test_tampered_update_is_rejected_and_round_completes(keys, ctx, updates, bundles, caplog, reseal, match) -> None:
     """Flipped bytes, with the digest left stale (damage in transit) or recomputed (a sender's doing).
     The last chunk is damaged, so a rejected update must not leave its first chunks in the sum."""
@@ -123,8 +135,9 @@ def reseal(bundle: EncryptedUpdate, **header_changes) -> EncryptedUpdate:
 def test_wrong_length_is_rejected(keys, ctx, updates, bundles) -> None:
     short = OrderedDict(list(template(updates).items())[:-1])
     with pytest.raises(InvalidCiphertext, match="4130 values, the model has 5130"):
-        aggregator(keys, updates).add(encrypt_update(short, num_examples=3, context=ctx, run_id=RUN,
-                                                     server_round=ROUND), institution="north")
+        aggregator(keys, updates).add(
+            encrypt_update(short, num_examples=3, context=ctx, run_id=RUN, server_round=ROUND), institution="north"
+        )
     missing_chunk = replace(bundles["north"], chunks=bundles["north"].chunks[:-1]).sealed()
     with pytest.raises(InvalidCiphertext, match="2 chunks of 2048 slots, expected 3"):
         aggregator(keys, updates).add(missing_chunk, institution="north")

@@ -7,13 +7,11 @@ multi-process federation is `tests/integration/test_he_federation.py`.)
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 from flwr.app import ArrayRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
@@ -58,7 +56,9 @@ class LoopbackGrid:
         for i, msg in enumerate(messages):
             msg.metadata.__dict__["_message_id"] = f"m{len(self._replies)}-{i}"
             node = msg.metadata.dst_node_id
-            context = Context(run_id=RUN, node_id=node, node_config=self.hospitals[node], state=RecordDict(), run_config={})
+            context = Context(
+                run_id=RUN, node_id=node, node_config=self.hospitals[node], state=RecordDict(), run_config={}
+            )
             handler = client_train if msg.metadata.message_type == "train" else client_evaluate
             reply = handler(msg, context)
             self.tamper(node, reply)
@@ -78,13 +78,25 @@ def split(tmp_path_factory: pytest.TempPathFactory) -> DemoSplit:
 def _rounds(tmp_path: Path, split: DemoSplit, *, tamper=lambda node, reply: None) -> tuple[HERounds, LoopbackGrid]:
     keys = write_keys(tmp_path / "he")
     hospitals = {
-        node: {"institution": f"hospital-{node}", "data-path": str(path), "he-context": str(keys.hospital_context),
-               "state-dir": str(tmp_path / f"state-{node}")}
+        node: {
+            "institution": f"hospital-{node}",
+            "data-path": str(path),
+            "he-context": str(keys.hospital_context),
+            "state-dir": str(tmp_path / f"state-{node}"),
+        }
         for node, path in enumerate(split.hospital_paths, start=1)
     }
     grid = LoopbackGrid(hospitals, tamper=tamper)
-    settings = RunSettings.model_validate({"schema-path": str(split.schema_path), "num-rounds": 2, "dp": False,
-                                           "local-epochs": 1, "privacy-mode": "he", "he-context": str(keys.server_context)})
+    settings = RunSettings.model_validate(
+        {
+            "schema-path": str(split.schema_path),
+            "num-rounds": 2,
+            "dp": False,
+            "local-epochs": 1,
+            "privacy-mode": "he",
+            "he-context": str(keys.server_context),
+        }
+    )
     schema = load_schema(split.schema_path)
     (tmp_path / "run" / "models").mkdir(parents=True)
     ctx = RoundContext(grid=grid, settings=settings, schema=schema, run_dir=tmp_path / "run")  # type: ignore[arg-type]
@@ -102,9 +114,11 @@ def _damage(reply: Message, *, server_context: bytes, parses: bool) -> None:
         if parses:
             chunk[pos] ^= 0xFF
         else:
-            chunk[pos:pos + 16] = bytes(b ^ 0xFF for b in chunk[pos:pos + 16])
+            chunk[pos : pos + 16] = bytes(b ^ 0xFF for b in chunk[pos : pos + 16])
         damaged = replace(bundle, chunks=(bundle.chunks[0], bytes(chunk), *bundle.chunks[2:])).sealed()
-        probe = HEAggregator(server_context, expected_values=num_values, run_id=RUN, server_round=bundle.header.server_round)
+        probe = HEAggregator(
+            server_context, expected_values=num_values, run_id=RUN, server_round=bundle.header.server_round
+        )
         try:
             probe.add(damaged, institution="probe")
             accepted = True
@@ -117,7 +131,7 @@ def _damage(reply: Message, *, server_context: bytes, parses: bool) -> None:
 
 
 def test_a_ciphertext_the_server_cannot_parse_costs_only_its_sender(tmp_path: Path, split: DemoSplit) -> None:
-    server_context = (tmp_path / "he" / "server" / "he-public.ctx")
+    server_context = tmp_path / "he" / "server" / "he-public.ctx"
 
     def tamper(node: int, reply: Message) -> None:
         if node == 2 and take_bundle(reply.content).header.server_round == 1:
@@ -143,10 +157,14 @@ def test_a_ciphertext_altered_so_it_still_parses_is_refused_by_the_hospitals_and
     tmp_path: Path, split: DemoSplit
 ) -> None:
     damage = {"round": 2}
-    server_context = (tmp_path / "he" / "server" / "he-public.ctx")
+    server_context = tmp_path / "he" / "server" / "he-public.ctx"
 
     def tamper(node: int, reply: Message) -> None:
-        if node == 2 and HEADER_KEY in reply.content and take_bundle(reply.content).header.server_round == damage["round"]:
+        if (
+            node == 2
+            and HEADER_KEY in reply.content
+            and take_bundle(reply.content).header.server_round == damage["round"]
+        ):
             _damage(reply, server_context=server_context.read_bytes(), parses=True)
 
     rounds, _ = _rounds(tmp_path, split, tamper=tamper)

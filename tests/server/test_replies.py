@@ -117,8 +117,15 @@ def test_a_non_finite_train_loss_keeps_the_update_but_not_the_loss(reference: Or
 
 
 def test_a_refusal_is_recorded_with_its_code(reference: OrderedDict[str, np.ndarray]) -> None:
-    status = {"ok": False, "code": "bad-local-data", "reason": "row 3, column 'age' is empty", "institution": "Riverside"}
-    out = sort_replies([_reply(8, RecordDict({"status": ConfigRecord(status)}))], reference=reference, expect_update=True)
+    status = {
+        "ok": False,
+        "code": "bad-local-data",
+        "reason": "row 3, column 'age' is empty",
+        "institution": "Riverside",
+    }
+    out = sort_replies(
+        [_reply(8, RecordDict({"status": ConfigRecord(status)}))], reference=reference, expect_update=True
+    )
     assert out.updates == [] and out.scores == []
     assert out.rejections == [Rejection("Riverside", 8, "bad-local-data", "row 3, column 'age' is empty")]
 
@@ -168,7 +175,10 @@ def test_evaluate_replies_collect_scores_without_updates() -> None:
         _eval_reply(7, "C", loss=0.1, accuracy=1.0, examples=0),  # nothing scored: left out
     ]
     out = sort_replies(replies, reference=None, expect_update=False)
-    assert out.scores == [("A", pytest.approx(0.4), pytest.approx(0.9), 20), ("B", pytest.approx(0.8), pytest.approx(0.5), 10)]
+    assert out.scores == [
+        ("A", pytest.approx(0.4), pytest.approx(0.9), 20),
+        ("B", pytest.approx(0.8), pytest.approx(0.5), 10),
+    ]
     assert out.updates == [] and out.rejections == [] and out.train_losses == []
 
 
@@ -184,8 +194,16 @@ def test_non_finite_scores_are_not_averaged_into_the_round() -> None:
 
 def _dp_event(epsilon: float) -> ConfigRecord:
     return ConfigRecord(
-        {"noise_multiplier": 1.1, "sample_rate": 0.1, "steps": 20, "accountant": "rdp", "epsilon": epsilon,
-         "delta": 1e-5, "run_id": "99", "server_round": 1}
+        {
+            "noise_multiplier": 1.1,
+            "sample_rate": 0.1,
+            "steps": 20,
+            "accountant": "rdp",
+            "epsilon": epsilon,
+            "delta": 1e-5,
+            "run_id": "99",
+            "server_round": 1,
+        }
     )
 
 
@@ -212,7 +230,9 @@ def test_an_update_rejected_for_its_dp_event_leaves_no_trace_in_the_round(
 
 def test_a_refusal_reporting_its_spent_epsilon_is_kept(reference: OrderedDict[str, np.ndarray]) -> None:
     status = {"ok": False, "code": "budget-exhausted", "reason": "above the limit", "institution": "A", "epsilon": 7.5}
-    out = sort_replies([_reply(8, RecordDict({"status": ConfigRecord(status)}))], reference=reference, expect_update=True)
+    out = sort_replies(
+        [_reply(8, RecordDict({"status": ConfigRecord(status)}))], reference=reference, expect_update=True
+    )
     assert out.epsilon_known == {"A": 7.5}
     assert [r.code for r in out.rejections] == ["budget-exhausted"]
 

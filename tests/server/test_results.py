@@ -17,6 +17,7 @@ from server.results import RunResults
 
 def _strict_json(path: Path) -> dict[str, Any]:
     """Parse as standard JSON: NaN or Infinity in the file is an error."""
+
     def refuse(token: str) -> None:
         raise ValueError(f"non-standard JSON constant {token} in {path}")
 
@@ -26,8 +27,12 @@ def _strict_json(path: Path) -> dict[str, Any]:
 @pytest.fixture
 def results(tmp_path: Path) -> RunResults:
     return RunResults(
-        path=tmp_path / "7" / "results.json", run_id=7, privacy_mode="plain", model="mlp",
-        parameter_count=2499, num_rounds=2,
+        path=tmp_path / "7" / "results.json",
+        run_id=7,
+        privacy_mode="plain",
+        model="mlp",
+        parameter_count=2499,
+        num_rounds=2,
     )
 
 
@@ -72,8 +77,12 @@ def test_an_aggregated_round_records_participants_rejections_and_privacy(results
     assert entry["train_loss"] == pytest.approx((0.5 * 30 + 0.1 * 10) / 40)
     assert entry["loss"] is None and entry["accuracy"] is None  # scored with the next message
     assert entry["rejected"] == [
-        {"institution": "St Mary", "node_id": 3, "code": "invalid-update",
-         "reason": "tensor 'w' contains NaN or infinite values"}
+        {
+            "institution": "St Mary",
+            "node_id": 3,
+            "code": "invalid-update",
+            "reason": "tensor 'w' contains NaN or infinite values",
+        }
     ]
     assert entry["model_path"] == str(tmp_path / "round-1.pt")
 

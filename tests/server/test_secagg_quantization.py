@@ -17,7 +17,7 @@ from server.secagg_quantization import error_bound, quantization_facts, quantiza
 
 def _secagg_average(updates: list[np.ndarray], counts: list[int], *, c: float, q: int, max_weight: float) -> np.ndarray:
     ratios = [round(n / max_weight * q) for n in counts]  # secaggplus_mod: q_ratio
-    total = sum(quantize([u * (r / q)], c, q)[0].astype(np.int64) for u, r in zip(updates, ratios))
+    total = sum(quantize([u * (r / q)], c, q)[0].astype(np.int64) for u, r in zip(updates, ratios, strict=False))
     (value,) = dequantize([total], c, q)  # unmask_stage
     return (value - (len(updates) - 1) * c) * (q / sum(ratios))
 
@@ -27,7 +27,7 @@ def test_the_reported_bound_holds_for_flowers_arithmetic(c: float, q: int, max_w
     rng = np.random.default_rng(7)
     counts = [150, 125, 90]
     updates = [rng.uniform(-1.0, 1.0, size=20_000) for _ in counts]
-    exact = sum(u * n for u, n in zip(updates, counts)) / sum(counts)
+    exact = sum(u * n for u, n in zip(updates, counts, strict=False)) / sum(counts)
     bound = error_bound(clipping_range=c, quantization_range=q, max_weight=max_weight, num_examples=counts)
     error = np.abs(_secagg_average(updates, counts, c=c, q=q, max_weight=max_weight) - exact).max()
     assert error <= bound
@@ -50,8 +50,9 @@ def test_refusals_with_weight_zero_do_not_count() -> None:
 
 
 def test_results_json_facts_state_the_step_and_ranges() -> None:
-    settings = RunSettings.from_run_config({"schema-path": "s.json", "privacy-mode": "secagg", "clipping-range": 2.0,
-                                            "quantization-range": 1024})
+    settings = RunSettings.from_run_config(
+        {"schema-path": "s.json", "privacy-mode": "secagg", "clipping-range": 2.0, "quantization-range": 1024}
+    )
     facts = quantization_facts(settings)
     assert facts["quantization_step"] == pytest.approx(4.0 / 1024)
     assert facts["clipping_range"] == 2.0 and facts["quantization_range"] == 1024 and facts["modulus_range"] == 2**32
@@ -60,5 +61,11 @@ def test_results_json_facts_state_the_step_and_ranges() -> None:
 def test_a_hospital_sees_values_that_secagg_would_clip() -> None:
     weights = {"w": np.array([0.5, -3.0, 9.0], dtype=np.float32)}
     # weight 1000/1000: values beyond +-2 are clipped; weight 100/1000 scales them below.
-    assert weighted_overflow(weights, num_examples=1000, max_weight=1000.0, clipping_range=2.0, quantization_range=2**22) == 2
-    assert weighted_overflow(weights, num_examples=100, max_weight=1000.0, clipping_range=2.0, quantization_range=2**22) == 0
+    assert (
+        weighted_overflow(weights, num_examples=1000, max_weight=1000.0, clipping_range=2.0, quantization_range=2**22)
+        == 2
+    )
+    assert (
+        weighted_overflow(weights, num_examples=100, max_weight=1000.0, clipping_range=2.0, quantization_range=2**22)
+        == 0
+    )

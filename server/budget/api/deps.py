@@ -45,8 +45,14 @@ class Ledger:
     query instead of BEGIN, query, ROLLBACK).
     """
 
-    def __init__(self, sessions: sessionmaker[Session], *, read_sessions: sessionmaker[Session] | None = None,
-                 serialize_writes: bool = False, write_threads: int = 2) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        *,
+        read_sessions: sessionmaker[Session] | None = None,
+        serialize_writes: bool = False,
+        write_threads: int = 2,
+    ) -> None:
         self._sessions, self._read_sessions = sessions, read_sessions or sessions
         self._write_lock = threading.Lock() if serialize_writes else contextlib.nullcontext()
         self._write_threads = write_threads
@@ -68,11 +74,14 @@ class Ledger:
         return await run_in_threadpool(self.read_here, work, **kwargs)
 
     async def write(self, work: Callable[..., T], /, **kwargs: Any) -> T:
-        """Like `read`, for work that writes; writers have threads of their own, so a slow write never holds up reads."""
+        """Like `read`, for work that writes.
+
+        Writers have threads of their own, so a slow write never holds up reads."""
         if self._write_limiter is None:
             self._write_limiter = anyio.CapacityLimiter(self._write_threads)
-        return await anyio.to_thread.run_sync(functools.partial(self.write_here, work, **kwargs),
-                                              limiter=self._write_limiter)
+        return await anyio.to_thread.run_sync(
+            functools.partial(self.write_here, work, **kwargs), limiter=self._write_limiter
+        )
 
     async def write_events(self, events: list[EventCreate]) -> EventsWritten:
         """Store one request's events, committed together with whatever other requests are waiting (group commit).
@@ -84,7 +93,9 @@ class Ledger:
         loop = asyncio.get_running_loop()
         if self._event_queue is None or self._event_loop is not loop:
             self._event_queue, self._event_loop = asyncio.Queue(), loop
-            self._group_task = loop.create_task(self._commit_groups(self._event_queue), name="fedcare-budget-group-commit")
+            self._group_task = loop.create_task(
+                self._commit_groups(self._event_queue), name="fedcare-budget-group-commit"
+            )
         answer: asyncio.Future = loop.create_future()
         self._event_queue.put_nowait((events, answer))
         return await answer
@@ -106,7 +117,7 @@ class Ledger:
                 results = await self.write(crud.record_batches, batches=[events for events, _ in group])
             except Exception as exc:  # noqa: BLE001 - every waiting request gets the error (a 500; clients retry)
                 results = [exc] * len(group)
-            for (_, answer), result in zip(group, results):
+            for (_, answer), result in zip(group, results, strict=False):
                 if answer.done():  # the request was cancelled (client gone)
                     continue
                 if isinstance(result, BaseException):
@@ -174,7 +185,9 @@ CurrentViewer = Annotated[Principal, Depends(get_viewer)]
 def require(principal: Principal, *roles: Role) -> None:
     if principal.role not in roles:
         allowed = " or ".join(r.value for r in roles)
-        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=f"this needs the {allowed} role; you are {principal.role.value}")
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, detail=f"this needs the {allowed} role; you are {principal.role.value}"
+        )
 
 
 def require_institution_access(principal: Principal, institution_id: int) -> None:

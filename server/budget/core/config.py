@@ -46,7 +46,9 @@ class BudgetSettings(BaseSettings):
     # Measured on 2 cores: 2 reader threads serve ~15% more reads than 8 (less GIL contention), at lower p99.
     read_threads: int = Field(default=2, ge=1, description="Threads for reads (per worker process)")
     write_threads: int = Field(default=2, ge=1, description="Threads for writes, apart from the readers'")
-    db_pool_size: int = Field(default=8, ge=1, description="Connections kept open; as many again may be added under load")
+    db_pool_size: int = Field(
+        default=8, ge=1, description="Connections kept open; as many again may be added under load"
+    )
     token_cache_seconds: float = Field(default=60.0, ge=0, description="How long a verified token is remembered")
     dashboard_points: int = Field(default=1000, ge=10, description="Most recent events plotted per institution")
 

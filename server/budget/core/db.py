@@ -39,8 +39,12 @@ def make_engine(settings: BudgetSettings) -> Engine:
 def _sqlite_engine(settings: BudgetSettings, url) -> Engine:
     if url.database and url.database != ":memory:":
         Path(url.database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": settings.sqlite_busy_timeout_ms / 1000},
-                           pool_size=settings.db_pool_size, max_overflow=2 * settings.db_pool_size)
+    engine = create_engine(
+        url,
+        connect_args={"check_same_thread": False, "timeout": settings.sqlite_busy_timeout_ms / 1000},
+        pool_size=settings.db_pool_size,
+        max_overflow=2 * settings.db_pool_size,
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:

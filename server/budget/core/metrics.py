@@ -33,14 +33,23 @@ class LedgerCollector:
 
     def collect(self):
         events = CounterMetricFamily("fedcare_budget_events_stored", "DP events in the ledger", labels=["institution"])
-        spent = GaugeMetricFamily("fedcare_budget_epsilon_spent", "Epsilon spent (max of recomputed and reported)",
-                                  labels=["institution"])
+        spent = GaugeMetricFamily(
+            "fedcare_budget_epsilon_spent", "Epsilon spent (max of recomputed and reported)", labels=["institution"]
+        )
         limit = GaugeMetricFamily("fedcare_budget_epsilon_limit", "Lifetime epsilon limit", labels=["institution"])
-        flagged = GaugeMetricFamily("fedcare_budget_flagged_events", "Events whose report disagreed with the ledger",
-                                    labels=["institution"])
+        flagged = GaugeMetricFamily(
+            "fedcare_budget_flagged_events", "Events whose report disagreed with the ledger", labels=["institution"]
+        )
         with self._sessions() as session:
-            rows = session.execute(select(Institution.name, Institution.rounds, Institution.epsilon_spent,
-                                          Institution.epsilon_limit, Institution.flagged_events))
+            rows = session.execute(
+                select(
+                    Institution.name,
+                    Institution.rounds,
+                    Institution.epsilon_spent,
+                    Institution.epsilon_limit,
+                    Institution.flagged_events,
+                )
+            )
             for name, rounds, eps, lim, flags in rows:
                 events.add_metric([name], rounds)
                 spent.add_metric([name], eps)
@@ -57,11 +66,16 @@ class BudgetMetrics:
             multiprocess.MultiProcessCollector(self.registry)
         own = None if shared else self.registry
         self.requests = Histogram(
-            "fedcare_budget_request_duration_seconds", "HTTP request latency", ["method", "route", "status"],
-            buckets=LATENCY_BUCKETS, registry=own,
+            "fedcare_budget_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=own,
         )
         self.event_writes = Counter(
-            "fedcare_budget_event_writes", "Events posted, by outcome (created, duplicate, conflict)", ["outcome"],
+            "fedcare_budget_event_writes",
+            "Events posted, by outcome (created, duplicate, conflict)",
+            ["outcome"],
             registry=own,
         )
         self.registry.register(LedgerCollector(sessions))

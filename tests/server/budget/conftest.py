@@ -31,8 +31,10 @@ _databases = itertools.count()
 def _apt_install(package: str) -> None:
     """The test setup installs Debian packages it needs (as root with apt-get), loudly, or fails saying why."""
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        pytest.fail(f"{package} is missing and cannot be installed here (needs root and apt-get); "
-                    f"install it with `apt-get install -y {package}`")
+        pytest.fail(
+            f"{package} is missing and cannot be installed here (needs root and apt-get); "
+            f"install it with `apt-get install -y {package}`"
+        )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", package]):
         result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
@@ -76,8 +78,9 @@ def client(settings: BudgetSettings) -> Iterator[TestClient]:
 @pytest.fixture
 def live_service(tmp_path: Path) -> Iterator[str]:
     """The service as a real uvicorn process on 127.0.0.1, on a SQLite file in tmp_path."""
-    with running_budget_service(database_url=f"sqlite:///{tmp_path / 'live.db'}", admin_token=ADMIN_TOKEN,
-                                log_path=tmp_path / "service.log") as url:
+    with running_budget_service(
+        database_url=f"sqlite:///{tmp_path / 'live.db'}", admin_token=ADMIN_TOKEN, log_path=tmp_path / "service.log"
+    ) as url:
         yield url
 
 

@@ -17,8 +17,9 @@ ADMIN = bearer(ADMIN_TOKEN)
 
 
 def register(client: TestClient, name: str, *, epsilon_limit: float = 10.0, delta: float = 1e-5) -> dict[str, Any]:
-    response = client.post("/v1/institutions", json={"name": name, "epsilon_limit": epsilon_limit, "delta": delta},
-                           headers=ADMIN)
+    response = client.post(
+        "/v1/institutions", json={"name": name, "epsilon_limit": epsilon_limit, "delta": delta}, headers=ADMIN
+    )
     assert response.status_code == 201, response.text
     return response.json()
 
@@ -30,9 +31,17 @@ def aggregator_token(client: TestClient) -> str:
 
 
 def dp_event(institution: str, server_round: int = 1, **overrides: Any) -> dict[str, Any]:
-    event = {"run_id": "1795588208837835127", "server_round": server_round, "institution": institution,
-             "noise_multiplier": 1.0, "sample_rate": 0.05, "steps": 40, "accountant": "rdp", "epsilon": 100.0,
-             "delta": 1e-5}
+    event = {
+        "run_id": "1795588208837835127",
+        "server_round": server_round,
+        "institution": institution,
+        "noise_multiplier": 1.0,
+        "sample_rate": 0.05,
+        "steps": 40,
+        "accountant": "rdp",
+        "epsilon": 100.0,
+        "delta": 1e-5,
+    }
     return event | overrides
 
 
@@ -44,8 +53,8 @@ def decode_png(data: bytes) -> tuple[int, int, list[bytes]]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
     pos, idat, header = 8, b"", None
     while pos < len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + length]
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        body = data[pos + 8 : pos + 8 + length]
         if kind == b"IHDR":
             header = struct.unpack(">IIBBBBB", body)
         elif kind == b"IDAT":
@@ -57,7 +66,7 @@ def decode_png(data: bytes) -> tuple[int, int, list[bytes]]:
     bpp = 3 if color == 2 else 4
     raw, stride, rows, prev = zlib.decompress(idat), width * bpp, [], bytearray(width * bpp)
     for y in range(height):
-        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
         for i in range(stride):
             a = line[i - bpp] if i >= bpp else 0
             b, c = prev[i], prev[i - bpp] if i >= bpp else 0
@@ -82,6 +91,10 @@ def count_colour(rows: list[bytes], rgb: tuple[int, int, int], *, bpp: int, tole
     count = 0
     for row in rows:
         for i in range(0, len(row), bpp):
-            if abs(row[i] - r0) <= tolerance and abs(row[i + 1] - g0) <= tolerance and abs(row[i + 2] - b0) <= tolerance:
+            if (
+                abs(row[i] - r0) <= tolerance
+                and abs(row[i + 1] - g0) <= tolerance
+                and abs(row[i + 2] - b0) <= tolerance
+            ):
                 count += 1
     return count

@@ -14,7 +14,12 @@ from server.budget.core.config import BudgetSettings
 from server.budget.main import create_app
 from server.budget.process import free_port
 from server.budget_client import (
-    BudgetAuthError, BudgetClient, BudgetRejected, BudgetServiceUnavailable, BudgetView, normalize_event,
+    BudgetAuthError,
+    BudgetClient,
+    BudgetRejected,
+    BudgetServiceUnavailable,
+    BudgetView,
+    normalize_event,
 )
 from tests.server.budget.helpers import ADMIN_TOKEN, dp_event
 
@@ -32,7 +37,9 @@ def _budget_client(app_client: TestClient, outbox: Path, token: str = ADMIN_TOKE
 
 
 def _unreachable(outbox: Path, token: str = ADMIN_TOKEN) -> BudgetClient:
-    return BudgetClient(f"http://127.0.0.1:{free_port()}", token, outbox_dir=outbox, timeout=1.0, retries=1, backoff=0.01)
+    return BudgetClient(
+        f"http://127.0.0.1:{free_port()}", token, outbox_dir=outbox, timeout=1.0, retries=1, backoff=0.01
+    )
 
 
 def test_ensure_institution_creates_once_then_returns_the_existing(app_client: TestClient, tmp_path: Path) -> None:
@@ -58,7 +65,8 @@ def test_aggregator_posts_events_and_reads_every_budget(app_client: TestClient, 
 
 
 def test_unreachable_service_keeps_events_on_disk_and_a_later_call_sends_them_first(
-        app_client: TestClient, tmp_path: Path) -> None:
+    app_client: TestClient, tmp_path: Path
+) -> None:
     outbox = tmp_path / "outbox"
     _budget_client(app_client, outbox).ensure_institution("hospital-1", 50.0, 1e-5)
     down = _unreachable(outbox)
@@ -87,7 +95,9 @@ def test_invalid_events_are_kept_aside_and_the_valid_ones_stored(app_client: Tes
     assert caught.value.status_code == 422
     assert client.budgets()["hospital-1"].rounds == 2
     rejected = [json.loads(line) for line in (outbox / "rejected.jsonl").read_text().splitlines()]
-    assert [r["institution"] for r in rejected] == ["hospital-9"] and "unknown institution" in rejected[0]["rejected_because"]
+    assert [r["institution"] for r in rejected] == ["hospital-9"] and "unknown institution" in rejected[0][
+        "rejected_because"
+    ]
     assert client.pending() == 0
 
 
@@ -115,10 +125,15 @@ def test_a_torn_outbox_line_is_set_aside_not_fatal(app_client: TestClient, tmp_p
 def test_events_need_the_ledger_fields() -> None:
     with pytest.raises(ValueError, match="lacks institution"):
         normalize_event({k: v for k, v in dp_event("h").items() if k != "institution"})
-    assert normalize_event(dp_event("h", run_id=12345678901234567890) | {"recorded_at": "x"})["run_id"] == "12345678901234567890"
+    assert (
+        normalize_event(dp_event("h", run_id=12345678901234567890) | {"recorded_at": "x"})["run_id"]
+        == "12345678901234567890"
+    )
 
 
-def test_events_as_hospitals_report_them_land_with_their_epsilon_unflagged(app_client: TestClient, tmp_path: Path) -> None:
+def test_events_as_hospitals_report_them_land_with_their_epsilon_unflagged(
+    app_client: TestClient, tmp_path: Path
+) -> None:
     """The ClientApp's own accountant, over two runs: the ledger agrees with every reported epsilon."""
     client = _budget_client(app_client, tmp_path / "outbox")
     client.ensure_institution("hospital-1", 100.0, 1e-5)
@@ -127,10 +142,19 @@ def test_events_as_hospitals_report_them_land_with_their_epsilon_unflagged(app_c
     for run_id, rounds in ((1795588208837835127, 3), (1795588238859563242, 2)):
         for server_round in range(1, rounds + 1):
             noise, q, steps = 1.1, 0.04, 25
-            eps = accountant.projected_epsilon(noise_multiplier=noise, sample_rate=q, steps=steps, accountant="rdp",
-                                               delta=1e-5)
-            event = DPEvent(noise_multiplier=noise, sample_rate=q, steps=steps, accountant="rdp", epsilon=eps,
-                            delta=1e-5, run_id=run_id, server_round=server_round)
+            eps = accountant.projected_epsilon(
+                noise_multiplier=noise, sample_rate=q, steps=steps, accountant="rdp", delta=1e-5
+            )
+            event = DPEvent(
+                noise_multiplier=noise,
+                sample_rate=q,
+                steps=steps,
+                accountant="rdp",
+                epsilon=eps,
+                delta=1e-5,
+                run_id=run_id,
+                server_round=server_round,
+            )
             accountant.commit(event)
             client.post_events([event.as_record() | {"institution": "hospital-1"}])
             reported.append(eps)

@@ -27,7 +27,8 @@ def test_data_survives_a_restart_and_undelivered_events_are_sent_after_it(tmp_pa
         hospital_token = admin.ensure_institution("hospital-1", 20.0, 1e-5).token
         aggregator_token = admin.create_aggregator_token("server-app")
         BudgetClient(url, aggregator_token, outbox_dir=outbox).post_events(
-            [dp_event("hospital-1", r, epsilon=float(r)) for r in (1, 2)])
+            [dp_event("hospital-1", r, epsilon=float(r)) for r in (1, 2)]
+        )
         before = admin.budgets()["hospital-1"]
         ledger_before = admin.events(before.institution_id)["items"]
 
@@ -106,9 +107,13 @@ def test_budget_show_prints_a_table_from_the_api(live_service: str) -> None:
     result = runner.invoke(budget_app, ["show", "--url", live_service, "--token", ADMIN_TOKEN])
     assert result.exit_code == 0, result.output
     assert "hospital-1" in result.output and "hospital-2" in result.output and "3.0000" in result.output
-    one = runner.invoke(budget_app, ["show", "--url", live_service, "--token", ADMIN_TOKEN, "--institution", "hospital-2"])
+    one = runner.invoke(
+        budget_app, ["show", "--url", live_service, "--token", ADMIN_TOKEN, "--institution", "hospital-2"]
+    )
     assert one.exit_code == 0 and "hospital-1" not in one.output and "ledger events" in one.output
-    unknown = runner.invoke(budget_app, ["show", "--url", live_service, "--token", ADMIN_TOKEN, "--institution", "nope"])
+    unknown = runner.invoke(
+        budget_app, ["show", "--url", live_service, "--token", ADMIN_TOKEN, "--institution", "nope"]
+    )
     assert unknown.exit_code == 1 and "no institution named 'nope'" in unknown.output
     refused = runner.invoke(budget_app, ["show", "--url", live_service, "--token", "fcb_wrong"])
     assert refused.exit_code == 1 and "401" in refused.output
@@ -117,11 +122,26 @@ def test_budget_show_prints_a_table_from_the_api(live_service: str) -> None:
 def _render(chromium: str, url: str, tmp_path: Path, name: str) -> tuple[Path, str]:
     shot = tmp_path / f"{name}.png"
     result = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / f'{name}-profile'}", f"--screenshot={shot}", "--window-size=1200,800",
-         "--enable-logging=stderr", "--v=0", url],
-        capture_output=True, text=True, timeout=120,
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / f'{name}-profile'}",
+            f"--screenshot={shot}",
+            "--window-size=1200,800",
+            "--enable-logging=stderr",
+            "--v=0",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert shot.exists(), f"chromium wrote no screenshot (exit {result.returncode}): {result.stderr[-3000:]}"
     return shot, result.stderr
@@ -129,8 +149,11 @@ def _render(chromium: str, url: str, tmp_path: Path, name: str) -> tuple[Path, s
 
 def _page_errors(log: str) -> list[str]:
     """Console messages (the page logs none), uncaught exceptions, CSP refusals, failed loads."""
-    return [line for line in log.splitlines()
-            if ":CONSOLE" in line or "Uncaught" in line or "Refused to" in line or "Failed to load resource" in line]
+    return [
+        line
+        for line in log.splitlines()
+        if ":CONSOLE" in line or "Uncaught" in line or "Refused to" in line or "Failed to load resource" in line
+    ]
 
 
 def test_the_dashboard_plots_spending_in_headless_chromium(chromium: str, live_service: str, tmp_path: Path) -> None:

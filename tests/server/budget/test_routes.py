@@ -17,18 +17,38 @@ def test_healthz_needs_no_token_and_names_the_database(client: TestClient, datab
 
 def test_openapi_documents_every_route(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
-    for path in ("/v1/institutions", "/v1/institutions/{institution_id}", "/v1/institutions/{institution_id}/budget",
-                 "/v1/institutions/{institution_id}/events", "/v1/events", "/v1/budgets", "/v1/runs/{run_id}/budget",
-                 "/v1/aggregators", "/healthz", "/metrics", "/dashboard"):
+    for path in (
+        "/v1/institutions",
+        "/v1/institutions/{institution_id}",
+        "/v1/institutions/{institution_id}/budget",
+        "/v1/institutions/{institution_id}/events",
+        "/v1/events",
+        "/v1/budgets",
+        "/v1/runs/{run_id}/budget",
+        "/v1/aggregators",
+        "/healthz",
+        "/metrics",
+        "/dashboard",
+    ):
         assert path in paths, path
 
 
-@pytest.mark.parametrize(("method", "path"), [
-    ("POST", "/v1/institutions"), ("GET", "/v1/institutions"), ("GET", "/v1/institutions/1"),
-    ("GET", "/v1/institutions/1/budget"), ("GET", "/v1/institutions/1/events"), ("POST", "/v1/events"),
-    ("GET", "/v1/budgets"), ("GET", "/v1/runs/1/budget"), ("POST", "/v1/aggregators"), ("GET", "/metrics"),
-    ("GET", "/dashboard"),
-])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v1/institutions"),
+        ("GET", "/v1/institutions"),
+        ("GET", "/v1/institutions/1"),
+        ("GET", "/v1/institutions/1/budget"),
+        ("GET", "/v1/institutions/1/events"),
+        ("POST", "/v1/events"),
+        ("GET", "/v1/budgets"),
+        ("GET", "/v1/runs/1/budget"),
+        ("POST", "/v1/aggregators"),
+        ("GET", "/metrics"),
+        ("GET", "/dashboard"),
+    ],
+)
 def test_every_protected_route_is_401_without_a_token(client: TestClient, method: str, path: str) -> None:
     response = client.request(method, path, json={})
     assert response.status_code == 401
@@ -55,20 +75,24 @@ def test_register_returns_the_token_once_and_stores_only_its_hash(client: TestCl
 
 def test_duplicate_institution_name_is_409(client: TestClient) -> None:
     register(client, "hospital-1")
-    response = client.post("/v1/institutions", json={"name": "hospital-1", "epsilon_limit": 1, "delta": 1e-5},
-                           headers=ADMIN)
+    response = client.post(
+        "/v1/institutions", json={"name": "hospital-1", "epsilon_limit": 1, "delta": 1e-5}, headers=ADMIN
+    )
     assert response.status_code == 409
     assert "already exists" in response.json()["detail"]
 
 
-@pytest.mark.parametrize(("payload", "message"), [
-    ({"name": "h", "epsilon_limit": -1, "delta": 1e-5}, "epsilon_limit: Input should be greater than 0"),
-    ({"name": "h", "epsilon_limit": 1, "delta": 1.0}, "delta: Input should be less than 1"),
-    ({"name": "h", "epsilon_limit": 1, "delta": 0}, "delta: Input should be greater than 0"),
-    ({"name": "", "epsilon_limit": 1, "delta": 1e-5}, "name: String should have at least 1 character"),
-    ({"name": "h", "epsilon_limit": 1}, "delta: Field required"),
-    ({"name": "h", "epsilon_limit": 1, "delta": 1e-5, "colour": "red"}, "colour: Extra inputs are not permitted"),
-])
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({"name": "h", "epsilon_limit": -1, "delta": 1e-5}, "epsilon_limit: Input should be greater than 0"),
+        ({"name": "h", "epsilon_limit": 1, "delta": 1.0}, "delta: Input should be less than 1"),
+        ({"name": "h", "epsilon_limit": 1, "delta": 0}, "delta: Input should be greater than 0"),
+        ({"name": "", "epsilon_limit": 1, "delta": 1e-5}, "name: String should have at least 1 character"),
+        ({"name": "h", "epsilon_limit": 1}, "delta: Field required"),
+        ({"name": "h", "epsilon_limit": 1, "delta": 1e-5, "colour": "red"}, "colour: Extra inputs are not permitted"),
+    ],
+)
 def test_bad_institution_payloads_are_422_saying_what_is_wrong(client: TestClient, payload: dict, message: str) -> None:
     response = client.post("/v1/institutions", json=payload, headers=ADMIN)
     assert response.status_code == 422
@@ -79,8 +103,12 @@ def test_only_the_admin_registers_and_lists(client: TestClient) -> None:
     token = register(client, "hospital-1")["token"]
     agg = aggregator_token(client)
     for who in (bearer(token), bearer(agg)):
-        assert client.post("/v1/institutions", json={"name": "x", "epsilon_limit": 1, "delta": 1e-5},
-                           headers=who).status_code == 403
+        assert (
+            client.post(
+                "/v1/institutions", json={"name": "x", "epsilon_limit": 1, "delta": 1e-5}, headers=who
+            ).status_code
+            == 403
+        )
         assert client.get("/v1/institutions", headers=who).status_code == 403
         assert client.post("/v1/aggregators", json={"name": "y"}, headers=who).status_code == 403
 
@@ -91,8 +119,12 @@ def test_institution_reads_itself_but_not_another(client: TestClient) -> None:
     assert client.get(f"/v1/institutions/{one['id']}", headers=mine).json()["name"] == "hospital-1"
     assert client.get(f"/v1/institutions/{one['id']}/budget", headers=mine).status_code == 200
     assert client.get(f"/v1/institutions/{one['id']}/events", headers=mine).status_code == 200
-    for path in (f"/v1/institutions/{two['id']}", f"/v1/institutions/{two['id']}/budget",
-                 f"/v1/institutions/{two['id']}/events", "/v1/institutions/999/budget"):
+    for path in (
+        f"/v1/institutions/{two['id']}",
+        f"/v1/institutions/{two['id']}/budget",
+        f"/v1/institutions/{two['id']}/events",
+        "/v1/institutions/999/budget",
+    ):
         response = client.get(path, headers=mine)
         assert response.status_code == 403, path
         assert "only its own" in response.json()["detail"]
@@ -117,8 +149,9 @@ def test_budget_of_a_new_institution(client: TestClient) -> None:
 def test_events_update_the_budget_and_the_ledger(client: TestClient) -> None:
     created = register(client, "hospital-1", epsilon_limit=4.0)
     agg = bearer(aggregator_token(client))
-    written = client.post("/v1/events", json=[dp_event("hospital-1", r, epsilon=1.0 * r) for r in (1, 2, 3)],
-                          headers=agg)
+    written = client.post(
+        "/v1/events", json=[dp_event("hospital-1", r, epsilon=1.0 * r) for r in (1, 2, 3)], headers=agg
+    )
     assert written.status_code == 200, written.text
     assert (written.json()["created"], written.json()["duplicates"], written.json()["conflicts"]) == (3, 0, 0)
     budget = client.get(f"/v1/institutions/{created['id']}/budget", headers=agg).json()
@@ -142,7 +175,9 @@ def test_ledger_is_paginated(client: TestClient) -> None:
     client.post("/v1/events", json=[dp_event("hospital-1", r) for r in range(1, 8)], headers=ADMIN)
     path = f"/v1/institutions/{created['id']}/events"
     first = client.get(path, params={"limit": 3}, headers=ADMIN).json()
-    assert [e["server_round"] for e in first["items"]] == [1, 2, 3] and first["next_offset"] == 3 and first["total"] == 7
+    assert (
+        [e["server_round"] for e in first["items"]] == [1, 2, 3] and first["next_offset"] == 3 and first["total"] == 7
+    )
     last = client.get(path, params={"limit": 3, "offset": 6}, headers=ADMIN).json()
     assert [e["server_round"] for e in last["items"]] == [7] and last["next_offset"] is None
     assert client.get(path, params={"limit": 0}, headers=ADMIN).status_code == 422
@@ -156,19 +191,23 @@ def test_only_aggregators_and_the_admin_post_events(client: TestClient) -> None:
     assert "aggregator" in response.json()["detail"]
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ({"epsilon": -0.5}, "events[0].epsilon: Input should be greater than or equal to 0"),
-    ({"delta": 1.0}, "events[0].delta: Input should be less than 1"),
-    ({"delta": 0.0}, "events[0].delta: Input should be greater than 0"),
-    ({"noise_multiplier": 0}, "events[0].noise_multiplier: Input should be greater than 0"),
-    ({"sample_rate": 1.5}, "events[0].sample_rate: Input should be less than or equal to 1"),
-    ({"steps": 0}, "events[0].steps: Input should be greater than or equal to 1"),
-    ({"accountant": "gdp"}, "events[0].accountant: Input should be 'rdp' or 'prv'"),
-    ({"server_round": 0}, "events[0].server_round: Input should be greater than or equal to 1"),
-    ({"institution": "nowhere"}, "unknown institution: events[0].institution 'nowhere'"),
-])
-def test_bad_events_are_422_saying_what_is_wrong_and_nothing_is_stored(client: TestClient, override: dict,
-                                                                       message: str) -> None:
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"epsilon": -0.5}, "events[0].epsilon: Input should be greater than or equal to 0"),
+        ({"delta": 1.0}, "events[0].delta: Input should be less than 1"),
+        ({"delta": 0.0}, "events[0].delta: Input should be greater than 0"),
+        ({"noise_multiplier": 0}, "events[0].noise_multiplier: Input should be greater than 0"),
+        ({"sample_rate": 1.5}, "events[0].sample_rate: Input should be less than or equal to 1"),
+        ({"steps": 0}, "events[0].steps: Input should be greater than or equal to 1"),
+        ({"accountant": "gdp"}, "events[0].accountant: Input should be 'rdp' or 'prv'"),
+        ({"server_round": 0}, "events[0].server_round: Input should be greater than or equal to 1"),
+        ({"institution": "nowhere"}, "unknown institution: events[0].institution 'nowhere'"),
+    ],
+)
+def test_bad_events_are_422_saying_what_is_wrong_and_nothing_is_stored(
+    client: TestClient, override: dict, message: str
+) -> None:
     created = register(client, "hospital-1")
     good = dp_event("hospital-1", 1)
     response = client.post("/v1/events", json=[dp_event("hospital-1", 2) | override, good], headers=ADMIN)
@@ -199,8 +238,9 @@ def test_retries_neither_duplicate_nor_change_an_event(client: TestClient) -> No
     assert budget["rounds"] == 1 and budget["epsilon_spent"] == pytest.approx(max(3.0, stored["epsilon_recomputed"]))
     # The same (run, round) of another institution, or another run, is a different event.
     register(client, "hospital-2")
-    more = client.post("/v1/events", json=[dp_event("hospital-2", 1), dp_event("hospital-1", 1, run_id="2")],
-                       headers=ADMIN).json()
+    more = client.post(
+        "/v1/events", json=[dp_event("hospital-2", 1), dp_event("hospital-1", 1, run_id="2")], headers=ADMIN
+    ).json()
     assert more["created"] == 2
 
 
@@ -236,8 +276,11 @@ def test_run_budget_per_institution(client: TestClient) -> None:
     register(client, "hospital-1")
     two = register(client, "hospital-2")
     client.post("/v1/events", json=[dp_event("hospital-1", 1, run_id="100", epsilon=1.0)], headers=ADMIN)
-    client.post("/v1/events", json=[dp_event(h, r, run_id="200", epsilon=1.0) for r in (1, 2) for h in
-                                    ("hospital-1", "hospital-2")], headers=ADMIN)
+    client.post(
+        "/v1/events",
+        json=[dp_event(h, r, run_id="200", epsilon=1.0) for r in (1, 2) for h in ("hospital-1", "hospital-2")],
+        headers=ADMIN,
+    )
     run = client.get("/v1/runs/200/budget", headers=ADMIN).json()
     assert run["run_id"] == "200"
     one, other = run["institutions"]
@@ -264,7 +307,10 @@ def test_aggregator_reads_every_budget_and_metrics(client: TestClient) -> None:
     assert 'fedcare_budget_epsilon_limit{institution="hospital-2"} 10.0' in text
     assert 'fedcare_budget_events_stored_total{institution="hospital-1"} 1.0' in text
     assert 'fedcare_budget_event_writes_total{outcome="created"} 1.0' in text
-    assert 'fedcare_budget_request_duration_seconds_bucket{le="0.02",method="POST",route="/v1/events",status="200"}' in text
+    assert (
+        'fedcare_budget_request_duration_seconds_bucket{le="0.02",method="POST",route="/v1/events",status="200"}'
+        in text
+    )
 
 
 def test_metrics_are_not_for_institutions(client: TestClient) -> None:
@@ -293,9 +339,11 @@ def test_group_commit_stores_each_batch_whole_or_not_at_all(client: TestClient) 
     from server.budget.models import EventCreate
 
     register(client, "hospital-1")
-    batches = [[EventCreate(**dp_event("hospital-1", 1))],
-               [EventCreate(**dp_event("hospital-1", 2)), EventCreate(**dp_event("nowhere", 2))],
-               [EventCreate(**dp_event("hospital-1", 3)), EventCreate(**dp_event("hospital-1", 1))]]
+    batches = [
+        [EventCreate(**dp_event("hospital-1", 1))],
+        [EventCreate(**dp_event("hospital-1", 2)), EventCreate(**dp_event("nowhere", 2))],
+        [EventCreate(**dp_event("hospital-1", 3)), EventCreate(**dp_event("hospital-1", 1))],
+    ]
     first, refused, last = client.app.state.ledger.write_here(crud.record_batches, batches=batches)
     assert first.created == 1
     assert isinstance(refused, crud.UnknownInstitution) and "'nowhere'" in str(refused)

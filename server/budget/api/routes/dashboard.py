@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fastapi import APIRouter, Request
@@ -27,16 +27,27 @@ PAGE = (Path(__file__).resolve().parents[2] / "templates" / "dashboard.html").re
 
 
 async def _data(request: Request, ledger: Ledger, viewer: Principal) -> dict:
-    institutions = await ledger.read(crud.dashboard_data, only=visible_institution(viewer),
-                                    points=request.app.state.settings.dashboard_points)
-    return {"generated_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"), "viewer": viewer.role.value,
-            "institutions": institutions}
+    institutions = await ledger.read(
+        crud.dashboard_data, only=visible_institution(viewer), points=request.app.state.settings.dashboard_points
+    )
+    return {
+        "generated_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        "viewer": viewer.role.value,
+        "institutions": institutions,
+    }
 
 
 def _with_cookie(request: Request, response, token_from_query: str | None):
     if token_from_query:
-        response.set_cookie(DASHBOARD_COOKIE, token_from_query, httponly=True, samesite="strict",
-                            secure=request.url.scheme == "https", max_age=8 * 3600, path="/dashboard")
+        response.set_cookie(
+            DASHBOARD_COOKIE,
+            token_from_query,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+            max_age=8 * 3600,
+            path="/dashboard",
+        )
     return response
 
 
@@ -46,12 +57,15 @@ async def dashboard(request: Request, ledger: LedgerDep, viewer: CurrentViewer) 
     nonce = secrets.token_urlsafe(16)
     data = json.dumps(await _data(request, ledger, viewer), allow_nan=False).replace("<", "\\u003c")
     page = PAGE.replace("__NONCE__", nonce).replace("__DATA__", data)
-    response = HTMLResponse(page, headers={
-        "Content-Security-Policy": f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
-                                   "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'",
-        "Cache-Control": "no-store",
-        "Referrer-Policy": "no-referrer",
-    })
+    response = HTMLResponse(
+        page,
+        headers={
+            "Content-Security-Policy": f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+            "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'",
+            "Cache-Control": "no-store",
+            "Referrer-Policy": "no-referrer",
+        },
+    )
     return _with_cookie(request, response, request.query_params.get("token"))
 
 

@@ -13,7 +13,9 @@ router = APIRouter(tags=["events"])
 
 @router.post("/events", responses={422: {"description": "An invalid event, or one naming an unknown institution"}})
 async def post_events(
-    request: Request, ledger: LedgerDep, principal: CurrentPrincipal,
+    request: Request,
+    ledger: LedgerDep,
+    principal: CurrentPrincipal,
     batch: EventBatch = Body(description="One event object or a list of up to 1000"),
 ) -> EventsWritten:
     """Store DP events, idempotently on (run_id, server_round, institution).
@@ -25,7 +27,11 @@ async def post_events(
     require(principal, Role.aggregator, Role.admin)
     written = await ledger.write_events(batch.root)
     counter = request.app.state.metrics.event_writes
-    for outcome, n in (("created", written.created), ("duplicate", written.duplicates), ("conflict", written.conflicts)):
+    for outcome, n in (
+        ("created", written.created),
+        ("duplicate", written.duplicates),
+        ("conflict", written.conflicts),
+    ):
         if n:
             counter.labels(outcome).inc(n)
     return written

@@ -9,13 +9,21 @@ from fastapi import APIRouter, Query, Request, status
 from server.budget import crud
 from server.budget.api.deps import AdminPrincipal, CurrentPrincipal, LedgerDep, require_institution_access
 from server.budget.models import (
-    BudgetPublic, EventPage, InstitutionCreate, InstitutionCreated, InstitutionPublic, InstitutionToken, TokensRevoked,
+    BudgetPublic,
+    EventPage,
+    InstitutionCreate,
+    InstitutionCreated,
+    InstitutionPublic,
+    InstitutionToken,
+    TokensRevoked,
 )
 
 router = APIRouter(prefix="/institutions", tags=["institutions"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses={409: {"description": "An institution with that name exists"}})
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, responses={409: {"description": "An institution with that name exists"}}
+)
 async def create_institution(payload: InstitutionCreate, ledger: LedgerDep, _: AdminPrincipal) -> InstitutionCreated:
     """Register an institution. Its API token is in the reply, once; store it safely."""
     return await ledger.write(crud.create_institution, payload=payload)
@@ -41,8 +49,11 @@ async def read_budget(institution_id: int, ledger: LedgerDep, principal: Current
 
 @router.get("/{institution_id}/events")
 async def read_events(
-    institution_id: int, ledger: LedgerDep, principal: CurrentPrincipal,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100, offset: Annotated[int, Query(ge=0)] = 0,
+    institution_id: int,
+    ledger: LedgerDep,
+    principal: CurrentPrincipal,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
 ) -> EventPage:
     """The institution's ledger, oldest first."""
     require_institution_access(principal, institution_id)
@@ -50,7 +61,9 @@ async def read_events(
 
 
 @router.post("/{institution_id}/token", status_code=status.HTTP_201_CREATED)
-async def rotate_institution_token(institution_id: int, request: Request, ledger: LedgerDep, _: AdminPrincipal) -> InstitutionToken:
+async def rotate_institution_token(
+    institution_id: int, request: Request, ledger: LedgerDep, _: AdminPrincipal
+) -> InstitutionToken:
     """Issue a new token for the institution (a rotated kit); every earlier one stops working. Shown once."""
     issued = await ledger.write(crud.rotate_institution_token, institution_id=institution_id)
     request.app.state.token_cache.clear()  # a revoked token must not live on in this process's cache
@@ -58,7 +71,9 @@ async def rotate_institution_token(institution_id: int, request: Request, ledger
 
 
 @router.delete("/{institution_id}/tokens")
-async def revoke_institution_tokens(institution_id: int, request: Request, ledger: LedgerDep, _: AdminPrincipal) -> TokensRevoked:
+async def revoke_institution_tokens(
+    institution_id: int, request: Request, ledger: LedgerDep, _: AdminPrincipal
+) -> TokensRevoked:
     """Disable every token of the institution (`fedcare institution revoke`). Its budget and ledger are kept."""
     revoked = await ledger.write(crud.revoke_institution_tokens, institution_id=institution_id)
     request.app.state.token_cache.clear()

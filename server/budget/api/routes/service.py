@@ -18,8 +18,12 @@ router = APIRouter(tags=["service"])
 @router.get("/healthz")
 async def healthz(request: Request, ledger: LedgerDep) -> Health:
     """200 when the service can reach its database."""
-    return Health(status="ok", database=await ledger.read(crud.ping), version=request.app.version,
-                  accounting="ready" if accounting.is_warm() else "warming")
+    return Health(
+        status="ok",
+        database=await ledger.read(crud.ping),
+        version=request.app.version,
+        accounting="ready" if accounting.is_warm() else "warming",
+    )
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
