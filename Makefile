@@ -9,7 +9,7 @@ $(BIN)/fedcare: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch first and pinned: pip then takes the CPU wheel and never pulls a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[test]"
+	$(BIN)/pip install --quiet -e ".[all,test]"
 	touch $@
 
 setup: $(BIN)/fedcare
