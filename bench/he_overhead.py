@@ -2,7 +2,7 @@
 
 For models of 100k and 1M float32 parameters and federations of 3 and 10 hospitals:
 
-- hospital: encrypt one update (`common.he.encrypt_update`: flatten, multiply by the sample count,
+- hospital: encrypt one update (`common.he.hospital.encrypt_update`: flatten, multiply by the sample count,
   CKKS-encrypt, serialize), and decrypt the sum (`decrypt_sum`: decrypt, check, divide, reshape);
 - server: check and add every hospital's update (`server.he_aggregate.HEAggregator.add`, which
   deserializes and adds one hospital at a time) and serialize the sum (`result`), against
@@ -51,7 +51,10 @@ from flwr.app import ArrayRecord, RecordDict  # noqa: E402
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects  # noqa: E402
 
 from common.codecs import from_numpy  # noqa: E402
-from common.he import HEParams, decrypt_sum, encrypt_update, make_keys, put_bundle  # noqa: E402
+from common.he.hospital import decrypt_sum, encrypt_update  # noqa: E402
+from common.he.keys import make_keys  # noqa: E402
+from common.he.params import HEParams  # noqa: E402
+from common.he.wire import put_bundle  # noqa: E402
 from server.fedavg import ClientUpdate, fedavg  # noqa: E402
 from server.he_aggregate import HEAggregator  # noqa: E402
 
@@ -100,7 +103,7 @@ def server_memory(*, values: int, clients: tuple[int, ...]) -> list[dict[str, An
 
 
 def _memory_child(tmp: str, clients: int, values: int) -> None:
-    from common.he import EncryptedUpdate
+    from common.he.wire import EncryptedUpdate
 
     server = (Path(tmp) / "server.ctx").read_bytes()
     agg = HEAggregator(server, expected_values=values, run_id=1, server_round=1)
@@ -248,7 +251,7 @@ def federation_rounds(*, rounds: int, repeats: int, workdir: Path) -> dict[str, 
     message) divided by the rounds.
     """
     from common.demo_data import write_demo_split
-    from common.he import write_keys
+    from common.he.keys import write_keys
     from common.models import build_model, parameter_count
     from common.schema import load_schema, save_schema
     from fedcare.federation import LocalFederation

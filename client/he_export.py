@@ -12,7 +12,9 @@ from pathlib import Path
 import torch
 
 from common.codecs import from_numpy, to_state_dict
-from common.he import EncryptedUpdate, HEHeader, decrypt_sum, load_secret_context
+from common.he.hospital import decrypt_sum
+from common.he.keys import load_secret_context
+from common.he.wire import EncryptedUpdate, HEHeader
 from common.models import build_model
 from common.schema import DatasetSchema
 

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 
 def _load_he_context(node: NodeSettings, institution: str) -> ts.Context:
-    from common.he import HEKeyError, load_secret_context  # TenSEAL only where HE is used
+    from common.he.keys import HEKeyError, load_secret_context  # TenSEAL only where HE is used
 
     if node.he_context is None:
         raise RoundRefused(
@@ -70,7 +70,8 @@ def _incoming_weights(
     reference = to_numpy(to_record(model.state_dict()))
     content = msg.content
     if he_context is not None and "arrays" not in content:
-        from common.he import InvalidCiphertext, decrypt_sum, take_bundle
+        from common.he.hospital import decrypt_sum
+        from common.he.wire import InvalidCiphertext, take_bundle
 
         try:
             bundle = take_bundle(content)
@@ -281,7 +282,8 @@ class LocalRound:
             record = to_record(self.model.state_dict())
             content["arrays"] = record
             return int(record.count_bytes())
-        from common.he import encrypt_update, put_bundle
+        from common.he.hospital import encrypt_update
+        from common.he.wire import put_bundle
 
         weights = to_numpy(to_record(self.model.state_dict()))
         try:

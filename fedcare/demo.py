@@ -34,7 +34,7 @@ from server.budget.process import running_budget_service
 from server.budget_client import BudgetClient
 
 if TYPE_CHECKING:
-    from common.he import KeyFiles
+    from common.he.keys import KeyFiles
 
 log = logging.getLogger("fedcare.demo")
 APP_DIR = Path(__file__).resolve().parent.parent
@@ -190,7 +190,7 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoOut
 
 def _he_keys(he_dir: Path) -> KeyFiles:
     """The demo federation's CKKS keys, made once and reused (a rerun can still read old models)."""
-    from common.he import existing_keys, write_keys
+    from common.he.keys import existing_keys, write_keys
 
     return existing_keys(he_dir) or write_keys(he_dir)
 

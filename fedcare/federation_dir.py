@@ -191,7 +191,7 @@ def init_federation(
     make_private_dir(fed.ca_key.parent)
     make_server_tls(fed.server_certificate.parent, hostnames=names, ips=ips, days=days, ca_key_path=fed.ca_key)
     if he:
-        from common.he import write_keys  # TenSEAL only when asked for
+        from common.he.keys import write_keys  # TenSEAL only when asked for
 
         write_keys(fed.he_dir)
     make_private_dir(fed.admin_token_file.parent)

@@ -40,7 +40,8 @@ def keygen(
     ] = False,
 ) -> None:
     """Make a secret context for the hospitals and a key-free context for the server."""
-    from common.he import HEConfigError, HEKeyError, HEParams, write_keys
+    from common.he.keys import HEKeyError, write_keys
+    from common.he.params import HEConfigError, HEParams
 
     params = HEParams(
         poly_modulus_degree=poly_modulus_degree,
@@ -84,7 +85,9 @@ def decrypt(
     import torch
 
     from client.he_export import decrypt_model
-    from common.he import HEConfigError, HEKeyError, InvalidCiphertext
+    from common.he.keys import HEKeyError
+    from common.he.params import HEConfigError
+    from common.he.wire import InvalidCiphertext
     from common.schema import SchemaError, load_schema
 
     try:

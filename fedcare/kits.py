@@ -54,7 +54,7 @@ def write_kit(fed: FederationDir, options: KitOptions, *, config: FederationConf
     shutil.copyfile(fed.ca_certificate, kit / CA_FILE)
     root = options.kit_root or str(kit)
     if config.he:
-        from common.he import KeyFiles
+        from common.he.keys import KeyFiles
 
         he = KeyFiles.at(fed.he_dir)
         write_private(kit / HE_CONTEXT_FILE, he.hospital_context.read_bytes())

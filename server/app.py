@@ -56,7 +56,7 @@ def make_rounds(ctx: RoundContext, *, weights: OrderedDict[str, np.ndarray]) -> 
     that could decrypt."""
     mode = ctx.settings.privacy_mode
     if mode == "he":
-        from common.he import load_server_context  # TenSEAL only where HE is used
+        from common.he.keys import load_server_context  # TenSEAL only where HE is used
         from server.he_rounds import HERounds
 
         keys = load_server_context(Path(ctx.settings.he_context))  # raises HEKeyError on a secret-key context

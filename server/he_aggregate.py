@@ -15,16 +15,9 @@ from dataclasses import KW_ONLY, dataclass, field
 
 import tenseal as ts
 
-from common.he import (
-    MIN_PRIME_BITS,
-    EncryptedUpdate,
-    HEHeader,
-    InvalidCiphertext,
-    chunk_lengths,
-    context_facts,
-    load_public_context,
-    num_chunks_for,
-)
+from common.he.keys import load_public_context
+from common.he.params import MIN_PRIME_BITS, context_facts
+from common.he.wire import EncryptedUpdate, HEHeader, InvalidCiphertext, chunk_lengths, num_chunks_for
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +33,7 @@ class HEAggregator:
     """The encrypted FedAvg numerator for one round: add() each hospital, then result().
 
     `expected_values` is the model's value count (its parameters, flattened); `key_id` and
-    `layout`, when given (from he-params.json and `common.he.layout_id` of the model), reject a
+    `layout`, when given (from he-params.json and `common.he.wire.layout_id` of the model), reject a
     hospital with another key set or another model by name, before any chunk is touched.
     """
 

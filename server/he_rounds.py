@@ -19,7 +19,8 @@ from flwr.app import Message, MessageType, RecordDict
 
 from common.atomic import write_bytes_atomic
 from common.codecs import from_numpy
-from common.he import EncryptedUpdate, InvalidCiphertext, ServerHEContext, flatten, layout_id, put_bundle, take_bundle
+from common.he.keys import ServerHEContext
+from common.he.wire import EncryptedUpdate, InvalidCiphertext, flatten, layout_id, put_bundle, take_bundle
 from server.he_aggregate import HEAggregator
 from server.replies import RejectedPayload, SortedReplies, sort_replies
 from server.rounds import RoundContext, RoundOutcome

@@ -12,7 +12,7 @@ from client.he_export import decrypt_model
 from client.training import evaluate
 from common.data import load_hospital_table
 from common.demo_data import DemoSplit
-from common.he import write_keys
+from common.he.keys import write_keys
 from common.models import build_model
 from common.schema import load_schema
 from fedcare.federation import LocalFederation

@@ -10,16 +10,10 @@ import numpy as np
 import pytest
 import tenseal as ts
 
-from common.he import (
-    EncryptedUpdate,
-    HEKeyError,
-    HEParams,
-    InvalidCiphertext,
-    decrypt_sum,
-    encrypt_update,
-    layout_id,
-    make_keys,
-)
+from common.he.hospital import decrypt_sum, encrypt_update
+from common.he.keys import HEKeyError, make_keys
+from common.he.params import HEParams
+from common.he.wire import EncryptedUpdate, InvalidCiphertext, layout_id
 from server.fedavg import ClientUpdate, fedavg
 from server.he_aggregate import EmptyAggregate, HEAggregator
 

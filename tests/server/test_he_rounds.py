@@ -20,7 +20,8 @@ from client.app import evaluate as client_evaluate
 from client.app import train as client_train
 from common.codecs import to_numpy
 from common.demo_data import DemoSplit, write_demo_split
-from common.he import HEADER_KEY, InvalidCiphertext, flatten, load_server_context, put_bundle, take_bundle, write_keys
+from common.he.keys import load_server_context, write_keys
+from common.he.wire import HEADER_KEY, InvalidCiphertext, flatten, put_bundle, take_bundle
 from common.models import build_model
 from common.schema import load_schema
 from common.settings import RunSettings

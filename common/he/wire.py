@@ -1,0 +1,221 @@
+"""The HE wire format: the header, the bundle of ciphertexts, its digest and the check slots.
+
+Both sides parse it: a hospital writes updates and reads sums, the server reads updates and writes
+sums. Nothing here needs a key, so this (with `params` and `keys`) is all the server imports.
+
+The flattened update is followed by two check values ("canaries"), and every ciphertext ends with
+one more check slot; they make failures loud instead of silently wrong:
+
+- slot ``num_values``: the sample count. Decrypted, it must equal the total count the server
+  reports, so a contribution under another key (which decrypts to noise), a wrapped-around sum or a
+  total that does not match the ciphertexts summed is caught.
+- slot ``num_values + 1``: ``num_examples * max|w| * 2**-20``, an upper bound on every slot of the
+  sum. CKKS wraps values beyond its range around without an error; if the decrypted bound is within
+  range, no slot can have wrapped.
+- the last slot of every ciphertext: the sample count again, so a ciphertext altered after
+  encryption (which a server without the key cannot notice when it still parses) decrypts wrong.
+
+The digest is unkeyed (CKKS has no integrity either): it catches damage in transit or storage and a
+header edited by accident, not a forger.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import struct
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+FORMAT = "fedcare-he/1"
+CIPHERTEXTS_KEY, HEADER_KEY = "he-ciphertexts", "he-header"  # RecordDict keys in a Flower message
+CHUNK_STYPE = "tenseal.ckks_vector"  # Array.stype of a serialized CKKSVector (never read with .numpy())
+NUM_CANARIES = 2
+RANGE_CANARY_SHIFT = 2.0**-20  # keeps the bound canary itself far from wrapping around
+
+
+class InvalidCiphertext(ValueError):
+    """An encrypted update or sum that cannot be used; the message says which part and why."""
+
+
+@dataclass(frozen=True)
+class HEHeader:
+    """Clear-text facts bound to the ciphertexts by the digest."""
+
+    kind: Literal["update", "sum"]
+    run_id: int
+    server_round: int
+    key_id: str
+    layout: str  # hash of the tensors' names, shapes and dtypes, in order
+    num_values: int  # model values, without the canaries
+    num_chunks: int
+    slots: int  # values per chunk (the last one holds the rest)
+    num_examples: int  # an update's sample count, or the sum's total
+    contributors: int = 1
+    format: str = FORMAT
+
+    def canonical(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def parse(cls, text: str) -> HEHeader:
+        try:
+            raw = json.loads(text)
+            types = {
+                "kind": str,
+                "run_id": int,
+                "server_round": int,
+                "key_id": str,
+                "layout": str,
+                "num_values": int,
+                "num_chunks": int,
+                "slots": int,
+                "num_examples": int,
+                "contributors": int,
+                "format": str,
+            }
+            if set(raw) != set(types) or any(type(raw[k]) is not t for k, t in types.items()):
+                raise ValueError(f"expected fields {sorted(types)} with types {[t.__name__ for t in types.values()]}")
+            header = cls(**raw)
+        except (ValueError, TypeError) as exc:
+            raise InvalidCiphertext(f"header is malformed: {exc}") from exc
+        if header.format != FORMAT:
+            raise InvalidCiphertext(f"header format {header.format!r}, expected {FORMAT!r} (fedcare versions differ?)")
+        if header.kind not in ("update", "sum"):
+            raise InvalidCiphertext(f"header kind {header.kind!r} is neither 'update' nor 'sum'")
+        if min(header.num_values, header.num_chunks, header.slots, header.num_examples, header.contributors) < 1:
+            raise InvalidCiphertext("header counts must all be positive")
+        return header
+
+
+@dataclass(frozen=True)
+class EncryptedUpdate:
+    """Serialized CKKS chunks plus a header; `digest` = sha256(header, then each chunk's length and bytes)."""
+
+    header: HEHeader
+    chunks: tuple[bytes, ...]
+    digest: str = field(default="")
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes on the wire: ciphertexts, header and digest."""
+        return sum(len(c) for c in self.chunks) + len(self.header.canonical()) + len(self.digest)
+
+    def expected_digest(self) -> str:
+        h = hashlib.sha256(self.header.canonical())
+        for chunk in self.chunks:
+            h.update(struct.pack(">Q", len(chunk)))
+            h.update(chunk)
+        return h.hexdigest()
+
+    def sealed(self) -> EncryptedUpdate:
+        return EncryptedUpdate(self.header, self.chunks, self.expected_digest())
+
+    def check_digest(self) -> None:
+        if self.digest != self.expected_digest():
+            raise InvalidCiphertext(
+                "digest does not match header and ciphertexts: bytes were changed or lost in transit or storage"
+            )
+
+    def to_bytes(self) -> bytes:
+        """One file, e.g. the encrypted final model a hospital decrypts with `fedcare he decrypt`."""
+        head = json.dumps(
+            {
+                "header": json.loads(self.header.canonical()),
+                "digest": self.digest,
+                "chunk_sizes": [len(c) for c in self.chunks],
+            }
+        ).encode()
+        return b"FCHE1\n" + struct.pack(">Q", len(head)) + head + b"".join(self.chunks)
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> EncryptedUpdate:
+        try:
+            if not blob.startswith(b"FCHE1\n"):
+                raise ValueError("not a fedcare HE file (bad magic)")
+            (n,) = struct.unpack(">Q", blob[6:14])
+            head = json.loads(blob[14 : 14 + n])
+            sizes, pos, chunks = [int(s) for s in head["chunk_sizes"]], 14 + n, []
+            for size in sizes:
+                chunks.append(blob[pos : pos + size])
+                pos += size
+            if pos != len(blob) or any(len(c) != s for c, s in zip(chunks, sizes, strict=False)):
+                raise ValueError("file is truncated or has trailing bytes")
+            header_text, digest = json.dumps(head["header"]), str(head["digest"])
+        except (ValueError, KeyError, TypeError, struct.error) as exc:
+            raise InvalidCiphertext(f"cannot read encrypted model file: {exc}") from exc
+        return cls(HEHeader.parse(header_text), tuple(chunks), digest)
+
+
+def put_bundle(content: RecordDict, bundle: EncryptedUpdate) -> None:
+    """Store a bundle in a Flower message: chunks as uint8 Arrays (Flower 1.39 streams Arrays in 5 MB
+    pieces), header and digest in a ConfigRecord (JSON text, so 64-bit run ids need no int64 care)."""
+    content[CIPHERTEXTS_KEY] = ArrayRecord(
+        OrderedDict(
+            (f"c{i:06d}", Array(dtype="uint8", shape=(len(c),), stype=CHUNK_STYPE, data=c))
+            for i, c in enumerate(bundle.chunks)
+        )
+    )
+    content[HEADER_KEY] = ConfigRecord({"header": bundle.header.canonical().decode(), "digest": bundle.digest})
+
+
+def take_bundle(content: RecordDict) -> EncryptedUpdate:
+    """Read a bundle from a Flower message; raises InvalidCiphertext if it is missing or malformed."""
+    if CIPHERTEXTS_KEY not in content or HEADER_KEY not in content:
+        raise InvalidCiphertext(f"message has no encrypted update (records {CIPHERTEXTS_KEY!r} and {HEADER_KEY!r})")
+    arrays, meta = content[CIPHERTEXTS_KEY], content[HEADER_KEY]
+    if not isinstance(arrays, ArrayRecord) or not isinstance(meta, ConfigRecord):
+        raise InvalidCiphertext("encrypted update records have the wrong record types")
+    header = HEHeader.parse(str(meta.get("header", "")))
+    names = sorted(arrays.keys())
+    if names != [f"c{i:06d}" for i in range(len(names))]:
+        raise InvalidCiphertext(f"ciphertext chunks are not numbered c000000..: got {names[:3]}...")
+    chunks = []
+    for name in names:
+        arr = arrays[name]
+        if arr.stype != CHUNK_STYPE:
+            raise InvalidCiphertext(f"chunk {name} has stype {arr.stype!r}, expected {CHUNK_STYPE!r}")
+        chunks.append(bytes(arr.data))
+    return EncryptedUpdate(header, tuple(chunks), str(meta.get("digest", "")))
+
+
+def layout_id(weights: OrderedDict[str, np.ndarray] | dict[str, np.ndarray]) -> str:
+    """Names, shapes and dtypes in order: two sites flattening different models cannot be mixed up."""
+    desc = [[name, list(np.shape(w)), str(np.asarray(w).dtype)] for name, w in weights.items()]
+    return hashlib.sha256(json.dumps(desc).encode()).hexdigest()[:16]
+
+
+def num_chunks_for(num_values: int, slots: int) -> int:
+    return math.ceil((num_values + NUM_CANARIES) / (slots - 1))
+
+
+def chunk_lengths(num_values: int, slots: int) -> list[int]:
+    """Values in each ciphertext: up to slots-1 of the update (and canaries), then the check slot."""
+    total, per = num_values + NUM_CANARIES, slots - 1
+    return [min(per, total - i * per) + 1 for i in range(num_chunks_for(num_values, slots))]
+
+
+def flatten(weights: OrderedDict[str, np.ndarray] | dict[str, np.ndarray]) -> np.ndarray:
+    """All tensors as one float64 vector in key order: the order `unflatten` and `layout_id` assume."""
+    if not weights:
+        raise ValueError("no tensors to flatten")
+    return np.concatenate([np.asarray(w, dtype=np.float64).ravel() for w in weights.values()])
+
+
+def unflatten(flat: np.ndarray, *, template: OrderedDict[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
+    """Split a flat float64 vector into `template`'s shapes and dtypes (integers are rounded)."""
+    out: OrderedDict[str, np.ndarray] = OrderedDict()
+    pos = 0
+    for name, ref in template.items():
+        ref = np.asarray(ref)
+        part = flat[pos : pos + ref.size].reshape(ref.shape)
+        out[name] = (np.rint(part) if np.issubdtype(ref.dtype, np.integer) else part).astype(ref.dtype)
+        pos += ref.size
+    if pos != flat.size:
+        raise InvalidCiphertext(f"{flat.size} values do not fit the model's {pos}")
+    return out

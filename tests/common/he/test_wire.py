@@ -1,0 +1,79 @@
+"""The bundle both sides parse: through a Flower message, to a file and back, and the flattening order it assumes."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import tenseal as ts
+from flwr.app import RecordDict
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
+
+from common.he.hospital import encrypt_update
+from common.he.wire import (
+    HEADER_KEY,
+    EncryptedUpdate,
+    InvalidCiphertext,
+    flatten,
+    layout_id,
+    put_bundle,
+    take_bundle,
+    unflatten,
+)
+from tests.common.he.helpers import model, size
+
+RUN, ROUND = 2**63 + 5, 3  # Flower run ids are unsigned 64-bit
+
+
+def test_bundle_survives_flower_message_transport(ctx: ts.Context) -> None:
+    bundle = encrypt_update(model(), num_examples=17, context=ctx, run_id=RUN, server_round=ROUND)
+    content = RecordDict()
+    put_bundle(content, bundle)
+    # What the SuperLink stores and forwards: every nested object deflated to bytes, then inflated.
+    wire = {oid: obj.deflate() for oid, obj in get_all_nested_objects(content).items()}
+    received = inflate_object_from_contents(content.object_id, wire)
+    assert take_bundle(received) == bundle
+    assert bundle.header.num_chunks == 2 and bundle.header.num_values == size(
+        model()
+    )  # 2,112 values + 2 canaries > 2,048 slots
+    assert len(bundle.chunks[0]) / (2048 * 4) < 8.1  # a full ciphertext against the float32 it replaces
+
+
+def test_bundle_file_round_trip_and_truncation(ctx: ts.Context) -> None:
+    bundle = encrypt_update(model(), num_examples=5, context=ctx, run_id=1, server_round=1)
+    blob = bundle.to_bytes()
+    assert EncryptedUpdate.from_bytes(blob) == bundle
+    with pytest.raises(InvalidCiphertext, match="truncated"):
+        EncryptedUpdate.from_bytes(blob[:-10])
+
+
+def test_take_bundle_reports_missing_or_malformed_records(ctx: ts.Context) -> None:
+    with pytest.raises(InvalidCiphertext, match="no encrypted update"):
+        take_bundle(RecordDict())
+    content = RecordDict()
+    put_bundle(content, encrypt_update(model(), num_examples=5, context=ctx, run_id=1, server_round=1))
+    content[HEADER_KEY]["header"] = '{"kind": "update"}'
+    with pytest.raises(InvalidCiphertext, match="header is malformed"):
+        take_bundle(content)
+
+
+def test_layout_id_depends_on_names_shapes_dtypes() -> None:
+    base = model()
+    assert layout_id(base) == layout_id(model(5))
+    renamed = OrderedDict(("x" + k, v) for k, v in base.items())
+    as64 = OrderedDict((k, v.astype(np.float64)) for k, v in base.items())
+    assert len({layout_id(base), layout_id(renamed), layout_id(as64)}) == 3
+
+
+def test_flatten_unflatten_round_trip() -> None:
+    weights = model(4)
+    weights["steps"] = np.array([3, 4], dtype=np.int64)
+    flat = flatten(weights)
+    assert flat.dtype == np.float64 and flat.size == size(weights)
+    back = unflatten(flat, template=weights)
+    assert list(back) == list(weights)
+    assert all(back[k].dtype == weights[k].dtype and np.array_equal(back[k], weights[k]) for k in weights)
+    with pytest.raises(InvalidCiphertext, match="do not fit"):
+        unflatten(np.zeros(flat.size + 1), template=weights)
