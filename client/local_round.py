@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     import tenseal as ts
 
 
-def _load_he_context(node: NodeSettings, institution: str) -> ts.Context:
+def _secret_context_for(node: NodeSettings, institution: str) -> ts.Context:
     from common.he import HEKeyError, load_secret_context  # TenSEAL only where HE is used
 
     if node.he_secret_context is None:
@@ -63,13 +63,13 @@ def _load_he_context(node: NodeSettings, institution: str) -> ts.Context:
 
 
 def _incoming_weights(
-    msg: Message, *, model: nn.Module, he_context: ts.Context | None, server_round: int
+    msg: Message, *, model: nn.Module, secret_context: ts.Context | None, server_round: int
 ) -> OrderedDict[str, np.ndarray]:
     """The global model in the message, checked against this hospital's model: plaintext weights, or
     in HE mode the server's encrypted sum of an earlier round of this run (decrypted and divided here)."""
     reference = to_numpy(to_record(model.state_dict()))
     content = msg.content
-    if he_context is not None and "arrays" not in content:
+    if secret_context is not None and "arrays" not in content:
         from common.he import InvalidCiphertext, decrypt_sum, take_bundle
 
         try:
@@ -80,7 +80,7 @@ def _incoming_weights(
                     f"the encrypted model is from run {h.run_id} round {h.server_round}; expected "
                     f"run {msg.metadata.run_id}, a round before {server_round}"
                 )
-            weights = decrypt_sum(bundle, context=he_context, template=reference)
+            weights = decrypt_sum(bundle, context=secret_context, template=reference)
         except InvalidCiphertext as exc:
             raise InvalidUpdate(f"encrypted global model rejected: {exc}") from exc
     else:
@@ -103,7 +103,7 @@ class LocalRound:
     model: nn.Module
     device: torch.device
     accountant: HospitalAccountant | None = field(default=None)
-    he_context: ts.Context | None = field(default=None, repr=False)  # HE mode: the federation's secret context
+    secret_context: ts.Context | None = field(default=None, repr=False)  # HE mode: the federation's secret context
 
     @classmethod
     def from_message(cls, msg: Message, context: Context) -> LocalRound:
@@ -129,11 +129,13 @@ class LocalRound:
             except AccountantStateError as exc:
                 raise RoundRefused(code="accountant-state-error", reason=str(exc), institution=institution) from exc
 
-        he_context = _load_he_context(node, institution) if config.privacy_mode == "he" else None
+        secret_context = _secret_context_for(node, institution) if config.privacy_mode == "he" else None
         device = pick_device()
         model = build_model(config.dataset_schema)
         try:
-            weights = _incoming_weights(msg, model=model, he_context=he_context, server_round=config.server_round)
+            weights = _incoming_weights(
+                msg, model=model, secret_context=secret_context, server_round=config.server_round
+            )
         except InvalidUpdate as exc:
             raise RoundRefused(code="bad-global-model", reason=str(exc), institution=institution) from exc
         model.load_state_dict(to_state_dict(from_numpy(weights)))
@@ -147,7 +149,7 @@ class LocalRound:
             model=model.to(device),
             device=device,
             accountant=accountant,
-            he_context=he_context,
+            secret_context=secret_context,
         )
 
     @property
@@ -273,7 +275,7 @@ class LocalRound:
     def put_update(self, content: RecordDict) -> int:
         """Put the trained weights into the reply: plaintext, or in HE mode encrypted (times the sample
         count, so the server's sum is the FedAvg numerator). Returns the bytes of the update."""
-        if self.he_context is None:
+        if self.secret_context is None:
             record = to_record(self.model.state_dict())
             content["arrays"] = record
             return int(record.count_bytes())
@@ -284,7 +286,7 @@ class LocalRound:
             bundle = encrypt_update(
                 weights,
                 num_examples=self.train_examples,
-                context=self.he_context,
+                context=self.secret_context,
                 run_id=self.run_id,
                 server_round=self.config.server_round,
             )
