@@ -57,7 +57,8 @@ NOISE, CLIP, LR = 1.0, 1.0, 1e-3
 
 
 def configurations() -> list[dict[str, Any]]:
-    from client.dp_training import DPConfigError, resolve_grad_sample_mode
+    from client.dp_training import resolve_grad_sample_mode
+    from client.mixed_precision import DPConfigError
 
     configs: list[dict[str, Any]] = []
     for workload, spec in WORKLOADS.items():
@@ -95,7 +96,8 @@ def run_one(config: dict[str, Any], *, repeats: int, threads: int) -> dict[str, 
     """Time one configuration; a DP one also times plain training (same amp) interleaved with it."""
     import torch
 
-    from client.dp_training import train_plain, train_private
+    from client.dp_training import train_private
+    from client.training import train_plain
     from common.models import SmallImageCNN, TabularMLP
 
     torch.set_num_threads(threads)

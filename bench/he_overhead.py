@@ -267,7 +267,7 @@ def federation_rounds(*, rounds: int, repeats: int, workdir: Path) -> dict[str, 
         "results-dir": str(workdir / "runs"),
         "min-nodes": 3,
     }
-    modes = {"plain": base, "he": {**base, "privacy-mode": "he", "he-context": str(keys.server_context)}}
+    modes = {"plain": base, "he": {**base, "privacy-mode": "he", "he-public-context": str(keys.server_context)}}
     timings: dict[str, list[float]] = {"plain": [], "he": []}
     bytes_sent: dict[str, list[int]] = {"plain": [], "he": []}
     with LocalFederation(workdir / "fed") as fed:
@@ -276,7 +276,7 @@ def federation_rounds(*, rounds: int, repeats: int, workdir: Path) -> dict[str, 
             fed.add_hospital(
                 institution=f"hospital-{i}",
                 data_path=path,
-                node_config={"he-context": str(keys.hospital_context), "state-dir": str(workdir / f"state-{i}")},
+                node_config={"he-secret-context": str(keys.hospital_context), "state-dir": str(workdir / f"state-{i}")},
             )
         for repeat in range(repeats):
             for mode in ("plain", "he") if repeat % 2 == 0 else ("he", "plain"):

@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 from opacus.accountants.utils import get_noise_multiplier
 
-from client.dp_training import plan_round, train_plain, train_private
-from client.training import evaluate
+from client.dp_training import plan_round, train_private
+from client.training import evaluate, train_plain
 from common.data import load_hospital_table, split_train_validation
 from common.demo_data import write_demo_split
 from common.models import build_model

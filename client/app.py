@@ -8,13 +8,10 @@ message exchange per round.
 
 from __future__ import annotations
 
-import logging
-
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 app = ClientApp()
-log = logging.getLogger("flwr.fedcare.client")
 
 
 @app.train()
@@ -25,39 +22,31 @@ def train(msg: Message, context: Context) -> Message:
         return handle_stage(msg, context)
     # Imported per handler, not at the top: torch alone takes seconds, and SecAgg+ key-exchange
     # stages and liveness pings (each a fresh process) never need it.
-    from client.local_round import LocalRound, RoundRefused
+    from client.local_round import RoundRefused
+    from client.train_reply import refusal, train_round
 
     try:
-        local = LocalRound.from_message(msg, context)
-        before = local.score()
-        outcome, event = local.train()
+        trained = train_round(msg, context)
     except RoundRefused as exc:
-        log.error("%s", exc)
-        return Message(RecordDict({"status": ConfigRecord(exc.as_status())}), reply_to=msg)
-    metrics = local.train_metrics(outcome, before)
-    content = RecordDict({"metrics": metrics, "status": ConfigRecord(local.ok_status())})
-    spent = RecordDict() if event is None else RecordDict({"dp-event": ConfigRecord(event.as_record())})
+        return refusal(msg, exc)
+    content = RecordDict()
     try:
-        local.put_update(content)
+        trained.local.put_update(content)
     except RoundRefused as exc:
-        # Training spent budget even though no update leaves: the refusal carries the DP event, so
-        # the server's ledger records the spending too (the local accountant already has it).
-        log.error("%s", exc)
-        return Message(RecordDict({"status": ConfigRecord(exc.as_status()), **spent}), reply_to=msg)
-    content.update(spent)
-    return Message(content, reply_to=msg)
+        return trained.refuse(msg, exc)
+    return trained.reply(msg, content)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     from client.local_round import LocalRound, RoundRefused
+    from client.train_reply import refusal
 
     try:
         local = LocalRound.from_message(msg, context)
         score = local.score()
     except RoundRefused as exc:
-        log.error("%s", exc)
-        return Message(RecordDict({"status": ConfigRecord(exc.as_status())}), reply_to=msg)
+        return refusal(msg, exc)
     metrics = MetricRecord({"eval-loss": score.loss, "eval-accuracy": score.accuracy, "eval-examples": score.examples})
     return Message(RecordDict({"metrics": metrics, "status": ConfigRecord(local.ok_status())}), reply_to=msg)
 

@@ -1,12 +1,9 @@
-"""Local DP-SGD (Opacus) and plain training, with mixed precision done so DP stays correct.
+"""Local DP-SGD with Opacus: choosing the grad-sample mode, planning the ledger, one DP step, the loop.
 
 Two Opacus 1.6 facts shape this file:
 
-* fp16 with a stock ``GradScaler`` runs but is wrong: Opacus clips per-sample
-  gradients that still carry the loss scale, so every sample is cut to the
-  clipping bound whatever its true norm, or overflows to inf and vanishes.
-  ``dp_step`` removes the scale from the per-sample gradients *before* the
-  optimizer clips them.
+* fp16 needs the loss scale taken out of per-sample gradients before clipping
+  (``client.mixed_precision.PerSampleLossScaler``, applied in ``dp_step``).
 * The ledger is written before training, so ``plan_round`` reproduces the
   sample rate and step count that ``make_private`` will use, to the bit.
 
@@ -17,70 +14,31 @@ server's config, and noise the server can regenerate is no noise.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import secrets
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, get_args
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from client.training import make_loader
+from client.mixed_precision import DPConfigError, PerSampleLossScaler, ResolvedAmp, autocast, resolve_amp
+from client.training import TrainingOutcome, check_training_inputs, epochs_of, mean_loss
 from common.data import HospitalData
+from common.settings import GradSampleMode
 
 log = logging.getLogger("flwr.fedcare.client")
 
-AmpMode = Literal["off", "bf16", "fp16", "auto"]
-ResolvedAmp = Literal["off", "bf16", "fp16"]
-GradSampleMode = Literal["auto", "hooks", "ew", "functorch", "ghost"]
-
-AMP_MODES: tuple[str, ...] = ("off", "bf16", "fp16", "auto")
-GRAD_SAMPLE_MODES: tuple[str, ...] = ("auto", "hooks", "ew", "functorch", "ghost")
+GRAD_SAMPLE_MODES: tuple[str, ...] = get_args(GradSampleMode)
 # Fastest correct mode per precision, measured by bench/dp_overhead.py (see docs/benchmarks.md).
 AUTO_GRAD_SAMPLE_MODE: dict[str, str] = {"off": "ghost", "bf16": "ghost", "fp16": "hooks"}
-_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class DPConfigError(ValueError):
-    """A DP or precision setting that cannot work; the message says what to change."""
-
-
-# ---------------------------------------------------------------- choosing modes
-
-
-def resolve_amp(amp: str, *, device: torch.device) -> ResolvedAmp:
-    """The precision a run will use.
-
-    ``auto`` is bf16 on CUDA GPUs that support it (fp32's range, so no loss
-    scaling, and every grad-sample mode but ``ew`` works), fp16 on older GPUs,
-    and *off on CPU*: measured on a Xeon with AMX-bf16 (docs/benchmarks.md),
-    bf16 autocast made a DP epoch of the MLP 2.3x slower and the CNN's no faster,
-    because casting dominates such small layers. bf16 and fp16 can still be asked
-    for on CPU (CPU autocast supports both in torch 2.13), which is how the fp16
-    fix is tested without a GPU.
-    """
-    if amp not in AMP_MODES:
-        raise DPConfigError(f"amp = {amp!r} is not a precision; choose one of {', '.join(AMP_MODES)}")
-    if amp == "off":
-        return "off"
-    if amp == "auto":
-        if device.type != "cuda":
-            return "off"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if not torch.amp.autocast_mode.is_autocast_available(device.type):
-        raise DPConfigError(f'amp = {amp!r}: torch has no autocast for device {device.type!r}; set amp = "off"')
-    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise DPConfigError(
-            'amp = "bf16": this GPU has no bf16 support (torch.cuda.is_bf16_supported() is False); '
-            'set amp = "fp16" or "auto"'
-        )
-    return amp  # type: ignore[return-value]
+# ---------------------------------------------------------------- choosing the mode
 
 
 def resolve_grad_sample_mode(mode: str, *, amp: ResolvedAmp) -> str:
@@ -127,80 +85,13 @@ def plan_round(*, num_examples: int, batch_size: int, epochs: int) -> tuple[floa
     return 1 / per_epoch, epochs * per_epoch
 
 
-# ---------------------------------------------------------------- outcome
-
-
-@dataclass(frozen=True)
-class TrainingOutcome:
-    loss: float  # mean training loss over the batches that had rows
-    steps: int  # optimizer steps taken; with DP, each one added noise and was counted by the accountant
-    skipped_steps: int  # fp16 steps dropped for non-finite values: no noise, no update, nothing released
-    sample_rate: float | None  # the rate Opacus' accountant used; None without DP
-    noise_multiplier: float | None
-    amp: str  # resolved: off, bf16 or fp16
-    grad_sample_mode: str | None  # resolved; None without DP
-
-
 # ---------------------------------------------------------------- one DP step
-
-
-class PerSampleLossScaler:
-    """Dynamic fp16 loss scaling that reaches Opacus' per-sample gradients.
-
-    ``GradScaler.unscale_`` only sees ``p.grad``; Opacus clips ``p.grad_sample``.
-    So the scale is divided out of ``grad_sample`` here, and the scale is managed
-    through ``GradScaler.update(new_scale=...)`` with GradScaler's own backoff,
-    growth factor and interval (its automatic update needs ``scaler.step``,
-    which would bypass the per-sample fix).
-
-    The first scale is 2**12, not GradScaler's 2**16: Opacus' per-sample
-    gradients are not divided by the batch size, so 2**16 overflowed fp16 in
-    the first 1-2 steps of every round (a fresh scaler each round), and each
-    dropped step is privacy budget the ledger already counted. 2**12 dropped
-    none for the MLP and the CNN over three rounds.
-    """
-
-    def __init__(self, device_type: str, *, init_scale: float = 2.0**12) -> None:
-        self.scaler = torch.amp.GradScaler(device_type, init_scale=init_scale)
-        self._good_steps = 0
-
-    def get_scale(self) -> float:
-        return float(self.scaler.get_scale())
-
-    def scale(self, loss: torch.Tensor) -> torch.Tensor:
-        return self.scaler.scale(loss)
-
-    def unscale_per_sample(self, params: list[nn.Parameter]) -> bool:
-        """Divide the scale out of every ``p.grad_sample`` in fp32; False if any value is not finite."""
-        scale = self.get_scale()
-        finite = True
-        for p in params:
-            unscaled = p.grad_sample.float() / scale
-            finite = finite and bool(torch.isfinite(unscaled).all())
-            p.grad_sample = unscaled
-        return finite
-
-    def update(self, *, finite: bool) -> None:
-        if not finite:
-            self._good_steps = 0
-            self.scaler.update(new_scale=self.get_scale() * self.scaler.get_backoff_factor())
-            return
-        self._good_steps += 1
-        if self._good_steps >= self.scaler.get_growth_interval():
-            self._good_steps = 0
-            self.scaler.update(new_scale=self.get_scale() * self.scaler.get_growth_factor())
 
 
 @dataclass(frozen=True)
 class StepResult:
     loss: float | None  # None for an empty Poisson batch
     applied: bool  # noise added, weights updated, step counted by the accountant
-
-
-def _autocast(amp: ResolvedAmp, device_type: str) -> contextlib.AbstractContextManager[object]:
-    if amp == "off":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device_type, dtype=_AMP_DTYPES[amp])
 
 
 def _trainable(optimizer: torch.optim.Optimizer) -> list[nn.Parameter]:
@@ -239,7 +130,7 @@ def dp_step(
 
     if amp == "fp16" and (loss_scaler is None or ghost):
         raise DPConfigError('amp = "fp16" needs per-sample gradients and a PerSampleLossScaler to unscale them')
-    with _autocast(amp, features.device.type):
+    with autocast(amp, features.device.type):
         loss = criterion(module(features), labels)
     loss_value = float(loss.detach())
     with warnings.catch_warnings():
@@ -288,15 +179,6 @@ def _entropy_generator(device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(secrets.randbits(63))
 
 
-def _check_common(*, batch_size: int, epochs: int, learning_rate: float, data: HospitalData) -> None:
-    if batch_size < 1 or epochs < 1:
-        raise DPConfigError(f"batch-size = {batch_size}, local-epochs = {epochs}: both must be at least 1")
-    if not learning_rate > 0:
-        raise DPConfigError(f"learning-rate = {learning_rate}: must be > 0")
-    if len(data) == 0:
-        raise DPConfigError("no training rows: this hospital's training split is empty")
-
-
 def train_private(
     model: nn.Module,
     data: HospitalData,
@@ -323,7 +205,7 @@ def train_private(
     from opacus.validators.errors import UnsupportedModuleError
 
     del seed
-    _check_common(batch_size=batch_size, epochs=epochs, learning_rate=learning_rate, data=data)
+    check_training_inputs(batch_size=batch_size, epochs=epochs, learning_rate=learning_rate, data=data)
     if noise_multiplier < 0 or not max_grad_norm > 0:
         raise DPConfigError(
             f"noise-multiplier = {noise_multiplier}, max-grad-norm = {max_grad_norm}: need noise >= 0 and a norm > 0"
@@ -363,7 +245,7 @@ def train_private(
     losses: list[float] = []
     steps = skipped = 0
     try:
-        for x, y in _batches(dp_loader, epochs):
+        for x, y in epochs_of(dp_loader, epochs):
             result = dp_step(
                 dp_module,
                 optimizer,
@@ -385,7 +267,7 @@ def train_private(
     if counted != steps:  # would mean the ledger and Opacus disagree about what was released
         raise RuntimeError(f"Opacus' accountant counted {counted} steps but {steps} were taken")
     return TrainingOutcome(
-        loss=float(np.mean(losses)) if losses else float("nan"),
+        loss=mean_loss(losses),
         steps=steps,
         skipped_steps=skipped,
         sample_rate=history[0][1] if history else 1 / len(dp_loader),
@@ -393,60 +275,3 @@ def train_private(
         amp=resolved_amp,
         grad_sample_mode=mode,
     )
-
-
-def train_plain(
-    model: nn.Module,
-    data: HospitalData,
-    *,
-    batch_size: int,
-    epochs: int,
-    learning_rate: float,
-    amp: str = "auto",
-    device: torch.device,
-    seed: int,
-) -> TrainingOutcome:
-    """Non-DP training with the same optimizer and precision handling, for comparison and dp = false runs.
-
-    Without DP, ``GradScaler`` is used as torch intends (``scaler.step`` skips a
-    non-finite step itself); a skip shows as the scale going down.
-    """
-    _check_common(batch_size=batch_size, epochs=epochs, learning_rate=learning_rate, data=data)
-    resolved_amp = resolve_amp(amp, device=device)
-    model.to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
-    criterion = nn.CrossEntropyLoss()
-    scaler = torch.amp.GradScaler(device.type) if resolved_amp == "fp16" else None
-    losses: list[float] = []
-    steps = skipped = 0
-    for x, y in _batches(make_loader(data, batch_size=batch_size, shuffle=True, seed=seed), epochs):
-        x, y = x.to(device), y.to(device)
-        optimizer.zero_grad(set_to_none=True)
-        with _autocast(resolved_amp, device.type):
-            loss = criterion(model(x), y)
-        if scaler is None:
-            loss.backward()
-            optimizer.step()
-            steps += 1
-        else:
-            scale_before = scaler.get_scale()
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            went_down = scaler.get_scale() < scale_before
-            steps, skipped = steps + (not went_down), skipped + went_down
-        losses.append(float(loss.detach()))
-    return TrainingOutcome(
-        loss=float(np.mean(losses)) if losses else float("nan"),
-        steps=steps,
-        skipped_steps=skipped,
-        sample_rate=None,
-        noise_multiplier=None,
-        amp=resolved_amp,
-        grad_sample_mode=None,
-    )
-
-
-def _batches(loader: DataLoader, epochs: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    for _ in range(epochs):
-        yield from loader

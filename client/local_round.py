@@ -18,11 +18,13 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from torch import nn
 
 from client.accountant_state import AccountantStateError, DPEvent, HospitalAccountant
-from client.training import Score, evaluate, pick_device
+from client.mixed_precision import DPConfigError
+from client.training import Score, TrainingOutcome, evaluate, pick_device, train_plain
 from common.codecs import InvalidUpdate, check_update, from_numpy, to_numpy, to_record, to_state_dict
 from common.data import HospitalData, load_hospital_table, split_train_validation
 from common.models import build_model
-from common.schema import DatasetSchema, SchemaError
+from common.round_config import RoundConfig
+from common.schema import SchemaError
 from common.settings import NodeSettings, SettingsError
 
 
@@ -43,33 +45,32 @@ log = logging.getLogger("flwr.fedcare.client")
 if TYPE_CHECKING:
     import tenseal as ts
 
-    from client.dp_training import TrainingOutcome
 
 
-def _load_he_context(node: NodeSettings, institution: str) -> ts.Context:
+def _secret_context_for(node: NodeSettings, institution: str) -> ts.Context:
     from common.he.keys import HEKeyError, load_secret_context  # TenSEAL only where HE is used
 
-    if node.he_context is None:
+    if node.he_secret_context is None:
         raise RoundRefused(
             code="he-not-configured",
-            reason="the run uses privacy-mode 'he' but this SuperNode's node config has no 'he-context' (the path "
-            "of hospital/he-secret.ctx from `fedcare he keygen`)",
+            reason="the run uses privacy-mode 'he' but this SuperNode's node config has no 'he-secret-context' "
+            "(the path of hospital/he-secret.ctx from `fedcare he keygen`)",
             institution=institution,
         )
     try:
-        return load_secret_context(node.he_context)
+        return load_secret_context(node.he_secret_context)
     except HEKeyError as exc:
         raise RoundRefused(code="he-not-configured", reason=str(exc), institution=institution) from exc
 
 
 def _incoming_weights(
-    msg: Message, *, model: nn.Module, he_context: ts.Context | None, server_round: int
+    msg: Message, *, model: nn.Module, secret_context: ts.Context | None, server_round: int
 ) -> OrderedDict[str, np.ndarray]:
     """The global model in the message, checked against this hospital's model: plaintext weights, or
     in HE mode the server's encrypted sum of an earlier round of this run (decrypted and divided here)."""
     reference = to_numpy(to_record(model.state_dict()))
     content = msg.content
-    if he_context is not None and "arrays" not in content:
+    if secret_context is not None and "arrays" not in content:
         from common.he.hospital import decrypt_sum
         from common.he.wire import InvalidCiphertext, take_bundle
 
@@ -81,7 +82,7 @@ def _incoming_weights(
                     f"the encrypted model is from run {h.run_id} round {h.server_round}; expected "
                     f"run {msg.metadata.run_id}, a round before {server_round}"
                 )
-            weights = decrypt_sum(bundle, context=he_context, template=reference)
+            weights = decrypt_sum(bundle, context=secret_context, template=reference)
         except InvalidCiphertext as exc:
             raise InvalidUpdate(f"encrypted global model rejected: {exc}") from exc
     else:
@@ -98,46 +99,44 @@ class LocalRound:
     institution: str
     node: NodeSettings
     run_id: int
-    config: dict[str, Any]
+    config: RoundConfig
     train_data: HospitalData
     validation_data: HospitalData
     model: nn.Module
     device: torch.device
     accountant: HospitalAccountant | None = field(default=None)
-    he_context: ts.Context | None = field(default=None, repr=False)  # HE mode: the federation's secret context
+    secret_context: ts.Context | None = field(default=None, repr=False)  # HE mode: the federation's secret context
 
     @classmethod
     def from_message(cls, msg: Message, context: Context) -> LocalRound:
         institution = str(context.node_config.get("institution", f"node-{context.node_id}"))
-        config = dict(msg.content["config"])
+        try:
+            config = RoundConfig.from_config(msg.content.get("config") or {})
+        except SettingsError as exc:
+            raise RoundRefused(code="bad-round-config", reason=str(exc), institution=institution) from exc
         try:
             node = NodeSettings.from_node_config(context.node_config)
-            schema = DatasetSchema.model_validate_json(str(config["schema"]))
-            data = load_hospital_table(node.data_path, schema)
+            data = load_hospital_table(node.data_path, config.dataset_schema)
             train_data, validation_data = split_train_validation(
-                data,
-                validation_fraction=float(config["validation-fraction"]),
-                seed=int(config["seed"]),
+                data, validation_fraction=config.validation_fraction, seed=config.seed
             )
         except (SettingsError, SchemaError) as exc:
             raise RoundRefused(code="bad-local-data", reason=str(exc), institution=institution) from exc
 
         accountant = None
-        if bool(config.get("dp", True)) and msg.metadata.message_type.startswith("train"):
+        if config.dp and msg.metadata.message_type.startswith("train"):
             try:
                 assert node.state_dir is not None  # filled in by NodeSettings
                 accountant = HospitalAccountant.for_institution(node.state_dir, institution)
             except AccountantStateError as exc:
                 raise RoundRefused(code="accountant-state-error", reason=str(exc), institution=institution) from exc
 
-        he_context = None
-        if str(config.get("privacy-mode", "plain")) == "he":
-            he_context = _load_he_context(node, institution)
+        secret_context = _secret_context_for(node, institution) if config.privacy_mode == "he" else None
         device = pick_device()
-        model = build_model(schema)
+        model = build_model(config.dataset_schema)
         try:
             weights = _incoming_weights(
-                msg, model=model, he_context=he_context, server_round=int(config["server-round"])
+                msg, model=model, secret_context=secret_context, server_round=config.server_round
             )
         except InvalidUpdate as exc:
             raise RoundRefused(code="bad-global-model", reason=str(exc), institution=institution) from exc
@@ -152,7 +151,7 @@ class LocalRound:
             model=model.to(device),
             device=device,
             accountant=accountant,
-            he_context=he_context,
+            secret_context=secret_context,
         )
 
     @property
@@ -165,16 +164,16 @@ class LocalRound:
     def train(self) -> tuple[TrainingOutcome, DPEvent | None]:
         """Train locally; with DP the round's spending is committed to disk first."""
         # Imported here: Opacus is heavy, and evaluate messages (a fresh process each) never need it.
-        from client.dp_training import DPConfigError, train_plain, train_private
+        from client.dp_training import train_private
 
         c = self.config
         common = {
-            "batch_size": int(c["batch-size"]),
-            "epochs": int(c["local-epochs"]),
-            "learning_rate": float(c["learning-rate"]),
-            "amp": str(c["amp"]),
+            "batch_size": c.batch_size,
+            "epochs": c.local_epochs,
+            "learning_rate": c.learning_rate,
+            "amp": c.amp,
             "device": self.device,
-            "seed": int(c["seed"]) + int(c["server-round"]),
+            "seed": c.seed + c.server_round,
         }
         try:
             if self.accountant is None:
@@ -188,8 +187,8 @@ class LocalRound:
                 self.model,
                 self.train_data,
                 noise_multiplier=event.noise_multiplier,
-                max_grad_norm=float(c["max-grad-norm"]),
-                grad_sample_mode=str(c["grad-sample-mode"]),
+                max_grad_norm=c.max_grad_norm,
+                grad_sample_mode=c.grad_sample_mode,
                 **common,
             )
         except DPConfigError as exc:
@@ -211,22 +210,22 @@ class LocalRound:
         assert self.accountant is not None
         c = self.config
         sample_rate, steps = plan_round(
-            num_examples=len(self.train_data), batch_size=int(c["batch-size"]), epochs=int(c["local-epochs"])
+            num_examples=len(self.train_data), batch_size=c.batch_size, epochs=c.local_epochs
         )
-        accountant_name, delta = str(c["accountant"]), float(c["delta"])
-        if float(c["target-epsilon"]) > 0:
+        accountant_name, delta = c.accountant, c.delta
+        if c.target_epsilon > 0:
             # Chosen once for the whole run's planned steps: re-targeting every round overshoots.
             noise = float(
                 get_noise_multiplier(
-                    target_epsilon=float(c["target-epsilon"]),
+                    target_epsilon=c.target_epsilon,
                     target_delta=delta,
                     sample_rate=sample_rate,
-                    steps=steps * int(c["num-rounds"]),
+                    steps=steps * c.num_rounds,
                     accountant=accountant_name,
                 )
             )
         else:
-            noise = float(c["noise-multiplier"])
+            noise = c.noise_multiplier
         projected = self.accountant.projected_epsilon(
             noise_multiplier=noise, sample_rate=sample_rate, steps=steps, accountant=accountant_name, delta=delta
         )
@@ -250,13 +249,13 @@ class LocalRound:
             epsilon=projected,
             delta=delta,
             run_id=self.run_id,
-            server_round=int(c["server-round"]),
+            server_round=c.server_round,
         )
         self.accountant.commit(event)
         log.info(
             "[%s] round %s: epsilon %.3f after this round (committed to %s)",
             self.institution,
-            c["server-round"],
+            c.server_round,
             projected,
             self.accountant.path,
         )
@@ -278,7 +277,7 @@ class LocalRound:
     def put_update(self, content: RecordDict) -> int:
         """Put the trained weights into the reply: plaintext, or in HE mode encrypted (times the sample
         count, so the server's sum is the FedAvg numerator). Returns the bytes of the update."""
-        if self.he_context is None:
+        if self.secret_context is None:
             record = to_record(self.model.state_dict())
             content["arrays"] = record
             return int(record.count_bytes())
@@ -290,9 +289,9 @@ class LocalRound:
             bundle = encrypt_update(
                 weights,
                 num_examples=self.train_examples,
-                context=self.he_context,
+                context=self.secret_context,
                 run_id=self.run_id,
-                server_round=int(self.config["server-round"]),
+                server_round=self.config.server_round,
             )
         except ValueError as exc:  # NaN weights, or values beyond what the CKKS parameters hold
             raise RoundRefused(code="cannot-encrypt", reason=str(exc), institution=self.institution) from exc

@@ -4,8 +4,8 @@ Flower's SecAgg+ speaks the legacy FitIns/FitRes layout in four train messages p
 this module is the only client code that knows it. Three stages are key exchange only, done
 by the mod without touching torch (a fresh ClientApp process runs per message, so heavy
 imports stay inside the one stage that trains). In the masked-vectors stage the mod calls
-`_train_masked`, which runs the same `LocalRound` as plain mode (scoring, DP-SGD, the
-accountant committed before training) and hands the mod a FitRes; the mod masks the
+`_train_masked`, which runs the same `client.train_reply.train_round` as plain mode (scoring,
+DP-SGD, the accountant committed before training) and hands the mod a FitRes; the mod masks the
 weighted, quantized update and clears every array record before the reply leaves, so
 only fedcare's metrics, status and DP event travel in clear next to the masked vector.
 
@@ -70,49 +70,46 @@ def _zeros_like_incoming(msg: Message) -> OrderedDict[str, np.ndarray]:
 
 def _train_masked(msg: Message, context: Context) -> Message:
     from client.local_round import LocalRound, RoundRefused  # torch and Opacus: only this stage needs them
+    from client.train_reply import refusal, train_round
     from common.codecs import to_numpy, to_record
 
     secagg = context.state.config_records[RECORD_KEY_STATE]  # the mod's state, saved by the setup stage
-    try:
-        local = LocalRound.from_message(msg, context)
-        before = local.score()
-        if local.train_examples > float(secagg["max_weight"]):
+    max_weight, clipping_range = float(secagg["max_weight"]), float(secagg["clipping_range"])
+
+    def check_weight(local: LocalRound) -> None:
+        if local.train_examples > max_weight:
             raise RoundRefused(
                 code="secagg-weight-too-large",
                 reason=f"this hospital has {local.train_examples} training examples, above the run's max-weight "
-                f"{float(secagg['max_weight']):g}; its weighted update would be clipped. Raise max-weight",
+                f"{max_weight:g}; its weighted update would be clipped. Raise max-weight",
                 institution=local.institution,
             )
-        outcome, event = local.train()
-        weights = to_numpy(to_record(local.model.state_dict()))
-        clipped = weighted_overflow(
-            weights,
-            num_examples=local.train_examples,
-            max_weight=float(secagg["max_weight"]),
-            clipping_range=float(secagg["clipping_range"]),
-            quantization_range=int(secagg["target_range"]),
-        )
-        if clipped:
-            raise RoundRefused(
-                code="secagg-clipping",
-                reason=f"{clipped} weighted update value(s) exceed clipping-range {float(secagg['clipping_range']):g}; "
-                "SecAgg+ would clip them and corrupt the sum. Raise clipping-range (or max-weight)",
-                institution=local.institution,
-            )
+
+    try:
+        trained = train_round(msg, context, before_training=check_weight)
     except RoundRefused as exc:
-        log.error("%s", exc)
-        content = _legacy_reply(_zeros_like_incoming(msg), num_examples=0)
-        content["status"] = ConfigRecord(exc.as_status())
-        return Message(content, reply_to=msg)
-    content = _legacy_reply(weights, num_examples=local.train_examples)
-    content["metrics"] = local.train_metrics(outcome, before)
-    content["status"] = ConfigRecord(local.ok_status())
-    if event is not None:
-        content["dp-event"] = ConfigRecord(event.as_record())
+        return refusal(msg, exc, content=_legacy_reply(_zeros_like_incoming(msg), num_examples=0))
+    local = trained.local
+    weights = to_numpy(to_record(local.model.state_dict()))
+    clipped = weighted_overflow(
+        weights,
+        num_examples=local.train_examples,
+        max_weight=max_weight,
+        clipping_range=clipping_range,
+        quantization_range=int(secagg["target_range"]),
+    )
+    if clipped:
+        exc = RoundRefused(
+            code="secagg-clipping",
+            reason=f"{clipped} weighted update value(s) exceed clipping-range {clipping_range:g}; "
+            "SecAgg+ would clip them and corrupt the sum. Raise clipping-range (or max-weight)",
+            institution=local.institution,
+        )
+        return trained.refuse(msg, exc, content=_legacy_reply(_zeros_like_incoming(msg), num_examples=0))
     log.info(
-        "[%s] round %s: update handed to SecAgg+ for masking (%d examples)",
+        "[%s] round %d: update handed to SecAgg+ for masking (%d examples)",
         local.institution,
-        local.config["server-round"],
+        local.config.server_round,
         local.train_examples,
     )
-    return Message(content, reply_to=msg)
+    return trained.reply(msg, _legacy_reply(weights, num_examples=local.train_examples))

@@ -1,7 +1,9 @@
 """Typed run settings, read once from Flower's run config (kebab-case keys in pyproject.toml).
 
-One object flows through the ServerApp; the parts the hospitals need travel to
-them inside each message's config, so both sides agree on one set of values.
+One object flows through the ServerApp. The part the hospitals need (`TrainingSettings`)
+travels to them inside each message's config as a `common.round_config.RoundConfig`, so both
+sides agree on one set of values. The defaults here are the only ones: pyproject.toml's
+`[tool.flwr.app.config]` repeats them for people to read, and a test keeps the two equal.
 """
 
 from __future__ import annotations
@@ -11,35 +13,36 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+# Each choice list is declared here once; pyproject.toml's comments and the client's error messages follow it.
 PrivacyMode = Literal["plain", "he", "secagg"]
+AmpMode = Literal["off", "bf16", "fp16", "auto"]
+GradSampleMode = Literal["auto", "hooks", "ew", "functorch", "ghost"]
 
 
 class SettingsError(ValueError):
     """A run or node setting that is missing or out of range."""
 
 
-class RunSettings(BaseModel):
-    """What the coordinator chooses for a run."""
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
 
-    model_config = ConfigDict(
-        alias_generator=lambda name: name.replace("_", "-"), populate_by_name=True, extra="forbid"
-    )
+
+class TrainingSettings(BaseModel):
+    """The part of a run's settings that every hospital needs to train (and score) a round.
+
+    Declared once for both ends: the coordinator reads it inside `RunSettings`, and each message
+    carries it to the hospitals as a `common.round_config.RoundConfig`, so a name, type, range or
+    default cannot differ between the run config and what a hospital trains with.
+    """
+
+    model_config = ConfigDict(alias_generator=_kebab, populate_by_name=True, extra="forbid")
 
     num_rounds: int = Field(default=5, ge=1)
     local_epochs: int = Field(default=2, ge=1)
     batch_size: int = Field(default=16, ge=1)
     learning_rate: float = Field(default=0.03, gt=0)
     validation_fraction: float = Field(default=0.2, gt=0, lt=1)
-    min_nodes: int = Field(default=2, ge=1)
-    node_wait_timeout: float = Field(default=120.0, gt=0)
-    round_timeout: float = Field(default=600.0, gt=0)
-    poll_interval: float = Field(default=0.25, gt=0)
-    # The privacy budget service (optional): where to report DP events, and the aggregator token's file.
-    budget_url: str = ""
-    budget_token_file: str = ""
     seed: int = 42
-    schema_path: str
-    results_dir: str = "fedcare-runs"
     # Local differential privacy (DP-SGD at every hospital). On unless explicitly turned off.
     dp: bool = True
     noise_multiplier: float = Field(default=1.0, gt=0)
@@ -49,12 +52,28 @@ class RunSettings(BaseModel):
     max_grad_norm: float = Field(default=1.0, gt=0)
     delta: float = Field(default=1e-5, gt=0, lt=1)
     accountant: Literal["rdp", "prv"] = "rdp"
-    grad_sample_mode: Literal["auto", "hooks", "ew", "functorch", "ghost"] = "auto"
-    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    grad_sample_mode: GradSampleMode = "auto"
+    amp: AmpMode = "auto"
     # How updates travel: "plain" (the server averages readable weights), "he" (CKKS: the server only
     # adds ciphertexts), "secagg" (Flower's SecAgg+: the server only learns the masked sum).
     privacy_mode: PrivacyMode = "plain"
-    he_context: str = ""  # HE mode: the server's key-free context (server/he-public.ctx from `fedcare he keygen`)
+
+
+class RunSettings(TrainingSettings):
+    """What the coordinator chooses for a run: the training settings above, and how the server runs it."""
+
+    min_nodes: int = Field(default=2, ge=1)
+    node_wait_timeout: float = Field(default=120.0, gt=0)
+    round_timeout: float = Field(default=600.0, gt=0)
+    poll_interval: float = Field(default=0.25, gt=0)
+    # The privacy budget service (optional): where to report DP events, and the aggregator token's file.
+    budget_url: str = ""
+    budget_token_file: str = ""
+    schema_path: str
+    results_dir: str = "fedcare-runs"
+    # HE mode: the server's key-free context (server/he-public.ctx from `fedcare he keygen`). Never the
+    # hospitals' secret context, which is the node config's `he-secret-context`.
+    he_public_context: str = ""
     # SecAgg+ mode (Flower's secure aggregation; docs/secagg.md). Each hospital splits its mask secrets into
     # num_shares shares; reconstruction_threshold of them recover a dropped hospital's masks.
     num_shares: int = Field(default=3, gt=2)
@@ -66,15 +85,20 @@ class RunSettings(BaseModel):
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> RunSettings:
+        if "he-context" in run_config:
+            raise SettingsError(
+                "run config: 'he-context' is now 'he-public-context' (the server's key-free he-public.ctx); "
+                "rename the key"
+            )
         try:
             settings = cls.model_validate(dict(run_config))
         except ValidationError as exc:
-            raise SettingsError(_describe(exc, "run config")) from exc
+            raise SettingsError(describe_validation_error(exc, "run config")) from exc
         if not settings.schema_path:
             raise SettingsError("run config: 'schema-path' is empty; point it at the federation's schema JSON")
-        if settings.privacy_mode == "he" and not settings.he_context:
+        if settings.privacy_mode == "he" and not settings.he_public_context:
             raise SettingsError(
-                "run config: privacy-mode is 'he' but 'he-context' is empty; point it at the server's "
+                "run config: privacy-mode is 'he' but 'he-public-context' is empty; point it at the server's "
                 "he-public.ctx from `fedcare he keygen --out DIR` (DIR/server/he-public.ctx)"
             )
         if settings.privacy_mode == "secagg":
@@ -117,15 +141,13 @@ def _secagg_problems(s: RunSettings) -> list[str]:
 class NodeSettings(BaseModel):
     """What a hospital sets for its own SuperNode (`--node-config`)."""
 
-    model_config = ConfigDict(
-        alias_generator=lambda name: name.replace("_", "-"), populate_by_name=True, extra="ignore"
-    )
+    model_config = ConfigDict(alias_generator=_kebab, populate_by_name=True, extra="ignore")
 
     institution: str = Field(min_length=1)
     data_path: Path
     state_dir: Path | None = None  # where the privacy accountant lives; default under the home directory
     epsilon_limit: float | None = Field(default=None, gt=0)
-    he_context: Path | None = None  # HE mode: the hospitals' secret context (hospital/he-secret.ctx)
+    he_secret_context: Path | None = None  # HE mode: the hospitals' secret context (hospital/he-secret.ctx)
 
     @model_validator(mode="after")
     def _default_state_dir(self) -> NodeSettings:
@@ -136,11 +158,16 @@ class NodeSettings(BaseModel):
 
     @classmethod
     def from_node_config(cls, node_config: dict[str, Any]) -> NodeSettings:
+        if "he-context" in node_config:
+            raise SettingsError(
+                "node config: 'he-context' is now 'he-secret-context' (the hospitals' he-secret.ctx); "
+                "rename the key in --node-config"
+            )
         try:
             return cls.model_validate(dict(node_config))
         except ValidationError as exc:
-            raise SettingsError(_describe(exc, "node config")) from exc
+            raise SettingsError(describe_validation_error(exc, "node config")) from exc
 
 
-def _describe(exc: ValidationError, where: str) -> str:
+def describe_validation_error(exc: ValidationError, where: str) -> str:
     return f"{where}: " + "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())

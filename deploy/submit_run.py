@@ -145,7 +145,7 @@ def main(argv: list[str]) -> int:
         "results-dir": args.results_dir,
     }
     if args.he:
-        run_config |= {"privacy-mode": "he", "he-context": str(Path(args.schema_path).parent / "he-public.ctx")}
+        run_config |= {"privacy-mode": "he", "he-public-context": str(Path(args.schema_path).parent / "he-public.ctx")}
     for item in args.run_config:
         run_config |= tomllib.loads(item.replace("=", " = ", 1))
     if args.budget_url:

@@ -50,9 +50,9 @@ def hospital_service(
     prefix = env_prefix(slug)
     node_config = (
         f'institution="{name}" data-path="/data/${{{prefix}_DATA_FILE:-{data_file}}}" '
-        f'state-dir="{CONTAINER_STATE}/state" he-context="{CONTAINER_KIT}/he-secret.ctx" '
+        f'state-dir="{CONTAINER_STATE}/state" he-secret-context="{CONTAINER_KIT}/he-secret.ctx" '
         f"epsilon-limit=${{{prefix}_EPSILON_LIMIT:-{float(epsilon_limit)!r}}}"
-    )  # he-context: read in HE runs only
+    )  # he-secret-context: read in HE runs only
     service: dict[str, Any] = {
         "image": GPU_IMAGE if gpu else IMAGE,
         "init": True,

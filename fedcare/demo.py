@@ -127,7 +127,7 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoOut
                     "epsilon-limit": options.epsilon_limit,
                 }
                 if he_keys is not None:
-                    node_config["he-context"] = str(he_keys.hospital_context)
+                    node_config["he-secret-context"] = str(he_keys.hospital_context)
                 fed.add_hospital(institution=f"hospital-{i}", data_path=path, node_config=node_config)
         tls = (
             "[bold red]off (INSECURE: no TLS, no node authentication)[/]"
@@ -148,7 +148,7 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoOut
             **_privacy_config(options),
         }
         if he_keys is not None:
-            run_config["he-context"] = str(he_keys.server_context)
+            run_config["he-public-context"] = str(he_keys.server_context)
             console.print(
                 f"HE mode: CKKS keys in {out / 'he'} (key set {he_keys.key_id}); the server gets only "
                 f"{he_keys.server_context.name}, which cannot decrypt"

@@ -87,7 +87,7 @@ def node_config_toml(options: KitOptions, *, root: str, he: bool) -> str:
         "epsilon-limit": options.epsilon_limit,
     }
     if he:
-        config["he-context"] = f"{root}/{HE_CONTEXT_FILE}"
+        config["he-secret-context"] = f"{root}/{HE_CONTEXT_FILE}"
     return tomli_w.dumps(config)
 
 

@@ -59,7 +59,7 @@ def make_rounds(ctx: RoundContext, *, weights: OrderedDict[str, np.ndarray]) -> 
         from common.he.keys import load_server_context  # TenSEAL only where HE is used
         from server.he_rounds import HERounds
 
-        keys = load_server_context(Path(ctx.settings.he_context))  # raises HEKeyError on a secret-key context
+        keys = load_server_context(Path(ctx.settings.he_public_context))  # raises HEKeyError on a secret-key context
         log.info(
             "HE mode: CKKS degree %d, key set %s; the server adds ciphertexts it cannot decrypt",
             keys.params.poly_modulus_degree,

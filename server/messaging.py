@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
+from common.round_config import RoundConfig
 from common.schema import DatasetSchema
 from common.settings import RunSettings
 
@@ -31,28 +32,9 @@ def wait_for_nodes(grid: Grid, *, minimum: int, timeout: float) -> list[int]:
 
 
 def message_config(settings: RunSettings, schema: DatasetSchema, server_round: int) -> ConfigRecord:
-    """What every hospital needs to train this round: one set of values for the whole federation."""
-    return ConfigRecord(
-        {
-            "server-round": server_round,
-            "schema": schema.model_dump_json(),
-            "local-epochs": settings.local_epochs,
-            "batch-size": settings.batch_size,
-            "learning-rate": settings.learning_rate,
-            "validation-fraction": settings.validation_fraction,
-            "seed": settings.seed,
-            "num-rounds": settings.num_rounds,
-            "dp": settings.dp,
-            "noise-multiplier": settings.noise_multiplier,
-            "target-epsilon": settings.target_epsilon,
-            "max-grad-norm": settings.max_grad_norm,
-            "delta": settings.delta,
-            "accountant": settings.accountant,
-            "grad-sample-mode": settings.grad_sample_mode,
-            "amp": settings.amp,
-            "privacy-mode": settings.privacy_mode,
-        }
-    )
+    """What every hospital needs to train this round: one set of values for the whole federation,
+    parsed at the hospital by `RoundConfig.from_config`."""
+    return ConfigRecord(RoundConfig.for_round(settings, schema=schema, server_round=server_round).as_config())
 
 
 def exchange(

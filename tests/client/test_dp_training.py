@@ -11,21 +11,12 @@ import pytest
 import torch
 from opacus import PrivacyEngine
 from opacus.data_loader import DPDataLoader
-from sklearn.datasets import load_breast_cancer
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from client import dp_training
-from client.dp_training import (
-    DPConfigError,
-    PerSampleLossScaler,
-    dp_step,
-    plan_round,
-    resolve_amp,
-    resolve_grad_sample_mode,
-    train_plain,
-    train_private,
-)
+from client.dp_training import dp_step, plan_round, resolve_grad_sample_mode, train_private
+from client.mixed_precision import DPConfigError, PerSampleLossScaler
 from client.training import evaluate
 from common.data import HospitalData
 from common.models import TabularMLP
@@ -36,13 +27,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:Secure RNG turned off:UserWarning"),
     pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning"),
 ]
-
-
-@pytest.fixture(scope="module")
-def breast_cancer() -> HospitalData:
-    x, y = load_breast_cancer(return_X_y=True)
-    x = (x - x.mean(axis=0)) / x.std(axis=0)
-    return HospitalData(features=x.astype(np.float32), labels=y.astype(np.int64))
 
 
 def _mlp(seed: int = 0) -> TabularMLP:
@@ -301,26 +285,7 @@ def test_an_empty_poisson_batch_still_takes_a_noisy_counted_step(mode: str) -> N
     assert _update(model, base).abs().max() > 0  # pure noise was added
 
 
-# ---------------------------------------------------------------- 5. choosing modes
-
-
-def test_resolve_amp_auto_and_explicit_choices(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert resolve_amp("auto", device=CPU) == "off"  # bf16 measured slower on CPU (docs/benchmarks.md)
-    assert resolve_amp("bf16", device=CPU) == "bf16"
-    assert resolve_amp("fp16", device=CPU) == "fp16"
-    assert resolve_amp("off", device=CPU) == "off"
-    cuda = torch.device("cuda")
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert resolve_amp("auto", device=cuda) == "bf16"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert resolve_amp("auto", device=cuda) == "fp16"
-    with pytest.raises(DPConfigError, match='set amp = "fp16" or "auto"'):
-        resolve_amp("bf16", device=cuda)
-
-
-def test_resolve_amp_refuses_unknown_values() -> None:
-    with pytest.raises(DPConfigError, match="choose one of off, bf16, fp16, auto"):
-        resolve_amp("fp8", device=CPU)
+# ---------------------------------------------------------------- 5. choosing the grad-sample mode
 
 
 def test_resolve_grad_sample_mode_auto_choices() -> None:
@@ -437,19 +402,3 @@ def test_the_missing_csprng_is_logged_once(
             )
     notes = [r for r in caplog.records if "not a CSPRNG" in r.getMessage()]
     assert len(notes) == 1 and notes[0].name == "flwr.fedcare.client"
-
-
-# ---------------------------------------------------------------- plain training
-
-
-@pytest.mark.parametrize("amp", ["off", "bf16", "fp16"])
-def test_train_plain_trains_with_every_precision(breast_cancer: HospitalData, amp: str) -> None:
-    model = _mlp()
-    before = evaluate(model, breast_cancer, device=CPU).loss
-    outcome = train_plain(
-        model, breast_cancer, batch_size=64, epochs=3, learning_rate=5e-3, amp=amp, device=CPU, seed=0
-    )
-    assert (outcome.sample_rate, outcome.noise_multiplier, outcome.grad_sample_mode) == (None, None, None)
-    assert outcome.amp == amp
-    assert outcome.steps + outcome.skipped_steps == 3 * math.ceil(569 / 64)
-    assert evaluate(model, breast_cancer, device=CPU).loss < 0.7 * before

@@ -1,4 +1,4 @@
-"""Local training and scoring on a tiny problem whose answers are known."""
+"""Plain local training and scoring, on a tiny problem whose answers are known and on breast cancer."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from client.training import evaluate, make_loader, train_epochs
+from client.mixed_precision import DPConfigError
+from client.training import evaluate, make_loader, train_plain
 from common.data import HospitalData
 from common.models import TabularMLP
 
@@ -39,27 +40,18 @@ def test_training_lowers_the_loss_on_a_separable_problem() -> None:
     data = _separable()
     model = TabularMLP(in_features=2, num_classes=2, hidden=16)
     before = evaluate(model, data, device=CPU)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    mean_loss = train_epochs(
-        model, make_loader(data, batch_size=16, shuffle=True, seed=1), optimizer=optimizer, epochs=15, device=CPU
-    )
+    outcome = train_plain(model, data, batch_size=16, epochs=15, learning_rate=0.01, amp="off", device=CPU, seed=1)
     after = evaluate(model, data, device=CPU)
-    assert math.isfinite(mean_loss)
+    assert math.isfinite(outcome.loss)
     assert after.loss < before.loss / 2
     assert after.accuracy >= 0.95
 
 
-def test_training_with_no_batches_reports_nan_and_changes_nothing() -> None:
+def test_training_with_no_rows_is_refused_and_changes_nothing() -> None:
     model = _sign_model()
     empty = HospitalData(features=np.zeros((0, 2), np.float32), labels=np.zeros(0, np.int64))
-    loss = train_epochs(
-        model,
-        make_loader(empty, batch_size=4, shuffle=False),
-        optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
-        epochs=2,
-        device=CPU,
-    )
-    assert math.isnan(loss)
+    with pytest.raises(DPConfigError, match="no training rows"):
+        train_plain(model, empty, batch_size=4, epochs=2, learning_rate=1.0, amp="off", device=CPU, seed=0)
     assert torch.equal(model.weight, _sign_model().weight)
 
 
@@ -89,3 +81,17 @@ def test_the_loader_order_is_fixed_by_its_seed() -> None:
     assert torch.equal(order(4), order(4))
     assert not torch.equal(order(4), order(5))
     assert sorted(order(4).tolist()) == list(range(10))
+
+
+@pytest.mark.parametrize("amp", ["off", "bf16", "fp16"])
+def test_train_plain_trains_with_every_precision(breast_cancer: HospitalData, amp: str) -> None:
+    torch.manual_seed(0)
+    model = TabularMLP(in_features=30, num_classes=2)
+    before = evaluate(model, breast_cancer, device=CPU).loss
+    outcome = train_plain(
+        model, breast_cancer, batch_size=64, epochs=3, learning_rate=5e-3, amp=amp, device=CPU, seed=0
+    )
+    assert (outcome.sample_rate, outcome.noise_multiplier, outcome.grad_sample_mode) == (None, None, None)
+    assert outcome.amp == amp
+    assert outcome.steps + outcome.skipped_steps == 3 * math.ceil(569 / 64)
+    assert evaluate(model, breast_cancer, device=CPU).loss < 0.7 * before

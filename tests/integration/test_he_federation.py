@@ -48,17 +48,21 @@ def test_he_federation_matches_plain_and_the_server_never_holds_a_readable_model
             fed.add_hospital(
                 institution=f"hospital-{i}",
                 data_path=path,
-                node_config={"he-context": str(keys.hospital_context), "state-dir": str(tmp_path / f"state-{i}")},
+                node_config={
+                    "he-secret-context": str(keys.hospital_context),
+                    "state-dir": str(tmp_path / f"state-{i}"),
+                },
             )
         plain_id = fed.submit(app_dir=APP_DIR, run_config=common)
         plain_status = wait_finished(fed, plain_id)
         he_id = fed.submit(
-            app_dir=APP_DIR, run_config={**common, "privacy-mode": "he", "he-context": str(keys.server_context)}
+            app_dir=APP_DIR, run_config={**common, "privacy-mode": "he", "he-public-context": str(keys.server_context)}
         )
         he_status = wait_finished(fed, he_id)
         # The server must refuse to run HE with a context that can decrypt.
         leaked_id = fed.submit(
-            app_dir=APP_DIR, run_config={**common, "privacy-mode": "he", "he-context": str(keys.hospital_context)}
+            app_dir=APP_DIR,
+            run_config={**common, "privacy-mode": "he", "he-public-context": str(keys.hospital_context)},
         )
         leaked_status = wait_finished(fed, leaked_id, timeout=180)
     assert_all_exited(fed.seen_pids)

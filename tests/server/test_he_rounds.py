@@ -82,7 +82,7 @@ def _rounds(tmp_path: Path, split: DemoSplit, *, tamper=lambda node, reply: None
         node: {
             "institution": f"hospital-{node}",
             "data-path": str(path),
-            "he-context": str(keys.hospital_context),
+            "he-secret-context": str(keys.hospital_context),
             "state-dir": str(tmp_path / f"state-{node}"),
         }
         for node, path in enumerate(split.hospital_paths, start=1)
@@ -95,7 +95,7 @@ def _rounds(tmp_path: Path, split: DemoSplit, *, tamper=lambda node, reply: None
             "dp": False,
             "local-epochs": 1,
             "privacy-mode": "he",
-            "he-context": str(keys.server_context),
+            "he-public-context": str(keys.server_context),
         }
     )
     schema = load_schema(split.schema_path)

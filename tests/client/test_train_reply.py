@@ -1,0 +1,93 @@
+"""One train message at a hospital, with real data, a real accountant file and real Opacus."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
+
+from client.accountant_state import HospitalAccountant
+from client.app import train as handle_train
+from client.local_round import LocalRound, RoundRefused
+from client.train_reply import train_round
+from common.demo_data import DemoSplit, write_demo_split
+from common.models import build_model
+from common.schema import load_schema
+from common.settings import RunSettings
+from server.messaging import message_config
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Secure RNG turned off:UserWarning"),
+    pytest.mark.filterwarnings("ignore:Full backward hook is firing:UserWarning"),
+]
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory: pytest.TempPathFactory) -> DemoSplit:
+    return write_demo_split(tmp_path_factory.mktemp("data"), dataset="breast-cancer", hospitals=2)
+
+
+def _message(split: DemoSplit, *, config: ConfigRecord | None = None) -> Message:
+    schema = load_schema(split.schema_path)
+    settings = RunSettings.from_run_config({"schema-path": str(split.schema_path), "local-epochs": 1})
+    content = RecordDict(
+        {
+            "config": config if config is not None else message_config(settings, schema, 1),
+            "arrays": ArrayRecord(build_model(schema, seed=settings.seed).state_dict()),
+        }
+    )
+    metadata = Metadata(
+        run_id=5,
+        message_id="m1",
+        src_node_id=0,
+        dst_node_id=1,
+        reply_to_message_id="",
+        group_id="1",
+        created_at=time.time(),
+        ttl=3600.0,
+        message_type="train",
+    )
+    return Message(content, metadata=metadata)
+
+
+def _context(split: DemoSplit, state: Path) -> Context:
+    node_config = {"institution": "hospital-1", "data-path": str(split.hospital_paths[0]), "state-dir": str(state)}
+    return Context(run_id=5, node_id=1, node_config=node_config, state=RecordDict(), run_config={})
+
+
+def test_a_round_refused_after_training_still_reports_what_it_spent(split: DemoSplit, tmp_path: Path) -> None:
+    msg = _message(split)
+    trained = train_round(msg, _context(split, tmp_path))
+    assert trained.event is not None
+
+    reply = trained.refuse(msg, RoundRefused(code="secagg-clipping", reason="too big", institution="hospital-1"))
+
+    assert dict(reply.content["status"])["code"] == "secagg-clipping"
+    assert dict(reply.content["dp-event"]) == trained.event.as_record()
+    on_disk = HospitalAccountant.for_institution(tmp_path, "hospital-1")
+    assert on_disk.history == [(trained.event.noise_multiplier, trained.event.sample_rate, trained.event.steps)]
+
+
+def test_a_refusal_before_training_spends_nothing(split: DemoSplit, tmp_path: Path) -> None:
+    def refuse(local: LocalRound) -> None:
+        raise RoundRefused(code="secagg-weight-too-large", reason="many rows", institution=local.institution)
+
+    with pytest.raises(RoundRefused, match="secagg-weight-too-large"):
+        train_round(_message(split), _context(split, tmp_path), before_training=refuse)
+    assert not (tmp_path / "privacy-accountant.json").exists()
+
+
+def test_the_train_handler_answers_a_bad_round_config_with_a_refusal(split: DemoSplit, tmp_path: Path) -> None:
+    config = message_config(
+        RunSettings.from_run_config({"schema-path": str(split.schema_path)}), load_schema(split.schema_path), 1
+    )
+    del config["batch-size"]
+
+    reply = handle_train(_message(split, config=config), _context(split, tmp_path))
+
+    status = dict(reply.content["status"])
+    assert (status["ok"], status["code"], status["institution"]) == (False, "bad-round-config", "hospital-1")
+    assert "lacks batch-size" in status["reason"]
+    assert "arrays" not in reply.content and "dp-event" not in reply.content

@@ -1,0 +1,81 @@
+"""Run and node settings: one source of defaults, and names that say which HE context is meant."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from common.settings import NodeSettings, RunSettings, SettingsError
+
+REPO = Path(__file__).resolve().parents[2]
+# Deliberately deployment-specific: every federation points it at its own schema file, so RunSettings
+# has no default and requires it, while pyproject.toml must still list the key (as "") because Flower
+# refuses a run-config override of a key the app does not declare.
+DEPLOYMENT_SPECIFIC = {"schema-path"}
+
+
+def _shipped_config() -> dict[str, object]:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+
+
+def _defaults() -> dict[str, object]:
+    return {
+        field.alias or name: field.default
+        for name, field in RunSettings.model_fields.items()
+        if not field.is_required()
+    }
+
+
+def test_pyproject_lists_exactly_the_run_settings() -> None:
+    # Flower's fuse_dicts rejects an override key missing from [tool.flwr.app.config], so a RunSettings
+    # field absent there could never be set; a key absent from RunSettings would be refused at start.
+    aliases = {field.alias or name for name, field in RunSettings.model_fields.items()}
+    assert set(_shipped_config()) == aliases
+
+
+def test_pyproject_values_are_the_run_settings_defaults() -> None:
+    shipped, defaults = _shipped_config(), _defaults()
+    assert set(defaults) == set(shipped) - DEPLOYMENT_SPECIFIC
+    differing = {
+        key: (value, defaults[key])
+        for key, value in shipped.items()
+        if key not in DEPLOYMENT_SPECIFIC and (type(value), value) != (type(defaults[key]), defaults[key])
+    }
+    assert differing == {}, "pyproject.toml (left) disagrees with RunSettings (right); RunSettings is the source"
+
+
+def test_the_deployment_specific_keys_have_no_default() -> None:
+    assert all(RunSettings.model_fields[key.replace("-", "_")].is_required() for key in DEPLOYMENT_SPECIFIC)
+    with pytest.raises(SettingsError, match="schema-path"):
+        RunSettings.from_run_config({**_shipped_config()})
+
+
+def test_the_run_names_the_public_context_and_the_node_the_secret_one(tmp_path: Path) -> None:
+    run = RunSettings.from_run_config(
+        {"schema-path": "schema.json", "privacy-mode": "he", "he-public-context": "server/he-public.ctx"}
+    )
+    node = NodeSettings.from_node_config(
+        {"institution": "h1", "data-path": "data.csv", "he-secret-context": "hospital/he-secret.ctx"}
+    )
+    assert run.he_public_context == "server/he-public.ctx"
+    assert node.he_secret_context == Path("hospital/he-secret.ctx")
+    with pytest.raises(SettingsError, match="'he-public-context' is empty"):
+        RunSettings.from_run_config({"schema-path": "schema.json", "privacy-mode": "he"})
+
+
+@pytest.mark.parametrize(
+    ("parse", "config", "renamed"),
+    [
+        (RunSettings.from_run_config, {"schema-path": "s.json", "he-context": "he-public.ctx"}, "he-public-context"),
+        (
+            NodeSettings.from_node_config,
+            {"institution": "h1", "data-path": "d.csv", "he-context": "x"},
+            "he-secret-context",
+        ),
+    ],
+)
+def test_the_old_he_context_key_is_refused_with_its_new_name(parse, config: dict[str, object], renamed: str) -> None:
+    with pytest.raises(SettingsError, match=f"'he-context' is now '{renamed}'"):
+        parse(config)
