@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from common.dp_event import Accountant
+
 PrivacyMode = Literal["plain", "he", "secagg"]
 
 
@@ -48,7 +50,7 @@ class RunSettings(BaseModel):
     )  # > 0: noise chosen once for the whole run; 0: use noise_multiplier
     max_grad_norm: float = Field(default=1.0, gt=0)
     delta: float = Field(default=1e-5, gt=0, lt=1)
-    accountant: Literal["rdp", "prv"] = "rdp"
+    accountant: Accountant = "rdp"
     grad_sample_mode: Literal["auto", "hooks", "ew", "functorch", "ghost"] = "auto"
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     # How updates travel: "plain" (the server averages readable weights), "he" (CKKS: the server only

@@ -27,8 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-Accountant = Literal["rdp", "prv"]
-MAX_BATCH = 1000
+from common.dp_event import MAX_BATCH, Accountant
 
 
 def utcnow() -> datetime:
@@ -195,6 +194,8 @@ class BudgetPublic(BaseModel):
 
 
 class EventBase(BaseModel):
+    """The DP event of `common.dp_event` (its `LEDGER_FIELDS`), with the ranges the service accepts."""
+
     run_id: str = Field(min_length=1, max_length=64, description="Flower run id (a string: they exceed int64)")
     server_round: int = Field(ge=1)
     institution: str = Field(min_length=1, max_length=100)
@@ -223,7 +224,7 @@ class EventCreate(EventBase):
 
 
 class EventBatch(RootModel[list[EventCreate]]):
-    """One event object or a list of up to 1000."""
+    """One event object or a list of up to MAX_BATCH."""
 
     root: list[EventCreate] = Field(min_length=1, max_length=MAX_BATCH)
 
