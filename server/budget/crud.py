@@ -21,24 +21,21 @@ from server.budget.core import accounting, budgets
 from server.budget.core.db import begin_write
 from server.budget.core.errors import DuplicateName, LedgerError, NotFound, UnknownInstitution
 from server.budget.core.security import Principal, Role, hash_token, new_token
-from server.budget.models import (
+from server.budget.models import ApiToken, Institution, PrivacyEvent, utcnow
+from server.budget.schemas import (
     AggregatorCreated,
-    ApiToken,
     BudgetPublic,
     EventCreate,
     EventOutcome,
     EventPage,
     EventPublic,
     EventsWritten,
-    Institution,
     InstitutionCreate,
     InstitutionCreated,
     InstitutionPublic,
     InstitutionToken,
-    PrivacyEvent,
     RunBudget,
     TokensRevoked,
-    utcnow,
 )
 
 log = logging.getLogger("fedcare.budget")

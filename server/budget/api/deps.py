@@ -28,7 +28,7 @@ from server.budget import crud
 from server.budget.core.errors import LedgerError
 from server.budget.core.group_commit import GroupCommit
 from server.budget.core.security import Principal, Role, hash_token, same_digest
-from server.budget.models import EventCreate, EventsWritten
+from server.budget.schemas import EventCreate, EventsWritten
 
 DASHBOARD_COOKIE = "fedcare_budget_token"
 MAX_GROUP_EVENTS = 2000  # events committed together at most

@@ -15,7 +15,8 @@ from datetime import datetime
 from typing import Literal
 
 from server.budget.core import accounting
-from server.budget.models import BudgetPublic, EventCreate, Institution, PrivacyEvent, RunInstitutionSpending
+from server.budget.models import Institution, PrivacyEvent
+from server.budget.schemas import BudgetPublic, EventCreate, RunInstitutionSpending
 
 log = logging.getLogger("fedcare.budget")
 

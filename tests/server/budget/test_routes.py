@@ -337,7 +337,7 @@ def test_dashboard_accepts_a_query_token_once_then_a_cookie(client: TestClient) 
 def test_group_commit_stores_each_batch_whole_or_not_at_all(client: TestClient) -> None:
     from server.budget import crud
     from server.budget.core.errors import UnknownInstitution
-    from server.budget.models import EventCreate
+    from server.budget.schemas import EventCreate
 
     register(client, "hospital-1")
     batches = [

@@ -6,7 +6,7 @@ import typing
 
 from common.dp_event import ACCOUNTANTS, LEDGER_FIELDS, DPEvent
 from common.settings import RunSettings
-from server.budget.models import EventBase, EventCreate, EventPublic
+from server.budget.schemas import EventBase, EventCreate, EventPublic
 
 
 def test_event_schemas_declare_exactly_the_ledger_fields_of_the_dp_event() -> None:
