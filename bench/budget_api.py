@@ -48,9 +48,10 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as `python bench/budget_api.py` from a checkout
 
-from server.budget.local_postgres import running_postgres  # noqa: E402
 from server.budget.process import running_budget_service  # noqa: E402
-from server.budget_client import BudgetClient  # noqa: E402
+from server.budget_client.admin import BudgetAdmin  # noqa: E402
+from server.budget_client.events import BudgetEventClient  # noqa: E402
+from tests.support.local_postgres import running_postgres  # noqa: E402
 
 ADMIN_TOKEN = "bench-admin-token-" + "x" * 24
 INSTITUTIONS = 8
@@ -247,13 +248,14 @@ def bench_backend(name: str, database_url: str, workers: int, args: argparse.Nam
         wait_for_accounting=True,
         log_path=out / f"budget_api-{name}.log",
     ) as url:
-        admin = BudgetClient(url, ADMIN_TOKEN, timeout=30)
+        admin = BudgetAdmin(url, ADMIN_TOKEN, timeout=30)
+        seeder = BudgetEventClient(url, ADMIN_TOKEN, timeout=30)
         names = [f"hospital-{i}" for i in range(1, INSTITUTIONS + 1)]
         ids = [admin.ensure_institution(n, 1e9, 1e-5).id for n in names]
         token = admin.create_aggregator_token("bench")
         for n in names:
             for start in range(1, args.seed_events + 1, 500):
-                admin.post_events([event(n, "seed", r) for r in range(start, min(args.seed_events, start + 499) + 1)])
+                seeder.post_events([event(n, "seed", r) for r in range(start, min(args.seed_events, start + 499) + 1)])
         budget_paths = [f"/v1/institutions/{i}/budget" for i in ids]
 
         def read(index: int, n: int):

@@ -16,51 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from common.atomic import write_json_atomic
+from common.dp_event import DPEvent, epsilon_of
 
 FORMAT = "fedcare-accountant/1"
-ACCOUNTANTS = ("rdp", "prv")
 
 
 class AccountantStateError(ValueError):
     """A state file that is corrupt, foreign or from an unknown format; training stops."""
-
-
-@dataclass(frozen=True)
-class DPEvent:
-    """What one round spent, in the terms any accountant can replay."""
-
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
-    accountant: str
-    epsilon: float  # cumulative over everything this institution has spent, after this round
-    delta: float
-    run_id: int
-    server_round: int
-    recorded_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
-
-    def as_record(self) -> dict[str, Any]:
-        return {
-            "noise_multiplier": self.noise_multiplier,
-            "sample_rate": self.sample_rate,
-            "steps": self.steps,
-            "accountant": self.accountant,
-            "epsilon": self.epsilon,
-            "delta": self.delta,
-            "run_id": str(self.run_id),  # Flower run ids exceed a signed 64-bit metric
-            "server_round": self.server_round,
-        }
-
-
-def epsilon_of(history: list[tuple[float, float, int]], *, accountant: str, delta: float) -> float:
-    """Epsilon of a (noise, sample rate, steps) history under the named Opacus accountant."""
-    if not history:
-        return 0.0
-    from opacus.accountants import create_accountant  # lazy: keeps evaluate-only processes light
-
-    acc = create_accountant(mechanism=accountant)
-    acc.history = [(float(s), float(q), int(n)) for s, q, n in history]
-    return float(acc.get_epsilon(delta=delta))
 
 
 def _check_history(raw: Any, *, path: Path) -> list[tuple[float, float, int]]:
@@ -139,7 +101,8 @@ class HospitalAccountant:
     def commit(self, event: DPEvent) -> None:
         """Record the round's spending durably; call this before the update leaves the node."""
         self.history.append((event.noise_multiplier, event.sample_rate, event.steps))
-        self.events.append(event.as_record() | {"recorded_at": event.recorded_at})
+        recorded_at = datetime.now(UTC).isoformat(timespec="seconds")
+        self.events.append(event.as_record() | {"recorded_at": recorded_at})
         write_json_atomic(
             self.path,
             {

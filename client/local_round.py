@@ -17,11 +17,12 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from torch import nn
 
-from client.accountant_state import AccountantStateError, DPEvent, HospitalAccountant
+from client.accountant_state import AccountantStateError, HospitalAccountant
 from client.mixed_precision import DPConfigError
 from client.training import Score, TrainingOutcome, evaluate, pick_device, train_plain
 from common.codecs import InvalidUpdate, check_update, from_numpy, to_numpy, to_record, to_state_dict
 from common.data import HospitalData, load_hospital_table, split_train_validation
+from common.dp_event import DPEvent
 from common.models import build_model
 from common.round_config import RoundConfig
 from common.schema import SchemaError
@@ -44,7 +45,6 @@ log = logging.getLogger("flwr.fedcare.client")
 
 if TYPE_CHECKING:
     import tenseal as ts
-
 
 
 def _secret_context_for(node: NodeSettings, institution: str) -> ts.Context:

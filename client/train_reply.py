@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from client.accountant_state import DPEvent
 from client.local_round import LocalRound, RoundRefused
+from common.dp_event import DPEvent
 
 log = logging.getLogger("flwr.fedcare.client")
 

@@ -1,4 +1,4 @@
-"""Crash-safe file replacement: a reader sees the old file or the new one, never half of one."""
+"""Crash-safe file writes: a reader sees the old file or the new one, never half of one; appends survive a crash."""
 
 from __future__ import annotations
 
@@ -21,12 +21,31 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    _fsync_dir(path.parent)  # make the rename itself durable
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
     write_bytes_atomic(path, json.dumps(payload, indent=2, allow_nan=False).encode())
+
+
+def append_durably(path: Path, data: bytes) -> None:
+    """Append `data` and fsync before returning: once this returns, a crash keeps it.
+
+    A crash during the call can leave a torn tail (part of `data`); readers of
+    line-oriented files must skip a last line that does not parse.
+    """
+    new = not path.exists()
+    with open(path, "ab") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    if new:
+        _fsync_dir(path.parent)  # make the new file's name durable too
+
+
+def _fsync_dir(path: Path) -> None:
+    dir_fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -13,7 +13,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-# Each choice list is declared here once; pyproject.toml's comments and the client's error messages follow it.
+from common.dp_event import Accountant
+
+# Each choice list is declared here once (the accountants with the DP event, in common/dp_event.py);
+# pyproject.toml's comments and the client's error messages follow it.
 PrivacyMode = Literal["plain", "he", "secagg"]
 AmpMode = Literal["off", "bf16", "fp16", "auto"]
 GradSampleMode = Literal["auto", "hooks", "ew", "functorch", "ghost"]
@@ -51,7 +54,7 @@ class TrainingSettings(BaseModel):
     )  # > 0: noise chosen once for the whole run; 0: use noise_multiplier
     max_grad_norm: float = Field(default=1.0, gt=0)
     delta: float = Field(default=1e-5, gt=0, lt=1)
-    accountant: Literal["rdp", "prv"] = "rdp"
+    accountant: Accountant = "rdp"
     grad_sample_mode: GradSampleMode = "auto"
     amp: AmpMode = "auto"
     # How updates travel: "plain" (the server averages readable weights), "he" (CKKS: the server only

@@ -50,12 +50,12 @@ def flwr(*args: str, timeout: float = 120.0) -> dict[str, Any]:
 
 def aggregator_token_file(budget_url: str, token_dir: Path) -> Path:
     """Mint an aggregator token with the admin token and leave it (0600) where the ServerApp runner reads it."""
-    from server.budget_client import BudgetClient
+    from server.budget_client.admin import BudgetAdmin
 
     admin_token = os.environ.get("FEDCARE_ADMIN_TOKEN", "")
     if not admin_token:
         raise SystemExit("budget service given but no admin token: set FEDCARE_ADMIN_TOKEN_FILE (compose does)")
-    with BudgetClient(budget_url, admin_token) as admin:
+    with BudgetAdmin(budget_url, admin_token) as admin:
         token = admin.create_aggregator_token(f"compose-serverapp-{time.strftime('%Y%m%dT%H%M%S')}")
     token_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = token_dir / "aggregator-token"

@@ -118,14 +118,14 @@ def show(
     events: Annotated[int, typer.Option(min=0, help="Ledger events to list with --institution.")] = 10,
 ) -> None:
     """Epsilon spent, limit and remaining per institution, as a table."""
-    from server.budget_client import BudgetClient, BudgetServiceError
+    from server.budget_client.connection import BudgetConnection, BudgetServiceError
 
     token = token or os.environ.get("FEDCARE_ADMIN_TOKEN")
     if not token:
         errors.print("[red]no token:[/] pass --token or set FEDCARE_BUDGET_TOKEN (or FEDCARE_ADMIN_TOKEN)")
         raise typer.Exit(2)
     try:
-        with BudgetClient(url, token, retries=1) as client:
+        with BudgetConnection(url, token, retries=1) as client:
             budgets = client.budgets()
             if institution is not None:
                 if institution not in budgets:

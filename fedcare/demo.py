@@ -31,7 +31,7 @@ from common.settings import PrivacyMode
 from fedcare.federation import FederationError, LocalFederation
 from fedcare.registration import BudgetTarget
 from server.budget.process import running_budget_service
-from server.budget_client import BudgetClient
+from server.budget_client.admin import BudgetAdmin
 
 if TYPE_CHECKING:
     from common.he.keys import KeyFiles
@@ -219,7 +219,7 @@ def _budget_service(budget_dir: Path):
 
 def _register_with_ledger(budget_dir: Path, url: str, *, options: DemoOptions, hospitals: int) -> dict[str, object]:
     """Register the hospitals (idempotent) and give this run's ServerApp an aggregator token."""
-    with BudgetClient(url, (budget_dir / "admin-token").read_text().strip()) as admin:
+    with BudgetAdmin(url, (budget_dir / "admin-token").read_text().strip()) as admin:
         for i in range(1, hospitals + 1):
             admin.ensure_institution(f"hospital-{i}", options.epsilon_limit, options.delta)
         token_file = write_private(budget_dir / "aggregator-token", admin.create_aggregator_token("demo-serverapp"))

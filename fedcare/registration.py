@@ -18,7 +18,8 @@ from fedcare.federation_dir import FederationDir
 from fedcare.kits import TOKEN_FILE, KitOptions, write_budget_token, write_kit
 from fedcare.registry import InstitutionRecord, Registry, now
 from fedcare.superlink_control import SuperLinkConnection, SuperLinkControl, SuperLinkError, SuperLinkUnavailable
-from server.budget_client import BudgetClient, BudgetServiceError, BudgetServiceUnavailable
+from server.budget_client.admin import BudgetAdmin
+from server.budget_client.connection import BudgetServiceError, BudgetServiceUnavailable
 
 log = logging.getLogger("fedcare.registration")
 
@@ -174,7 +175,7 @@ def _complete(
             report.problems.append(f"SuperLink refused: {exc}")
     if budget is not None and record.budget in ("pending", "revoke-pending"):
         try:
-            with BudgetClient(budget.url, budget.admin_token, retries=1, timeout=5.0) as client:
+            with BudgetAdmin(budget.url, budget.admin_token, retries=1, timeout=5.0) as client:
                 _complete_budget(fed, record, report, client)
         except BudgetServiceUnavailable as exc:
             report.problems.append(f"budget service not reachable, left pending ({exc})")
@@ -202,7 +203,7 @@ def _complete_superlink(
 
 
 def _complete_budget(
-    fed: FederationDir, record: InstitutionRecord, report: RegistrationReport, client: BudgetClient
+    fed: FederationDir, record: InstitutionRecord, report: RegistrationReport, client: BudgetAdmin
 ) -> None:
     if record.budget == "pending":
         view = client.ensure_institution(record.name, record.epsilon_limit, record.delta)

@@ -12,7 +12,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from server.budget_client import BudgetClient, BudgetServiceError, BudgetView
+from server.budget_client.connection import BudgetServiceError, BudgetView
+from server.budget_client.events import BudgetEventClient
 from server.replies import SortedReplies
 
 log = logging.getLogger("flwr.fedcare.server")
@@ -20,7 +21,7 @@ log = logging.getLogger("flwr.fedcare.server")
 
 @dataclass
 class BudgetGate:
-    client: BudgetClient
+    client: BudgetEventClient
     run_id: int
     node_institutions: dict[int, str] = field(default_factory=dict)  # learnt from replies
 
@@ -33,7 +34,7 @@ class BudgetGate:
         if not token:
             raise ValueError(f"budget-token-file {token_file} is empty")
         # Short timeouts: an unreachable ledger must not stall a round; events wait in the outbox.
-        return cls(client=BudgetClient(url, token, outbox_dir=outbox_dir, timeout=2.0, retries=1), run_id=run_id)
+        return cls(client=BudgetEventClient(url, token, outbox_dir=outbox_dir, timeout=2.0, retries=1), run_id=run_id)
 
     def select(self, nodes: list[int], *, server_round: int) -> tuple[list[int], dict[str, str]]:
         """Nodes to send this round to, and {institution: why skipped} for the others."""
@@ -64,7 +65,7 @@ class BudgetGate:
 
     def report(self, replies: SortedReplies, *, server_round: int) -> None:
         """Post the round's events; undeliverable ones stay in the outbox for the next call."""
-        events = [{**event, "institution": name} for name, event in replies.dp_events.items()]
+        events = [event.for_ledger(institution=name) for name, event in replies.dp_events.items()]
         if not events:
             return
         try:

@@ -12,6 +12,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 
 from common.codecs import InvalidUpdate, check_update, to_numpy
+from common.dp_event import DPEvent
 from server.fedavg import ClientUpdate
 
 
@@ -44,13 +45,13 @@ class SortedReplies:
     scores: list[tuple[str, float, float, int]] = field(default_factory=list)  # institution, loss, accuracy, n
     train_losses: list[tuple[float, int]] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
-    dp_events: dict[str, dict[str, object]] = field(default_factory=dict)  # institution -> the round's DP event
+    dp_events: dict[str, DPEvent] = field(default_factory=dict)  # institution -> the round's DP event
     epsilon_known: dict[str, float] = field(default_factory=dict)  # from refusals that report spending
 
-    def record_spending(self, institution: str, event: dict[str, object]) -> None:
-        """The round's DP event of `institution` (for the ledger) and the epsilon it reached."""
+    def record_spending(self, institution: str, event: DPEvent) -> None:
+        """The round's DP event of `institution` (for the ledger and results.json) and the epsilon it reached."""
         self.dp_events[institution] = event
-        self.epsilon_known[institution] = float(event["epsilon"])  # type: ignore[arg-type]
+        self.epsilon_known[institution] = event.epsilon
 
 
 def _epsilon(value: object) -> float:
@@ -60,13 +61,13 @@ def _epsilon(value: object) -> float:
     return eps
 
 
-def _dp_event(msg: Message) -> dict[str, object] | None:
+def _dp_event(msg: Message) -> DPEvent | None:
+    """The reply's `dp-event` record as the one declared DP event; raises when it is incomplete or unusable."""
     record = msg.content.get("dp-event")
     if record is None:
         return None
-    event = dict(record)
-    event["epsilon"] = _epsilon(event.get("epsilon"))
-    return event
+    _epsilon(record.get("epsilon"))
+    return DPEvent.from_record(record)
 
 
 def _score(who: str, metrics: MetricRecord) -> tuple[str, float, float, int] | None:

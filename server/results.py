@@ -61,7 +61,7 @@ class RunResults:
                 "accuracy": None,
                 "per_institution": {},
                 "epsilon": self._epsilon(participants, replies),
-                "dp_events": replies.dp_events,
+                "dp_events": {name: event.as_record() for name, event in replies.dp_events.items()},
                 "model_path": str(model_path),
                 **(extra or {}),
             }

@@ -12,53 +12,33 @@ before it.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 from sqlalchemy import delete, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from server.budget.core import accounting
+from server.budget.core import accounting, budgets
 from server.budget.core.db import begin_write
+from server.budget.core.errors import DuplicateName, LedgerError, NotFound, UnknownInstitution
 from server.budget.core.security import Principal, Role, hash_token, new_token
-from server.budget.models import (
+from server.budget.models import ApiToken, Institution, PrivacyEvent, utcnow
+from server.budget.schemas import (
     AggregatorCreated,
-    ApiToken,
     BudgetPublic,
     EventCreate,
     EventOutcome,
     EventPage,
     EventPublic,
     EventsWritten,
-    Institution,
     InstitutionCreate,
     InstitutionCreated,
     InstitutionPublic,
     InstitutionToken,
-    PrivacyEvent,
     RunBudget,
-    RunInstitutionSpending,
     TokensRevoked,
-    utcnow,
 )
 
 log = logging.getLogger("fedcare.budget")
-
-
-class LedgerError(ValueError):
-    """A request the ledger cannot carry out; the message says why."""
-
-
-class NotFound(LedgerError):
-    """404"""
-
-
-class DuplicateName(LedgerError):
-    """409"""
-
-
-class UnknownInstitution(LedgerError):
-    """422: an event names an institution nobody registered."""
 
 
 def create_institution(*, session: Session, payload: InstitutionCreate) -> InstitutionCreated:
@@ -169,32 +149,12 @@ def read_institution(*, session: Session, institution_id: int) -> InstitutionPub
 
 
 def read_budget(*, session: Session, institution_id: int) -> BudgetPublic:
-    return budget_of(_institution(session, institution_id))
+    return budgets.budget_of(_institution(session, institution_id))
 
 
 def list_budgets(*, session: Session, only: int | None = None) -> list[BudgetPublic]:
     """Every institution's budget, or only the one with id `only`."""
-    return [budget_of(i) for i in _institutions(session, only)]
-
-
-def budget_of(institution: Institution) -> BudgetPublic:
-    spent, limit = institution.epsilon_spent, institution.epsilon_limit
-    next_round = institution.epsilon_next_round
-    return BudgetPublic(
-        institution_id=institution.id,
-        institution=institution.name,
-        epsilon_spent=spent,
-        epsilon_limit=limit,
-        epsilon_remaining=max(0.0, limit - spent),
-        delta=institution.delta,
-        rounds=institution.rounds,
-        last_event_at=institution.last_event_at,
-        epsilon_recomputed=institution.epsilon_recomputed,
-        epsilon_reported=institution.epsilon_reported_max,
-        epsilon_next_round=next_round,
-        can_cover_next_round=(next_round <= limit) if next_round is not None else spent < limit,
-        flagged_events=institution.flagged_events,
-    )
+    return [budgets.budget_of(i) for i in _institutions(session, only)]
 
 
 def list_events(*, session: Session, institution_id: int, limit: int, offset: int) -> EventPage:
@@ -220,64 +180,6 @@ def _history(session: Session, institution_id: int) -> dict[tuple[float, float],
         .group_by(PrivacyEvent.noise_multiplier, PrivacyEvent.sample_rate)
     )
     return {(float(n), float(q)): int(s) for n, q, s in rows}
-
-
-def _same_numbers(row: PrivacyEvent, event: EventCreate) -> bool:
-    return (row.noise_multiplier, row.sample_rate, row.steps, row.accountant, row.epsilon_reported, row.delta) == (
-        event.noise_multiplier,
-        event.sample_rate,
-        event.steps,
-        event.accountant,
-        event.epsilon,
-        event.delta,
-    )
-
-
-@dataclass
-class _Spending:
-    """What one new event does to its institution's ledger."""
-
-    recomputed: float  # cumulative, with the event's accountant and delta
-    institution_recomputed: float  # cumulative, at the institution's delta
-    spent: float
-    next_round: float
-    reasons: list[str]
-
-
-def _assess(institution: Institution, event: EventCreate, history: dict) -> _Spending:
-    acc = event.accountant
-    recomputed = accounting.cumulative_epsilon(history, accountant=acc, delta=event.delta)
-    at_own_delta = (
-        recomputed
-        if event.delta == institution.delta
-        else accounting.cumulative_epsilon(history, accountant=acc, delta=institution.delta)
-    )
-    spent = max(institution.epsilon_spent, at_own_delta, institution.epsilon_reported_max, event.epsilon)
-    again = accounting.with_event(
-        history, noise_multiplier=event.noise_multiplier, sample_rate=event.sample_rate, steps=event.steps
-    )
-    next_round = spent + max(
-        0.0, accounting.cumulative_epsilon(again, accountant=acc, delta=institution.delta) - at_own_delta
-    )
-    reasons = []
-    if accounting.under_reported(reported=event.epsilon, recomputed=recomputed):
-        reasons.append(
-            f"under-reported: the client says epsilon {event.epsilon:.6g} but its {institution.rounds + 1} "
-            f"stored event(s) give {recomputed:.6g} ({acc}, delta {event.delta:g})"
-        )
-    if event.delta != institution.delta:
-        reasons.append(
-            f"delta mismatch: reported at delta {event.delta:g}, the institution's delta is {institution.delta:g}"
-        )
-    return _Spending(recomputed, at_own_delta, spent, next_round, reasons)
-
-
-def record_events(*, session: Session, events: list[EventCreate]) -> EventsWritten:
-    """Store new events (all or none), recompute spending, and say what happened to each."""
-    written = record_batches(session=session, batches=[events])[0]
-    if isinstance(written, LedgerError):
-        raise written
-    return written
 
 
 def record_batches(*, session: Session, batches: list[list[EventCreate]]) -> list[EventsWritten | LedgerError]:
@@ -332,18 +234,7 @@ def _record(session: Session, events: list[EventCreate]) -> list[tuple[str, Priv
             )
         )
         if stored is not None:
-            outcome = "duplicate" if _same_numbers(stored, event) else "conflict"
-            if outcome == "conflict":
-                log.warning(
-                    "run %s round %d %s: a retry with other numbers was ignored; the stored event stands "
-                    "(stored epsilon %g, retried %g)",
-                    event.run_id,
-                    event.server_round,
-                    institution.name,
-                    stored.epsilon_reported,
-                    event.epsilon,
-                )
-            results.append((outcome, stored))
+            results.append((budgets.retry_outcome(stored, event), stored))
             continue
         history = histories.get(institution.id)
         if history is None:
@@ -352,40 +243,8 @@ def _record(session: Session, events: list[EventCreate]) -> list[tuple[str, Priv
             history, noise_multiplier=event.noise_multiplier, sample_rate=event.sample_rate, steps=event.steps
         )
         histories[institution.id] = history
-        spending = _assess(institution, event, history)
-        now = utcnow()
-        row = PrivacyEvent(
-            run_id=event.run_id,
-            server_round=event.server_round,
-            institution=institution,
-            noise_multiplier=event.noise_multiplier,
-            sample_rate=event.sample_rate,
-            steps=event.steps,
-            accountant=event.accountant,
-            epsilon_reported=event.epsilon,
-            delta=event.delta,
-            received_at=now,
-            epsilon_recomputed=spending.recomputed,
-            epsilon_spent_after=spending.spent,
-            flagged=bool(spending.reasons),
-            flag_reason="; ".join(spending.reasons) or None,
-        )
+        row = budgets.charge(institution, event, history, now=utcnow())
         session.add(row)
-        institution.epsilon_recomputed = spending.institution_recomputed
-        institution.epsilon_reported_max = max(institution.epsilon_reported_max, event.epsilon)
-        institution.epsilon_spent = spending.spent
-        institution.epsilon_next_round = spending.next_round
-        institution.rounds += 1
-        institution.flagged_events += bool(spending.reasons)
-        institution.last_event_at = now
-        if spending.reasons:
-            log.warning(
-                "run %s round %d %s: event flagged: %s",
-                event.run_id,
-                event.server_round,
-                institution.name,
-                row.flag_reason,
-            )
         session.flush()
         results.append(("created", row))
     return results
@@ -402,29 +261,13 @@ def run_budget(*, session: Session, run_id: str, institution_id: int | None = No
         raise NotFound(f"no events recorded for run {run_id!r}")
     spending = []
     for inst_id, rows in by_institution.items():
-        before = (
-            session.scalar(
-                select(PrivacyEvent.epsilon_spent_after)
-                .where(PrivacyEvent.institution_id == inst_id, PrivacyEvent.id < rows[0].id)
-                .order_by(PrivacyEvent.id.desc())
-                .limit(1)
-            )
-            or 0.0
+        before = session.scalar(
+            select(PrivacyEvent.epsilon_spent_after)
+            .where(PrivacyEvent.institution_id == inst_id, PrivacyEvent.id < rows[0].id)
+            .order_by(PrivacyEvent.id.desc())
+            .limit(1)
         )
-        after = max(r.epsilon_spent_after for r in rows)
-        spending.append(
-            RunInstitutionSpending(
-                institution_id=inst_id,
-                institution=rows[0].institution.name,
-                rounds=len(rows),
-                first_round=min(r.server_round for r in rows),
-                last_round=max(r.server_round for r in rows),
-                epsilon_before=before,
-                epsilon_after=after,
-                epsilon_spent_in_run=max(0.0, after - before),
-                flagged_events=sum(r.flagged for r in rows),
-            )
-        )
+        spending.append(budgets.run_spending(rows, epsilon_before=before or 0.0))
     return RunBudget(run_id=run_id, institutions=sorted(spending, key=lambda s: s.institution))
 
 

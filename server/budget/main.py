@@ -13,12 +13,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.status import HTTP_422_UNPROCESSABLE_CONTENT
 
-from server.budget import crud
 from server.budget.api.deps import Ledger
 from server.budget.api.main import api_router, site_router
 from server.budget.core import accounting
 from server.budget.core.config import BudgetSettings, get_settings
 from server.budget.core.db import make_engine, make_sessionmaker, upgrade_schema
+from server.budget.core.errors import LedgerError
 from server.budget.core.metrics import BudgetMetrics, LatencyMiddleware
 from server.budget.core.security import TokenCache, hash_token
 
@@ -50,9 +50,8 @@ def describe_validation_error(exc: RequestValidationError) -> str:
     return "; ".join(messages)
 
 
-async def _ledger_error(request: Request, exc: crud.LedgerError) -> JSONResponse:
-    code = {crud.NotFound: 404, crud.DuplicateName: 409, crud.UnknownInstitution: 422}.get(type(exc), 400)
-    return JSONResponse(status_code=code, content={"detail": str(exc)})
+async def _ledger_error(request: Request, exc: LedgerError) -> JSONResponse:
+    return JSONResponse(status_code=exc.status_code, content={"detail": str(exc)})
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -102,7 +101,7 @@ def create_app(settings: BudgetSettings | None = None) -> FastAPI:
     app.state.token_cache = TokenCache(settings.token_cache_seconds)
     app.state.metrics = metrics = BudgetMetrics(sessions)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(crud.LedgerError, _ledger_error)
+    app.add_exception_handler(LedgerError, _ledger_error)
     app.add_middleware(
         LatencyMiddleware,
         observe=lambda m, route, status, seconds: metrics.requests.labels(m, route, str(status)).observe(seconds),

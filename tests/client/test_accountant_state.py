@@ -4,9 +4,10 @@ import json
 from pathlib import Path
 
 import pytest
-from opacus.accountants import PRVAccountant, RDPAccountant
+from opacus.accountants import RDPAccountant
 
-from client.accountant_state import AccountantStateError, DPEvent, HospitalAccountant, epsilon_of
+from client.accountant_state import AccountantStateError, HospitalAccountant
+from common.dp_event import DPEvent
 
 DELTA = 1e-5
 
@@ -43,16 +44,6 @@ def test_epsilon_after_rounds_equals_a_fresh_opacus_accountant_fed_the_same_step
     )
     assert reloaded.events[-1]["epsilon"] == pytest.approx(reference.get_epsilon(delta=DELTA), rel=1e-9)
     assert [e["server_round"] for e in reloaded.events] == [1, 2, 3]
-
-
-def test_prv_is_replayed_from_the_same_history() -> None:
-    history = [(1.0, 0.05, 40)]
-    prv = PRVAccountant()
-    for _ in range(40):
-        prv.step(noise_multiplier=1.0, sample_rate=0.05)
-    assert epsilon_of(history, accountant="prv", delta=DELTA) == pytest.approx(prv.get_epsilon(delta=DELTA), rel=1e-6)
-    # RDP is the looser bound, as the field notes measured.
-    assert epsilon_of(history, accountant="rdp", delta=DELTA) > epsilon_of(history, accountant="prv", delta=DELTA)
 
 
 def test_the_state_file_is_an_opacus_state_dict_and_written_atomically(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from common.atomic import write_bytes_atomic, write_json_atomic
+from common.atomic import append_durably, write_bytes_atomic, write_json_atomic
 
 
 def test_write_creates_the_file_and_its_parent(tmp_path: Path) -> None:
@@ -49,3 +49,11 @@ def test_an_unserialisable_payload_leaves_the_old_file_untouched(tmp_path: Path)
         write_json_atomic(path, {"round": object()})
     assert json.loads(path.read_text()) == {"round": 1}
     assert os.listdir(tmp_path) == ["results.json"]
+
+
+def test_appends_add_to_the_end_and_create_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.jsonl"
+    append_durably(path, b'{"n": 1}\n')
+    append_durably(path, b'{"n": 2}\n')
+    assert path.read_bytes() == b'{"n": 1}\n{"n": 2}\n'
+    assert os.listdir(tmp_path) == ["outbox.jsonl"]

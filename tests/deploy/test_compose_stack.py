@@ -11,7 +11,7 @@ import json
 import pytest
 
 from fedcare.compose import write_hospital_override
-from server.budget_client import BudgetClient
+from server.budget_client.admin import BudgetAdmin
 
 from .conftest import HOSPITALS, ComposeStack
 from .docker_env import PhaseTimer
@@ -70,7 +70,7 @@ def test_compose_stack_trains_and_accounts(compose_stack: ComposeStack, timer: P
         assert sorted(rnd["epsilon"]) == HOSPITALS and all(e and e > 0 for e in rnd["epsilon"].values()), rnd
 
     admin_token = (stack.federation / "budget" / "admin-token").read_text().strip()
-    with BudgetClient(stack.budget_url, admin_token) as admin:
+    with BudgetAdmin(stack.budget_url, admin_token) as admin:
         budgets = admin.budgets()
     assert sorted(budgets) == HOSPITALS, budgets
     for name, view in budgets.items():

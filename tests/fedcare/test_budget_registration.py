@@ -12,11 +12,12 @@ from fedcare.federation_dir import init_federation
 from fedcare.kits import KitOptions
 from fedcare.registration import BudgetTarget, register_institution, revoke_institution, sync
 from server.budget.process import free_port, running_budget_service
-from server.budget_client import BudgetAuthError, BudgetClient
+from server.budget_client.admin import BudgetAdmin
+from server.budget_client.connection import BudgetAuthError, BudgetConnection
 
 
 def _reads_own_budget(url: str, token: str) -> bool:
-    with BudgetClient(url, token, retries=0) as client:
+    with BudgetConnection(url, token, retries=0) as client:
         try:
             return set(client.budgets()) == {"St Mary"}
         except BudgetAuthError:
@@ -51,5 +52,5 @@ def test_pending_budget_registration_is_synced_rotated_and_revoked(tmp_path: Pat
         revoked = revoke_institution(fed, "St Mary", superlink=None, budget=budget)
         assert revoked.record.budget == "revoked"
         assert not _reads_own_budget(url, second)
-        with BudgetClient(url, fed.admin_token()) as admin:
+        with BudgetAdmin(url, fed.admin_token()) as admin:
             assert admin.budgets()["St Mary"].epsilon_limit == pytest.approx(6.0)  # the record stays

@@ -15,7 +15,7 @@ from common.models import build_model, parameter_count
 from common.schema import load_schema
 from fedcare.federation import LocalFederation
 from server.budget.process import running_budget_service
-from server.budget_client import BudgetClient
+from server.budget_client.admin import BudgetAdmin
 from tests.integration.conftest import APP_DIR, assert_all_exited, wait_finished
 
 pytestmark = pytest.mark.slow
@@ -28,7 +28,7 @@ def test_three_hospitals_two_rounds_improve_the_model(tmp_path: Path, breast_can
     admin_token = "integration-admin-" + "x" * 32
     with (
         running_budget_service(database_url=f"sqlite:///{tmp_path / 'ledger.db'}", admin_token=admin_token) as url,
-        BudgetClient(url, admin_token) as admin,
+        BudgetAdmin(url, admin_token) as admin,
         LocalFederation(tmp_path / "fed") as fed,
     ):
         for i in range(1, 4):

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from client.accountant_state import HospitalAccountant, epsilon_of
+from client.accountant_state import HospitalAccountant
 from client.dp_training import plan_round
 from common.data import load_hospital_table, split_train_validation
 from common.demo_data import DemoSplit
+from common.dp_event import epsilon_of
 from common.schema import load_schema
 from fedcare.federation import LocalFederation
 from tests.integration.conftest import APP_DIR, assert_all_exited, wait_finished

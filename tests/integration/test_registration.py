@@ -25,7 +25,8 @@ from fedcare.node_keys import make_node_keys
 from fedcare.registration import BudgetTarget, list_institutions, register_institution, revoke_institution
 from fedcare.superlink_control import SuperLinkConnection
 from server.budget.process import running_budget_service
-from server.budget_client import BudgetAuthError, BudgetClient
+from server.budget_client.admin import BudgetAdmin
+from server.budget_client.connection import BudgetAuthError, BudgetConnection
 from tests.integration.conftest import APP_DIR, assert_all_exited, wait_finished
 
 pytestmark = pytest.mark.slow
@@ -83,7 +84,7 @@ def test_registered_hospitals_train_strangers_are_refused_and_a_revoked_hospital
             kits.append(report.kit)
         institution_token = (kits[1] / "budget-token").read_text().strip()
 
-        with LocalFederation(fed_dir.root, budget=budget) as fed, BudgetClient(url, admin_token) as admin:
+        with LocalFederation(fed_dir.root, budget=budget) as fed, BudgetAdmin(url, admin_token) as admin:
             fed.start_superlink()  # completes the pending registrations
             records = {r.name: r for r in list_institutions(fed_dir)}
             assert all(r.superlink == "registered" and r.node_id for r in records.values()), records
@@ -125,7 +126,7 @@ def test_registered_hospitals_train_strangers_are_refused_and_a_revoked_hospital
             assert wait_finished(fed, run_id) == "finished:completed"
             trained = time.monotonic()
 
-            with BudgetClient(url, institution_token, retries=0) as own:
+            with BudgetConnection(url, institution_token, retries=0) as own:
                 assert set(own.budgets()) == {"hospital-2"}  # the kit's token works, for its own budget only
             log_before = hospitals[1].log_path.stat().st_size
             report = revoke_institution(fed_dir, "hospital-2", superlink=fed.connection, budget=budget)
@@ -136,7 +137,10 @@ def test_registered_hospitals_train_strangers_are_refused_and_a_revoked_hospital
                 n["node-id"] for n in fed.flwr("supernode", "list", "fedcare")["nodes"] if n["status"] == "online"
             }
             assert str(records["hospital-1"].node_id) in online and str(records["hospital-2"].node_id) not in online
-            with BudgetClient(url, institution_token, retries=0) as revoked, pytest.raises(BudgetAuthError) as refused:
+            with (
+                BudgetConnection(url, institution_token, retries=0) as revoked,
+                pytest.raises(BudgetAuthError) as refused,
+            ):
                 revoked.budgets()
             assert refused.value.status_code == 401
     assert_all_exited(fed.seen_pids)

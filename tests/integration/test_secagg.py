@@ -18,10 +18,10 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, Context, Message, Metadata, RecordDict
 
-from client.accountant_state import epsilon_of
 from client.local_round import LocalRound
 from common.codecs import from_numpy, to_numpy, to_record
 from common.demo_data import DemoSplit
+from common.dp_event import epsilon_of
 from common.models import build_model
 from common.schema import load_schema
 from common.settings import RunSettings

@@ -213,7 +213,7 @@ def test_a_dp_event_records_the_institutions_epsilon(reference: OrderedDict[str,
     out = sort_replies([reply], reference=reference, expect_update=True)
     assert len(out.updates) == 1 and out.rejections == []
     assert out.epsilon_known == {"St Mary": 1.25}
-    assert out.dp_events["St Mary"]["accountant"] == "rdp"
+    assert out.dp_events["St Mary"].accountant == "rdp"
 
 
 def test_an_update_rejected_for_its_dp_event_leaves_no_trace_in_the_round(
@@ -257,7 +257,7 @@ def test_a_rejected_update_still_reports_its_dp_spending(reference: OrderedDict[
     reply.content["dp-event"] = _dp_event(1.5)
     out = sort_replies([reply], reference=reference, expect_update=True)
     assert [r.code for r in out.rejections] == ["invalid-update"] and out.updates == [] and out.participants == []
-    assert out.dp_events["St Mary"]["epsilon"] == 1.5 and out.epsilon_known == {"St Mary": 1.5}
+    assert out.dp_events["St Mary"].epsilon == 1.5 and out.epsilon_known == {"St Mary": 1.5}
 
 
 def test_a_refusal_after_training_carries_its_dp_event(reference: OrderedDict[str, np.ndarray]) -> None:
@@ -265,4 +265,4 @@ def test_a_refusal_after_training_carries_its_dp_event(reference: OrderedDict[st
     reply = _reply(8, RecordDict({"status": ConfigRecord(status), "dp-event": _dp_event(0.75)}))
     out = sort_replies([reply], reference=reference, expect_update=True)
     assert [r.code for r in out.rejections] == ["cannot-encrypt"]
-    assert out.dp_events["A"]["epsilon"] == 0.75 and out.epsilon_known == {"A": 0.75}
+    assert out.dp_events["A"].epsilon == 0.75 and out.epsilon_known == {"A": 0.75}

@@ -1,6 +1,6 @@
 """Request dependencies: the ledger (database work) and who is calling.
 
-Routes are `async` and hand their database work to `LedgerDep.run`, which
+Routes are `async` and hand their database work to `LedgerDep.read` or `.write`, which
 runs it in one trip through the thread pool with a session opened and closed
 in that thread. Two reasons, both measured: a sync FastAPI route with a
 response model costs two trips through the pool (the route, then validating
@@ -12,7 +12,6 @@ a connection.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import threading
@@ -26,8 +25,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from server.budget import crud
+from server.budget.core.errors import LedgerError
+from server.budget.core.group_commit import GroupCommit
 from server.budget.core.security import Principal, Role, hash_token, same_digest
-from server.budget.models import EventCreate, EventsWritten
+from server.budget.schemas import EventCreate, EventsWritten
 
 DASHBOARD_COOKIE = "fedcare_budget_token"
 MAX_GROUP_EVENTS = 2000  # events committed together at most
@@ -57,9 +58,7 @@ class Ledger:
         self._write_lock = threading.Lock() if serialize_writes else contextlib.nullcontext()
         self._write_threads = write_threads
         self._write_limiter: anyio.CapacityLimiter | None = None  # made in the event loop, on first use
-        self._event_queue: asyncio.Queue | None = None
-        self._event_loop: asyncio.AbstractEventLoop | None = None
-        self._group_task: asyncio.Task | None = None
+        self._group_commit: GroupCommit[EventCreate, EventsWritten] | None = None
 
     def read_here(self, work: Callable[..., T], /, **kwargs: Any) -> T:
         with self._read_sessions() as session:
@@ -84,46 +83,17 @@ class Ledger:
         )
 
     async def write_events(self, events: list[EventCreate]) -> EventsWritten:
-        """Store one request's events, committed together with whatever other requests are waiting (group commit).
+        """Store one request's events, committed together with whatever other requests are waiting."""
+        if self._group_commit is None:
+            self._group_commit = GroupCommit(self._write_batches, max_items=MAX_GROUP_EVENTS)
+        return await self._group_commit.submit(events)
 
-        A durable commit costs an fsync, so concurrent writers share one: while a
-        group is being committed the next requests queue, and the next group takes
-        them all. Each request still gets its answer only after its events are committed.
-        """
-        loop = asyncio.get_running_loop()
-        if self._event_queue is None or self._event_loop is not loop:
-            self._event_queue, self._event_loop = asyncio.Queue(), loop
-            self._group_task = loop.create_task(
-                self._commit_groups(self._event_queue), name="fedcare-budget-group-commit"
-            )
-        answer: asyncio.Future = loop.create_future()
-        self._event_queue.put_nowait((events, answer))
-        return await answer
+    async def _write_batches(self, batches: list[list[EventCreate]]) -> list[EventsWritten | LedgerError]:
+        return await self.write(crud.record_batches, batches=batches)
 
     async def aclose(self) -> None:
-        if self._group_task is not None:
-            self._group_task.cancel()
-            self._group_task = None
-            self._event_queue = None
-
-    async def _commit_groups(self, queue: asyncio.Queue) -> None:
-        while True:
-            group = [await queue.get()]
-            size = len(group[0][0])
-            while not queue.empty() and size < MAX_GROUP_EVENTS:
-                group.append(queue.get_nowait())
-                size += len(group[-1][0])
-            try:
-                results = await self.write(crud.record_batches, batches=[events for events, _ in group])
-            except Exception as exc:  # noqa: BLE001 - every waiting request gets the error (a 500; clients retry)
-                results = [exc] * len(group)
-            for (_, answer), result in zip(group, results, strict=False):
-                if answer.done():  # the request was cancelled (client gone)
-                    continue
-                if isinstance(result, BaseException):
-                    answer.set_exception(result)
-                else:
-                    answer.set_result(result)
+        if self._group_commit is not None:
+            await self._group_commit.aclose()
 
 
 async def get_ledger(request: Request) -> Ledger:

@@ -1,7 +1,7 @@
 """Recomputing epsilon from stored DP events, fast enough to do on every write.
 
-The reference is `client.accountant_state.epsilon_of` (Opacus), which the
-hospitals themselves use. Two exact shortcuts make it cheap here:
+The reference is `common.dp_event.epsilon_of` (Opacus), which the hospitals
+themselves use. Two exact shortcuts make it cheap here:
 
 * Composition does not depend on order, so the events of an institution are
   summarized as {(noise, sample_rate): total steps}.
@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from functools import lru_cache
 
 import numpy as np
+
+from common.dp_event import ACCOUNTANTS, epsilon_of
 
 History = Mapping[tuple[float, float], int]  # (noise_multiplier, sample_rate) -> total steps
 
@@ -74,8 +76,6 @@ def _rdp_epsilon(history: History, delta: float) -> float:
 
 @lru_cache(maxsize=1024)
 def _prv_epsilon(history: tuple[tuple[float, float, int], ...], delta: float) -> float:
-    from client.accountant_state import epsilon_of
-
     with _opacus_lock:  # epsilon_of imports Opacus
         return epsilon_of(list(history), accountant="prv", delta=delta)
 
@@ -89,7 +89,7 @@ def cumulative_epsilon(history: History, *, accountant: str, delta: float) -> fl
         return _rdp_epsilon(history, delta)
     if accountant == "prv":
         return _prv_epsilon(tuple(sorted((n, q, s) for (n, q), s in history.items())), delta)
-    raise ValueError(f"unknown accountant {accountant!r}; expected 'rdp' or 'prv'")
+    raise ValueError(f"unknown accountant {accountant!r}; expected one of {', '.join(ACCOUNTANTS)}")
 
 
 def with_event(history: History, *, noise_multiplier: float, sample_rate: float, steps: int) -> dict:

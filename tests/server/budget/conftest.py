@@ -20,10 +20,15 @@ import opacus.accountants  # noqa: E402,F401  (imported whole before any app thr
 from fastapi.testclient import TestClient  # noqa: E402
 
 from server.budget.core.config import BudgetSettings  # noqa: E402
-from server.budget.local_postgres import LocalPostgres, PostgresUnavailable, find_postgres_bin, running_postgres  # noqa: E402
 from server.budget.main import create_app  # noqa: E402
 from server.budget.process import running_budget_service  # noqa: E402
 from tests.server.budget.helpers import ADMIN_TOKEN  # noqa: E402
+from tests.support.local_postgres import (  # noqa: E402
+    LocalPostgres,
+    PostgresUnavailable,
+    find_postgres_bin,
+    running_postgres,
+)
 
 _databases = itertools.count()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from client.accountant_state import epsilon_of
+from common.dp_event import epsilon_of
 from server.budget.core import accounting
 
 HISTORY = [(1.0, 0.05, 40), (1.1, 0.02, 100), (1.0, 0.05, 40), (0.8, 0.1, 10)]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from server.budget_client import BudgetAuthError, BudgetClient
+from server.budget_client.admin import BudgetAdmin
+from server.budget_client.connection import BudgetAuthError, BudgetConnection
 from tests.server.budget.helpers import ADMIN, aggregator_token, bearer, register
 
 
@@ -45,13 +46,13 @@ def test_only_the_admin_rotates_or_revokes(client: TestClient) -> None:
 
 def test_budget_client_finds_rotates_and_revokes(client: TestClient) -> None:
     hospital = register(client, "st-mary")
-    admin = BudgetClient("http://testserver", ADMIN["Authorization"].split()[1], http=client, retries=0)
+    admin = BudgetAdmin("http://testserver", ADMIN["Authorization"].split()[1], http=client, retries=0)
     found = admin.find_institution("st-mary")
     assert found is not None and found.id == hospital["id"]
     assert admin.find_institution("nobody") is None
     token = admin.rotate_institution_token(hospital["id"])
     assert admin.revoke_institution_tokens(hospital["id"]) == 1
-    revoked = BudgetClient("http://testserver", token, http=client, retries=0)  # the test client gets its header
+    revoked = BudgetConnection("http://testserver", token, http=client, retries=0)  # the test client gets its header
     with pytest.raises(BudgetAuthError) as refused:
         revoked.budgets()
     assert refused.value.status_code == 401

@@ -11,10 +11,12 @@ import pytest
 from typer.testing import CliRunner
 
 from fedcare.budget_cli import budget_app
-from server.budget.local_postgres import LocalPostgres
 from server.budget.process import running_budget_service
-from server.budget_client import BudgetClient
+from server.budget_client.admin import BudgetAdmin
+from server.budget_client.connection import BudgetConnection
+from server.budget_client.events import BudgetEventClient
 from tests.server.budget.helpers import ADMIN_TOKEN, count_colour, decode_png, dp_event
+from tests.support.local_postgres import LocalPostgres
 
 pytestmark = pytest.mark.slow
 
@@ -23,24 +25,24 @@ def test_data_survives_a_restart_and_undelivered_events_are_sent_after_it(tmp_pa
     database = f"sqlite:///{tmp_path / 'ledger.db'}"
     outbox = tmp_path / "outbox"
     with running_budget_service(database_url=database, admin_token=ADMIN_TOKEN) as url:
-        admin = BudgetClient(url, ADMIN_TOKEN, outbox_dir=outbox)
+        admin = BudgetAdmin(url, ADMIN_TOKEN)
         hospital_token = admin.ensure_institution("hospital-1", 20.0, 1e-5).token
         aggregator_token = admin.create_aggregator_token("server-app")
-        BudgetClient(url, aggregator_token, outbox_dir=outbox).post_events(
+        BudgetEventClient(url, aggregator_token, outbox_dir=outbox).post_events(
             [dp_event("hospital-1", r, epsilon=float(r)) for r in (1, 2)]
         )
         before = admin.budgets()["hospital-1"]
         ledger_before = admin.events(before.institution_id)["items"]
 
     # The service is down: the next round's event waits on disk.
-    down = BudgetClient(url, aggregator_token, outbox_dir=outbox, timeout=1.0, retries=1, backoff=0.05)
+    down = BudgetEventClient(url, aggregator_token, outbox_dir=outbox, timeout=1.0, retries=1, backoff=0.05)
     down.post_events([dp_event("hospital-1", 3, epsilon=3.0)])
     assert down.pending() == 1
 
     with running_budget_service(database_url=database, admin_token=ADMIN_TOKEN) as url:
-        mine = BudgetClient(url, hospital_token)  # tokens survive too
+        mine = BudgetConnection(url, hospital_token)  # tokens survive too
         assert mine.budgets()["hospital-1"] == before
-        aggregator = BudgetClient(url, aggregator_token, outbox_dir=outbox)
+        aggregator = BudgetEventClient(url, aggregator_token, outbox_dir=outbox)
         aggregator.post_events([dp_event("hospital-1", 4, epsilon=4.0)])
         assert aggregator.pending() == 0
         ledger = mine.events(before.institution_id)["items"]
@@ -49,7 +51,7 @@ def test_data_survives_a_restart_and_undelivered_events_are_sent_after_it(tmp_pa
 
 
 def _concurrent_writers(url: str, *, threads: int, rounds: int) -> None:
-    admin = BudgetClient(url, ADMIN_TOKEN)
+    admin = BudgetAdmin(url, ADMIN_TOKEN)
     names = [f"hospital-{i}" for i in range(1, 5)]
     for name in names:
         admin.ensure_institution(name, 1e6, 1e-5)
@@ -99,10 +101,12 @@ def test_concurrent_writers_lose_no_event_postgresql(postgres_server: LocalPostg
 
 
 def test_budget_show_prints_a_table_from_the_api(live_service: str) -> None:
-    admin = BudgetClient(live_service, ADMIN_TOKEN)
+    admin = BudgetAdmin(live_service, ADMIN_TOKEN)
     admin.ensure_institution("hospital-1", 10.0, 1e-5)
     admin.ensure_institution("hospital-2", 10.0, 1e-5)
-    admin.post_events([dp_event("hospital-1", 1, epsilon=3.0), dp_event("hospital-2", 1, epsilon=3.0)])
+    BudgetEventClient(live_service, ADMIN_TOKEN).post_events(
+        [dp_event("hospital-1", 1, epsilon=3.0), dp_event("hospital-2", 1, epsilon=3.0)]
+    )
     runner = CliRunner(env={"COLUMNS": "200"})
     result = runner.invoke(budget_app, ["show", "--url", live_service, "--token", ADMIN_TOKEN])
     assert result.exit_code == 0, result.output
@@ -163,10 +167,12 @@ def test_the_dashboard_plots_spending_in_headless_chromium(chromium: str, live_s
     _, log = _render(chromium, broken.as_uri(), tmp_path, "broken")
     assert any("on purpose" in line for line in _page_errors(log)), log[-2000:]
 
-    admin = BudgetClient(live_service, ADMIN_TOKEN)
+    admin = BudgetAdmin(live_service, ADMIN_TOKEN)
     for name, limit in (("hospital-1", 8.0), ("hospital-2", 12.0)):
         admin.ensure_institution(name, limit, 1e-5)
-    admin.post_events([dp_event(name, r, epsilon=0.0) for r in range(1, 9) for name in ("hospital-1", "hospital-2")])
+    BudgetEventClient(live_service, ADMIN_TOKEN).post_events(
+        [dp_event(name, r, epsilon=0.0) for r in range(1, 9) for name in ("hospital-1", "hospital-2")]
+    )
 
     shot, log = _render(chromium, f"{live_service}/dashboard?token={ADMIN_TOKEN}", tmp_path, "dashboard")
     assert not _page_errors(log), _page_errors(log)
@@ -187,7 +193,7 @@ def test_the_dashboard_without_a_token_is_401(live_service: str) -> None:
 def test_two_workers_share_the_ledger_and_sum_their_metrics(tmp_path: Path) -> None:
     database = f"sqlite:///{tmp_path / 'ledger.db'}"
     with running_budget_service(database_url=database, admin_token=ADMIN_TOKEN, workers=2) as url:
-        admin = BudgetClient(url, ADMIN_TOKEN)
+        admin = BudgetAdmin(url, ADMIN_TOKEN)
         admin.ensure_institution("hospital-1", 50.0, 1e-5)
         for r in range(1, 11):  # fresh connections: spread over both workers
             with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as http:

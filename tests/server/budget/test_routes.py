@@ -336,7 +336,8 @@ def test_dashboard_accepts_a_query_token_once_then_a_cookie(client: TestClient) 
 
 def test_group_commit_stores_each_batch_whole_or_not_at_all(client: TestClient) -> None:
     from server.budget import crud
-    from server.budget.models import EventCreate
+    from server.budget.core.errors import UnknownInstitution
+    from server.budget.schemas import EventCreate
 
     register(client, "hospital-1")
     batches = [
@@ -346,7 +347,7 @@ def test_group_commit_stores_each_batch_whole_or_not_at_all(client: TestClient) 
     ]
     first, refused, last = client.app.state.ledger.write_here(crud.record_batches, batches=batches)
     assert first.created == 1
-    assert isinstance(refused, crud.UnknownInstitution) and "'nowhere'" in str(refused)
+    assert isinstance(refused, UnknownInstitution) and "'nowhere'" in str(refused)
     assert (last.created, last.duplicates) == (1, 1)
     ledger = client.get("/v1/institutions/1/events", headers=ADMIN).json()
     assert [e["server_round"] for e in ledger["items"]] == [1, 3]

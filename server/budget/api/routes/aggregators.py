@@ -6,7 +6,7 @@ from fastapi import APIRouter, status
 
 from server.budget import crud
 from server.budget.api.deps import AdminPrincipal, LedgerDep
-from server.budget.models import AggregatorCreate, AggregatorCreated
+from server.budget.schemas import AggregatorCreate, AggregatorCreated
 
 router = APIRouter(prefix="/aggregators", tags=["aggregators"])
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from server.budget import crud
 from server.budget.api.deps import CurrentPrincipal, LedgerDep, visible_institution
-from server.budget.models import BudgetPublic
+from server.budget.schemas import BudgetPublic
 
 router = APIRouter(tags=["budgets"])
 

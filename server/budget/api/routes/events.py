@@ -6,7 +6,7 @@ from fastapi import APIRouter, Body, Request
 
 from server.budget.api.deps import CurrentPrincipal, LedgerDep, require
 from server.budget.core.security import Role
-from server.budget.models import EventBatch, EventsWritten
+from server.budget.schemas import EventBatch, EventsWritten
 
 router = APIRouter(tags=["events"])
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, status
 
 from server.budget import crud
 from server.budget.api.deps import AdminPrincipal, CurrentPrincipal, LedgerDep, require_institution_access
-from server.budget.models import (
+from server.budget.schemas import (
     BudgetPublic,
     EventPage,
     InstitutionCreate,

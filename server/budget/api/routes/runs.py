@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from server.budget import crud
 from server.budget.api.deps import CurrentPrincipal, LedgerDep, visible_institution
-from server.budget.models import RunBudget
+from server.budget.schemas import RunBudget
 
 router = APIRouter(prefix="/runs", tags=["runs"])
 

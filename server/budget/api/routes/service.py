@@ -10,7 +10,7 @@ from server.budget import crud
 from server.budget.api.deps import CurrentPrincipal, LedgerDep, require
 from server.budget.core import accounting
 from server.budget.core.security import Role
-from server.budget.models import Health
+from server.budget.schemas import Health
 
 router = APIRouter(tags=["service"])
 

@@ -1,57 +1,38 @@
-"""BudgetClient: retries, the durable outbox, rejected events, and the reads the ServerApp needs."""
+"""The ServerApp's event client: retries, the durable outbox, rejected events, and the reads it needs."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from client.accountant_state import DPEvent, HospitalAccountant
-from server.budget.core.config import BudgetSettings
-from server.budget.main import create_app
+from client.accountant_state import HospitalAccountant
+from common.dp_event import DPEvent
 from server.budget.process import free_port
-from server.budget_client import (
-    BudgetAuthError,
-    BudgetClient,
-    BudgetRejected,
-    BudgetServiceUnavailable,
-    BudgetView,
-    normalize_event,
-)
+from server.budget_client.admin import BudgetAdmin
+from server.budget_client.connection import BudgetAuthError, BudgetRejected, BudgetServiceUnavailable, BudgetView
+from server.budget_client.events import BudgetEventClient
 from tests.server.budget.helpers import ADMIN_TOKEN, dp_event
 
 
-@pytest.fixture
-def app_client(tmp_path: Path) -> Iterator[TestClient]:
-    app = create_app(BudgetSettings(database_url=f"sqlite:///{tmp_path / 'b.db'}", admin_token=ADMIN_TOKEN))
-    with TestClient(app) as test_client:
-        yield test_client
-    app.state.engine.dispose()
+def _budget_client(app_client: TestClient, outbox: Path, token: str = ADMIN_TOKEN) -> BudgetEventClient:
+    return BudgetEventClient("http://testserver", token, outbox_dir=outbox, http=app_client, retries=1, backoff=0.01)
 
 
-def _budget_client(app_client: TestClient, outbox: Path, token: str = ADMIN_TOKEN) -> BudgetClient:
-    return BudgetClient("http://testserver", token, outbox_dir=outbox, http=app_client, retries=1, backoff=0.01)
+def _admin(app_client: TestClient) -> BudgetAdmin:
+    return BudgetAdmin("http://testserver", ADMIN_TOKEN, http=app_client, retries=1, backoff=0.01)
 
 
-def _unreachable(outbox: Path, token: str = ADMIN_TOKEN) -> BudgetClient:
-    return BudgetClient(
+def _unreachable(outbox: Path, token: str = ADMIN_TOKEN) -> BudgetEventClient:
+    return BudgetEventClient(
         f"http://127.0.0.1:{free_port()}", token, outbox_dir=outbox, timeout=1.0, retries=1, backoff=0.01
     )
 
 
-def test_ensure_institution_creates_once_then_returns_the_existing(app_client: TestClient, tmp_path: Path) -> None:
-    client = _budget_client(app_client, tmp_path / "outbox")
-    created = client.ensure_institution("hospital-1", 5.0, 1e-5)
-    assert created.token and created.token.startswith("fcb_")
-    again = client.ensure_institution("hospital-1", 5.0, 1e-5)
-    assert (again.id, again.name, again.token) == (created.id, "hospital-1", None)
-
-
 def test_aggregator_posts_events_and_reads_every_budget(app_client: TestClient, tmp_path: Path) -> None:
-    admin = _budget_client(app_client, tmp_path / "outbox")
+    admin = _admin(app_client)
     for name in ("hospital-1", "hospital-2"):
         admin.ensure_institution(name, 5.0, 1e-5)
     aggregator = _budget_client(app_client, tmp_path / "outbox", token=admin.create_aggregator_token("server-app"))
@@ -68,7 +49,7 @@ def test_unreachable_service_keeps_events_on_disk_and_a_later_call_sends_them_fi
     app_client: TestClient, tmp_path: Path
 ) -> None:
     outbox = tmp_path / "outbox"
-    _budget_client(app_client, outbox).ensure_institution("hospital-1", 50.0, 1e-5)
+    _admin(app_client).ensure_institution("hospital-1", 50.0, 1e-5)
     down = _unreachable(outbox)
     down.post_events([dp_event("hospital-1", 1)])  # no exception: the ServerApp carries on
     down.post_events([dp_event("hospital-1", 2)])
@@ -89,7 +70,7 @@ def test_unreachable_service_keeps_events_on_disk_and_a_later_call_sends_them_fi
 def test_invalid_events_are_kept_aside_and_the_valid_ones_stored(app_client: TestClient, tmp_path: Path) -> None:
     outbox = tmp_path / "outbox"
     client = _budget_client(app_client, outbox)
-    client.ensure_institution("hospital-1", 50.0, 1e-5)
+    _admin(app_client).ensure_institution("hospital-1", 50.0, 1e-5)
     with pytest.raises(BudgetRejected, match="unknown institution") as caught:
         client.post_events([dp_event("hospital-1", 1), dp_event("hospital-9", 1), dp_event("hospital-1", 2)])
     assert caught.value.status_code == 422
@@ -103,7 +84,7 @@ def test_invalid_events_are_kept_aside_and_the_valid_ones_stored(app_client: Tes
 
 def test_a_refused_token_keeps_the_events_and_says_so(app_client: TestClient, tmp_path: Path) -> None:
     outbox = tmp_path / "outbox"
-    _budget_client(app_client, outbox).ensure_institution("hospital-1", 50.0, 1e-5)
+    _admin(app_client).ensure_institution("hospital-1", 50.0, 1e-5)
     wrong = _budget_client(app_client, outbox, token="fcb_wrong")
     with pytest.raises(BudgetAuthError, match="401"):
         wrong.post_events([dp_event("hospital-1", 1)])
@@ -115,20 +96,11 @@ def test_a_refused_token_keeps_the_events_and_says_so(app_client: TestClient, tm
 def test_a_torn_outbox_line_is_set_aside_not_fatal(app_client: TestClient, tmp_path: Path) -> None:
     outbox = tmp_path / "outbox"
     client = _budget_client(app_client, outbox)
-    client.ensure_institution("hospital-1", 50.0, 1e-5)
+    _admin(app_client).ensure_institution("hospital-1", 50.0, 1e-5)
     outbox.mkdir(exist_ok=True)
     (outbox / "outbox.jsonl").write_text(json.dumps(dp_event("hospital-1", 1)) + '\n{"run_id": "1", "serv')
     assert client.flush_outbox() == 1
     assert "serv" in (outbox / "outbox.corrupt").read_text()
-
-
-def test_events_need_the_ledger_fields() -> None:
-    with pytest.raises(ValueError, match="lacks institution"):
-        normalize_event({k: v for k, v in dp_event("h").items() if k != "institution"})
-    assert (
-        normalize_event(dp_event("h", run_id=12345678901234567890) | {"recorded_at": "x"})["run_id"]
-        == "12345678901234567890"
-    )
 
 
 def test_events_as_hospitals_report_them_land_with_their_epsilon_unflagged(
@@ -136,7 +108,7 @@ def test_events_as_hospitals_report_them_land_with_their_epsilon_unflagged(
 ) -> None:
     """The ClientApp's own accountant, over two runs: the ledger agrees with every reported epsilon."""
     client = _budget_client(app_client, tmp_path / "outbox")
-    client.ensure_institution("hospital-1", 100.0, 1e-5)
+    _admin(app_client).ensure_institution("hospital-1", 100.0, 1e-5)
     accountant = HospitalAccountant.for_institution(tmp_path / "state", "hospital-1")
     reported = []
     for run_id, rounds in ((1795588208837835127, 3), (1795588238859563242, 2)):
@@ -156,7 +128,7 @@ def test_events_as_hospitals_report_them_land_with_their_epsilon_unflagged(
                 server_round=server_round,
             )
             accountant.commit(event)
-            client.post_events([event.as_record() | {"institution": "hospital-1"}])
+            client.post_events([event.for_ledger(institution="hospital-1")])
             reported.append(eps)
     ledger = client.events(1)["items"]
     assert [e["epsilon"] for e in ledger] == reported

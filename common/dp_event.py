@@ -1,0 +1,91 @@
+"""The DP event: what one hospital's round spent, declared once for every hop it takes.
+
+The hospital's accountant commits it, the ClientApp sends it as its `dp-event`
+record, the ServerApp forwards it (plus the institution's name) to the budget
+service, and the service stores and replays it. Each hop uses this module, so
+epsilon keeps one shape from the hospital to the dashboard, and the budget
+service's schemas are checked against `LEDGER_FIELDS` by a test.
+
+`epsilon_of` is the reference computation (Opacus) that hospitals and the
+budget service both replay events with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal, get_args
+
+Accountant = Literal["rdp", "prv"]
+ACCOUNTANTS: tuple[str, ...] = get_args(Accountant)
+
+# The most events one POST /v1/events carries: the service refuses bigger batches, the clients split them.
+MAX_BATCH = 1000
+
+# How each declared field type is carried on the wire (ConfigRecord, JSON): plain Python scalars.
+_SCALARS = {"float": float, "int": int, "str": str, "Accountant": str}
+
+
+@dataclass(frozen=True, kw_only=True)
+class DPEvent:
+    """What one round spent, in the terms any accountant can replay.
+
+    Values are normalized to their declared scalar types whatever the caller passed (a Flower
+    ConfigRecord, JSON, an integer run id), so `as_record` is always ready to send.
+    """
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    accountant: Accountant
+    epsilon: float  # cumulative over everything this institution has spent, after this round
+    delta: float
+    run_id: str  # Flower's run id as text: run ids exceed a signed 64-bit metric
+    server_round: int
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            try:
+                object.__setattr__(self, f.name, _SCALARS[f.type](value))
+            except (TypeError, ValueError):
+                raise ValueError(f"DP event field {f.name} is {value!r}, not a {_SCALARS[f.type].__name__}") from None
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> DPEvent:
+        """The event a `dp-event` record (or a ledger record) carries; other keys are ignored."""
+        missing = [name for name in RECORD_FIELDS if name not in record]
+        if missing:
+            raise ValueError(f"DP event {dict(record)!r} lacks {', '.join(missing)}")
+        return cls(**{name: record[name] for name in RECORD_FIELDS})
+
+    def as_record(self) -> dict[str, Any]:
+        """The event as the ClientApp's `dp-event` record and the hospital's state file carry it."""
+        return asdict(self)
+
+    def for_ledger(self, *, institution: str) -> dict[str, Any]:
+        """The event as the budget service stores it: the record plus who spent it."""
+        return {"institution": institution, **self.as_record()}
+
+
+RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(DPEvent))
+LEDGER_FIELDS: tuple[str, ...] = ("institution", *RECORD_FIELDS)
+
+
+def ledger_record(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The ledger's fields of one event, as JSON-ready scalars; raises ValueError naming what is missing."""
+    missing = [name for name in LEDGER_FIELDS if name not in raw]
+    if missing:
+        raise ValueError(f"DP event {dict(raw)!r} lacks {', '.join(missing)}")
+    return DPEvent.from_record(raw).for_ledger(institution=str(raw["institution"]))
+
+
+def epsilon_of(history: list[tuple[float, float, int]], *, accountant: str, delta: float) -> float:
+    """Epsilon of a (noise, sample rate, steps) history under the named Opacus accountant."""
+    if not history:
+        return 0.0
+    from opacus.accountants import create_accountant  # lazy: keeps evaluate-only processes and the ServerApp light
+
+    acc = create_accountant(mechanism=accountant)
+    acc.history = [(float(s), float(q), int(n)) for s, q, n in history]
+    return float(acc.get_epsilon(delta=delta))
