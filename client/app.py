@@ -13,6 +13,8 @@ import logging
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from common.institution import institution_name
+
 app = ClientApp()
 log = logging.getLogger("flwr.fedcare.client")
 
@@ -65,5 +67,5 @@ def evaluate(msg: Message, context: Context) -> Message:
 @app.query("liveness")
 def liveness(msg: Message, context: Context) -> Message:
     """Answer the server's "are you there?" before it counts this hospital into a SecAgg+ round."""
-    institution = str(context.node_config.get("institution", f"node-{context.node_id}"))
+    institution = institution_name(context.node_config.get("institution"), node_id=context.node_id)
     return Message(RecordDict({"status": ConfigRecord({"ok": True, "institution": institution})}), reply_to=msg)

@@ -21,6 +21,7 @@ from client.accountant_state import AccountantStateError, DPEvent, HospitalAccou
 from client.training import Score, evaluate, pick_device
 from common.codecs import InvalidUpdate, check_update, from_numpy, to_numpy, to_record, to_state_dict
 from common.data import HospitalData, load_hospital_table, split_train_validation
+from common.institution import institution_name
 from common.models import build_model
 from common.schema import DatasetSchema, SchemaError
 from common.settings import NodeSettings, SettingsError
@@ -107,7 +108,7 @@ class LocalRound:
 
     @classmethod
     def from_message(cls, msg: Message, context: Context) -> LocalRound:
-        institution = str(context.node_config.get("institution", f"node-{context.node_id}"))
+        institution = institution_name(context.node_config.get("institution"), node_id=context.node_id)
         config = dict(msg.content["config"])
         try:
             node = NodeSettings.from_node_config(context.node_config)

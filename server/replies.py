@@ -12,6 +12,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 
 from common.codecs import InvalidUpdate, check_update, to_numpy
+from common.institution import institution_name
 from server.fedavg import ClientUpdate
 
 
@@ -79,9 +80,9 @@ def _score(who: str, metrics: MetricRecord) -> tuple[str, float, float, int] | N
 
 
 def _institution(msg: Message) -> str:
-    if not msg.has_error() and "status" in msg.content:
-        return str(msg.content["status"].get("institution", f"node-{msg.metadata.src_node_id}"))
-    return f"node-{msg.metadata.src_node_id}"
+    status = None if msg.has_error() else msg.content.get("status")
+    name = None if status is None else status.get("institution")
+    return institution_name(name, node_id=msg.metadata.src_node_id)
 
 
 def sort_replies(
