@@ -11,6 +11,8 @@ from __future__ import annotations
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from common.institution import institution_name
+
 app = ClientApp()
 
 
@@ -54,5 +56,5 @@ def evaluate(msg: Message, context: Context) -> Message:
 @app.query("liveness")
 def liveness(msg: Message, context: Context) -> Message:
     """Answer the server's "are you there?" before it counts this hospital into a SecAgg+ round."""
-    institution = str(context.node_config.get("institution", f"node-{context.node_id}"))
+    institution = institution_name(context.node_config.get("institution"), node_id=context.node_id)
     return Message(RecordDict({"status": ConfigRecord({"ok": True, "institution": institution})}), reply_to=msg)

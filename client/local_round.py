@@ -23,6 +23,7 @@ from client.training import Score, TrainingOutcome, evaluate, pick_device, train
 from common.codecs import InvalidUpdate, check_update, from_numpy, to_numpy, to_record, to_state_dict
 from common.data import HospitalData, load_hospital_table, split_train_validation
 from common.dp_event import DPEvent
+from common.institution import institution_name
 from common.models import build_model
 from common.round_config import RoundConfig
 from common.schema import SchemaError
@@ -109,7 +110,7 @@ class LocalRound:
 
     @classmethod
     def from_message(cls, msg: Message, context: Context) -> LocalRound:
-        institution = str(context.node_config.get("institution", f"node-{context.node_id}"))
+        institution = institution_name(context.node_config.get("institution"), node_id=context.node_id)
         try:
             config = RoundConfig.from_config(msg.content.get("config") or {})
         except SettingsError as exc:

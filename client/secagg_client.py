@@ -25,6 +25,8 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE
 from flwr.compat.common.recorddict_compat import fitres_to_recorddict
 
+from common.institution import institution_name
+
 log = logging.getLogger("flwr.fedcare.client")
 
 
@@ -37,7 +39,7 @@ def handle_stage(msg: Message, context: Context) -> Message:
     reply = secaggplus_mod(msg, context, _train_masked)
     if not reply.has_error() and "status" not in reply.content:
         # Key-exchange stages say who answers too, so a hospital that drops out later is named.
-        institution = str(context.node_config.get("institution", f"node-{context.node_id}"))
+        institution = institution_name(context.node_config.get("institution"), node_id=context.node_id)
         reply.content["status"] = ConfigRecord({"ok": True, "institution": institution})
     return reply
 

@@ -12,7 +12,7 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from flwr.app import Message, MessageType, RecordDict
@@ -23,19 +23,19 @@ from common.he.keys import ServerHEContext
 from common.he.wire import EncryptedUpdate, InvalidCiphertext, flatten, layout_id, put_bundle, take_bundle
 from server.he_aggregate import HEAggregator
 from server.replies import RejectedPayload, SortedReplies, sort_replies
-from server.rounds import RoundContext, RoundOutcome
+from server.rounds import BaseRounds, RoundOutcome
 
 log = logging.getLogger("flwr.fedcare.server")
 
 
 @dataclass
-class HERounds:
-    ctx: RoundContext
+class HERounds(BaseRounds):
     keys: ServerHEContext
     initial: OrderedDict[str, np.ndarray]  # the seeded initial model: public, it holds no one's data
     global_sum: EncryptedUpdate | None = None  # the last aggregated round's encrypted sum
     previous_sum: EncryptedUpdate | None = None  # the one before: where to go back if hospitals refuse the last
-    mode: str = "he"
+    mode: ClassVar[str] = "he"
+    model_suffix: ClassVar[str] = ".he"
     _layout: str = field(init=False)
     _num_values: int = field(init=False)
 
@@ -45,7 +45,7 @@ class HERounds:
 
     def privacy_facts(self) -> dict[str, Any]:
         return {
-            "mode": self.mode,
+            **super().privacy_facts(),
             "he": {
                 "scheme": "CKKS",
                 **self.keys.params.to_dict(),
@@ -54,14 +54,24 @@ class HERounds:
             },
         }
 
-    def _content(self, server_round: int) -> tuple[RecordDict, int]:
-        """The round's message and the bytes of the model it carries."""
+    def model_content(self, server_round: int) -> RecordDict:
+        """Before any aggregated round, the plaintext initial model; then the last encrypted sum."""
         content = self.ctx.config(server_round)
         if self.global_sum is None:
             content["arrays"] = from_numpy(self.initial)
-            return content, sum(int(w.nbytes) for w in self.initial.values())
-        put_bundle(content, self.global_sum)
-        return content, self.global_sum.nbytes
+        else:
+            put_bundle(content, self.global_sum)
+        return content
+
+    def _model_bytes(self) -> int:
+        """The bytes of the model each hospital receives, for results.json."""
+        if self.global_sum is None:
+            return sum(int(w.nbytes) for w in self.initial.values())
+        return self.global_sum.nbytes
+
+    def write_model(self, path: Path) -> None:
+        assert self.global_sum is not None  # save_final says why there may be none
+        write_bytes_atomic(path, self.global_sum.to_bytes())
 
     def train(self, *, nodes: list[int], server_round: int) -> RoundOutcome:
         aggregator = HEAggregator(
@@ -84,7 +94,7 @@ class HERounds:
             except InvalidCiphertext as exc:
                 raise RejectedPayload("invalid-ciphertext", str(exc)) from exc
 
-        content, model_bytes = self._content(server_round)
+        content, model_bytes = self.model_content(server_round), self._model_bytes()
         replies = sort_replies(
             self.ctx.send(content, nodes=nodes, message_type=MessageType.TRAIN, server_round=server_round),
             reference=None,
@@ -99,9 +109,7 @@ class HERounds:
             return RoundOutcome(replies, reason=reason, extra=extra)
         self.previous_sum = self.global_sum
         self.global_sum, _ = aggregator.result()
-        path = self.ctx.run_dir / "models" / f"round-{server_round}.he"
-        write_bytes_atomic(path, self.global_sum.to_bytes())
-        return RoundOutcome(replies, model_path=path, extra=extra)
+        return RoundOutcome(replies, model_path=self.save_round_model(server_round), extra=extra)
 
     def _refused_by_all(self, replies: SortedReplies) -> bool:
         return (
@@ -125,14 +133,6 @@ class HERounds:
         log.error("round %d: %s", server_round, reason)
         return reason
 
-    def evaluate(self, *, nodes: list[int], server_round: int) -> SortedReplies:
-        content, _ = self._content(server_round)
-        return sort_replies(
-            self.ctx.send(content, nodes=nodes, message_type=MessageType.EVALUATE, server_round=server_round),
-            reference=None,
-            expect_update=False,
-        )
-
     def save_final(self) -> Path:
         """The encrypted final model: only a hospital can decrypt it (`fedcare he decrypt`)."""
         if self.global_sum is None:
@@ -140,6 +140,4 @@ class HERounds:
                 "no encrypted model survived the run: the last aggregated one was refused by every "
                 "hospital and nothing was aggregated after it"
             )
-        path = self.ctx.run_dir / "final_model.he"
-        write_bytes_atomic(path, self.global_sum.to_bytes())
-        return path
+        return super().save_final()

@@ -13,6 +13,7 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 
 from common.codecs import InvalidUpdate, check_update, to_numpy
 from common.dp_event import DPEvent
+from common.institution import UNNAMED_PREFIX, institution_name
 from server.fedavg import ClientUpdate
 
 
@@ -80,9 +81,9 @@ def _score(who: str, metrics: MetricRecord) -> tuple[str, float, float, int] | N
 
 
 def _institution(msg: Message) -> str:
-    if not msg.has_error() and "status" in msg.content:
-        return str(msg.content["status"].get("institution", f"node-{msg.metadata.src_node_id}"))
-    return f"node-{msg.metadata.src_node_id}"
+    status = None if msg.has_error() else msg.content.get("status")
+    name = None if status is None else status.get("institution")
+    return institution_name(name, node_id=msg.metadata.src_node_id)
 
 
 def sort_replies(
@@ -100,7 +101,7 @@ def sort_replies(
     out = SortedReplies()
     for msg in replies:
         node_id, who = msg.metadata.src_node_id, _institution(msg)
-        if not who.startswith("node-"):
+        if not who.startswith(UNNAMED_PREFIX):
             out.node_institutions[node_id] = who
         if msg.has_error():
             out.rejections.append(

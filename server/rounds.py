@@ -1,17 +1,20 @@
 """One federated round, per privacy mode: what goes out, how replies are combined, what is kept.
 
-The ServerApp's loop (node selection, budget gate, results.json) is the same for every mode; each
-mode only decides how the global model travels and how updates are summed. Plain FedAvg lives here;
-HE in `server.he_rounds`, SecAgg+ in its own module.
+The ServerApp's loop (node selection, budget gate, results.json) is the same for every mode and
+sees a mode only through the `Rounds` protocol. What the modes share (the model in each message,
+the saved model files, the final scoring) is `BaseRounds`; each mode's class holds only how its
+model travels and how updates are summed. Plain FedAvg lives here; HE in `server.he_rounds`,
+SecAgg+ in `server.secagg_rounds`.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 from flwr.app import Message, MessageType, RecordDict
@@ -66,7 +69,7 @@ class RoundContext:
 class Rounds(Protocol):
     """What the ServerApp's loop needs from a privacy mode."""
 
-    mode: str
+    mode: ClassVar[str]
 
     def privacy_facts(self) -> dict[str, Any]: ...
 
@@ -78,25 +81,79 @@ class Rounds(Protocol):
 
 
 @dataclass
-class PlainRounds:
-    """Weighted FedAvg over readable updates: the server sees each hospital's (DP-noised) weights."""
+class BaseRounds(ABC):
+    """What every mode does alike: the global model travels in each message, is saved after each
+    aggregated round (`models/round-N`) and at the end (`final_model`), and the hospitals score it
+    at the end. A mode says how its model is carried and stored, and how a round aggregates."""
 
     ctx: RoundContext
-    weights: OrderedDict[str, np.ndarray]
-    mode: str = "plain"
+    mode: ClassVar[str]
+    model_suffix: ClassVar[str]  # of the saved model files: ".pt" (plaintext) or ".he" (ciphertext)
+
+    @abstractmethod
+    def train(self, *, nodes: list[int], server_round: int) -> RoundOutcome: ...
+
+    @abstractmethod
+    def model_content(self, server_round: int) -> RecordDict:
+        """The round's message: its config and the global model as the hospitals receive it."""
+
+    @abstractmethod
+    def write_model(self, path: Path) -> None:
+        """Write the global model as this mode keeps it (plaintext weights or the encrypted sum)."""
 
     def privacy_facts(self) -> dict[str, Any]:
         return {"mode": self.mode}
 
-    def _content(self, server_round: int) -> RecordDict:
+    def save_round_model(self, server_round: int) -> Path:
+        path = self.ctx.run_dir / "models" / f"round-{server_round}{self.model_suffix}"
+        self.write_model(path)
+        return path
+
+    def save_final(self) -> Path:
+        path = self.ctx.run_dir / f"final_model{self.model_suffix}"
+        self.write_model(path)
+        return path
+
+    def evaluate(self, *, nodes: list[int], server_round: int) -> SortedReplies:
+        return sort_replies(
+            self.ctx.send(
+                self.model_content(server_round),
+                nodes=nodes,
+                message_type=MessageType.EVALUATE,
+                server_round=server_round,
+            ),
+            reference=None,
+            expect_update=False,
+        )
+
+
+@dataclass
+class PlaintextModelRounds(BaseRounds):
+    """Modes in which the server holds the averaged model in plaintext (plain, SecAgg+): it goes out
+    as arrays and is saved as `.pt` weights."""
+
+    weights: OrderedDict[str, np.ndarray]
+    model_suffix: ClassVar[str] = ".pt"
+
+    def model_content(self, server_round: int) -> RecordDict:
         content = self.ctx.config(server_round)
         content["arrays"] = from_numpy(self.weights)
         return content
 
+    def write_model(self, path: Path) -> None:
+        save_weights(self.weights, path)
+
+
+@dataclass
+class PlainRounds(PlaintextModelRounds):
+    """Weighted FedAvg over readable updates: the server sees each hospital's (DP-noised) weights."""
+
+    mode: ClassVar[str] = "plain"
+
     def train(self, *, nodes: list[int], server_round: int) -> RoundOutcome:
         replies = sort_replies(
             self.ctx.send(
-                self._content(server_round), nodes=nodes, message_type=MessageType.TRAIN, server_round=server_round
+                self.model_content(server_round), nodes=nodes, message_type=MessageType.TRAIN, server_round=server_round
             ),
             reference=self.weights,
             expect_update=True,
@@ -104,20 +161,4 @@ class PlainRounds:
         if not replies.updates:
             return RoundOutcome(replies, reason="no valid update from any hospital")
         self.weights = fedavg(replies.updates)
-        path = self.ctx.run_dir / "models" / f"round-{server_round}.pt"
-        save_weights(self.weights, path)
-        return RoundOutcome(replies, model_path=path)
-
-    def evaluate(self, *, nodes: list[int], server_round: int) -> SortedReplies:
-        return sort_replies(
-            self.ctx.send(
-                self._content(server_round), nodes=nodes, message_type=MessageType.EVALUATE, server_round=server_round
-            ),
-            reference=None,
-            expect_update=False,
-        )
-
-    def save_final(self) -> Path:
-        path = self.ctx.run_dir / "final_model.pt"
-        save_weights(self.weights, path)
-        return path
+        return RoundOutcome(replies, model_path=self.save_round_model(server_round))

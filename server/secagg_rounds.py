@@ -22,17 +22,17 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 
-from common.codecs import InvalidUpdate, check_update, from_numpy, save_weights
+from common.codecs import InvalidUpdate, check_update
+from common.institution import institution_name
 from common.settings import SECAGG_MODULUS
 from server.messaging import exchange
 from server.replies import RejectedPayload, Rejection, SortedReplies, sort_replies
-from server.rounds import RoundContext, RoundOutcome
+from server.rounds import PlaintextModelRounds, RoundContext, RoundOutcome
 from server.secagg_protocol import STAGES, SecAggRound, run_secagg_round
 from server.secagg_quantization import error_bound, quantization_facts
 
@@ -70,10 +70,8 @@ class _MaskedReplies:
 
 
 @dataclass
-class SecAggRounds:
-    ctx: RoundContext
-    weights: OrderedDict[str, np.ndarray]
-    mode: str = "secagg"
+class SecAggRounds(PlaintextModelRounds):
+    mode: ClassVar[str] = "secagg"
     suspects: dict[int, str] = field(default_factory=dict)  # node id -> why it may be dead
     institutions: dict[int, str] = field(default_factory=dict)  # node id -> institution, as last reported
 
@@ -99,7 +97,7 @@ class SecAggRounds:
     def privacy_facts(self) -> dict[str, Any]:
         s = self.ctx.settings
         return {
-            "mode": self.mode,
+            **super().privacy_facts(),
             "secagg": {
                 "num_shares": s.num_shares,
                 "reconstruction_threshold": s.reconstruction_threshold,
@@ -110,7 +108,7 @@ class SecAggRounds:
 
     # ---- who takes part ------------------------------------------------------------------------
     def _who(self, node: int) -> str:
-        return self.institutions.get(node, f"node-{node}")
+        return institution_name(self.institutions.get(node), node_id=node)
 
     def _ping(self, nodes: list[int], *, server_round: int) -> set[int]:
         """Nodes that answer a liveness query within the stage timeout."""
@@ -152,14 +150,12 @@ class SecAggRounds:
     # ---- one round -------------------------------------------------------------------------------
     def _attempt(self, nodes: list[int], server_round: int) -> tuple[SecAggRound, _MaskedReplies]:
         checked = _MaskedReplies()
-        content = self.ctx.config(server_round)
-        content["arrays"] = from_numpy(self.weights)
         result = run_secagg_round(
             grid=self.ctx.grid,
             settings=self.ctx.settings,
             nodes=nodes,
             server_round=server_round,
-            model_content=content,
+            model_content=self.model_content(server_round),
             check_replies=checked,
         )
         return result, checked
@@ -246,8 +242,7 @@ class SecAggRounds:
         except InvalidUpdate as exc:
             return RoundOutcome(replies, reason=f"the unmasked sum is unusable: {exc}", extra=extra)
         self.weights = average
-        path = self.ctx.run_dir / "models" / f"round-{server_round}.pt"
-        save_weights(self.weights, path)
+        path = self.save_round_model(server_round)
         log.info(
             "round %d: SecAgg+ sum of %d update(s); quantization error per value < %.3g; stages %s",
             server_round,
@@ -269,16 +264,5 @@ class SecAggRounds:
 
     # ---- after the rounds ------------------------------------------------------------------------
     def evaluate(self, *, nodes: list[int], server_round: int) -> SortedReplies:
-        live = [n for n in nodes if n not in self.suspects]
-        content = self.ctx.config(server_round)
-        content["arrays"] = from_numpy(self.weights)
-        return sort_replies(
-            self.ctx.send(content, nodes=live, message_type=MessageType.EVALUATE, server_round=server_round),
-            reference=None,
-            expect_update=False,
-        )
-
-    def save_final(self) -> Path:
-        path = self.ctx.run_dir / "final_model.pt"
-        save_weights(self.weights, path)
-        return path
+        """Scored by the hospitals not suspected dead, so a crashed node cannot stall the end of the run."""
+        return super().evaluate(nodes=[n for n in nodes if n not in self.suspects], server_round=server_round)

@@ -7,17 +7,12 @@ multi-process federation is `tests/integration/test_he_federation.py`.)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-from flwr.app import ArrayRecord, Context, Message, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
+from flwr.app import ArrayRecord, Message
 
-from client.app import evaluate as client_evaluate
-from client.app import train as client_train
 from common.codecs import to_numpy
 from common.demo_data import DemoSplit, write_demo_split
 from common.he.keys import load_server_context, write_keys
@@ -28,47 +23,9 @@ from common.settings import RunSettings
 from server.he_aggregate import HEAggregator
 from server.he_rounds import HERounds
 from server.rounds import RoundContext
+from tests.server.loopback import RUN, LoopbackGrid
 
-RUN = 77
-
-
-@pytest.fixture(autouse=True)
-def serverapp_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_run_id", RUN)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-
-
-@dataclass
-class LoopbackGrid:
-    """Delivers each pushed message to the hospital's real handler; `tamper` may rewrite a reply."""
-
-    hospitals: dict[int, dict[str, str]]
-    tamper: Callable[[int, Message], None] = lambda node, reply: None
-    run: SimpleNamespace = field(default_factory=lambda: SimpleNamespace(run_id=RUN))
-    _replies: dict[str, Message] = field(default_factory=dict)
-    sent_bytes: list[int] = field(default_factory=list)
-
-    def get_node_ids(self) -> list[int]:
-        return list(self.hospitals)
-
-    def push_messages(self, messages: Iterable[Message]) -> list[str]:
-        ids = []
-        for i, msg in enumerate(messages):
-            msg.metadata.__dict__["_message_id"] = f"m{len(self._replies)}-{i}"
-            node = msg.metadata.dst_node_id
-            context = Context(
-                run_id=RUN, node_id=node, node_config=self.hospitals[node], state=RecordDict(), run_config={}
-            )
-            handler = client_train if msg.metadata.message_type == "train" else client_evaluate
-            reply = handler(msg, context)
-            self.tamper(node, reply)
-            self._replies[msg.metadata.message_id] = reply
-            ids.append(msg.metadata.message_id)
-        return ids
-
-    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
-        return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
+pytestmark = pytest.mark.usefixtures("serverapp_identity")
 
 
 @pytest.fixture(scope="module")

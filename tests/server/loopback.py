@@ -1,0 +1,51 @@
+"""A grid that hands each message straight to the real ClientApp handlers, in one process.
+
+Round logic is tested against the production client code this way; the SuperLink and the
+processes are left to `tests/integration/`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+from flwr.app import Context, Message, RecordDict
+
+from client.app import evaluate as client_evaluate
+from client.app import train as client_train
+
+RUN = 77
+
+
+@dataclass
+class LoopbackGrid:
+    """Delivers each pushed message to the hospital's real handler; `tamper` may rewrite a reply."""
+
+    hospitals: dict[int, dict[str, str]]
+    tamper: Callable[[int, Message], None] = lambda node, reply: None
+    run: SimpleNamespace = field(default_factory=lambda: SimpleNamespace(run_id=RUN))
+    _replies: dict[str, Message] = field(default_factory=dict)
+    received: list[tuple[int, str]] = field(default_factory=list)  # (node, message type) as delivered
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.hospitals)
+
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        ids = []
+        for i, msg in enumerate(messages):
+            msg.metadata.__dict__["_message_id"] = f"m{len(self._replies)}-{i}"
+            node = msg.metadata.dst_node_id
+            context = Context(
+                run_id=RUN, node_id=node, node_config=self.hospitals[node], state=RecordDict(), run_config={}
+            )
+            self.received.append((node, msg.metadata.message_type))
+            handler = client_train if msg.metadata.message_type == "train" else client_evaluate
+            reply = handler(msg, context)
+            self.tamper(node, reply)
+            self._replies[msg.metadata.message_id] = reply
+            ids.append(msg.metadata.message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
