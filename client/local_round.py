@@ -46,8 +46,10 @@ if TYPE_CHECKING:
     from client.dp_training import TrainingOutcome
 
 
-def _load_he_context(node: NodeSettings, institution: str) -> ts.Context:
-    from common.he import HEKeyError, load_secret_context  # TenSEAL only where HE is used
+def _load_he_context(node: NodeSettings, institution: str, *, run_key_id: str | None) -> ts.Context:
+    """This hospital's secret context; refused when it is not the key set of the run's public context
+    (`run_key_id`, sent by the server as `he-key-id`): encrypting under another key set helps no one."""
+    from common.he import HEKeyError, key_id, load_secret_context  # TenSEAL only where HE is used
 
     if node.he_context is None:
         raise RoundRefused(
@@ -57,9 +59,19 @@ def _load_he_context(node: NodeSettings, institution: str) -> ts.Context:
             institution=institution,
         )
     try:
-        return load_secret_context(node.he_context)
+        context = load_secret_context(node.he_context)
     except HEKeyError as exc:
         raise RoundRefused(code="he-not-configured", reason=str(exc), institution=institution) from exc
+    own = key_id(context)
+    if run_key_id and own != run_key_id:
+        raise RoundRefused(
+            code="he-key-mismatch",
+            reason=f"this hospital's HE secret context ({node.he_context}) is key set {own}, but the run's public "
+            f"context is key set {run_key_id}: install the current key set (`fedcare he install`), or, if "
+            f"{own} is the current one, the run was started with a stale he-public.ctx",
+            institution=institution,
+        )
+    return context
 
 
 def _incoming_weights(
@@ -131,7 +143,7 @@ class LocalRound:
 
         he_context = None
         if str(config.get("privacy-mode", "plain")) == "he":
-            he_context = _load_he_context(node, institution)
+            he_context = _load_he_context(node, institution, run_key_id=str(config.get("he-key-id") or "") or None)
         device = pick_device()
         model = build_model(schema)
         try:

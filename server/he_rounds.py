@@ -56,6 +56,9 @@ class HERounds:
     def _content(self, server_round: int) -> tuple[RecordDict, int]:
         """The round's message and the bytes of the model it carries."""
         content = self.ctx.config(server_round)
+        # The run's key set, so a hospital holding another one refuses by name instead of encrypting
+        # under it (client/local_round.py reads the same key).
+        content["config"]["he-key-id"] = self.keys.key_id
         if self.global_sum is None:
             content["arrays"] = from_numpy(self.initial)
             return content, sum(int(w.nbytes) for w in self.initial.values())
