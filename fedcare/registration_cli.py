@@ -87,7 +87,14 @@ def init(
     budget_url: Annotated[
         str, typer.Option(help="The budget service's URL; '' for a federation without one.")
     ] = DEFAULT_BUDGET_URL,
-    he: Annotated[bool, typer.Option("--he", help="Make CKKS keys: kits get the hospitals' secret context.")] = False,
+    he: Annotated[
+        bool,
+        typer.Option(
+            "--he",
+            help="Single-operator setups only: the coordinator makes the CKKS keys and one-step kits copy the secret. "
+            "Otherwise a hospital makes them (`fedcare he keygen --site`).",
+        ),
+    ] = False,
     days: Annotated[int, typer.Option(min=1, help="Validity of the CA and SuperLink certificates, in days.")] = 825,
 ) -> None:
     """Create a federation directory: CA, SuperLink TLS certificate, HE keys (--he), budget admin token."""
@@ -128,7 +135,15 @@ def init(
         f"--ssl-keyfile {fed.server_key} --enable-supernode-auth --database <state>/superlink.db`; "
         f"hospitals dial {config.fleet_address}."
     )
-    console.print(f"Next: `fedcare institution register NAME --epsilon-limit E --delta D --federation {fed.root}`")
+    if he:
+        errors.print(
+            f"[bold red]The coordinator made the CKKS secret ({fed.he_dir / 'hospital'}) and can read every update.[/] "
+            "Single-operator setups only; otherwise a hospital makes the key set (docs/he.md, the key ceremony)."
+        )
+    console.print(
+        "Next: each hospital runs `fedcare institution join NAME --out SITE`, then "
+        f"`fedcare institution register --request FILE --epsilon-limit E --delta D --federation {fed.root}`"
+    )
 
 
 @federation_app.command("sync")
