@@ -88,9 +88,9 @@ def install(
 ) -> None:
     """Hospital: unseal the CKKS secret context into the site and point the node config at it."""
     from fedcare.he_ceremony import CeremonyError, install_sealed_secret
-    from fedcare.kits import HE_PARAMS_FILE
+    from fedcare.kits import HE_PARAMS_FILE, SEALED_HE_SECRET_FILE
     from fedcare.sealing import SealingError
-    from fedcare.site import SEALED_HE_SECRET_FILE, SiteDir, SiteError
+    from fedcare.site import SiteDir, SiteError
 
     try:
         key_id = install_sealed_secret(

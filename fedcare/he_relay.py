@@ -19,10 +19,9 @@ from common.atomic import write_bytes_atomic
 from common.he import PARAMS_FILE, KeyFiles, load_server_context
 from fedcare.federation_dir import FederationDir
 from fedcare.he_ceremony import KeySetBundle, read_key_set_params
-from fedcare.kits import HE_PARAMS_FILE
+from fedcare.kits import HE_PARAMS_FILE, SEALED_HE_SECRET_FILE
 from fedcare.registry import Registry
 from fedcare.roster import build_roster
-from fedcare.site import SEALED_HE_SECRET_FILE
 
 SEALED_BOX_OVERHEAD = 48  # X25519 ephemeral public key + Poly1305 tag
 
@@ -110,4 +109,9 @@ def key_set_problem(fed: FederationDir) -> str | None:
         )
     if new:
         return f"{', '.join(new)} joined after key set {meta.get('key_id')} was made: make a new key set for them"
+    if meta.get("roster-id") != roster.roster_id:
+        return (
+            f"a sealing key changed since key set {meta.get('key_id')} was made (a hospital re-joined): make a new "
+            "key set for the current roster"
+        )
     return None

@@ -43,6 +43,7 @@ CA_FILE, NODE_CONFIG_FILE, TOKEN_FILE, HE_CONTEXT_FILE, HE_PARAMS_FILE = (
 )
 KIT_FILE, README_FILE = "kit.json", "README.md"
 SEALED_TOKEN_FILE = "budget-token.sealed"  # the budget token, sealed to the hospital's sealing key
+SEALED_HE_SECRET_FILE = "he-secret.sealed"  # the CKKS secret context, sealed to the hospital (relayed key set)
 # The node-config key naming the hospital's CKKS secret context, and the run-config key naming the
 # server's key-free one: declared once here (they are about to be renamed he-secret-context/he-public-context).
 NODE_HE_CONTEXT_KEY = "he-context"
@@ -71,7 +72,8 @@ def write_kit(
     if request is None:
         node_key_fingerprint = make_node_keys(kit, comment=f"fedcare-{kit.name}").fingerprint
     else:
-        for stale in (PRIVATE_KEY_FILE, HE_CONTEXT_FILE, TOKEN_FILE):  # from an earlier one-step kit
+        # From an earlier one-step kit, or sealed to keys this request replaces.
+        for stale in (PRIVATE_KEY_FILE, HE_CONTEXT_FILE, TOKEN_FILE, SEALED_HE_SECRET_FILE, HE_PARAMS_FILE):
             (kit / stale).unlink(missing_ok=True)
         _write_public(kit / PUBLIC_KEY_FILE, request.node_public_key + "\n")
         _write_public(kit / SEALING_PUBLIC_KEY_FILE, request.sealing_public_key + "\n")

@@ -32,6 +32,7 @@ from fedcare.kits import (
     NODE_CONFIG_FILE,
     NODE_HE_CONTEXT_KEY,
     README_FILE,
+    SEALED_HE_SECRET_FILE,
     SEALED_TOKEN_FILE,
     TOKEN_FILE,
     readme,
@@ -40,8 +41,6 @@ from fedcare.node_keys import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, make_node_keys,
 from fedcare.registration_request import REQUEST_FILE, RegistrationRequest, read_request
 from fedcare.registry import now
 from fedcare.sealing import SEALING_KEY_FILE, SEALING_PUBLIC_KEY_FILE, load_private_key, make_sealing_keys, unseal
-
-SEALED_HE_SECRET_FILE = "he-secret.sealed"  # in a kit: the CKKS secret context sealed to this site
 
 
 class SiteError(RuntimeError):

@@ -23,10 +23,11 @@ from fedcare.cli import app
 from fedcare.federation_dir import FederationDir, init_federation
 from fedcare.he_ceremony import CeremonyError, KeySetBundle, install_sealed_secret, make_key_set
 from fedcare.he_relay import RelayError, key_set_problem, relay_key_set, server_key_files
-from fedcare.registration import revoke_institution
+from fedcare.kits import KitOptions
+from fedcare.registration import register_institution, revoke_institution
 from fedcare.roster import write_roster
 from fedcare.sealing import SealingError
-from fedcare.site import SiteDir, install_kit
+from fedcare.site import SiteDir, install_kit, join_site
 from server.he_aggregate import HEAggregator
 from tests.support.secret_scan import scan_for_secrets, tenseal_contexts
 from tests.support.sites import join_and_register
@@ -237,3 +238,16 @@ def test_the_ceremony_from_the_command_line(tmp_path: Path) -> None:
     assert all(kid in out for out in outputs[1:])
     refused = runner.invoke(app, ["he", "keygen", "--site", str(mary)])
     assert refused.exit_code != 0 and "--roster" in refused.output
+
+
+def test_a_hospital_that_rejoins_with_new_keys_needs_a_new_key_set(ceremony: Ceremony) -> None:
+    fed = ceremony.fed
+    site, request = join_site(ceremony.sites["St Luke"].root, "St Luke", force=True)
+    register_institution(
+        fed, KitOptions("St Luke", 10.0, 1e-5), request=request, rotate=True, superlink=None, budget=None
+    )
+    assert not (fed.kit_dir("St Luke") / "he-secret.sealed").exists()  # sealed to the replaced key
+    assert "sealing key changed" in (key_set_problem(fed) or "")
+    install_kit(fed.kit_dir("St Luke"), site.root)  # the re-issued kit fits the new keys
+    with pytest.raises(RelayError, match="was made for roster"):
+        relay_key_set(fed, ceremony.bundle.directory)
