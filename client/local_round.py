@@ -48,20 +48,32 @@ if TYPE_CHECKING:
     import tenseal as ts
 
 
-def _secret_context_for(node: NodeSettings, institution: str) -> ts.Context:
-    from common.he.keys import HEKeyError, load_secret_context  # TenSEAL only where HE is used
+def _secret_context_for(node: NodeSettings, institution: str, *, run_key_id: str | None) -> ts.Context:
+    """This hospital's secret context; refused when it is not the key set of the run's public context
+    (`run_key_id`, sent by the server as `he-key-id`): encrypting under another key set helps no one."""
+    from common.he.keys import HEKeyError, key_id, load_secret_context  # TenSEAL only where HE is used
 
     if node.he_secret_context is None:
         raise RoundRefused(
             code="he-not-configured",
             reason="the run uses privacy-mode 'he' but this SuperNode's node config has no 'he-secret-context' "
-            "(the path of hospital/he-secret.ctx from `fedcare he keygen`)",
+            "(the path of he-secret.ctx: `fedcare he install` sets it)",
             institution=institution,
         )
     try:
-        return load_secret_context(node.he_secret_context)
+        context = load_secret_context(node.he_secret_context)
     except HEKeyError as exc:
         raise RoundRefused(code="he-not-configured", reason=str(exc), institution=institution) from exc
+    own = key_id(context)
+    if run_key_id and own != run_key_id:
+        raise RoundRefused(
+            code="he-key-mismatch",
+            reason=f"this hospital's HE secret context ({node.he_secret_context}) is key set {own}, but the run's "
+            f"public context is key set {run_key_id}: install the current key set (`fedcare he install`), or, if "
+            f"{own} is the current one, the run was started with a stale he-public.ctx",
+            institution=institution,
+        )
+    return context
 
 
 def _incoming_weights(
@@ -132,7 +144,9 @@ class LocalRound:
             except AccountantStateError as exc:
                 raise RoundRefused(code="accountant-state-error", reason=str(exc), institution=institution) from exc
 
-        secret_context = _secret_context_for(node, institution) if config.privacy_mode == "he" else None
+        secret_context = None
+        if config.privacy_mode == "he":
+            secret_context = _secret_context_for(node, institution, run_key_id=config.he_key_id or None)
         device = pick_device()
         model = build_model(config.dataset_schema)
         try:

@@ -24,6 +24,9 @@ class RoundConfig(TrainingSettings):
     server_round: int = Field(ge=1)
     # Travels as a JSON string: a Flower ConfigRecord holds scalars and lists only.
     dataset_schema: Json[DatasetSchema] = Field(alias="schema")
+    # HE mode: the key set of the run's public context, so a hospital holding another one refuses by
+    # name instead of encrypting under it. Empty in the other modes.
+    he_key_id: str = ""
 
     @classmethod
     def for_round(cls, settings: RunSettings, *, schema: DatasetSchema, server_round: int) -> RoundConfig:

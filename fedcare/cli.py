@@ -15,20 +15,30 @@ from common.settings import PrivacyMode
 from fedcare.budget_cli import budget_app
 from fedcare.compose import compose_app
 from fedcare.federation import FederationError
+from fedcare.he_ceremony_cli import add_ceremony_commands
 from fedcare.he_cli import he_app
 from fedcare.registration_cli import federation_app, institution_app
+from fedcare.site_cli import add_site_commands
 
 app = typer.Typer(help="fedcare: federated learning for hospitals.", no_args_is_help=True, add_completion=False)
+add_site_commands(institution_app)  # join, install: the hospital's side of registration
+add_ceremony_commands(he_app)  # roster, relay, install: the CKKS key ceremony
 console = Console(stderr=True)
 app.add_typer(budget_app, name="budget", help="The privacy budget service: serve it, show budgets.")
-app.add_typer(he_app, name="he", help="Homomorphic-encryption keys: make them, decrypt a final model.")
+app.add_typer(
+    he_app, name="he", help="Homomorphic-encryption keys: the key ceremony (made at a hospital), decrypt a model."
+)
 app.add_typer(
     federation_app,
     name="federation",
     help="Set up a federation directory (CA, TLS, HE keys); sync pending registrations.",
 )
 app.add_typer(compose_app, name="compose", help="Docker compose files: prepare a federation, add a hospital's service.")
-app.add_typer(institution_app, name="institution", help="Register a hospital (its kit), revoke it, list them.")
+app.add_typer(
+    institution_app,
+    name="institution",
+    help="A hospital joins (its own keys) and installs its kit; the coordinator registers, revokes, lists.",
+)
 
 
 @app.callback()

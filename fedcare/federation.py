@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ import tomli_w
 
 from common.tls import TlsFiles
 from fedcare.federation_dir import FederationDir, ensure_local_federation
-from fedcare.kits import CA_FILE, KitOptions
+from fedcare.kits import CA_FILE, NODE_CONFIG_FILE, KitOptions
 from fedcare.node_keys import PRIVATE_KEY_FILE
 from fedcare.registration import BudgetTarget, RegistrationReport, budget_target, register_institution, sync
 from fedcare.registry import Registry
@@ -257,6 +258,18 @@ class LocalFederation:
             self._wait_for_port(proc, port)
             proc = self._wait_for_activation(proc, args=args)
         return proc
+
+    def add_site(self, site: Path, *, node_config: dict[str, Any] | None = None, wait: bool = True) -> ManagedProcess:
+        """Start a hospital's SuperNode from its installed site directory (`fedcare institution install`),
+        with the site's own node-config.toml (`node_config` overrides single entries)."""
+        config = {**tomllib.loads((Path(site) / NODE_CONFIG_FILE).read_text()), **(node_config or {})}
+        return self.add_hospital(
+            institution=str(config.pop("institution")),
+            data_path=Path(config.pop("data-path")),
+            node_config=config,
+            kit=Path(site),
+            wait=wait,
+        )
 
     def _wait_for_activation(self, proc: ManagedProcess, *, args: list[str]) -> ManagedProcess:
         """Wait until the SuperLink has accepted the SuperNode, restarting it while it is refused (2004)

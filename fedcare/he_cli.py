@@ -1,4 +1,7 @@
-"""`fedcare he`: make the federation's CKKS keys, and let a hospital decrypt the final model."""
+"""`fedcare he`: make the federation's CKKS keys, and let a hospital decrypt the final model.
+
+The key ceremony's other steps (roster, relay, install) are in `fedcare.he_ceremony_cli`.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +30,19 @@ def _bit_sizes(text: str) -> tuple[int, ...]:
 
 @he_app.command()
 def keygen(
-    out: Annotated[Path, typer.Option(help="Directory for hospital/ and server/ key material.")],
+    site: Annotated[
+        Path | None, typer.Option(help="At a hospital: its site directory; the secret context stays there.")
+    ] = None,
+    roster: Annotated[
+        Path | None, typer.Option(help="With --site: the coordinator's roster.json (who receives the secret).")
+    ] = None,
+    bundle: Annotated[
+        Path | None, typer.Option(help="With --site: where to write the bundle for the coordinator (nothing secret).")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Instead of --site: write hospital/ and server/ here (single-operator setups and tests)."),
+    ] = None,
     poly_modulus_degree: Annotated[
         int, typer.Option(help="CKKS ring degree: 4096 (default), 8192, 16384, 32768.")
     ] = 4096,
@@ -39,7 +54,7 @@ def keygen(
         bool, typer.Option("--force", help="Replace existing keys (models encrypted under them become unreadable).")
     ] = False,
 ) -> None:
-    """Make a secret context for the hospitals and a key-free context for the server."""
+    """Make the federation's CKKS key set: at a hospital (--site, sealed to the roster) or into one folder (--out)."""
     from common.he.keys import HEKeyError, write_keys
     from common.he.params import HEConfigError, HEParams
 
@@ -48,6 +63,15 @@ def keygen(
         coeff_mod_bit_sizes=_bit_sizes(coeff_mod_bit_sizes),
         global_scale_bits=scale_bits,
     )
+    if site is not None:
+        if roster is None or bundle is None or out is not None:
+            raise typer.BadParameter("--site needs --roster and --bundle, and no --out")
+        from fedcare.he_ceremony_cli import make_key_set_at_site
+
+        make_key_set_at_site(site, roster=roster, bundle=bundle, params=params)
+        return
+    if out is None:
+        raise typer.BadParameter("give --site (a hospital makes the key set) or --out (single operator)")
     try:
         files = write_keys(out, params, overwrite=force)
     except (HEConfigError, HEKeyError) as exc:
@@ -70,7 +94,7 @@ def keygen(
     console.print(table)
     console.print(
         "Anyone holding he-secret.ctx can read every update and the model: copy hospital/ only to hospitals, "
-        "server/ only to the server."
+        "server/ only to the server. In a federation, a hospital makes the keys instead: `--site`."
     )
 
 

@@ -11,6 +11,11 @@ kit.json          what was issued, for whom, and where to connect (no secrets)
 README.md         how to start the SuperNode, by hand or with docker compose
 ```
 No other hospital's key or token and no server key ever goes in (tests check the files).
+
+A kit issued for a registration request (the hospital made its own keys, `fedcare institution join`)
+holds no private key at all: `node.pub` and `sealing.pub` from the request, the CA, kit.json, the node
+config, and the budget token sealed to the hospital (`budget-token.sealed`). The hospital installs it
+into its site directory (`fedcare institution install`), which then has the layout above.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ import tomli_w
 
 from common.private_files import make_private_dir, write_private
 from fedcare.federation_dir import FederationConfig, FederationDir
-from fedcare.node_keys import NodeKeys, make_node_keys
+from fedcare.node_keys import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, make_node_keys
+from fedcare.registration_request import RegistrationRequest
 from fedcare.registry import now
+from fedcare.sealing import SEALING_PUBLIC_KEY_FILE, seal
 
 CA_FILE, NODE_CONFIG_FILE, TOKEN_FILE, HE_CONTEXT_FILE, HE_PARAMS_FILE = (
     "ca.crt",
@@ -35,6 +42,12 @@ CA_FILE, NODE_CONFIG_FILE, TOKEN_FILE, HE_CONTEXT_FILE, HE_PARAMS_FILE = (
     "he-params.json",
 )
 KIT_FILE, README_FILE = "kit.json", "README.md"
+SEALED_TOKEN_FILE = "budget-token.sealed"  # the budget token, sealed to the hospital's sealing key
+SEALED_HE_SECRET_FILE = "he-secret.sealed"  # the CKKS secret context, sealed to the hospital (relayed key set)
+# The node-config key naming the hospital's CKKS secret context, and the run-config key naming the
+# server's key-free one: declared once here (they are about to be renamed he-secret-context/he-public-context).
+NODE_HE_CONTEXT_KEY = "he-secret-context"
+RUN_HE_CONTEXT_KEY = "he-public-context"
 
 
 @dataclass(frozen=True)
@@ -47,34 +60,55 @@ class KitOptions:
     node_config: str | None = None  # a whole --node-config string instead of the generated TOML
 
 
-def write_kit(fed: FederationDir, options: KitOptions, *, config: FederationConfig) -> tuple[Path, NodeKeys]:
-    """Create (or, on rotation, refresh) the kit folder; returns it and the new node keys."""
+def write_kit(
+    fed: FederationDir, options: KitOptions, *, config: FederationConfig, request: RegistrationRequest | None = None
+) -> tuple[Path, str]:
+    """Create (or, on rotation, refresh) the kit folder; returns it and the node key's fingerprint.
+
+    With a `request` the hospital made its keys: the kit gets their public halves and no secret. Without,
+    the coordinator makes the node key pair here (the one-step path: the coordinator has seen the key).
+    """
     kit = make_private_dir(fed.kit_dir(options.name))
-    keys = make_node_keys(kit, comment=f"fedcare-{kit.name}")
+    if request is None:
+        node_key_fingerprint = make_node_keys(kit, comment=f"fedcare-{kit.name}").fingerprint
+    else:
+        # From an earlier one-step kit, or sealed to keys this request replaces.
+        for stale in (PRIVATE_KEY_FILE, HE_CONTEXT_FILE, TOKEN_FILE, SEALED_HE_SECRET_FILE, HE_PARAMS_FILE):
+            (kit / stale).unlink(missing_ok=True)
+        _write_public(kit / PUBLIC_KEY_FILE, request.node_public_key + "\n")
+        _write_public(kit / SEALING_PUBLIC_KEY_FILE, request.sealing_public_key + "\n")
+        node_key_fingerprint = request.node_key_fingerprint
     shutil.copyfile(fed.ca_certificate, kit / CA_FILE)
     root = options.kit_root or str(kit)
-    if config.he:
+    he_secret = config.he and request is None  # a coordinator-made CKKS secret only goes into one-step kits
+    if he_secret:
         from common.he.keys import KeyFiles
 
         he = KeyFiles.at(fed.he_dir)
         write_private(kit / HE_CONTEXT_FILE, he.hospital_context.read_bytes())
         shutil.copyfile(he.hospital_params, kit / HE_PARAMS_FILE)
-    (kit / NODE_CONFIG_FILE).write_text(node_config_toml(options, root=root, he=config.he))
+    (kit / NODE_CONFIG_FILE).write_text(node_config_toml(options, root=root, he=he_secret))
     info = {
         "institution": options.name,
         "slug": kit.name,
         "issued-at": now(),
         "fleet-address": config.fleet_address,
         "budget-url": config.budget_url,
-        "node-key-fingerprint": keys.fingerprint,
+        "node-key-fingerprint": node_key_fingerprint,
+        "keys-made-by": "coordinator" if request is None else "institution",
         "he": config.he,
+        "kit-root": root,
         "node-config": options.node_config or f"{root}/{NODE_CONFIG_FILE}",
     }
     (kit / KIT_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    (kit / README_FILE).write_text(
-        readme(options.name, slug=kit.name, root=root, config=config, node_config=options.node_config)
-    )
-    return kit, keys
+    text = readme(options.name, slug=kit.name, root=root, config=config, node_config=options.node_config)
+    (kit / README_FILE).write_text(text if request is None else request_readme(options.name, kit=kit))
+    return kit, node_key_fingerprint
+
+
+def _write_public(path: Path, text: str) -> None:
+    path.write_text(text)
+    path.chmod(0o644)
 
 
 def node_config_toml(options: KitOptions, *, root: str, he: bool) -> str:
@@ -87,12 +121,35 @@ def node_config_toml(options: KitOptions, *, root: str, he: bool) -> str:
         "epsilon-limit": options.epsilon_limit,
     }
     if he:
-        config["he-secret-context"] = f"{root}/{HE_CONTEXT_FILE}"
+        config[NODE_HE_CONTEXT_KEY] = f"{root}/{HE_CONTEXT_FILE}"
     return tomli_w.dumps(config)
 
 
-def write_budget_token(kit: Path, token: str) -> Path:
-    return write_private(kit / TOKEN_FILE, token + "\n")
+def write_budget_token(kit: Path, token: str, *, sealing_public_key: str | None = None) -> Path:
+    """The institution's budget token in its kit: sealed to its sealing key when it has one, so the kit
+    can travel over any channel; in clear (0600) for a one-step kit, which is secret as a whole anyway."""
+    if sealing_public_key is None:
+        return write_private(kit / TOKEN_FILE, token + "\n")
+    path = kit / SEALED_TOKEN_FILE
+    path.write_bytes(seal(token.encode(), public_b64=sealing_public_key))
+    path.chmod(0o644)
+    return path
+
+
+def request_readme(name: str, *, kit: Path) -> str:
+    return f"""# fedcare kit for {name}
+
+Made for the node key and sealing key {name} generated itself (`fedcare institution join`). It holds
+no private key: `node.pub` and `sealing.pub` are yours, `ca.crt` is the federation's CA, and
+`budget-token.sealed` opens only with your `sealing.key`. Install it into your site directory:
+
+```bash
+fedcare institution install --kit {kit.name} --site SITE_DIR
+```
+
+That checks the kit was made for your node key, unseals the budget token and writes the node config
+with paths in SITE_DIR. Then start the SuperNode from SITE_DIR as its README says.
+"""
 
 
 def readme(name: str, *, slug: str, root: str, config: FederationConfig, node_config: str | None) -> str:

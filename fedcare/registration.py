@@ -6,6 +6,11 @@ The kit is always made first; the two remote halves are then attempted and,
 when a service is not running, recorded as pending in the registry. `sync`
 finishes whatever is pending, and starting a local federation calls it, so a
 coordinator can issue kits before anything runs.
+
+Two ways in, one record: a hospital's registration request (it made its own
+keys; the kit holds no private key and its budget token is sealed to the
+hospital), or the one-step path where the coordinator makes the keys, for
+single-operator setups only. The record says which (`keys_made_by`).
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedcare.federation_dir import FederationDir
-from fedcare.kits import TOKEN_FILE, KitOptions, write_budget_token, write_kit
+from fedcare.kits import SEALED_TOKEN_FILE, TOKEN_FILE, KitOptions, write_budget_token, write_kit
+from fedcare.registration_request import RegistrationRequest
 from fedcare.registry import InstitutionRecord, Registry, now
 from fedcare.superlink_control import SuperLinkConnection, SuperLinkControl, SuperLinkError, SuperLinkUnavailable
 from server.budget_client.admin import BudgetAdmin
@@ -64,11 +70,20 @@ def register_institution(
     fed: FederationDir,
     options: KitOptions,
     *,
+    request: RegistrationRequest | None = None,
     rotate: bool = False,
     superlink: SuperLinkConnection | None,
     budget: BudgetTarget | None,
 ) -> RegistrationReport:
-    """Issue `options.name`'s kit and register it; an existing name is refused unless `rotate` (new key, new token)."""
+    """Issue `options.name`'s kit and register it; an existing name is refused unless `rotate` (new key, new token).
+
+    With a `request`, the hospital's own public keys are registered and the kit holds no private key;
+    without, the coordinator makes the node key pair (single-operator setups).
+    """
+    if request is not None and request.institution != options.name:
+        raise RegistrationError(
+            f"the request is for {request.institution!r}, not {options.name!r}; register it under its own name"
+        )
     config = fed.config()
     with Registry(fed.registry_path).locked() as registry:
         slug = fed.kit_dir(options.name).name
@@ -84,15 +99,18 @@ def register_institution(
                 f"{options.name!r} is already {state} (kit {fed.kit_dir(options.name)}); "
                 "pass --rotate to issue a new key and token (the old ones stop working)"
             )
-        kit, keys = write_kit(fed, options, config=config)
-        (kit / TOKEN_FILE).unlink(missing_ok=True)  # a rotated kit gets a new token, or none until sync
+        kit, node_key_fingerprint = write_kit(fed, options, config=config, request=request)
+        for token_file in (TOKEN_FILE, SEALED_TOKEN_FILE):  # a rotated kit gets a new token, or none until sync
+            (kit / token_file).unlink(missing_ok=True)
         record = InstitutionRecord(
             name=options.name,
             slug=slug,
             epsilon_limit=options.epsilon_limit,
             delta=options.delta,
-            fingerprint=keys.fingerprint,
+            fingerprint=node_key_fingerprint,
             budget="pending" if (budget is not None or config.budget_url) else "off",
+            keys_made_by="coordinator" if request is None else "institution",
+            sealing_public_key=None if request is None else request.sealing_public_key,
         )
         if old is not None:
             record.created_at = old.created_at
@@ -102,7 +120,10 @@ def register_institution(
             if old.budget == "off" and budget is None:
                 record.budget = "off"
         registry.institutions[slug] = record
-        report = RegistrationReport(options.name, kit, record, done=[f"kit written to {kit} (key {keys.fingerprint})"])
+        made = "no private key: the institution made its keys" if request else "the coordinator made the keys"
+        report = RegistrationReport(
+            options.name, kit, record, done=[f"kit written to {kit} (key {node_key_fingerprint}; {made})"]
+        )
         _complete(fed, record, report, superlink=superlink, budget=budget)
     return report
 
@@ -208,10 +229,11 @@ def _complete_budget(
     if record.budget == "pending":
         view = client.ensure_institution(record.name, record.epsilon_limit, record.delta)
         token = view.token or client.rotate_institution_token(view.id)  # existing: a new token, the old one stops
-        write_budget_token(fed.kit_dir(record.name), token)
+        write_budget_token(fed.kit_dir(record.name), token, sealing_public_key=record.sealing_public_key)
         record.budget, record.budget_institution_id = "registered", view.id
         report.done.append(
-            f"budget service: institution {view.id} registered, token written to the kit "
+            f"budget service: institution {view.id} registered, token "
+            f"{'sealed into' if record.sealing_public_key else 'written to'} the kit "
             f"({'new' if view.token else 'rotated'})"
         )
     elif record.budget == "revoke-pending":

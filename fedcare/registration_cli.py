@@ -87,7 +87,14 @@ def init(
     budget_url: Annotated[
         str, typer.Option(help="The budget service's URL; '' for a federation without one.")
     ] = DEFAULT_BUDGET_URL,
-    he: Annotated[bool, typer.Option("--he", help="Make CKKS keys: kits get the hospitals' secret context.")] = False,
+    he: Annotated[
+        bool,
+        typer.Option(
+            "--he",
+            help="Single-operator setups only: the coordinator makes the CKKS keys and one-step kits copy the secret. "
+            "Otherwise a hospital makes them (`fedcare he keygen --site`).",
+        ),
+    ] = False,
     days: Annotated[int, typer.Option(min=1, help="Validity of the CA and SuperLink certificates, in days.")] = 825,
 ) -> None:
     """Create a federation directory: CA, SuperLink TLS certificate, HE keys (--he), budget admin token."""
@@ -128,7 +135,15 @@ def init(
         f"--ssl-keyfile {fed.server_key} --enable-supernode-auth --database <state>/superlink.db`; "
         f"hospitals dial {config.fleet_address}."
     )
-    console.print(f"Next: `fedcare institution register NAME --epsilon-limit E --delta D --federation {fed.root}`")
+    if he:
+        errors.print(
+            f"[bold red]The coordinator made the CKKS secret ({fed.he_dir / 'hospital'}) and can read every update.[/] "
+            "Single-operator setups only; otherwise a hospital makes the key set (docs/he.md, the key ceremony)."
+        )
+    console.print(
+        "Next: each hospital runs `fedcare institution join NAME --out SITE`, then "
+        f"`fedcare institution register --request FILE --epsilon-limit E --delta D --federation {fed.root}`"
+    )
 
 
 @federation_app.command("sync")
@@ -155,12 +170,19 @@ def sync_command(
 @institution_app.command()
 def register(
     name: Annotated[
-        str, typer.Argument(help="The institution's name, as its ClientApp reports it and the ledger lists it.")
-    ],
+        str | None,
+        typer.Argument(
+            help="One-step (single-operator setups only): the institution's name; the coordinator makes its keys."
+        ),
+    ] = None,
+    request: Annotated[
+        Path | None,
+        typer.Option(help="The hospital's registration-request.json (`fedcare institution join`): its own keys."),
+    ] = None,
     epsilon_limit: Annotated[
         float, typer.Option(min=1e-9, help="Its lifetime epsilon limit (ledger and its own node).")
-    ],
-    delta: Annotated[float, typer.Option(min=1e-12, max=0.999999, help="The delta its epsilon is stated at.")],
+    ] = ...,
+    delta: Annotated[float, typer.Option(min=1e-12, max=0.999999, help="The delta its epsilon is stated at.")] = ...,
     data_path: Annotated[
         str | None, typer.Option(help="Its data file as the hospital sees it (default: KIT/data.csv).")
     ] = None,
@@ -191,25 +213,33 @@ def register(
         ),
     ] = False,
 ) -> None:
-    """Issue NAME's kit (node key pair, CA, HE context, budget token, node config, README) and register it.
+    """Register a hospital from its request (--request: the kit holds no private key), or make its keys here.
 
     Registrations with a SuperLink or budget service that is not running are kept pending (exit code 3);
     `fedcare federation sync` completes them.
     """
     from fedcare.kits import KitOptions
     from fedcare.registration import register_institution
+    from fedcare.registration_request import RequestError, read_request
 
     fed = FederationDir(federation.resolve())
     try:
+        parsed = read_request(request) if request is not None else None
+        if parsed is not None and name is not None and name != parsed.institution:
+            raise RegistrationError(f"NAME {name!r} differs from the request's institution {parsed.institution!r}")
+        name = parsed.institution if parsed is not None else name
+        if name is None:
+            raise RegistrationError("give --request FILE (the hospital made its keys) or a NAME (one-step)")
         link, budget = _targets(fed, superlink, budget_url)
         report = register_institution(
             fed,
             KitOptions(name, epsilon_limit, delta, data_path, kit_root, node_config),
+            request=parsed,
             rotate=rotate,
             superlink=link,
             budget=budget,
         )
-    except (FederationDirError, RegistrationError, ValueError) as exc:
+    except (FederationDirError, RegistrationError, RequestError, ValueError) as exc:
         raise _fail(f"not registered: {exc}", 2) from None
     _print_report(report, verb="rotated" if rotate else "registered")
     if compose:
@@ -219,7 +249,18 @@ def register(
         console.print(
             f"compose override: {override} (docker compose -f docker-compose.yml -f {override} up -d {report.kit.name})"
         )
-    console.print(f"Send {report.kit} to {name} over a channel you trust; it holds its private key and token.")
+    if parsed is None:
+        errors.print(
+            f"[bold red]The coordinator made {name}'s keys and has seen its private node key (kit.json and the "
+            "registry record it).[/] Single-operator setups only: otherwise the hospital runs `fedcare institution "
+            "join` and you register its request."
+        )
+        console.print(f"Send {report.kit} to {name} over a channel you trust; it holds its private key and token.")
+    else:
+        console.print(
+            f"Send {report.kit} to {name}: it holds no private key (the budget token is sealed to {name}); "
+            f"check the node key fingerprint {parsed.node_key_fingerprint} with {name} over another channel."
+        )
     if report.pending:
         raise typer.Exit(3)
 
@@ -241,6 +282,10 @@ def revoke(
     except (FederationDirError, RegistrationError) as exc:
         raise _fail(f"not revoked: {exc}", 2) from None
     _print_report(report, verb="revoked")
+    from fedcare.he_relay import key_set_problem  # TenSEAL: only after the revocation is done
+
+    if problem := key_set_problem(fed):
+        errors.print(f"[bold red]HE:[/] {problem}")
     if report.pending:
         raise typer.Exit(3)
 

@@ -24,6 +24,9 @@ from common.atomic import write_json_atomic
 # pending: to do at the next sync; registered/revoked: done; off: no budget service in this federation.
 SuperLinkState = Literal["pending", "registered", "revoke-pending", "revoked"]
 BudgetState = Literal["pending", "registered", "revoke-pending", "revoked", "off"]
+# Who made the institution's node key pair: the institution itself (registered by request, the coordinator
+# never saw a private key) or the coordinator (the one-step path for single-operator setups).
+KeysMadeBy = Literal["institution", "coordinator"]
 FORMAT = "fedcare-registry/1"
 
 
@@ -47,6 +50,8 @@ class InstitutionRecord:
     created_at: str = field(default_factory=now)
     updated_at: str = field(default_factory=now)
     revoked_at: str | None = None
+    keys_made_by: KeysMadeBy = "coordinator"  # records made before requests existed were all the coordinator's
+    sealing_public_key: str | None = None  # base64 X25519: secrets for this institution are sealed to it
 
     @property
     def active(self) -> bool:

@@ -57,6 +57,7 @@ class HERounds(BaseRounds):
     def model_content(self, server_round: int) -> RecordDict:
         """Before any aggregated round, the plaintext initial model; then the last encrypted sum."""
         content = self.ctx.config(server_round)
+        content["config"]["he-key-id"] = self.keys.key_id  # RoundConfig.he_key_id: the run's key set
         if self.global_sum is None:
             content["arrays"] = from_numpy(self.initial)
         else:

@@ -137,6 +137,17 @@ def load_secret_context(path: Path) -> ts.Context:
     return ctx
 
 
+def load_hospital_context(data: bytes) -> ts.Context:
+    """A hospital's context from bytes (a freshly unsealed key set); it must hold the secret key."""
+    ctx = _context_from_bytes(data, what="hospital HE context")
+    if not ctx.has_secret_key():
+        raise HEKeyError(
+            "the hospital HE context holds no secret key: hospitals need the key set's "
+            f"{HOSPITAL_CONTEXT_FILE}, not the server's context"
+        )
+    return ctx
+
+
 @dataclass(frozen=True)
 class ServerHEContext:
     """What the server loads: the params-only context bytes and the public facts about the keys."""

@@ -54,3 +54,29 @@ def test_pending_budget_registration_is_synced_rotated_and_revoked(tmp_path: Pat
         assert not _reads_own_budget(url, second)
         with BudgetAdmin(url, fed.admin_token()) as admin:
             assert admin.budgets()["St Mary"].epsilon_limit == pytest.approx(6.0)  # the record stays
+
+
+def test_a_request_registration_gets_its_token_sealed_and_only_its_site_opens_it(tmp_path: Path) -> None:
+    from fedcare.registration_request import read_request
+    from fedcare.site import install_kit, join_site
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    fed = init_federation(tmp_path / "fed", budget_url=url)
+    budget = BudgetTarget(url, fed.admin_token())
+    site, _ = join_site(tmp_path / "st-mary", "St Mary")
+    request = read_request(site.request)  # what the coordinator receives
+    report = register_institution(fed, KitOptions("St Mary", 6.0, 1e-5), request=request, superlink=None, budget=budget)
+    assert report.record.budget == "pending"
+    assert "no budget token in the kit yet" in " ".join(install_kit(report.kit, site.root).notes)
+
+    with running_budget_service(
+        database_url=f"sqlite:///{tmp_path / 'ledger.db'}", admin_token=fed.admin_token(), port=port
+    ):
+        (synced,) = sync(fed, superlink=None, budget=budget)
+        assert synced.record.budget == "registered"
+        assert not (synced.kit / "budget-token").exists()  # the coordinator keeps only the sealed form
+        sealed = (synced.kit / "budget-token.sealed").read_bytes()
+        install_kit(synced.kit, site.root)
+        token = (site.root / "budget-token").read_text().strip()
+        assert token.encode() not in sealed and _reads_own_budget(url, token)

@@ -157,3 +157,19 @@ def test_the_server_holds_only_ciphertexts_and_hospitals_refuse_a_stale_sum(tmp_
     replies = rounds.evaluate(nodes=[1, 2, 3], server_round=3)
     assert {r.code for r in replies.rejections} == {"bad-global-model"} and len(replies.rejections) == 3
     assert "round 3" in replies.rejections[0].reason
+
+
+def test_a_hospital_holding_another_key_set_refuses_by_name_and_the_others_aggregate(
+    tmp_path: Path, split: DemoSplit
+) -> None:
+    """After a rotation, a hospital still on the old key set must not encrypt under it: it refuses, naming
+    both key ids, and the server's sum holds only updates under the run's key set."""
+    rounds, grid = _rounds(tmp_path, split)
+    stale = write_keys(tmp_path / "old-he")
+    grid.hospitals[2] = {**grid.hospitals[2], "he-secret-context": str(stale.hospital_context)}
+    outcome = rounds.train(nodes=[1, 2, 3], server_round=1)
+    assert outcome.aggregated and sorted(outcome.replies.participants) == ["hospital-1", "hospital-3"]
+    (rejection,) = outcome.replies.rejections
+    assert (rejection.institution, rejection.code) == ("hospital-2", "he-key-mismatch")
+    assert stale.key_id in rejection.reason and rounds.keys.key_id in rejection.reason
+    assert rounds.global_sum is not None and rounds.global_sum.header.key_id == rounds.keys.key_id

@@ -12,6 +12,7 @@ import tenseal as ts
 from common.he.keys import (
     HEKeyError,
     key_id,
+    load_hospital_context,
     load_public_context,
     load_secret_context,
     load_server_context,
@@ -19,7 +20,6 @@ from common.he.keys import (
     write_keys,
 )
 from common.he.params import HEParams
-from tests.common.he.helpers import load_hospital_context
 
 
 def test_server_context_has_no_key_and_cannot_decrypt(keys: tuple[bytes, bytes], ctx: ts.Context) -> None:
