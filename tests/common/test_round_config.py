@@ -42,7 +42,8 @@ def test_the_hospital_gets_the_run_settings_typed() -> None:
 
 def test_only_the_training_settings_travel() -> None:
     aliases = {field.alias or name for name, field in TrainingSettings.model_fields.items()}
-    assert set(_sent(_settings())) == aliases | {"server-round", "schema"}  # no paths, URLs or server timeouts
+    # no paths, URLs or server timeouts; the HE key id is public (a digest), and empty outside HE mode
+    assert set(_sent(_settings())) == aliases | {"server-round", "schema", "he-key-id"}
 
 
 def test_a_missing_key_is_refused_by_name_not_defaulted() -> None:
