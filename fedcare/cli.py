@@ -15,9 +15,10 @@ from common.settings import PrivacyMode
 from fedcare.budget_cli import budget_app
 from fedcare.compose import compose_app
 from fedcare.federation import FederationError
+from fedcare.federation_cli import federation_app
 from fedcare.he_ceremony_cli import add_ceremony_commands
 from fedcare.he_cli import he_app
-from fedcare.registration_cli import federation_app, institution_app
+from fedcare.registration_cli import institution_app
 from fedcare.site_cli import add_site_commands
 
 app = typer.Typer(help="fedcare: federated learning for hospitals.", no_args_is_help=True, add_completion=False)

@@ -1,4 +1,4 @@
-"""`fedcare federation ...` and `fedcare institution ...`: set up a federation, issue and revoke hospitals' kits.
+"""`fedcare institution ...` at the coordinator: issue and revoke hospitals' kits, list them.
 
 Non-interactive and path-based on purpose: the deploy tooling runs these
 commands inside containers. Secrets are written to files (0600), never printed.
@@ -14,19 +14,11 @@ from rich.console import Console
 from rich.table import Table
 
 from fedcare.federation_dir import (
-    DEFAULT_BUDGET_URL,
-    DEFAULT_CONTROL_ADDRESS,
     FederationDir,
     FederationDirError,
-    init_federation,
 )
 from fedcare.registration import RegistrationError, RegistrationReport
 
-federation_app = typer.Typer(
-    help="A federation directory: CA, SuperLink certificate, HE keys, budget admin token.",
-    no_args_is_help=True,
-    add_completion=False,
-)
 institution_app = typer.Typer(
     help="Hospitals: issue a kit and register it, revoke it, list them.", no_args_is_help=True, add_completion=False
 )
@@ -45,18 +37,18 @@ BudgetOption = Annotated[
 ]
 
 
-def _fail(message: str, code: int = 1) -> typer.Exit:
+def fail(message: str, code: int = 1) -> typer.Exit:
     errors.print(f"[red]{message}[/]")
     return typer.Exit(code)
 
 
-def _targets(fed: FederationDir, superlink: str | None, budget_url: str | None):
+def targets(fed: FederationDir, superlink: str | None, budget_url: str | None):
     from fedcare.registration import budget_target, superlink_connection
 
     return superlink_connection(fed, address=superlink), budget_target(fed, url=budget_url)
 
 
-def _print_report(report: RegistrationReport, *, verb: str) -> None:
+def print_report(report: RegistrationReport, *, verb: str) -> None:
     console.print(f"[bold]{report.name}[/] {verb}: kit {report.kit}")
     for line in report.done:
         console.print(f"  [green]done[/]    {line}")
@@ -64,107 +56,6 @@ def _print_report(report: RegistrationReport, *, verb: str) -> None:
         console.print(f"  [yellow]note[/]    {line}")
     for line in report.pending:
         console.print(f"  [yellow]pending[/] {line}  (run `fedcare federation sync` once it is running)")
-
-
-@federation_app.command()
-def init(
-    directory: Annotated[Path, typer.Argument(help="Where to create the federation directory.")],
-    san: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--san",
-            help="A DNS name or IP address hospitals use to reach the SuperLink; repeat it. "
-            "Default: localhost, 127.0.0.1, ::1.",
-        ),
-    ] = None,
-    superlink: Annotated[
-        str, typer.Option("--superlink", help="The SuperLink's control API as the coordinator reaches it (HOST:PORT).")
-    ] = DEFAULT_CONTROL_ADDRESS,
-    fleet_address: Annotated[
-        str | None,
-        typer.Option(help="What hospitals' SuperNodes dial (HOST:PORT). Default: the first --san, port 9092."),
-    ] = None,
-    budget_url: Annotated[
-        str, typer.Option(help="The budget service's URL; '' for a federation without one.")
-    ] = DEFAULT_BUDGET_URL,
-    he: Annotated[
-        bool,
-        typer.Option(
-            "--he",
-            help="Single-operator setups only: the coordinator makes the CKKS keys and one-step kits copy the secret. "
-            "Otherwise a hospital makes them (`fedcare he keygen --site`).",
-        ),
-    ] = False,
-    days: Annotated[int, typer.Option(min=1, help="Validity of the CA and SuperLink certificates, in days.")] = 825,
-) -> None:
-    """Create a federation directory: CA, SuperLink TLS certificate, HE keys (--he), budget admin token."""
-    try:
-        fed = init_federation(
-            directory,
-            sans=tuple(san or ("localhost", "127.0.0.1", "::1")),
-            control_address=superlink,
-            fleet_address=fleet_address,
-            budget_url=budget_url,
-            he=he,
-            days=days,
-        )
-    except (FederationDirError, ValueError) as exc:
-        raise _fail(f"no federation created: {exc}", 2) from None
-    config = fed.config()
-    table = Table(title=f"federation directory {fed.root}")
-    table.add_column("file")
-    table.add_column("what it is for")
-    table.add_column("mode")
-    rows = [
-        (fed.ca_certificate, "CA certificate: copied into every kit"),
-        (fed.ca_key, "CA private key: re-issues the SuperLink certificate; keep it offline"),
-        (fed.server_certificate, f"SuperLink certificate for {', '.join(config.dns_names + config.ip_addresses)}"),
-        (fed.server_key, "SuperLink private key: only the SuperLink reads it"),
-        (fed.admin_token_file, "budget service admin token (FEDCARE_ADMIN_TOKEN)"),
-    ]
-    if he:
-        rows += [
-            (fed.he_dir / "hospital", "CKKS secret context: copied into kits only"),
-            (fed.he_dir / "server", "CKKS context without keys: for the ServerApp"),
-        ]
-    for path, what in rows:
-        table.add_row(str(path.relative_to(fed.root)), what, oct(path.stat().st_mode & 0o777))
-    console.print(table)
-    console.print(
-        f"SuperLink: start it with `--ssl-ca-certfile {fed.ca_certificate} --ssl-certfile {fed.server_certificate} "
-        f"--ssl-keyfile {fed.server_key} --enable-supernode-auth --database <state>/superlink.db`; "
-        f"hospitals dial {config.fleet_address}."
-    )
-    if he:
-        errors.print(
-            f"[bold red]The coordinator made the CKKS secret ({fed.he_dir / 'hospital'}) and can read every update.[/] "
-            "Single-operator setups only; otherwise a hospital makes the key set (docs/he.md, the key ceremony)."
-        )
-    console.print(
-        "Next: each hospital runs `fedcare institution join NAME --out SITE`, then "
-        f"`fedcare institution register --request FILE --epsilon-limit E --delta D --federation {fed.root}`"
-    )
-
-
-@federation_app.command("sync")
-def sync_command(
-    federation: FederationOption = Path("."), superlink: SuperLinkOption = None, budget_url: BudgetOption = None
-) -> None:
-    """Finish registrations and revocations left pending while the SuperLink or the budget service was down."""
-    from fedcare.registration import sync
-
-    fed = FederationDir(federation.resolve())
-    try:
-        link, budget = _targets(fed, superlink, budget_url)
-        reports = sync(fed, superlink=link, budget=budget)
-    except (FederationDirError, RegistrationError) as exc:
-        raise _fail(str(exc)) from None
-    if not reports:
-        console.print("nothing pending")
-    for report in reports:
-        _print_report(report, verb="synced")
-    if any(r.pending for r in reports):
-        raise typer.Exit(3)
 
 
 @institution_app.command()
@@ -230,7 +121,7 @@ def register(
         name = parsed.institution if parsed is not None else name
         if name is None:
             raise RegistrationError("give --request FILE (the hospital made its keys) or a NAME (one-step)")
-        link, budget = _targets(fed, superlink, budget_url)
+        link, budget = targets(fed, superlink, budget_url)
         report = register_institution(
             fed,
             KitOptions(name, epsilon_limit, delta, data_path, kit_root, node_config),
@@ -240,8 +131,8 @@ def register(
             budget=budget,
         )
     except (FederationDirError, RegistrationError, RequestError, ValueError) as exc:
-        raise _fail(f"not registered: {exc}", 2) from None
-    _print_report(report, verb="rotated" if rotate else "registered")
+        raise fail(f"not registered: {exc}", 2) from None
+    print_report(report, verb="rotated" if rotate else "registered")
     if compose:
         from fedcare.compose import write_hospital_override
 
@@ -277,11 +168,11 @@ def revoke(
 
     fed = FederationDir(federation.resolve())
     try:
-        link, budget = _targets(fed, superlink, budget_url)
+        link, budget = targets(fed, superlink, budget_url)
         report = revoke_institution(fed, name, superlink=link, budget=budget)
     except (FederationDirError, RegistrationError) as exc:
-        raise _fail(f"not revoked: {exc}", 2) from None
-    _print_report(report, verb="revoked")
+        raise fail(f"not revoked: {exc}", 2) from None
+    print_report(report, verb="revoked")
     from fedcare.he_relay import key_set_problem  # TenSEAL: only after the revocation is done
 
     if problem := key_set_problem(fed):
@@ -300,7 +191,7 @@ def list_command(federation: FederationOption = Path(".")) -> None:
         fed.config()
         records = list_institutions(fed)
     except FederationDirError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     table = Table(title=f"institutions of {fed.root}")
     for column in ("institution", "node id", "SuperLink", "budget", "epsilon limit", "delta", "pending"):
         table.add_column(column, no_wrap=column == "institution")
