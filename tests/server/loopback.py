@@ -13,9 +13,17 @@ from types import SimpleNamespace
 from flwr.app import Context, Message, RecordDict
 
 from client.app import evaluate as client_evaluate
+from client.app import federation_metrics as client_federation_metrics
+from client.app import liveness as client_liveness
 from client.app import train as client_train
 
 RUN = 77
+HANDLERS = {
+    "train": client_train,
+    "evaluate": client_evaluate,
+    "query.metrics": client_federation_metrics,
+    "query.liveness": client_liveness,
+}
 
 
 @dataclass
@@ -40,8 +48,7 @@ class LoopbackGrid:
                 run_id=RUN, node_id=node, node_config=self.hospitals[node], state=RecordDict(), run_config={}
             )
             self.received.append((node, msg.metadata.message_type))
-            handler = client_train if msg.metadata.message_type == "train" else client_evaluate
-            reply = handler(msg, context)
+            reply = HANDLERS[msg.metadata.message_type](msg, context)
             self.tamper(node, reply)
             self._replies[msg.metadata.message_id] = reply
             ids.append(msg.metadata.message_id)
