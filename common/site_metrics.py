@@ -28,6 +28,8 @@ import numpy as np
 
 # The record a hospital's reply carries with the federation-level figures it decrypted (HE mode).
 FEDERATION_RECORD = "federation-metrics"
+# A record in a SecAgg+ round's message: score the model and mask the scores, do not train (final scoring).
+SCORE_ONLY_RECORD = "score-only"
 SLOTS = ("eval-loss-sum", "eval-correct", "eval-examples", "train-loss-sum", "train-examples")
 # The metrics vector as a one-tensor "model", so HE's wire format, checks and layout id apply unchanged.
 TEMPLATE: OrderedDict[str, np.ndarray] = OrderedDict({"fedcare.site-metrics": np.zeros(len(SLOTS), np.float64)})
