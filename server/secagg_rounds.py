@@ -16,12 +16,10 @@ nodes the ServerApp's loop chose, minus nodes that look dead:
 The averaged model is plaintext on the server (that is what SecAgg+ reveals), so the saved models
 (`round-N.pt`, `final_model.pt`) are exactly as in plain mode.
 
-Metrics: the masked vector ends with the hospitals' metrics per training example
-(`common.site_metrics`), so the unmasked average gives the federation-level figures of each round at
-once. In aggregate mode (the default here) that is all the server learns; the final scoring is then
-one more SecAgg+ round in which hospitals only score and mask their scores (`score-only`), since a
-plain evaluate message would carry each hospital's scores in clear. With per-site metrics the
-figures travel in clear as in plain mode, and the final scoring is a plain evaluate message.
+Metrics: the masked vector ends with each hospital's metrics per training example
+(`common.site_metrics`); unmasked, they give the round's federation figures. In aggregate mode that is
+all the server learns, and the final scoring is a score-only SecAgg+ round (an evaluate message would
+carry each hospital's scores in clear). With per-site metrics, everything is as in plain mode.
 """
 
 from __future__ import annotations
@@ -280,7 +278,10 @@ class SecAggRounds(PlaintextModelRounds):
     def _read_figures(self, replies: SortedReplies, aggregate: np.ndarray, *, server_round: int) -> None:
         """Aggregate metrics: the federation figures from the unmasked metrics array (per-site: unused)."""
         if not self.ctx.settings.per_site_metrics:
-            replies.federation = [FederationFigures.from_aggregate(aggregate, server_round=server_round)]
+            try:
+                replies.federation = [FederationFigures.from_aggregate(aggregate, server_round=server_round)]
+            except ValueError as exc:  # not the metrics array: a hospital of another fedcare version
+                log.error("round %d: no federation figures, the unmasked metrics are unusable: %s", server_round, exc)
 
     # ---- after the rounds ------------------------------------------------------------------------
     def evaluate(self, *, nodes: list[int], server_round: int) -> SortedReplies:
@@ -295,11 +296,6 @@ class SecAggRounds(PlaintextModelRounds):
                 "final scoring (SecAgg+, round %d) failed: %s; the final model's federation figures are unknown",
                 server_round,
                 result.failure or "no aggregate",
-            )
-            return checked.replies
-        if len(result.average) != len(self.weights) + 1:
-            log.error(
-                "final scoring: the unmasked sum has %d arrays, expected %d", len(result.average), len(self.weights) + 1
             )
             return checked.replies
         self._read_figures(checked.replies, result.average[-1], server_round=server_round)
