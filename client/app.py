@@ -33,7 +33,7 @@ def train(msg: Message, context: Context) -> Message:
         return refusal(msg, exc)
     content = RecordDict()
     try:
-        trained.local.put_update(content)
+        trained.put_update(content)
     except RoundRefused as exc:
         return trained.refuse(msg, exc)
     return trained.reply(msg, content)
@@ -42,15 +42,53 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     from client.local_round import LocalRound, RoundRefused
+    from client.metrics_report import put_encrypted_metrics, put_figures, received_figures, site_metrics
     from client.train_reply import refusal
 
     try:
         local = LocalRound.from_message(msg, context)
         score = local.score()
+        content = RecordDict()
+        if local.config.per_site_metrics:
+            metrics = {"eval-loss": score.loss, "eval-accuracy": score.accuracy, "eval-examples": score.examples}
+        else:  # the scores travel only inside the aggregate (client/metrics_report.py)
+            metrics = {"num-examples": local.train_examples}
+            put_figures(content, received_figures(msg, local))
+            if local.secret_context is not None:
+                put_encrypted_metrics(content, local, site_metrics(local, score))
     except RoundRefused as exc:
         return refusal(msg, exc)
-    metrics = MetricRecord({"eval-loss": score.loss, "eval-accuracy": score.accuracy, "eval-examples": score.examples})
-    return Message(RecordDict({"metrics": metrics, "status": ConfigRecord(local.ok_status())}), reply_to=msg)
+    content["metrics"] = MetricRecord(metrics)
+    content["status"] = ConfigRecord(local.ok_status())
+    return Message(content, reply_to=msg)
+
+
+@app.query("metrics")
+def federation_metrics(msg: Message, context: Context) -> Message:
+    """HE aggregate mode, after the final scoring: decrypt the server's sum of the hospitals' scores and
+    report the federation-level figures (the server holds no key to do it)."""
+    # The secret context is found as for a train message (one rule for where the key lives).
+    from client.local_round import RoundRefused, _secret_context_for
+    from client.metrics_report import decrypt_figures, put_figures
+    from client.train_reply import refusal
+    from common.settings import NodeSettings, SettingsError
+
+    institution = institution_name(context.node_config.get("institution"), node_id=context.node_id)
+    try:
+        try:
+            node = NodeSettings.from_node_config(context.node_config)
+        except SettingsError as exc:
+            raise RoundRefused(code="bad-local-data", reason=str(exc), institution=institution) from exc
+        secret = _secret_context_for(node, institution)
+    except RoundRefused as exc:
+        return refusal(msg, exc)
+    latest = int(msg.content["config"]["server-round"]) if "config" in msg.content else 0
+    content = RecordDict({"status": ConfigRecord({"ok": True, "institution": institution})})
+    figures = decrypt_figures(
+        msg.content, context=secret, run_id=msg.metadata.run_id, latest_round=latest, institution=institution
+    )
+    put_figures(content, figures)
+    return Message(content, reply_to=msg)
 
 
 @app.query("liveness")

@@ -277,7 +277,10 @@ class LocalRound:
         return event
 
     def train_metrics(self, outcome: TrainingOutcome, before: Score) -> MetricRecord:
-        """What a train reply reports in clear: sample count, training loss, and the incoming model's scores."""
+        """What a train reply reports in clear: sample count, and with per-site metrics the training loss and
+        the incoming model's scores (otherwise they travel inside the aggregate: client/metrics_report.py)."""
+        if not self.config.per_site_metrics:
+            return MetricRecord({"num-examples": self.train_examples})
         return MetricRecord(
             {
                 "num-examples": self.train_examples,

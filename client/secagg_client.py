@@ -7,7 +7,13 @@ imports stay inside the one stage that trains). In the masked-vectors stage the 
 `_train_masked`, which runs the same `client.train_reply.train_round` as plain mode (scoring,
 DP-SGD, the accountant committed before training) and hands the mod a FitRes; the mod masks the
 weighted, quantized update and clears every array record before the reply leaves, so
-only fedcare's metrics, status and DP event travel in clear next to the masked vector.
+only fedcare's status, training-example count and DP event (and per-site metrics, when the run
+asks for them) travel in clear next to the masked vector.
+
+The masked vector always ends with one more array: the hospital's metrics per training example
+(`common.site_metrics`; zeros with per-site metrics), so the server unmasks the federation's totals
+with the model. A message carrying the `score-only` record (the final scoring in aggregate mode)
+scores the model and masks zeros for the model and the scores: no training, no spending.
 
 A hospital that refuses the round still answers, with weight 0 and zeros: the masked sum
 is unchanged, no mask needs recovering, and the server learns why (and the epsilon spent).
@@ -19,13 +25,14 @@ import logging
 from collections import OrderedDict
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.client.mod import secaggplus_mod
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE
 from flwr.compat.common.recorddict_compat import fitres_to_recorddict
 
 from common.institution import institution_name
+from common.site_metrics import SCORE_ONLY_RECORD, SLOTS, SiteMetrics
 
 log = logging.getLogger("flwr.fedcare.client")
 
@@ -54,13 +61,22 @@ def weighted_overflow(
 ) -> int:
     """How many values SecAgg+ would clip: the mod scales the update by its (quantized) weight
     num_examples / max_weight and clips to +-clipping_range, silently corrupting the sum."""
-    factor = round(num_examples / max_weight * quantization_range) / quantization_range
+    factor = _weight_factor(num_examples, max_weight=max_weight, quantization_range=quantization_range)
     return int(sum(np.count_nonzero(np.abs(w.astype(np.float64) * factor) > clipping_range) for w in weights.values()))
 
 
-def _legacy_reply(weights: dict[str, np.ndarray], *, num_examples: int) -> RecordDict:
-    fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters(list(weights.values())), num_examples, {})
+def _legacy_reply(
+    weights: dict[str, np.ndarray], *, num_examples: int, metrics: np.ndarray | None = None
+) -> RecordDict:
+    """The FitRes the mod masks: the model's tensors, then the metrics array (zeros when there are none)."""
+    last = np.zeros(len(SLOTS), np.float64) if metrics is None else metrics
+    fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([*weights.values(), last]), num_examples, {})
     return fitres_to_recorddict(fitres, keep_input=False)
+
+
+def _weight_factor(num_examples: int, *, max_weight: float, quantization_range: int) -> float:
+    """The weight the mod multiplies this hospital's vector by (quantized as the mod does)."""
+    return round(num_examples / max_weight * quantization_range) / quantization_range
 
 
 def _zeros_like_incoming(msg: Message) -> OrderedDict[str, np.ndarray]:
@@ -72,11 +88,24 @@ def _zeros_like_incoming(msg: Message) -> OrderedDict[str, np.ndarray]:
 
 def _train_masked(msg: Message, context: Context) -> Message:
     from client.local_round import LocalRound, RoundRefused  # torch and Opacus: only this stage needs them
+    from client.metrics_report import masked_metrics, site_metrics
     from client.train_reply import refusal, train_round
     from common.codecs import to_numpy, to_record
 
     secagg = context.state.config_records[RECORD_KEY_STATE]  # the mod's state, saved by the setup stage
     max_weight, clipping_range = float(secagg["max_weight"]), float(secagg["clipping_range"])
+    quantization_range = int(secagg["target_range"])
+
+    def metrics_of(local: LocalRound, site: SiteMetrics | None) -> np.ndarray | None:
+        if site is None:
+            return None
+        factor = _weight_factor(local.train_examples, max_weight=max_weight, quantization_range=quantization_range)
+        return masked_metrics(
+            site,
+            num_examples=local.train_examples,
+            limit=clipping_range / max(factor, 1.0 / quantization_range),
+            institution=local.institution,
+        )
 
     def check_weight(local: LocalRound) -> None:
         if local.train_examples > max_weight:
@@ -87,6 +116,17 @@ def _train_masked(msg: Message, context: Context) -> Message:
                 institution=local.institution,
             )
 
+    if SCORE_ONLY_RECORD in msg.content:
+        try:
+            local = LocalRound.from_message(msg, context)
+            check_weight(local)
+            scores = metrics_of(local, site_metrics(local, local.score()))
+        except RoundRefused as exc:
+            return refusal(msg, exc, content=_legacy_reply(_zeros_like_incoming(msg), num_examples=0))
+        content = _legacy_reply(_zeros_like_incoming(msg), num_examples=local.train_examples, metrics=scores)
+        content["metrics"] = MetricRecord({"num-examples": local.train_examples})
+        content["status"] = ConfigRecord(local.ok_status())
+        return Message(content, reply_to=msg)
     try:
         trained = train_round(msg, context, before_training=check_weight)
     except RoundRefused as exc:
@@ -98,7 +138,7 @@ def _train_masked(msg: Message, context: Context) -> Message:
         num_examples=local.train_examples,
         max_weight=max_weight,
         clipping_range=clipping_range,
-        quantization_range=int(secagg["target_range"]),
+        quantization_range=quantization_range,
     )
     if clipped:
         exc = RoundRefused(
@@ -114,4 +154,5 @@ def _train_masked(msg: Message, context: Context) -> Message:
         local.config.server_round,
         local.train_examples,
     )
-    return trained.reply(msg, _legacy_reply(weights, num_examples=local.train_examples))
+    metrics = metrics_of(local, trained.site)
+    return trained.reply(msg, _legacy_reply(weights, num_examples=local.train_examples, metrics=metrics))

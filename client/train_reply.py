@@ -1,7 +1,8 @@
 """How a hospital answers a train message: one flow for the plain/HE handler and SecAgg+'s masked stage.
 
 Score the incoming global model, train (with DP, the round's spending is committed to disk
-first), and put what travels in clear next to the update: metrics, status, the DP event.
+first), and put what travels in clear next to the update: metrics (per-site mode) or the federation
+figures decrypted from the last aggregate (HE aggregate mode), status, the DP event.
 The refusal rule lives here once: a round refused *after* training still carries its DP
 event, so the server's ledger records spending the local accountant already holds.
 """
@@ -15,7 +16,9 @@ from dataclasses import dataclass
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from client.local_round import LocalRound, RoundRefused
+from client.metrics_report import put_encrypted_metrics, put_figures, received_figures, site_metrics
 from common.dp_event import DPEvent
+from common.site_metrics import FederationFigures, SiteMetrics
 
 log = logging.getLogger("flwr.fedcare.client")
 
@@ -37,12 +40,21 @@ class TrainedRound:
     """A round trained at this hospital, its update not yet in a reply."""
 
     local: LocalRound
-    metrics: MetricRecord
+    metrics: MetricRecord  # what travels in clear
     event: DPEvent | None  # None without DP
+    site: SiteMetrics | None  # aggregate mode: travels only inside the aggregate; None with per-site metrics
+    figures: FederationFigures | None = None  # decrypted from the last round's encrypted metrics sum (HE)
+
+    def put_update(self, content: RecordDict) -> None:
+        """The update (plaintext or encrypted) and, in HE aggregate mode, the encrypted metrics beside it."""
+        self.local.put_update(content)
+        if self.local.secret_context is not None and self.site is not None:
+            put_encrypted_metrics(content, self.local, self.site)
 
     def reply(self, msg: Message, content: RecordDict) -> Message:
         """`content` (holding the update) with the round's metrics, status and DP event."""
         content["metrics"] = self.metrics
+        put_figures(content, self.figures)
         content["status"] = ConfigRecord(self.local.ok_status())
         if self.event is not None:
             content["dp-event"] = ConfigRecord(self.event.as_record())
@@ -62,8 +74,18 @@ def train_round(
     before any budget is spent. Raises RoundRefused; nothing is spent when it comes before training.
     """
     local = LocalRound.from_message(msg, context)
+    figures = received_figures(msg, local)
     before = local.score()
+    aggregate = not local.config.per_site_metrics
+    if aggregate:
+        site_metrics(local, before)  # scores the sum could not carry refuse the round before any spending
     if before_training is not None:
         before_training(local)
     outcome, event = local.train()
-    return TrainedRound(local=local, metrics=local.train_metrics(outcome, before), event=event)
+    return TrainedRound(
+        local=local,
+        metrics=local.train_metrics(outcome, before),
+        event=event,
+        site=site_metrics(local, before, outcome) if aggregate else None,  # checked above: cannot refuse now
+        figures=figures,
+    )

@@ -20,6 +20,10 @@ from common.dp_event import Accountant
 PrivacyMode = Literal["plain", "he", "secagg"]
 AmpMode = Literal["off", "bf16", "fp16", "auto"]
 GradSampleMode = Literal["auto", "hooks", "ew", "functorch", "ghost"]
+# How hospitals report validation and training metrics (docs/privacy.md, "Metrics"): "aggregate" (only
+# inside the encrypted or masked sum: the server learns federation-level figures), "per-site" (each
+# hospital's figures in clear), "auto" (aggregate in he and secagg modes, per-site in plain mode).
+MetricsReporting = Literal["auto", "aggregate", "per-site"]
 
 
 class SettingsError(ValueError):
@@ -60,6 +64,24 @@ class TrainingSettings(BaseModel):
     # How updates travel: "plain" (the server averages readable weights), "he" (CKKS: the server only
     # adds ciphertexts), "secagg" (Flower's SecAgg+: the server only learns the masked sum).
     privacy_mode: PrivacyMode = "plain"
+    metrics: MetricsReporting = "auto"
+
+    @model_validator(mode="after")
+    def _metrics_fit_the_mode(self) -> TrainingSettings:
+        if self.metrics == "aggregate" and self.privacy_mode == "plain":
+            raise ValueError(
+                "metrics 'aggregate' needs privacy-mode 'he' or 'secagg': in plain mode the server reads each "
+                "hospital's update, so hiding its metrics would protect nothing; use metrics 'per-site' or 'auto'"
+            )
+        return self
+
+    @property
+    def per_site_metrics(self) -> bool:
+        """Whether each hospital's metrics travel in clear; otherwise they travel only inside the aggregate.
+
+        Plain mode is always per-site: the server reads every update there, which says more about a
+        hospital than its validation loss does."""
+        return self.metrics == "per-site" or (self.metrics == "auto" and self.privacy_mode == "plain")
 
 
 class RunSettings(TrainingSettings):

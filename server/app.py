@@ -51,6 +51,21 @@ def _dp_summary(settings: RunSettings) -> dict[str, object]:
     }
 
 
+def _log_metrics_reporting(settings: RunSettings, *, run_id: int) -> None:
+    if settings.privacy_mode == "plain":
+        return  # per-site by nature: the server reads each update (the PLAIN MODE warning says so)
+    if settings.per_site_metrics:
+        log.warning(
+            'PER-SITE METRICS for run %d (asked for with metrics="per-site"): every hospital sends its own '
+            "validation loss, accuracy and training loss in clear, which can reveal its label mix; "
+            'metrics="aggregate" keeps them inside the %s sum',
+            run_id,
+            "encrypted" if settings.privacy_mode == "he" else "masked",
+        )
+    else:
+        log.info("run %d: aggregate metrics: the server learns federation-level loss and accuracy only", run_id)
+
+
 def make_rounds(ctx: RoundContext, *, weights: OrderedDict[str, np.ndarray]) -> Rounds:
     """The privacy mode's round logic, starting from `weights`; HE refuses to start with a context
     that could decrypt."""
@@ -97,6 +112,7 @@ def main(grid: Grid, context: Context) -> None:
         num_rounds=settings.num_rounds,
         dp=_dp_summary(settings),
         privacy=rounds.privacy_facts(),
+        metrics="per-site" if settings.per_site_metrics else "aggregate",
     )
     results.save()
     if not settings.dp:
@@ -105,6 +121,7 @@ def main(grid: Grid, context: Context) -> None:
             "hospitals' updates carry no DP guarantee",
             grid.run.run_id,
         )
+    _log_metrics_reporting(settings, run_id=grid.run.run_id)
     log.info("run %d: results in %s", grid.run.run_id, results.path)
 
     gate = None

@@ -99,6 +99,14 @@ class HEAggregator:
         )
         return bundle.nbytes
 
+    def check(self, bundle: EncryptedUpdate, *, institution: str) -> None:
+        """Every check `add` makes, adding nothing: for a bundle that must go in with another one or not
+        at all (a hospital's metrics beside its update). Raises InvalidCiphertext."""
+        if institution in self.accepted:
+            raise InvalidCiphertext("this institution already contributed to this round")
+        self._check_header(bundle)
+        self._add_chunks(bundle)
+
     def result(self) -> tuple[EncryptedUpdate, int]:
         """The encrypted sum (kind 'sum') and the total sample count, for the hospitals to divide by."""
         if self._sum is None or self._first is None:

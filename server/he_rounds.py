@@ -4,6 +4,15 @@ Round 1 sends the seeded initial model in plaintext (random weights, nothing lea
 From then on the server holds and forwards only the encrypted sum of the last aggregated round
 and the total sample count; each hospital decrypts and divides. The server's context carries no
 secret key, so the server cannot read an update, the sum, or the final model.
+
+Metrics (aggregate mode, the default here): each hospital's reply carries its metrics encrypted, as
+a one-ciphertext bundle beside its update, and no loss or accuracy in clear. The server adds them
+like the updates and, holding no key, sends the encrypted sum back with the next message; the
+hospitals decrypt it and report the federation-level figures, which go to results.json. The final
+scoring's sum has no next message, so one `query.metrics` exchange after it asks the hospitals to
+decrypt it. Every hospital reports the same figures (the median is kept: a lying minority is
+outvoted). Chosen over a final evaluate round alone so that every round's figures are known, each one
+message later than in plain mode.
 """
 
 from __future__ import annotations
@@ -15,17 +24,27 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-from flwr.app import Message, MessageType, RecordDict
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
 from common.atomic import write_bytes_atomic
 from common.codecs import from_numpy
 from common.he.keys import ServerHEContext
-from common.he.wire import EncryptedUpdate, InvalidCiphertext, flatten, layout_id, put_bundle, take_bundle
+from common.he.wire import (
+    METRICS_KEYS,
+    EncryptedUpdate,
+    InvalidCiphertext,
+    flatten,
+    layout_id,
+    put_bundle,
+    take_bundle,
+)
+from common.site_metrics import SLOTS, TEMPLATE
 from server.he_aggregate import HEAggregator
-from server.replies import RejectedPayload, SortedReplies, sort_replies
+from server.replies import RejectedPayload, SortedReplies, agree, reported_figures, sort_replies
 from server.rounds import BaseRounds, RoundOutcome
 
 log = logging.getLogger("flwr.fedcare.server")
+QUERY_METRICS = "query.metrics"  # answered by client.app.federation_metrics
 
 
 @dataclass
@@ -34,6 +53,7 @@ class HERounds(BaseRounds):
     initial: OrderedDict[str, np.ndarray]  # the seeded initial model: public, it holds no one's data
     global_sum: EncryptedUpdate | None = None  # the last aggregated round's encrypted sum
     previous_sum: EncryptedUpdate | None = None  # the one before: where to go back if hospitals refuse the last
+    metrics_sum: EncryptedUpdate | None = None  # aggregate metrics: the last sum no hospital has decrypted yet
     mode: ClassVar[str] = "he"
     model_suffix: ClassVar[str] = ".he"
     _layout: str = field(init=False)
@@ -62,6 +82,8 @@ class HERounds(BaseRounds):
             content["arrays"] = from_numpy(self.initial)
         else:
             put_bundle(content, self.global_sum)
+        if self.metrics_sum is not None:
+            put_bundle(content, self.metrics_sum, keys=METRICS_KEYS)
         return content
 
     def _model_bytes(self) -> int:
@@ -74,24 +96,53 @@ class HERounds(BaseRounds):
         assert self.global_sum is not None  # save_final says why there may be none
         write_bytes_atomic(path, self.global_sum.to_bytes())
 
-    def train(self, *, nodes: list[int], server_round: int) -> RoundOutcome:
-        aggregator = HEAggregator(
+    def _aggregator(self, server_round: int, *, metrics: bool = False) -> HEAggregator:
+        return HEAggregator(
             self.keys.context_bytes,
-            expected_values=self._num_values,
+            expected_values=len(SLOTS) if metrics else self._num_values,
             run_id=self.ctx.run_id,
             server_round=server_round,
             key_id=self.keys.key_id,
-            layout=self._layout,
+            layout=layout_id(TEMPLATE) if metrics else self._layout,
         )
+
+    @staticmethod
+    def _bundle(msg: Message, num_examples: int, *, keys: tuple[str, str] | None = None) -> EncryptedUpdate:
+        bundle = take_bundle(msg.content) if keys is None else take_bundle(msg.content, keys=keys)
+        if bundle.header.num_examples != num_examples:
+            raise InvalidCiphertext(
+                f"ciphertext header says {bundle.header.num_examples} examples, the metrics say {num_examples}"
+            )
+        return bundle
+
+    def _keep_metrics_sum(self, replies: SortedReplies, metrics: HEAggregator | None) -> None:
+        """Forget the pending sum once hospitals reported its figures; keep this round's sum instead."""
+        reported = {f.server_round for f in replies.federation}
+        if self.metrics_sum is not None and self.metrics_sum.header.server_round in reported:
+            self.metrics_sum = None
+        if metrics is not None and metrics.accepted:
+            if self.metrics_sum is not None:
+                log.warning(
+                    "round %d's federation metrics were never decrypted by a hospital and are lost",
+                    self.metrics_sum.header.server_round,
+                )
+            self.metrics_sum, _ = metrics.result()
+
+    def train(self, *, nodes: list[int], server_round: int) -> RoundOutcome:
+        aggregator = self._aggregator(server_round)
+        metrics = None if self.ctx.settings.per_site_metrics else self._aggregator(server_round, metrics=True)
 
         def accept(msg: Message, institution: str, num_examples: int) -> None:
             try:
-                bundle = take_bundle(msg.content)
-                if bundle.header.num_examples != num_examples:
-                    raise InvalidCiphertext(
-                        f"ciphertext header says {bundle.header.num_examples} examples, the metrics say {num_examples}"
-                    )
+                bundle = self._bundle(msg, num_examples)
+                if metrics is None:
+                    aggregator.add(bundle, institution=institution)
+                    return
+                # The update and its metrics go into the sums together, or neither does.
+                scores = self._bundle(msg, num_examples, keys=METRICS_KEYS)
+                metrics.check(scores, institution=institution)
                 aggregator.add(bundle, institution=institution)
+                metrics.add(scores, institution=institution)
             except InvalidCiphertext as exc:
                 raise RejectedPayload("invalid-ciphertext", str(exc)) from exc
 
@@ -101,16 +152,61 @@ class HERounds(BaseRounds):
             reference=None,
             expect_update=True,
             accept=accept,
+            per_site=self.ctx.settings.per_site_metrics,
         )
-        extra = {"bytes_sent": dict(sorted(aggregator.bytes_received.items())), "model_bytes_to_each": model_bytes}
+        sent = dict(aggregator.bytes_received)
+        for who, n in (metrics.bytes_received if metrics else {}).items():
+            sent[who] = sent.get(who, 0) + n
+        extra = {"bytes_sent": dict(sorted(sent.items())), "model_bytes_to_each": model_bytes}
         if not replies.participants:
             reason = "no valid encrypted update from any hospital"
             if self._refused_by_all(replies):
                 reason = self._go_back(server_round)
+            self._keep_metrics_sum(replies, None)
             return RoundOutcome(replies, reason=reason, extra=extra)
         self.previous_sum = self.global_sum
         self.global_sum, _ = aggregator.result()
+        self._keep_metrics_sum(replies, metrics)
         return RoundOutcome(replies, model_path=self.save_round_model(server_round), extra=extra)
+
+    def evaluate(self, *, nodes: list[int], server_round: int) -> SortedReplies:
+        """Aggregate metrics: the hospitals score the final model and send the scores encrypted; the sum
+        goes back to them in one `query.metrics` exchange, since no further message would carry it."""
+        if self.ctx.settings.per_site_metrics:
+            return super().evaluate(nodes=nodes, server_round=server_round)
+        scores = self._aggregator(server_round, metrics=True)
+
+        def accept(msg: Message, institution: str, num_examples: int) -> None:
+            try:
+                scores.add(self._bundle(msg, num_examples, keys=METRICS_KEYS), institution=institution)
+            except InvalidCiphertext as exc:
+                raise RejectedPayload("invalid-ciphertext", str(exc)) from exc
+
+        replies = sort_replies(
+            self.ctx.send(
+                self.model_content(server_round),
+                nodes=nodes,
+                message_type=MessageType.EVALUATE,
+                server_round=server_round,
+            ),
+            reference=None,
+            expect_update=False,
+            accept=accept,
+            per_site=False,
+        )
+        self._keep_metrics_sum(replies, scores)
+        if self.metrics_sum is not None and self.metrics_sum.header.server_round == server_round:
+            content = RecordDict({"config": ConfigRecord({"server-round": server_round})})
+            put_bundle(content, self.metrics_sum, keys=METRICS_KEYS)
+            answers = self.ctx.send(content, nodes=nodes, message_type=QUERY_METRICS, server_round=server_round)
+            reports = [
+                f
+                for msg in answers
+                for f in reported_figures(msg, replies.node_institutions.get(msg.metadata.src_node_id, "a hospital"))
+            ]
+            replies.federation = agree([*replies.federation, *reports])
+            self._keep_metrics_sum(replies, None)
+        return replies
 
     def _refused_by_all(self, replies: SortedReplies) -> bool:
         return (

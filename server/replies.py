@@ -1,10 +1,14 @@
 """Sorting hospital replies into usable updates and rejections, each with a reason.
 
-A reply is rejected, never fatal: the round goes on with the other hospitals.
+A reply is rejected, never fatal: the round goes on with the other hospitals. With per-site metrics
+each reply's scores are read; in aggregate mode they are not even looked at (a hospital does not send
+them), and only the federation-level figures the hospitals decrypted from an aggregate are read.
 """
 
 from __future__ import annotations
 
+import logging
+import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -14,7 +18,10 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 from common.codecs import InvalidUpdate, check_update, to_numpy
 from common.dp_event import DPEvent
 from common.institution import UNNAMED_PREFIX, institution_name
+from common.site_metrics import FEDERATION_RECORD, FederationFigures
 from server.fedavg import ClientUpdate
+
+log = logging.getLogger("flwr.fedcare.server")
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,8 @@ class SortedReplies:
     rejections: list[Rejection] = field(default_factory=list)
     dp_events: dict[str, DPEvent] = field(default_factory=dict)  # institution -> the round's DP event
     epsilon_known: dict[str, float] = field(default_factory=dict)  # from refusals that report spending
+    # Aggregate metrics: federation-level figures, one per message round they are of (common/site_metrics.py).
+    federation: list[FederationFigures] = field(default_factory=list)
 
     def record_spending(self, institution: str, event: DPEvent) -> None:
         """The round's DP event of `institution` (for the ledger and results.json) and the epsilon it reached."""
@@ -86,19 +95,67 @@ def _institution(msg: Message) -> str:
     return institution_name(name, node_id=msg.metadata.src_node_id)
 
 
+def _num_examples(metrics: MetricRecord) -> int:
+    n = int(metrics["num-examples"])
+    if n <= 0:
+        raise InvalidUpdate(f"num-examples is {n}; it must be positive")
+    return n
+
+
+def reported_figures(msg: Message, who: str) -> list[FederationFigures]:
+    """The federation figures a hospital decrypted and reported (HE aggregate mode); a malformed report
+    is dropped with a warning, never the hospital's update: it is a report on the aggregate."""
+    record = None if msg.has_error() else msg.content.get(FEDERATION_RECORD)
+    if record is None:
+        return []
+    try:
+        return [FederationFigures.from_record(record)]
+    except (KeyError, TypeError, ValueError) as exc:
+        log.warning("%s reported unusable federation figures, ignored: %s", who, exc)
+        return []
+
+
+def agree(reports: Iterable[FederationFigures]) -> list[FederationFigures]:
+    """One set of figures per round from the hospitals' reports: every honest hospital decrypts the same
+    sum, so they agree; the median per figure outvotes a minority that does not, with a warning."""
+    by_round: dict[int, list[FederationFigures]] = {}
+    for report in reports:
+        by_round.setdefault(report.server_round, []).append(report)
+    agreed = []
+    for server_round, group in sorted(by_round.items()):
+        figures: dict[str, float | None] = {}
+        for name in ("loss", "accuracy", "train_loss"):
+            values = [getattr(r, name) for r in group if getattr(r, name) is not None]
+            figures[name] = statistics.median(values) if values else None
+            if values and max(values) - min(values) > 1e-6:
+                log.warning(
+                    "hospitals report different federation %s for round %d (%g to %g); the median is kept",
+                    name,
+                    server_round,
+                    min(values),
+                    max(values),
+                )
+        agreed.append(FederationFigures(server_round=server_round, **figures))
+    return agreed
+
+
 def sort_replies(
     replies: Iterable[Message],
     *,
     reference: dict[str, np.ndarray] | None,
     expect_update: bool,
     accept: Accept | None = None,
+    per_site: bool = True,
 ) -> SortedReplies:
     """Validate each reply; `reference` is the global model plaintext updates must match.
 
     With `accept`, the update is not plaintext weights: `accept` takes the payload (last, after every
-    other check), and `updates` stays empty.
+    other check), and `updates` stays empty; for replies without an update (`expect_update` false) it
+    takes their encrypted scores. `per_site`: read each hospital's scores and training loss; otherwise
+    only the federation figures reported from an aggregate.
     """
     out = SortedReplies()
+    reports: list[FederationFigures] = []
     for msg in replies:
         node_id, who = msg.metadata.src_node_id, _institution(msg)
         if not who.startswith(UNNAMED_PREFIX):
@@ -122,10 +179,13 @@ def sort_replies(
             continue
         try:
             metrics = msg.content["metrics"]
-            score = _score(who, metrics)
+            score = _score(who, metrics) if per_site else None
             if not expect_update:
+                if accept is not None:
+                    accept(msg, who, _num_examples(metrics))
                 if score is not None:
                     out.scores.append(score)
+                reports += reported_figures(msg, who)
                 continue
             weights = None
             if accept is None:
@@ -135,10 +195,8 @@ def sort_replies(
                     raise InvalidUpdate("reply has no model weights")
                 weights = to_numpy(arrays)
                 check_update(weights, reference=reference)
-            n = int(metrics["num-examples"])
-            if n <= 0:
-                raise InvalidUpdate(f"num-examples is {n}; it must be positive")
-            loss = float(metrics["train-loss"])
+            n = _num_examples(metrics)
+            loss = float(metrics["train-loss"]) if per_site else float("nan")
             event = _dp_event(msg)
             if accept is not None:
                 accept(msg, who, n)
@@ -150,6 +208,7 @@ def sort_replies(
             if weights is not None:
                 out.updates.append(ClientUpdate(who, node_id, weights, n))
             out.participants.append(who)
+            reports += reported_figures(msg, who)
             if event is not None:
                 out.record_spending(who, event)
         except RejectedPayload as exc:
@@ -158,6 +217,7 @@ def sort_replies(
         except (InvalidUpdate, KeyError, TypeError, ValueError) as exc:
             out.rejections.append(Rejection(who, node_id, "invalid-update", str(exc)))
             _keep_spending(out, msg, who)
+    out.federation = agree(reports)
     return out
 
 

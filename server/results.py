@@ -2,6 +2,11 @@
 
 Rewriting it atomically each round means a crashed run still leaves a valid
 file that says how far it got.
+
+With `metrics: "aggregate"` (HE and SecAgg+ modes by default) `per_institution` stays empty: the
+federation-level loss, accuracy and training loss come from the aggregate (`SortedReplies.federation`),
+possibly a round or two after the round they describe (HE: the hospitals decrypt them with the next
+message), and are filled in where they belong.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from common.atomic import write_json_atomic
+from common.site_metrics import FederationFigures
 from server.fedavg import weighted_mean
 from server.replies import SortedReplies
 
@@ -30,6 +36,7 @@ class RunResults:
     num_rounds: int
     dp: dict[str, Any] = field(default_factory=lambda: {"enabled": False})
     privacy: dict[str, Any] = field(default_factory=dict)  # mode-specific facts, e.g. HE parameters
+    metrics: str = "per-site"  # or "aggregate": per-site figures are neither received nor recorded
     status: str = "running"
     started_at: str = field(default_factory=_now)
     finished_at: str | None = None
@@ -56,7 +63,7 @@ class RunResults:
                 "participants": participants,
                 "rejected": [asdict(r) for r in replies.rejections],
                 "skipped": skipped or {},
-                "train_loss": weighted_mean(replies.train_losses),
+                "train_loss": self._train_loss(replies, server_round),
                 "loss": None,
                 "accuracy": None,
                 "per_institution": {},
@@ -66,6 +73,13 @@ class RunResults:
                 **(extra or {}),
             }
         )
+
+    @staticmethod
+    def _train_loss(replies: SortedReplies, server_round: int) -> float | None:
+        loss = weighted_mean(replies.train_losses)
+        if loss is None:  # aggregate metrics: known now when the mode sums in plaintext (SecAgg+)
+            loss = next((f.train_loss for f in replies.federation if f.server_round == server_round), None)
+        return loss
 
     @staticmethod
     def _epsilon(participants: list[str], replies: SortedReplies) -> dict[str, float | None]:
@@ -102,7 +116,12 @@ class RunResults:
         )
 
     def record_scores(self, *, after_round: int, replies: SortedReplies) -> None:
-        """Scores of the global model produced by `after_round` (0: the initial model)."""
+        """Scores of the global model produced by `after_round` (0: the initial model), per site; and any
+        federation figures from an aggregate, which say themselves which round they are of."""
+        for figures in replies.federation:
+            self._record_federation(figures)
+        if replies.federation and not replies.scores:
+            return
         summary = {
             "loss": weighted_mean([(loss, n) for _, loss, _, n in replies.scores]),
             "accuracy": weighted_mean([(acc, n) for _, _, acc, n in replies.scores]),
@@ -116,6 +135,28 @@ class RunResults:
         for entry in self.rounds:
             if entry["round"] == after_round:
                 entry.update(summary)
+
+    def _record_federation(self, figures: FederationFigures) -> None:
+        """Figures of message round m: its validation scores are of the last model aggregated before m,
+        its training loss is round m's."""
+        scored = max(
+            (e["round"] for e in self.rounds if e["status"] == "aggregated" and e["round"] < figures.server_round),
+            default=0,
+        )
+        if figures.loss is not None or figures.accuracy is not None:
+            if scored == 0:
+                self.initial = {
+                    **(self.initial or {"per_institution": {}}),
+                    "loss": figures.loss,
+                    "accuracy": figures.accuracy,
+                }
+            for entry in self.rounds:
+                if entry["round"] == scored:
+                    entry.update(loss=figures.loss, accuracy=figures.accuracy)
+        if figures.train_loss is not None:
+            for entry in self.rounds:
+                if entry["round"] == figures.server_round and entry["status"] == "aggregated":
+                    entry["train_loss"] = figures.train_loss
 
     def finish(self, *, status: str, final_model_path: Path | None, error: str | None = None) -> None:
         self.status, self.error, self.finished_at = status, error, _now()

@@ -13,8 +13,13 @@ nodes the ServerApp's loop chose, minus nodes that look dead:
   round fails with the stage and the reason; it is never silently skipped. A failure before
   any hospital trained is retried once with the nodes that answered.
 
-The averaged model is plaintext on the server (that is what SecAgg+ reveals), so evaluation and
-the saved models (`round-N.pt`, `final_model.pt`) are exactly as in plain mode.
+The averaged model is plaintext on the server (that is what SecAgg+ reveals), so the saved models
+(`round-N.pt`, `final_model.pt`) are exactly as in plain mode.
+
+Metrics: the masked vector ends with each hospital's metrics per training example
+(`common.site_metrics`); unmasked, they give the round's federation figures. In aggregate mode that is
+all the server learns, and the final scoring is a score-only SecAgg+ round (an evaluate message would
+carry each hospital's scores in clear). With per-site metrics, everything is as in plain mode.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from common.codecs import InvalidUpdate, check_update
 from common.institution import institution_name
 from common.settings import SECAGG_MODULUS
+from common.site_metrics import SCORE_ONLY_RECORD, FederationFigures
 from server.messaging import exchange
 from server.replies import RejectedPayload, Rejection, SortedReplies, sort_replies
 from server.rounds import PlaintextModelRounds, RoundContext, RoundOutcome
@@ -45,6 +51,7 @@ LIVENESS = "query.liveness"
 class _MaskedReplies:
     """Checks the masked-vectors stage's replies before any mask is removed (`CheckReplies`)."""
 
+    per_site: bool
     replies: SortedReplies = field(default_factory=SortedReplies)
     counts: list[int] = field(default_factory=list)  # example counts of the updates in the sum
 
@@ -55,7 +62,7 @@ class _MaskedReplies:
                 raise RejectedPayload("invalid-update", f"its SecAgg+ weight {weight} differs from num-examples {n}")
             self.counts.append(n)
 
-        self.replies = sort_replies(masked, reference=None, expect_update=True, accept=accept)
+        self.replies = sort_replies(masked, reference=None, expect_update=True, accept=accept, per_site=self.per_site)
         # A refusal carries weight 0 and leaves the sum as it is; an invalid reply's masked update is
         # inside the sum, and SecAgg+ cannot take it out again.
         in_sum = [r for r in self.replies.rejections if r.code in ("invalid-update", "no-status")]
@@ -148,14 +155,19 @@ class SecAggRounds(PlaintextModelRounds):
         return [n for n in nodes if n not in self.suspects], excluded
 
     # ---- one round -------------------------------------------------------------------------------
-    def _attempt(self, nodes: list[int], server_round: int) -> tuple[SecAggRound, _MaskedReplies]:
-        checked = _MaskedReplies()
+    def _attempt(
+        self, nodes: list[int], server_round: int, *, score_only: bool = False
+    ) -> tuple[SecAggRound, _MaskedReplies]:
+        checked = _MaskedReplies(per_site=self.ctx.settings.per_site_metrics)
+        content = self.model_content(server_round)
+        if score_only:
+            content[SCORE_ONLY_RECORD] = ConfigRecord({"score-only": True})
         result = run_secagg_round(
             grid=self.ctx.grid,
             settings=self.ctx.settings,
             nodes=nodes,
             server_round=server_round,
-            model_content=self.model_content(server_round),
+            model_content=content,
             check_replies=checked,
         )
         return result, checked
@@ -238,9 +250,10 @@ class SecAggRounds(PlaintextModelRounds):
         )
         info["quantization_error_bound"] = bound
         try:
-            average = self._named(result.average)
+            average = self._named(result.average[:-1])
         except InvalidUpdate as exc:
             return RoundOutcome(replies, reason=f"the unmasked sum is unusable: {exc}", extra=extra)
+        self._read_figures(replies, result.average[-1], server_round=server_round)
         self.weights = average
         path = self.save_round_model(server_round)
         log.info(
@@ -262,7 +275,28 @@ class SecAggRounds(PlaintextModelRounds):
         check_update(named, reference=self.weights)
         return named
 
+    def _read_figures(self, replies: SortedReplies, aggregate: np.ndarray, *, server_round: int) -> None:
+        """Aggregate metrics: the federation figures from the unmasked metrics array (per-site: unused)."""
+        if not self.ctx.settings.per_site_metrics:
+            try:
+                replies.federation = [FederationFigures.from_aggregate(aggregate, server_round=server_round)]
+            except ValueError as exc:  # not the metrics array: a hospital of another fedcare version
+                log.error("round %d: no federation figures, the unmasked metrics are unusable: %s", server_round, exc)
+
     # ---- after the rounds ------------------------------------------------------------------------
     def evaluate(self, *, nodes: list[int], server_round: int) -> SortedReplies:
-        """Scored by the hospitals not suspected dead, so a crashed node cannot stall the end of the run."""
-        return super().evaluate(nodes=[n for n in nodes if n not in self.suspects], server_round=server_round)
+        """Scored by the hospitals not suspected dead, so a crashed node cannot stall the end of the run;
+        in aggregate mode through a score-only SecAgg+ round."""
+        live = [n for n in nodes if n not in self.suspects]
+        if self.ctx.settings.per_site_metrics:
+            return super().evaluate(nodes=live, server_round=server_round)
+        result, checked = self._attempt(live, server_round, score_only=True)
+        if result.failure is not None or result.average is None:
+            log.error(
+                "final scoring (SecAgg+, round %d) failed: %s; the final model's federation figures are unknown",
+                server_round,
+                result.failure or "no aggregate",
+            )
+            return checked.replies
+        self._read_figures(checked.replies, result.average[-1], server_round=server_round)
+        return checked.replies

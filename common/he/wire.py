@@ -34,6 +34,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 FORMAT = "fedcare-he/1"
 CIPHERTEXTS_KEY, HEADER_KEY = "he-ciphertexts", "he-header"  # RecordDict keys in a Flower message
+# The same two records for the hospitals' summed metrics (common/site_metrics.py), beside the model's.
+METRICS_KEYS = ("he-metrics-ciphertexts", "he-metrics-header")
 CHUNK_STYPE = "tenseal.ckks_vector"  # Array.stype of a serialized CKKSVector (never read with .numpy())
 NUM_CANARIES = 2
 RANGE_CANARY_SHIFT = 2.0**-20  # keeps the bound canary itself far from wrapping around
@@ -152,23 +154,28 @@ class EncryptedUpdate:
         return cls(HEHeader.parse(header_text), tuple(chunks), digest)
 
 
-def put_bundle(content: RecordDict, bundle: EncryptedUpdate) -> None:
+def put_bundle(
+    content: RecordDict, bundle: EncryptedUpdate, *, keys: tuple[str, str] = (CIPHERTEXTS_KEY, HEADER_KEY)
+) -> None:
     """Store a bundle in a Flower message: chunks as uint8 Arrays (Flower 1.39 streams Arrays in 5 MB
-    pieces), header and digest in a ConfigRecord (JSON text, so 64-bit run ids need no int64 care)."""
-    content[CIPHERTEXTS_KEY] = ArrayRecord(
+    pieces), header and digest in a ConfigRecord (JSON text, so 64-bit run ids need no int64 care).
+    `keys`: the two record names (the model's by default, METRICS_KEYS for the metrics)."""
+    ciphertexts_key, header_key = keys
+    content[ciphertexts_key] = ArrayRecord(
         OrderedDict(
             (f"c{i:06d}", Array(dtype="uint8", shape=(len(c),), stype=CHUNK_STYPE, data=c))
             for i, c in enumerate(bundle.chunks)
         )
     )
-    content[HEADER_KEY] = ConfigRecord({"header": bundle.header.canonical().decode(), "digest": bundle.digest})
+    content[header_key] = ConfigRecord({"header": bundle.header.canonical().decode(), "digest": bundle.digest})
 
 
-def take_bundle(content: RecordDict) -> EncryptedUpdate:
+def take_bundle(content: RecordDict, *, keys: tuple[str, str] = (CIPHERTEXTS_KEY, HEADER_KEY)) -> EncryptedUpdate:
     """Read a bundle from a Flower message; raises InvalidCiphertext if it is missing or malformed."""
-    if CIPHERTEXTS_KEY not in content or HEADER_KEY not in content:
-        raise InvalidCiphertext(f"message has no encrypted update (records {CIPHERTEXTS_KEY!r} and {HEADER_KEY!r})")
-    arrays, meta = content[CIPHERTEXTS_KEY], content[HEADER_KEY]
+    ciphertexts_key, header_key = keys
+    if ciphertexts_key not in content or header_key not in content:
+        raise InvalidCiphertext(f"message has no encrypted update (records {ciphertexts_key!r} and {header_key!r})")
+    arrays, meta = content[ciphertexts_key], content[header_key]
     if not isinstance(arrays, ArrayRecord) or not isinstance(meta, ConfigRecord):
         raise InvalidCiphertext("encrypted update records have the wrong record types")
     header = HEHeader.parse(str(meta.get("header", "")))

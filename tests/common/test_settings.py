@@ -79,3 +79,26 @@ def test_the_run_names_the_public_context_and_the_node_the_secret_one(tmp_path: 
 def test_the_old_he_context_key_is_refused_with_its_new_name(parse, config: dict[str, object], renamed: str) -> None:
     with pytest.raises(SettingsError, match=f"'he-context' is now '{renamed}'"):
         parse(config)
+
+
+@pytest.mark.parametrize(
+    ("mode", "metrics", "per_site"),
+    [
+        ("plain", "auto", True),
+        ("plain", "per-site", True),
+        ("he", "auto", False),
+        ("secagg", "auto", False),
+        ("he", "aggregate", False),
+        ("secagg", "per-site", True),
+    ],
+)
+def test_metrics_are_aggregate_only_by_default_where_the_server_cannot_read_updates(
+    mode: str, metrics: str, per_site: bool
+) -> None:
+    settings = RunSettings.model_validate({"schema-path": "s.json", "privacy-mode": mode, "metrics": metrics})
+    assert settings.per_site_metrics is per_site
+
+
+def test_aggregate_metrics_in_plain_mode_are_refused_with_the_fix() -> None:
+    with pytest.raises(SettingsError, match="metrics 'aggregate' needs privacy-mode 'he' or 'secagg'.*'per-site'"):
+        RunSettings.from_run_config({"schema-path": "s.json", "metrics": "aggregate"})

@@ -89,6 +89,14 @@ def test_he_federation_matches_plain_and_the_server_never_holds_a_readable_model
     decrypted, header = decrypt_model(Path(he["final_model_path"]), context=keys.hospital_context, schema=schema)
     assert header.contributors == 3 and header.server_round == 2
     plain = json.loads((runs / str(plain_id) / "results.json").read_text())
+    # Metrics follow the mode: per-site in plain mode; in HE mode only the federation figures, decrypted by
+    # the hospitals (the last ones through the query.metrics exchange), equal to plain mode's weighted means.
+    assert (plain["metrics"], he["metrics"]) == ("per-site", "aggregate")
+    for mine, theirs in zip([he["initial"], *he["rounds"]], [plain["initial"], *plain["rounds"]], strict=True):
+        assert mine["per_institution"] == {} and len(theirs["per_institution"]) == 3
+        assert mine["loss"] == pytest.approx(theirs["loss"], abs=1e-3)
+        assert mine["accuracy"] == pytest.approx(theirs["accuracy"], abs=0.015)  # one borderline row may flip
+        assert mine.get("train_loss") == pytest.approx(theirs.get("train_loss"), abs=1e-3)
     plain_weights = torch.load(plain["final_model_path"], weights_only=True)
     max_diff = max(float((decrypted[k] - plain_weights[k]).abs().max()) for k in plain_weights)
     assert max_diff < 1e-4, max_diff  # two rounds of training amplify CKKS' ~1e-8 error only slightly

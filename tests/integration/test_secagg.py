@@ -118,6 +118,13 @@ def test_secagg_fedavg_equals_plaintext_fedavg_of_the_same_updates(
         previous = secagg
     final = _load(results["final_model_path"])
     assert all(np.array_equal(final[k], previous[k]) for k in final)
+    # Aggregate metrics by default: federation figures only, the last ones from a score-only SecAgg+ round.
+    assert results["metrics"] == "aggregate"
+    for entry in [results["initial"], *results["rounds"]]:
+        assert entry["per_institution"] == {}
+        assert 0 < entry["loss"] and 0 <= entry["accuracy"] <= 1, entry
+    assert all(entry["train_loss"] > 0 for entry in results["rounds"])
+    assert results["rounds"][-1]["accuracy"] > 0.85
 
 
 def test_a_supernode_killed_mid_round_costs_no_round_and_dp_epsilon_is_reported_like_plain(

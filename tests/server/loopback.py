@@ -6,6 +6,7 @@ processes are left to `tests/integration/`.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -13,9 +14,17 @@ from types import SimpleNamespace
 from flwr.app import Context, Message, RecordDict
 
 from client.app import evaluate as client_evaluate
+from client.app import federation_metrics as client_federation_metrics
+from client.app import liveness as client_liveness
 from client.app import train as client_train
 
 RUN = 77
+HANDLERS = {
+    "train": client_train,
+    "evaluate": client_evaluate,
+    "query.metrics": client_federation_metrics,
+    "query.liveness": client_liveness,
+}
 
 
 @dataclass
@@ -27,21 +36,25 @@ class LoopbackGrid:
     run: SimpleNamespace = field(default_factory=lambda: SimpleNamespace(run_id=RUN))
     _replies: dict[str, Message] = field(default_factory=dict)
     received: list[tuple[int, str]] = field(default_factory=list)  # (node, message type) as delivered
+    # One Context per hospital, as a SuperNode keeps it: SecAgg+'s mod carries its state across stages in it.
+    contexts: dict[int, Context] = field(default_factory=dict)
 
     def get_node_ids(self) -> list[int]:
         return list(self.hospitals)
 
     def push_messages(self, messages: Iterable[Message]) -> list[str]:
         ids = []
-        for i, msg in enumerate(messages):
-            msg.metadata.__dict__["_message_id"] = f"m{len(self._replies)}-{i}"
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = f"m{len(self.received)}"  # unique within the run
             node = msg.metadata.dst_node_id
-            context = Context(
-                run_id=RUN, node_id=node, node_config=self.hospitals[node], state=RecordDict(), run_config={}
+            context = self.contexts.setdefault(
+                node,
+                Context(run_id=RUN, node_id=node, node_config=self.hospitals[node], state=RecordDict(), run_config={}),
             )
             self.received.append((node, msg.metadata.message_type))
-            handler = client_train if msg.metadata.message_type == "train" else client_evaluate
-            reply = handler(msg, context)
+            # A copy, as over the wire: handlers may change what they receive (SecAgg+'s mod pops its stage
+            # key, and Flower's workflow sends one content object to every node).
+            reply = HANDLERS[msg.metadata.message_type](copy.deepcopy(msg), context)
             self.tamper(node, reply)
             self._replies[msg.metadata.message_id] = reply
             ids.append(msg.metadata.message_id)

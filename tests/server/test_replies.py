@@ -10,6 +10,7 @@ from flwr.app import ConfigRecord, Error, Message, MessageType, MetricRecord, Re
 from flwr.supercore.task_identity import TaskIdentity
 
 from common.codecs import from_numpy
+from common.site_metrics import FEDERATION_RECORD
 from server.replies import Rejection, sort_replies
 
 
@@ -266,3 +267,19 @@ def test_a_refusal_after_training_carries_its_dp_event(reference: OrderedDict[st
     out = sort_replies([reply], reference=reference, expect_update=True)
     assert [r.code for r in out.rejections] == ["cannot-encrypt"]
     assert out.dp_events["A"].epsilon == 0.75 and out.epsilon_known == {"A": 0.75}
+
+
+def test_in_aggregate_mode_no_score_is_read_and_the_hospitals_figures_are_agreed_by_median(
+    reference: OrderedDict[str, np.ndarray], caplog: pytest.LogCaptureFixture
+) -> None:
+    replies = []
+    for node, accuracy in ((1, 0.9), (2, 0.9), (3, 0.1)):  # hospital 3 misreports the decrypted figures
+        reply = _train_reply(node, f"h{node}", _weights())
+        reply.content[FEDERATION_RECORD] = ConfigRecord({"round": 1, "loss": 0.3, "accuracy": accuracy})
+        replies.append(reply)
+    out = sort_replies(replies, reference=reference, expect_update=True, per_site=False)
+    assert out.scores == [] and out.train_losses == []
+    assert sorted(out.participants) == ["h1", "h2", "h3"]
+    (figures,) = out.federation
+    assert (figures.server_round, figures.loss, figures.accuracy, figures.train_loss) == (1, 0.3, 0.9, None)
+    assert "different federation accuracy for round 1" in caplog.text

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from common.site_metrics import FederationFigures
 from server.fedavg import ClientUpdate
 from server.replies import Rejection, SortedReplies
 from server.results import RunResults
@@ -139,3 +140,45 @@ def test_epsilon_is_reported_per_institution_once_dp_reports_it(results: RunResu
     results.save()
     [entry] = _strict_json(results.path)["rounds"]
     assert entry["epsilon"] == {"General": None, "Riverside": 1.5, "St Mary": 2.0}
+
+
+def test_federation_figures_land_on_the_model_they_scored_and_the_round_that_trained(
+    results: RunResults, tmp_path: Path
+) -> None:
+    """As in HE aggregate mode: round m's summed metrics are decrypted with message m+1 (or the final query)."""
+    results.metrics = "aggregate"
+    aggregate_only = SortedReplies(participants=["Riverside", "General"])
+    results.record_scores(after_round=0, replies=aggregate_only)
+    results.record_round(server_round=1, replies=aggregate_only, model_path=tmp_path / "round-1.he")
+    round_2 = SortedReplies(
+        participants=["Riverside", "General"],
+        federation=[FederationFigures(server_round=1, loss=0.7, accuracy=0.5, train_loss=0.6)],
+    )
+    results.record_scores(after_round=1, replies=round_2)
+    results.record_round(server_round=2, replies=round_2, model_path=tmp_path / "round-2.he")
+    final = SortedReplies(
+        federation=[
+            FederationFigures(server_round=2, loss=0.4, accuracy=0.8, train_loss=0.3),
+            FederationFigures(server_round=3, loss=0.2, accuracy=0.9),
+        ]
+    )
+    results.record_scores(after_round=2, replies=final)
+    results.save()
+    saved = _strict_json(results.path)
+    assert saved["metrics"] == "aggregate"
+    assert saved["initial"] == {"loss": 0.7, "accuracy": 0.5, "per_institution": {}}
+    first, second = saved["rounds"]
+    assert (first["train_loss"], first["loss"], first["accuracy"]) == (0.6, 0.4, 0.8)
+    assert (second["train_loss"], second["loss"], second["accuracy"]) == (0.3, 0.2, 0.9)
+    assert first["per_institution"] == second["per_institution"] == {}
+
+
+def test_federation_figures_known_in_the_round_itself_are_recorded_with_it(results: RunResults, tmp_path: Path) -> None:
+    """As in SecAgg+ aggregate mode: the unmasked sum gives the round's figures at once."""
+    replies = SortedReplies(
+        participants=["A", "B"], federation=[FederationFigures(server_round=1, loss=0.7, accuracy=0.5, train_loss=0.6)]
+    )
+    results.record_scores(after_round=0, replies=replies)
+    results.record_round(server_round=1, replies=replies, model_path=tmp_path / "round-1.pt")
+    assert results.initial == {"loss": 0.7, "accuracy": 0.5, "per_institution": {}}
+    assert results.rounds[0]["train_loss"] == 0.6

@@ -28,13 +28,21 @@ def split(tmp_path_factory: pytest.TempPathFactory) -> DemoSplit:
     return write_demo_split(tmp_path_factory.mktemp("data"), dataset="breast-cancer", hospitals=3)
 
 
-def _context(tmp_path: Path, split: DemoSplit, *, mode: str) -> tuple[RoundContext, OrderedDict[str, np.ndarray]]:
+def _context(
+    tmp_path: Path, split: DemoSplit, *, mode: str, metrics: str = "auto"
+) -> tuple[RoundContext, OrderedDict[str, np.ndarray]]:
     hospitals = {
         node: {"institution": f"hospital-{node}", "data-path": str(path), "state-dir": str(tmp_path / f"state-{node}")}
         for node, path in enumerate(split.hospital_paths, start=1)
     }
     settings = RunSettings.model_validate(
-        {"schema-path": str(split.schema_path), "dp": False, "local-epochs": 1, "privacy-mode": mode}
+        {
+            "schema-path": str(split.schema_path),
+            "dp": False,
+            "local-epochs": 1,
+            "privacy-mode": mode,
+            "metrics": metrics,
+        }
     )
     schema = load_schema(split.schema_path)
     (tmp_path / "run" / "models").mkdir(parents=True)
@@ -69,7 +77,7 @@ def test_plain_rounds_save_each_aggregated_model_and_the_final_one_as_weights(tm
 
 
 def test_secagg_final_scoring_leaves_out_hospitals_suspected_dead(tmp_path: Path, split: DemoSplit) -> None:
-    ctx, initial = _context(tmp_path, split, mode="secagg")
+    ctx, initial = _context(tmp_path, split, mode="secagg", metrics="per-site")  # scores read per hospital
     rounds = SecAggRounds(ctx, initial, suspects={2: "no reply to SecAgg+ stage 'setup' of round 1"})
     assert rounds.privacy_facts()["mode"] == "secagg"
 
