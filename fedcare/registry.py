@@ -86,7 +86,7 @@ class Registry:
             return
         try:
             raw = json.loads(self.path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise RegistryError(f"{self.path}: not valid JSON ({exc}); restore it from a backup") from None
         if not isinstance(raw, dict) or raw.get("format") != FORMAT:
             found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
