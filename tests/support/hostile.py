@@ -7,6 +7,8 @@ hypothesis's own values, so even a small `max_examples` hits the edges.
 
 from __future__ import annotations
 
+import json
+
 from hypothesis import strategies as st
 
 EDGE_INTS = [0, -1, 1, 2, 2**31 - 1, 2**31, 2**32, 2**53 + 1, 2**63 - 1, 2**63, 2**64, -(2**63) - 1, 10**30]
@@ -26,6 +28,16 @@ EDGE_FLOATS = [
     float("-inf"),
     float("nan"),
 ]
+# JSON texts that break parsers by their shape: nesting beyond Python's recursion limit, non-finite literals.
+EDGE_JSON_TEXT = [
+    "[" * 100_000,
+    '{"a":' * 50_000 + "1" + "}" * 50_000,
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "1e999",
+    '"\\ud800"',
+]
 EDGE_TEXT = ["", " ", "\x00", "a\x00b", "\n", " padded ", "é", "\u202e", "\ud800", "x" * 65, "x" * 101, "x" * 5000]
 
 
@@ -43,6 +55,11 @@ def hostile_text(*, max_size: int = 200) -> st.SearchStrategy[str]:
 
 def json_scalars() -> st.SearchStrategy:
     return st.one_of(st.none(), st.booleans(), hostile_ints(), hostile_floats(), hostile_text(max_size=40))
+
+
+def json_texts() -> st.SearchStrategy[str]:
+    """JSON documents as text, including the edge cases of EDGE_JSON_TEXT."""
+    return st.one_of(st.sampled_from(EDGE_JSON_TEXT), json_values().map(json.dumps))
 
 
 def json_values(*, max_leaves: int = 12) -> st.SearchStrategy:
