@@ -39,11 +39,13 @@ def to_state_dict(record: ArrayRecord) -> OrderedDict[str, torch.Tensor]:
 def check_update(update: dict[str, np.ndarray], *, reference: dict[str, np.ndarray]) -> None:
     """Raise InvalidUpdate unless `update` matches `reference` in keys, shapes and finiteness."""
     if set(update) != set(reference):
-        missing = sorted(set(reference) - set(update))
-        extra = sorted(set(update) - set(reference))
+        missing = sorted(set(reference) - set(update), key=repr)  # names of any type: a client may send anything
+        extra = sorted(set(update) - set(reference), key=repr)
         raise InvalidUpdate(f"tensor names differ from the global model (missing {missing}, unexpected {extra})")
     for name, ref in reference.items():
         value = update[name]
+        if not isinstance(value, np.ndarray):
+            raise InvalidUpdate(f"tensor {name!r} is a {type(value).__name__}, not an array")
         if value.shape != ref.shape:
             raise InvalidUpdate(f"tensor {name!r} has shape {value.shape}, expected {ref.shape}")
         if value.dtype != ref.dtype:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.schema import DatasetSchema, SchemaError
+from common.schema import DatasetSchema, FeatureSpec, SchemaError
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,23 @@ def _numeric_column(frame: pd.DataFrame, column: str, *, path: Path) -> np.ndarr
     return values
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _feature_column(frame: pd.DataFrame, spec: FeatureSpec, *, path: Path) -> np.ndarray:
+    """The standardised column; a value that would overflow the model's float32 is refused (fuzzing found 1e300)."""
+    values = (_numeric_column(frame, spec.name, path=path) - spec.center) / spec.scale
+    too_big = ~(np.abs(values) <= _FLOAT32_MAX)
+    if too_big.any():
+        row = int(np.flatnonzero(too_big)[0])
+        raise SchemaError(
+            f"{path}: row {row + 1}, column {spec.name!r} has {str(frame[spec.name].iloc[row]).strip()!r}, "
+            f"which standardised (center {spec.center:g}, scale {spec.scale:g}) exceeds float32's range; "
+            "check the column's unit"
+        )
+    return values
+
+
 def load_hospital_table(path: Path | str, schema: DatasetSchema) -> HospitalData:
     """Validate and standardise one hospital's CSV or Parquet file."""
     path = Path(path)
@@ -65,7 +82,7 @@ def load_hospital_table(path: Path | str, schema: DatasetSchema) -> HospitalData
     if missing:
         raise SchemaError(f"{path}: missing column(s) {missing}; the schema expects them")
 
-    columns = [(_numeric_column(frame, spec.name, path=path) - spec.center) / spec.scale for spec in schema.features]
+    columns = [_feature_column(frame, spec, path=path) for spec in schema.features]
     features = np.stack(columns, axis=1).astype(np.float32)
 
     labels = _numeric_column(frame, schema.label, path=path)

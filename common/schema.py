@@ -70,8 +70,10 @@ def load_schema(path: Path) -> DatasetSchema:
         raw = json.loads(Path(path).read_text())
     except FileNotFoundError as exc:
         raise SchemaError(f"{path}: schema file not found") from exc
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # all three found by fuzzing
         raise SchemaError(f"{path}: not valid JSON ({exc})") from exc
+    except (IsADirectoryError, PermissionError) as exc:
+        raise SchemaError(f"{path}: cannot read the schema file ({exc.strerror})") from exc
     try:
         return DatasetSchema.model_validate(raw)
     except ValidationError as exc:

@@ -65,16 +65,38 @@ class FederationConfig:
 
     @classmethod
     def from_toml(cls, raw: dict) -> FederationConfig:
-        fed, link, budget = raw.get("federation", {}), raw.get("superlink", {}), raw.get("budget", {})
+        """The config a parsed `federation.toml` holds; ValueError naming the key whose value has the wrong type."""
+        fed, link, budget = (_table(raw, name) for name in ("federation", "superlink", "budget"))
         return cls(
-            control_address=link.get("control-address", DEFAULT_CONTROL_ADDRESS),
-            fleet_address=link.get("fleet-address", f"localhost:{DEFAULT_FLEET_PORT}"),
-            budget_url=budget.get("url", ""),
-            he=bool(fed.get("he", False)),
-            dns_names=tuple(link.get("dns-names", ())),
-            ip_addresses=tuple(link.get("ip-addresses", ())),
-            created_at=fed.get("created-at", ""),
+            control_address=_typed(link, "superlink", "control-address", str, DEFAULT_CONTROL_ADDRESS),
+            fleet_address=_typed(link, "superlink", "fleet-address", str, f"localhost:{DEFAULT_FLEET_PORT}"),
+            budget_url=_typed(budget, "budget", "url", str, ""),
+            he=_typed(fed, "federation", "he", bool, False),
+            dns_names=_strings(link, "superlink", "dns-names"),
+            ip_addresses=_strings(link, "superlink", "ip-addresses"),
+            created_at=_typed(fed, "federation", "created-at", str, ""),
         )
+
+
+def _table(raw: dict, name: str) -> dict:
+    value = raw.get(name, {})
+    if not isinstance(value, dict):
+        raise ValueError(f"[{name}] must be a table, not {type(value).__name__}")
+    return value
+
+
+def _typed(table: dict, where: str, key: str, kind: type, default):
+    value = table.get(key, default)
+    if not isinstance(value, kind):
+        raise ValueError(f"{where}.{key} must be a {kind.__name__}, not {value!r}")
+    return value
+
+
+def _strings(table: dict, where: str, key: str) -> tuple[str, ...]:
+    value = table.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{where}.{key} must be a list of strings, not {value!r}")
+    return tuple(value)
 
 
 @dataclass(frozen=True)
@@ -134,15 +156,25 @@ class FederationDir:
                 f"{self.root} is not a federation directory (no {CONFIG_FILE}); "
                 f"create one with `fedcare federation init {self.root}`"
             )
-        return FederationConfig.from_toml(tomllib.loads(self.config_path.read_text()))
+        try:
+            return FederationConfig.from_toml(tomllib.loads(self.config_path.read_text()))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError) as exc:
+            raise FederationDirError(
+                f"{self.config_path} is damaged: {exc}; fix it or restore it from a backup"
+            ) from None
 
     def admin_token(self) -> str:
         try:
-            return self.admin_token_file.read_text().strip()
+            token = self.admin_token_file.read_text().strip()
         except FileNotFoundError:
             raise FederationDirError(
                 f"{self.admin_token_file} is missing; the federation directory is incomplete"
             ) from None
+        except UnicodeDecodeError:
+            raise FederationDirError(f"{self.admin_token_file} is not text; it should hold one token") from None
+        if not token or not token.isprintable() or any(c.isspace() for c in token):
+            raise FederationDirError(f"{self.admin_token_file} does not hold one token (one line, no spaces)")
+        return token
 
 
 def slugify(name: str) -> str:

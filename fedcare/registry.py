@@ -15,11 +15,13 @@ import fcntl
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from types import UnionType
+from typing import Literal, Union, get_args, get_origin, get_type_hints
 
 from common.atomic import write_json_atomic
+from fedcare.federation_dir import FederationDirError
 
 # pending: to do at the next sync; registered/revoked: done; off: no budget service in this federation.
 SuperLinkState = Literal["pending", "registered", "revoke-pending", "revoked"]
@@ -28,6 +30,10 @@ BudgetState = Literal["pending", "registered", "revoke-pending", "revoked", "off
 # never saw a private key) or the coordinator (the one-step path for single-operator setups).
 KeysMadeBy = Literal["institution", "coordinator"]
 FORMAT = "fedcare-registry/1"
+
+
+class RegistryError(FederationDirError, ValueError):
+    """`registry.json` cannot be read: the message names the file, the record and the field."""
 
 
 def now() -> str:
@@ -83,10 +89,17 @@ class Registry:
         if not self.path.exists():
             self.institutions = {}
             return
-        raw = json.loads(self.path.read_text())
-        if raw.get("format") != FORMAT:
-            raise ValueError(f"{self.path}: unknown registry format {raw.get('format')!r} (expected {FORMAT})")
-        self.institutions = {slug: InstitutionRecord(**rec) for slug, rec in raw["institutions"].items()}
+        try:
+            raw = json.loads(self.path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise RegistryError(f"{self.path}: not valid JSON ({exc}); restore it from a backup") from None
+        if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+            found = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
+            raise RegistryError(f"{self.path}: unknown registry format {found!r} (expected {FORMAT})")
+        records = raw.get("institutions")
+        if not isinstance(records, dict):
+            raise RegistryError(f"{self.path}: 'institutions' must be an object of records by slug")
+        self.institutions = {slug: _record(self.path, slug, rec) for slug, rec in records.items()}
 
     def _save(self) -> None:
         write_json_atomic(
@@ -110,3 +123,38 @@ class Registry:
         """A read-only view: reads the file (atomically replaced by writers, so never torn), writes nothing."""
         self._load()
         return dict(self.institutions)
+
+
+def _accepts(hint: object, value: object) -> bool:
+    """Whether a JSON value fits a field's declared type (bools are not numbers here)."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Literal:
+        return value in args
+    if origin in (Union, UnionType):
+        return any(_accepts(arg, value) for arg in args)
+    if origin is list:
+        return isinstance(value, list) and all(_accepts(args[0], v) for v in value)
+    if hint is type(None):
+        return value is None
+    if isinstance(value, bool):
+        return hint is bool
+    if hint is float:
+        return isinstance(value, int | float)
+    return isinstance(value, hint)
+
+
+def _record(path: Path, slug: str, raw: object) -> InstitutionRecord:
+    """One record, checked against InstitutionRecord's fields: a damaged file is named, not a crash later."""
+    where = f"{path}: institution {slug!r}"
+    if not isinstance(raw, dict):
+        raise RegistryError(f"{where} is {type(raw).__name__}, not an object")
+    declared = {f.name: f for f in fields(InstitutionRecord)}
+    required = {n for n, f in declared.items() if f.default is MISSING and f.default_factory is MISSING}
+    unknown, missing = sorted(set(raw) - set(declared)), sorted(required - set(raw))
+    if unknown or missing:
+        raise RegistryError(f"{where}: unknown field(s) {unknown}, missing field(s) {missing}")
+    hints = get_type_hints(InstitutionRecord)
+    for name, value in raw.items():
+        if not _accepts(hints[name], value):
+            raise RegistryError(f"{where}: {name} is {value!r}, which does not fit its type {declared[name].type}")
+    return InstitutionRecord(**raw)

@@ -84,7 +84,7 @@ class HEHeader:
             if set(raw) != set(types) or any(type(raw[k]) is not t for k, t in types.items()):
                 raise ValueError(f"expected fields {sorted(types)} with types {[t.__name__ for t in types.values()]}")
             header = cls(**raw)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, RecursionError) as exc:  # RecursionError: JSON nested too deep (fuzzing)
             raise InvalidCiphertext(f"header is malformed: {exc}") from exc
         if header.format != FORMAT:
             raise InvalidCiphertext(f"header format {header.format!r}, expected {FORMAT!r} (fedcare versions differ?)")
@@ -149,7 +149,8 @@ class EncryptedUpdate:
             if pos != len(blob) or any(len(c) != s for c, s in zip(chunks, sizes, strict=False)):
                 raise ValueError("file is truncated or has trailing bytes")
             header_text, digest = json.dumps(head["header"]), str(head["digest"])
-        except (ValueError, KeyError, TypeError, struct.error) as exc:
+        except (ValueError, KeyError, TypeError, struct.error, OverflowError, RecursionError) as exc:
+            # OverflowError: a chunk size of Infinity; RecursionError: a head nested too deep (both found by fuzzing)
             raise InvalidCiphertext(f"cannot read encrypted model file: {exc}") from exc
         return cls(HEHeader.parse(header_text), tuple(chunks), digest)
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 import logging
 
 from sqlalchemy import delete, func, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
 from server.budget.core import accounting, budgets
 from server.budget.core.db import begin_write
-from server.budget.core.errors import DuplicateName, LedgerError, NotFound, UnknownInstitution
+from server.budget.core.errors import DuplicateName, LedgerError, NotFound, UnknownInstitution, ValueOutOfRange
 from server.budget.core.security import Principal, Role, hash_token, new_token
 from server.budget.models import ApiToken, Institution, PrivacyEvent, utcnow
 from server.budget.schemas import (
@@ -196,6 +196,8 @@ def record_batches(*, session: Session, batches: list[list[EventCreate]]) -> lis
                 staged.append(_record(session, events))
         except LedgerError as exc:
             staged.append(exc)
+        except (DataError, OverflowError) as exc:  # the limits should have refused it; still that batch's answer
+            staged.append(ValueOutOfRange.of(exc))
     session.commit()
     return [result if isinstance(result, LedgerError) else _written(result) for result in staged]
 

@@ -11,6 +11,7 @@ import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.status import HTTP_422_UNPROCESSABLE_CONTENT
 
 from server.budget.api.deps import Ledger
@@ -18,7 +19,7 @@ from server.budget.api.main import api_router, site_router
 from server.budget.core import accounting
 from server.budget.core.config import BudgetSettings, get_settings
 from server.budget.core.db import make_engine, make_sessionmaker, upgrade_schema
-from server.budget.core.errors import LedgerError
+from server.budget.core.errors import LedgerError, ValueOutOfRange
 from server.budget.core.metrics import BudgetMetrics, LatencyMiddleware
 from server.budget.core.security import TokenCache, hash_token
 
@@ -52,6 +53,11 @@ def describe_validation_error(exc: RequestValidationError) -> str:
 
 async def _ledger_error(request: Request, exc: LedgerError) -> JSONResponse:
     return JSONResponse(status_code=exc.status_code, content={"detail": str(exc)})
+
+
+async def _value_out_of_range(request: Request, exc: Exception) -> JSONResponse:
+    """A value the database cannot hold (the limits should refuse it first): the caller's error, never a 500."""
+    return await _ledger_error(request, ValueOutOfRange.of(exc))
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -102,6 +108,8 @@ def create_app(settings: BudgetSettings | None = None) -> FastAPI:
     app.state.metrics = metrics = BudgetMetrics(sessions)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(LedgerError, _ledger_error)
+    for database_refused in (DataError, OverflowError):
+        app.add_exception_handler(database_refused, _value_out_of_range)
     app.add_middleware(
         LatencyMiddleware,
         observe=lambda m, route, status, seconds: metrics.requests.labels(m, route, str(status)).observe(seconds),

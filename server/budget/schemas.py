@@ -1,7 +1,10 @@
 """The API's schemas (pydantic: Base / Create / Public), as in the FastAPI full-stack template.
 
-The event schemas are the DP event of `common.dp_event` with the ranges the
-service accepts; a test fails if their fields drift from its `LEDGER_FIELDS`.
+The event schemas are the DP event of `common.dp_event`; a test fails if their
+fields drift from its `LEDGER_FIELDS`. What the service stores (and so every
+Public schema) has the loose ranges any stored row meets; the Create schemas
+add the tighter ranges of `server.budget.limits`, so a row stored before a
+range was tightened can still be read.
 """
 
 from __future__ import annotations
@@ -13,6 +16,15 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator, model_validator
 
 from common.dp_event import MAX_BATCH, Accountant
+from server.budget.limits import (
+    EVENT_RANGES,
+    INSTITUTION_RANGES,
+    MAX_NAME_LENGTH,
+    MAX_RUN_ID_LENGTH,
+    PrintableText,
+    Range,
+    printable,
+)
 from server.budget.models import PrivacyEvent
 
 
@@ -22,8 +34,20 @@ def _finite(name: str, value: float) -> float:
     return value
 
 
+def _show_ranges(ranges: dict[str, Range]):
+    """A json_schema_extra that states `ranges` in the OpenAPI schema, as Field(ge=..., le=...) would."""
+
+    def extra(schema: dict) -> None:
+        for name, bounds in ranges.items():
+            schema["properties"][name].update(bounds.json_schema())
+
+    return extra
+
+
 class InstitutionBase(BaseModel):
-    name: str = Field(min_length=1, max_length=100, description="Unique name, as the hospital's ClientApp reports it")
+    name: str = Field(
+        min_length=1, max_length=MAX_NAME_LENGTH, description="Unique name, as the hospital's ClientApp reports it"
+    )
     epsilon_limit: float = Field(gt=0, description="Lifetime epsilon this institution may spend")
     delta: float = Field(gt=0, lt=1, description="The delta its epsilon is stated at, in (0, 1)")
 
@@ -35,13 +59,16 @@ class InstitutionBase(BaseModel):
     @field_validator("name")
     @classmethod
     def _printable(cls, value: str) -> str:
-        if value != value.strip() or not value.isprintable():
-            raise ValueError(f"name {value!r} has leading/trailing spaces or control characters")
-        return value
+        return printable(value)
 
 
 class InstitutionCreate(InstitutionBase):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_show_ranges(INSTITUTION_RANGES))
+
+    @field_validator(*INSTITUTION_RANGES)
+    @classmethod
+    def _in_range(cls, value: float, info) -> float:
+        return INSTITUTION_RANGES[info.field_name].check(info.field_name, value)
 
 
 class InstitutionPublic(InstitutionBase):
@@ -68,7 +95,7 @@ class TokensRevoked(BaseModel):
 
 class AggregatorCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=100)
+    name: PrintableText = Field(min_length=1, max_length=MAX_NAME_LENGTH)
 
 
 class AggregatorCreated(BaseModel):
@@ -96,9 +123,11 @@ class BudgetPublic(BaseModel):
 class EventBase(BaseModel):
     """The DP event of `common.dp_event` (its `LEDGER_FIELDS`), with the ranges the service accepts."""
 
-    run_id: str = Field(min_length=1, max_length=64, description="Flower run id (a string: they exceed int64)")
+    run_id: str = Field(
+        min_length=1, max_length=MAX_RUN_ID_LENGTH, description="Flower run id (a string: they exceed int64)"
+    )
     server_round: int = Field(ge=1)
-    institution: str = Field(min_length=1, max_length=100)
+    institution: str = Field(min_length=1, max_length=MAX_NAME_LENGTH)
     noise_multiplier: float = Field(gt=0)
     sample_rate: float = Field(gt=0, le=1)
     steps: int = Field(ge=1)
@@ -113,7 +142,17 @@ class EventBase(BaseModel):
 
 
 class EventCreate(EventBase):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_show_ranges(EVENT_RANGES))
+
+    @field_validator(*EVENT_RANGES)
+    @classmethod
+    def _in_range(cls, value: float, info) -> float:
+        return EVENT_RANGES[info.field_name].check(info.field_name, value)
+
+    @field_validator("run_id", "institution")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        return printable(value)
 
     @model_validator(mode="before")
     @classmethod

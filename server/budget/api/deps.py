@@ -28,6 +28,7 @@ from server.budget import crud
 from server.budget.core.errors import LedgerError
 from server.budget.core.group_commit import GroupCommit
 from server.budget.core.security import Principal, Role, hash_token, same_digest
+from server.budget.limits import MAX_TOKEN_LENGTH
 from server.budget.schemas import EventCreate, EventsWritten
 
 DASHBOARD_COOKIE = "fedcare_budget_token"
@@ -118,6 +119,10 @@ def _bearer(request: Request) -> str | None:
 
 
 async def resolve_token(request: Request, token: str) -> Principal:
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise _unauthorized(
+            f"the token is {len(token)} characters long; fedcare tokens have at most {MAX_TOKEN_LENGTH}"
+        )
     state = request.app.state
     digest = hash_token(token)
     if same_digest(digest, state.admin_digest):

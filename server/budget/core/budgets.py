@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Literal
 
 from server.budget.core import accounting
+from server.budget.core.errors import AccountingError
 from server.budget.models import Institution, PrivacyEvent
 from server.budget.schemas import BudgetPublic, EventCreate, RunInstitutionSpending
 
@@ -33,7 +34,22 @@ class Spending:
 
 
 def assess(institution: Institution, event: EventCreate, history: accounting.History) -> Spending:
-    """The spending after `event`; `history` holds the institution's stored events and this one."""
+    """The spending after `event`; `history` holds the institution's stored events and this one.
+
+    Raises AccountingError naming the event and its numbers when epsilon cannot be recomputed.
+    """
+    try:
+        return _assess(institution, event, history)
+    except AccountingError as exc:
+        raise AccountingError(
+            f"event (run {event.run_id}, round {event.server_round}, institution {institution.name!r}) with "
+            f"noise_multiplier={event.noise_multiplier:g}, sample_rate={event.sample_rate:g}, steps={event.steps}, "
+            f"delta={event.delta:g} (institution's delta {institution.delta:g}), after {institution.rounds} stored "
+            f"event(s): {exc}"
+        ) from exc
+
+
+def _assess(institution: Institution, event: EventCreate, history: accounting.History) -> Spending:
     acc = event.accountant
     recomputed = accounting.cumulative_epsilon(history, accountant=acc, delta=event.delta)
     at_own_delta = (

@@ -15,6 +15,8 @@ from functools import lru_cache
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from server.budget.limits import MAX_TOKEN_LENGTH
+
 log = logging.getLogger("fedcare.budget")
 
 # Values people paste from examples; none of them is a secret.
@@ -86,6 +88,8 @@ def admin_token_problem(token: str) -> str | None:
         return f"is the placeholder {token!r}"
     if len(token) < MIN_TOKEN_LENGTH:
         return f"is shorter than {MIN_TOKEN_LENGTH} characters"
+    if len(token) > MAX_TOKEN_LENGTH:
+        return f"is longer than {MAX_TOKEN_LENGTH} characters (the service refuses longer bearer tokens)"
     return None
 
 

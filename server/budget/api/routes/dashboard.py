@@ -38,7 +38,9 @@ async def _data(request: Request, ledger: Ledger, viewer: Principal) -> dict:
 
 
 def _with_cookie(request: Request, response, token_from_query: str | None):
-    if token_from_query:
+    # Only a token that signed this request in (no bearer header beside it) becomes the cookie: any other
+    # query text could be anything, including characters a Set-Cookie header cannot carry.
+    if token_from_query and not request.headers.get("authorization"):
         response.set_cookie(
             DASHBOARD_COOKIE,
             token_from_query,

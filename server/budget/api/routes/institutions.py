@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Request, status
 
 from server.budget import crud
 from server.budget.api.deps import AdminPrincipal, CurrentPrincipal, LedgerDep, require_institution_access
+from server.budget.limits import InstitutionId, PageLimit, PageOffset
 from server.budget.schemas import (
     BudgetPublic,
     EventPage,
@@ -35,13 +34,15 @@ async def list_institutions(ledger: LedgerDep, _: AdminPrincipal) -> list[Instit
 
 
 @router.get("/{institution_id}")
-async def read_institution(institution_id: int, ledger: LedgerDep, principal: CurrentPrincipal) -> InstitutionPublic:
+async def read_institution(
+    institution_id: InstitutionId, ledger: LedgerDep, principal: CurrentPrincipal
+) -> InstitutionPublic:
     require_institution_access(principal, institution_id)
     return await ledger.read(crud.read_institution, institution_id=institution_id)
 
 
 @router.get("/{institution_id}/budget")
-async def read_budget(institution_id: int, ledger: LedgerDep, principal: CurrentPrincipal) -> BudgetPublic:
+async def read_budget(institution_id: InstitutionId, ledger: LedgerDep, principal: CurrentPrincipal) -> BudgetPublic:
     """Spent, limit and remaining epsilon. `epsilon_spent` is max(recomputed from the ledger, highest reported)."""
     require_institution_access(principal, institution_id)
     return await ledger.read(crud.read_budget, institution_id=institution_id)
@@ -49,11 +50,11 @@ async def read_budget(institution_id: int, ledger: LedgerDep, principal: Current
 
 @router.get("/{institution_id}/events")
 async def read_events(
-    institution_id: int,
+    institution_id: InstitutionId,
     ledger: LedgerDep,
     principal: CurrentPrincipal,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: PageLimit = 100,
+    offset: PageOffset = 0,
 ) -> EventPage:
     """The institution's ledger, oldest first."""
     require_institution_access(principal, institution_id)
@@ -62,7 +63,7 @@ async def read_events(
 
 @router.post("/{institution_id}/token", status_code=status.HTTP_201_CREATED)
 async def rotate_institution_token(
-    institution_id: int, request: Request, ledger: LedgerDep, _: AdminPrincipal
+    institution_id: InstitutionId, request: Request, ledger: LedgerDep, _: AdminPrincipal
 ) -> InstitutionToken:
     """Issue a new token for the institution (a rotated kit); every earlier one stops working. Shown once."""
     issued = await ledger.write(crud.rotate_institution_token, institution_id=institution_id)
@@ -72,7 +73,7 @@ async def rotate_institution_token(
 
 @router.delete("/{institution_id}/tokens")
 async def revoke_institution_tokens(
-    institution_id: int, request: Request, ledger: LedgerDep, _: AdminPrincipal
+    institution_id: InstitutionId, request: Request, ledger: LedgerDep, _: AdminPrincipal
 ) -> TokensRevoked:
     """Disable every token of the institution (`fedcare institution revoke`). Its budget and ledger are kept."""
     revoked = await ledger.write(crud.revoke_institution_tokens, institution_id=institution_id)
