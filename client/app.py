@@ -68,8 +68,9 @@ def federation_metrics(msg: Message, context: Context) -> Message:
     """HE aggregate mode, after the final scoring: decrypt the server's sum of the hospitals' scores and
     report the federation-level figures (the server holds no key to do it)."""
     # The secret context is found as for a train message (one rule for where the key lives).
-    from client.local_round import RoundRefused, _secret_context_for
     from client.metrics_report import decrypt_figures, put_figures
+    from client.refusals import RoundRefused
+    from client.secret_context import secret_context_for
     from client.train_reply import refusal
     from common.settings import NodeSettings, SettingsError
 
@@ -79,7 +80,8 @@ def federation_metrics(msg: Message, context: Context) -> Message:
             node = NodeSettings.from_node_config(context.node_config)
         except SettingsError as exc:
             raise RoundRefused(code="bad-local-data", reason=str(exc), institution=institution) from exc
-        secret = _secret_context_for(node, institution)
+        run_key_id = str(msg.content["config"].get("he-key-id", "")) if "config" in msg.content else ""
+        secret = secret_context_for(node, institution, run_key_id=run_key_id or None)
     except RoundRefused as exc:
         return refusal(msg, exc)
     latest = int(msg.content["config"]["server-round"]) if "config" in msg.content else 0

@@ -19,6 +19,8 @@ from torch import nn
 
 from client.accountant_state import AccountantStateError, HospitalAccountant
 from client.mixed_precision import DPConfigError
+from client.refusals import RoundRefused
+from client.secret_context import secret_context_for
 from client.training import Score, TrainingOutcome, evaluate, pick_device, train_plain
 from common.codecs import InvalidUpdate, check_update, from_numpy, to_numpy, to_record, to_state_dict
 from common.data import HospitalData, load_hospital_table, split_train_validation
@@ -29,51 +31,12 @@ from common.round_config import RoundConfig
 from common.schema import SchemaError
 from common.settings import NodeSettings, SettingsError
 
-
-class RoundRefused(RuntimeError):
-    """The hospital cannot take part in this round; `code` tells the server why."""
-
-    def __init__(self, *, code: str, reason: str, institution: str, details: dict[str, Any] | None = None) -> None:
-        super().__init__(f"[{institution}] {code}: {reason}")
-        self.code, self.reason, self.institution = code, reason, institution
-        self.details = details or {}
-
-    def as_status(self) -> dict[str, Any]:
-        return {"ok": False, "code": self.code, "reason": self.reason, "institution": self.institution, **self.details}
-
-
 log = logging.getLogger("flwr.fedcare.client")
 
 if TYPE_CHECKING:
     import tenseal as ts
 
-
-def _secret_context_for(node: NodeSettings, institution: str, *, run_key_id: str | None) -> ts.Context:
-    """This hospital's secret context; refused when it is not the key set of the run's public context
-    (`run_key_id`, sent by the server as `he-key-id`): encrypting under another key set helps no one."""
-    from common.he.keys import HEKeyError, key_id, load_secret_context  # TenSEAL only where HE is used
-
-    if node.he_secret_context is None:
-        raise RoundRefused(
-            code="he-not-configured",
-            reason="the run uses privacy-mode 'he' but this SuperNode's node config has no 'he-secret-context' "
-            "(the path of he-secret.ctx: `fedcare he install` sets it)",
-            institution=institution,
-        )
-    try:
-        context = load_secret_context(node.he_secret_context)
-    except HEKeyError as exc:
-        raise RoundRefused(code="he-not-configured", reason=str(exc), institution=institution) from exc
-    own = key_id(context)
-    if run_key_id and own != run_key_id:
-        raise RoundRefused(
-            code="he-key-mismatch",
-            reason=f"this hospital's HE secret context ({node.he_secret_context}) is key set {own}, but the run's "
-            f"public context is key set {run_key_id}: install the current key set (`fedcare he install`), or, if "
-            f"{own} is the current one, the run was started with a stale he-public.ctx",
-            institution=institution,
-        )
-    return context
+__all__ = ["LocalRound", "RoundRefused"]  # RoundRefused is re-exported: the handlers catch it from here
 
 
 def _incoming_weights(
@@ -146,7 +109,7 @@ class LocalRound:
 
         secret_context = None
         if config.privacy_mode == "he":
-            secret_context = _secret_context_for(node, institution, run_key_id=config.he_key_id or None)
+            secret_context = secret_context_for(node, institution, run_key_id=config.he_key_id or None)
         device = pick_device()
         model = build_model(config.dataset_schema)
         try:
