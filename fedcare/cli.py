@@ -16,6 +16,7 @@ from fedcare.budget_cli import budget_app
 from fedcare.compose import compose_app
 from fedcare.federation import FederationError
 from fedcare.he_cli import he_app
+from fedcare.node_cli import node_app
 from fedcare.registration_cli import federation_app, institution_app
 
 app = typer.Typer(help="fedcare: federated learning for hospitals.", no_args_is_help=True, add_completion=False)
@@ -28,6 +29,7 @@ app.add_typer(
     help="Set up a federation directory (CA, TLS, HE keys); sync pending registrations.",
 )
 app.add_typer(compose_app, name="compose", help="Docker compose files: prepare a federation, add a hospital's service.")
+app.add_typer(node_app, name="node", help="A hospital's node: start its SuperNode and warm ClientApp executor.")
 app.add_typer(institution_app, name="institution", help="Register a hospital (its kit), revoke it, list them.")
 
 

@@ -1,0 +1,266 @@
+"""Every place fedcare reaches past Flower's public API, for the pinned flwr 1.39.0, in one module.
+
+Flower 1.39 spends a round's seconds in fixed waits (FIELD-NOTES, "Where a 1.39 message exchange spends
+its seconds") and starts a fresh `flwr-clientapp` process per message. fedcare does not fork Flower;
+instead, at the hospital:
+
+* the SuperNode runs in a fedcare process that retunes its fixed sleeps (`time.sleep(3)` between idle
+  fleet polls, `time.sleep(0.5)` while it waits for a ClientApp's reply) and the object-pull back-off
+  (1 s doubling to 10 s) before it calls Flower's own `flower_supernode()` main;
+* the warm executor claims ClientApp tasks from the SuperNode's runtime API and runs Flower's own
+  `run_clientapp` in a forked child, learning the message it serves so it can still answer when that
+  child dies.
+
+`check_pinned_flower()` says, symbol by symbol, what of this no longer holds; `tests/fedcare/
+test_flower_internals.py` fails on it, and `tune_supernode_waits` refuses to start on it, so an upgraded
+Flower fails loudly instead of silently going slow (or worse). Nothing here may import `client`,
+`common` or `server`: the warm executor imports this module before it forks, and Flower's `load_app`
+would run a pre-imported copy instead of the app the run ships.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import version
+from types import ModuleType
+
+PINNED_FLWR = "1.39.0"
+FLEET_POLL_SLEEP = 3  # start_client_internal: `time.sleep(3)` when PullMessages returned nothing
+REPLY_WAIT_SLEEP = 0.5  # start_client_internal: `time.sleep(0.5)` twice, waiting for the ClientApp's reply
+_SLEEP_SITES = {f"time.sleep({FLEET_POLL_SLEEP})": 1, f"time.sleep({REPLY_WAIT_SLEEP})": 2}
+_PULL_HELPERS = ("pull_objects", "pull_and_inflate_object_from_tree")  # inflatable_utils, keyword defaults
+
+
+class FlowerInternalsChanged(RuntimeError):
+    """The installed Flower is not the one fedcare's adapter was written for."""
+
+
+@dataclass(frozen=True)
+class SuperNodeWaits:
+    """The SuperNode's waits, in seconds (Flower 1.39's fixed values in brackets).
+
+    fleet_poll: between idle PullMessages to the SuperLink [3]; each hospital sends 1/fleet_poll requests
+    per second while idle (docs/benchmarks.md has what that costs the SuperLink).
+    reply_wait: between checks for the ClientApp's reply [0.5]; local, costs nothing measurable.
+    pull_backoff, pull_backoff_cap: first and largest back-off when a message's objects are not uploaded
+    yet [1, 10]; a fast poll meets that often, because the SuperLink hands a message out before its upload ends.
+    """
+
+    fleet_poll: float = 0.1
+    reply_wait: float = 0.01
+    pull_backoff: float = 0.02
+    pull_backoff_cap: float = 0.5
+
+
+def _modules() -> dict[str, ModuleType]:
+    # By full name: `flwr.supernode.cli` re-exports a function under its module's name.
+    return {
+        name.rsplit(".", 1)[1]: importlib.import_module(name)
+        for name in (
+            "flwr.supernode.start_client_internal",
+            "flwr.supercore.inflatable.inflatable_utils",
+            "flwr.supernode.cli.flower_supernode",
+            "flwr.supernode.runtime.run_clientapp",
+        )
+    }
+
+
+def check_pinned_flower() -> list[str]:
+    """What this module assumes of Flower and no longer holds; empty when all is as pinned."""
+    problems: list[str] = []
+    installed = version("flwr")
+    if installed != PINNED_FLWR:
+        problems.append(f"flwr is {installed}, the adapter was written for {PINNED_FLWR}: re-read every symbol below")
+    try:
+        mods = _modules()
+    except ImportError as exc:
+        return [*problems, f"import failed: {exc}"]
+    sci = mods["start_client_internal"]
+    if getattr(sci, "time", None) is not time:
+        problems.append("flwr.supernode.start_client_internal.time: no longer the `time` module it sleeps through")
+    source = inspect.getsource(sci)
+    for site, count in _SLEEP_SITES.items():
+        if source.count(site) != count:
+            problems.append(
+                f"flwr.supernode.start_client_internal: expected {count} `{site}`, found {source.count(site)}"
+            )
+    for name in _PULL_HELPERS:
+        defaults = getattr(getattr(mods["inflatable_utils"], name, None), "__kwdefaults__", None) or {}
+        if not {"initial_backoff", "backoff_cap"} <= defaults.keys():
+            problems.append(f"flwr.supercore.inflatable.inflatable_utils.{name}: no initial_backoff/backoff_cap")
+    if not callable(getattr(mods["flower_supernode"], "flower_supernode", None)):
+        problems.append("flwr.supernode.cli.flower_supernode.flower_supernode: missing")
+    rc = mods["run_clientapp"]
+    for name in ("run_clientapp", "pull_task_input", "push_message", "push_task_output"):
+        if not callable(getattr(rc, name, None)):
+            problems.append(f"flwr.supernode.runtime.run_clientapp.{name}: missing")
+    if callable(getattr(rc, "run_clientapp", None)):
+        body = inspect.getsource(rc.run_clientapp)
+        for call in ("pull_task_input(client)", "push_message(client, reply_message, context)"):
+            if call not in body:
+                problems.append(f"flwr.supernode.runtime.run_clientapp.run_clientapp: no longer calls `{call}`")
+    return problems
+
+
+def _require_pinned() -> None:
+    if problems := check_pinned_flower():
+        raise FlowerInternalsChanged(
+            "fedcare's Flower adapter (fedcare/flower_internals.py) does not match the installed Flower:\n- "
+            + "\n- ".join(problems)
+        )
+
+
+# ---------------------------------------------------------------- the SuperNode's waits
+
+
+class _RetunedSleeps:
+    """Stands in for the `time` module inside start_client_internal: the two fixed sleeps become the
+    configured waits; every other call goes to `time` itself."""
+
+    def __init__(self, waits: SuperNodeWaits) -> None:
+        self._map = {float(FLEET_POLL_SLEEP): waits.fleet_poll, REPLY_WAIT_SLEEP: waits.reply_wait}
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(self._map.get(float(seconds), seconds))
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(time, name)
+
+
+def tune_supernode_waits(waits: SuperNodeWaits) -> None:
+    """Retune this process's SuperNode waits; call before `run_flower_supernode`."""
+    _require_pinned()
+    mods = _modules()
+    mods["start_client_internal"].time = _RetunedSleeps(waits)  # type: ignore[attr-defined]
+    tune_object_pull_backoff(initial=waits.pull_backoff, cap=waits.pull_backoff_cap)
+
+
+def tune_object_pull_backoff(*, initial: float, cap: float) -> None:
+    utils = _modules()["inflatable_utils"]
+    for name in _PULL_HELPERS:
+        defaults = getattr(utils, name).__kwdefaults__
+        defaults["initial_backoff"], defaults["backoff_cap"] = initial, cap
+
+
+def run_flower_supernode(argv: list[str]) -> None:
+    """Flower's own `flower-supernode` main, with `argv` as its command line."""
+    sys.argv = ["flower-supernode", *argv]
+    _modules()["flower_supernode"].flower_supernode()
+
+
+# ---------------------------------------------------------------- ClientApp tasks (the warm executor)
+
+
+def runtime_client(address: str) -> object:
+    """A client of the SuperNode's runtime API on loopback (plain HTTP, as Flower's own SuperExec uses it)."""
+    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+    from flwr.supercore.retry import make_simple_http_retry_invoker
+    from flwr.supercore.runtime import RuntimeHttpClient
+
+    return RuntimeHttpClient.from_server_address(
+        server_address=address,
+        insecure=True,
+        root_certificates=None,
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")],
+        retry_invoker=make_simple_http_retry_invoker(),
+    )
+
+
+def acquire_clientapp_task(client: object) -> str | None:
+    """Claim the oldest pending ClientApp task; its token, or None when there is none."""
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest
+    from flwr.supercore.constant import TaskType
+
+    res = client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))  # type: ignore[attr-defined]
+    return str(res.token) if res.HasField("task") and res.token else None
+
+
+@dataclass(frozen=True)
+class ServedMessage:
+    """What the executor's parent needs to answer for a child that died: the message (no content), and
+    the node and run it belongs to."""
+
+    message_proto: bytes
+    node_id: int
+    run_id: int
+
+
+def run_clientapp_task(
+    address: str,
+    token: str,
+    *,
+    parent_pid: int,
+    on_input: Callable[[ServedMessage], None],
+    on_replied: Callable[[], None],
+) -> int:
+    """Run Flower's `run_clientapp` for one claimed task in this process; its exit code.
+
+    `on_input` hears which message the task serves as soon as it is pulled, `on_replied` that the reply
+    was pushed: between the two, a death of this process leaves the SuperNode waiting for a reply only
+    the parent can now send (`push_clientapp_failure`).
+    """
+    from flwr.app.message import remove_content_from_message
+    from flwr.common.serde import message_to_proto
+    from flwr.supernode.runtime import run_clientapp as rc
+
+    pull, push = rc.pull_task_input, rc.push_message
+
+    def pull_and_tell(client):  # type: ignore[no-untyped-def]
+        message, context, run, fab = pull(client)
+        proto = message_to_proto(remove_content_from_message(message)).SerializeToString()
+        on_input(ServedMessage(proto, int(context.node_id), int(context.run_id)))
+        return message, context, run, fab
+
+    def push_and_tell(client, message, context):  # type: ignore[no-untyped-def]
+        push(client, message, context)
+        on_replied()
+
+    rc.pull_task_input, rc.push_message = pull_and_tell, push_and_tell
+    try:
+        rc.run_clientapp(runtime_api_address=address, token=token, insecure=True, parent_pid=parent_pid)
+    except SystemExit as done:  # flwr_exit ends every run this way
+        return done.code if isinstance(done.code, int) else 1
+    return 0
+
+
+def push_clientapp_failure(address: str, token: str, served: ServedMessage, *, reason: str) -> None:
+    """Answer a message whose ClientApp died: an error reply naming `reason`, then the task marked failed.
+
+    Without it the SuperNode waits for that reply until Flower expires the task's heartbeat.
+    """
+    from flwr.app import Context, Error, Message, RecordDict
+    from flwr.common.constant import ErrorCode, SubStatus
+    from flwr.common.serde import message_from_proto
+    from flwr.proto.message_pb2 import Message as ProtoMessage
+    from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+    from flwr.supercore.retry import make_simple_http_retry_invoker
+    from flwr.supercore.runtime import RuntimeHttpClient
+    from flwr.supernode.runtime import run_clientapp as rc
+
+    retry = make_simple_http_retry_invoker()
+    retry.max_tries = 3
+    client = RuntimeHttpClient.from_server_address(
+        server_address=address,
+        insecure=True,
+        root_certificates=None,
+        interceptors=[
+            RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
+            RuntimeTokenHttpInterceptor(token),
+        ],
+        retry_invoker=retry,
+    )
+    try:
+        original = message_from_proto(ProtoMessage.FromString(served.message_proto))
+        reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=original)
+        context = Context(
+            run_id=served.run_id, node_id=served.node_id, node_config={}, state=RecordDict(), run_config={}
+        )
+        rc.push_message(client, reply, context)
+        rc.push_task_output(client=client, context=None, sub_status=SubStatus.FAILED, details=reason)
+    finally:
+        client.close()
