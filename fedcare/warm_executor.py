@@ -96,14 +96,18 @@ def warm_up() -> int:
     return threads
 
 
-def reseed_from_os_entropy() -> None:
-    """Give this (forked) process random state no sibling shares."""
+def prepare_child(*, threads: int) -> None:
+    """First thing in a forked child: default signal handling, random state no sibling shares, and
+    torch's thread count back (the parent ran with one)."""
     import numpy as np
     import torch
 
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
     random.seed(os.urandom(32))
     np.random.seed(int.from_bytes(os.urandom(4), "little"))
     torch.manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+    torch.set_num_threads(threads)
 
 
 def _write_frame(fd: int, kind: bytes, payload: bytes = b"") -> None:
@@ -224,12 +228,7 @@ class WarmExecutor:
     def _child(self, token: str, write_fd: int) -> None:
         code = 70
         try:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, signal.SIG_DFL)
-            reseed_from_os_entropy()
-            import torch
-
-            torch.set_num_threads(self.threads)
+            prepare_child(threads=self.threads)
             code = run_clientapp_task(
                 self.runtime_address,
                 token,
