@@ -23,7 +23,8 @@ from typing import Any
 from common.tls import TlsFiles
 from fedcare.federation_dir import FederationDir, ensure_local_federation
 from fedcare.flwr_cli import CONNECTION, FlwrCli
-from fedcare.kits import KitOptions
+from fedcare.kits import CA_FILE, KitOptions
+from fedcare.node_keys import PRIVATE_KEY_FILE
 from fedcare.processes import (
     FederationError,
     ManagedProcess,
@@ -59,6 +60,7 @@ class LocalFederation(ProcessGroup):
     control_port: int = 0
     fleet_port: int = 0
     node_options: list[str] = field(default_factory=list)  # extra `fedcare node start` options for every hospital
+    stock_flower: bool = False  # benchmarks' reference only: Flower's own SuperNodes and waits, no warm executor
 
     def _spawn(self, name: str, args: list[str], **env: str) -> ManagedProcess:
         return self.spawn(name, args, env=flower_env(self.workdir / "homes" / name, **env))
@@ -100,7 +102,8 @@ class LocalFederation(ProcessGroup):
             if self.budget is None:
                 self.budget = budget_target(fed)
         # The SuperExec that starts each run's ServerApp polls every second by default.
-        proc = self._spawn("superlink", args, FLWR_SUPEREXEC_TASK_POLL_INTERVAL=SUPEREXEC_POLL)
+        fast = {} if self.stock_flower else {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": SUPEREXEC_POLL}
+        proc = self._spawn("superlink", args, **fast)
         self.wait_for_port(proc, self.fleet_port)
         self.wait_for_port(proc, self.control_port)
         self.cli.write_config(
@@ -158,20 +161,22 @@ class LocalFederation(ProcessGroup):
         if not self.fleet_port:
             raise FederationError("start the SuperLink before adding hospitals")
         config = {"institution": institution, **(node_config or {})}
-        port = free_port()
-        args = [
-            *(sys.executable, "-m", "fedcare.cli", "node", "start"),
-            *("--superlink", f"127.0.0.1:{self.fleet_port}", "--runtime-port", str(port)),
-            *("--data", str(Path(data_path).resolve())),
-            *("--node-config", " ".join(f"{k}={json.dumps(v)}" for k, v in config.items())),
-            *self.node_options,
-        ]
         if self.insecure:
-            args.append("--insecure")
+            kit = None
+        elif kit is None:
+            kit = self.ensure_kit(institution, epsilon_limit=float(config.get("epsilon-limit", 10.0)))
+        port = free_port()
+        if self.stock_flower:
+            args = _stock_supernode(self.fleet_port, port, {**config, "data-path": str(Path(data_path).resolve())}, kit)
         else:
-            if kit is None:
-                kit = self.ensure_kit(institution, epsilon_limit=float(config.get("epsilon-limit", 10.0)))
-            args += ["--kit", str(kit)]
+            args = [
+                *(sys.executable, "-m", "fedcare.cli", "node", "start"),
+                *("--superlink", f"127.0.0.1:{self.fleet_port}", "--runtime-port", str(port)),
+                *("--data", str(Path(data_path).resolve())),
+                *("--node-config", _pairs(config)),
+                *self.node_options,
+                *(["--insecure"] if kit is None else ["--kit", str(kit)]),
+            ]
         proc = self._spawn(f"supernode-{institution}", args)
         if wait:
             self.wait_for_port(proc, port)
@@ -191,7 +196,7 @@ class LocalFederation(ProcessGroup):
         deadline = time.monotonic() + self.activation_timeout
         while True:
             text = proc.log_text()
-            if "SuperNode ID:" in text and READY_LINE in text:
+            if "SuperNode ID:" in text and (READY_LINE in text or self.stock_flower):
                 self.remember_children()
                 return proc
             if proc.popen.poll() is not None:
@@ -238,3 +243,23 @@ class LocalFederation(ProcessGroup):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _pairs(config: dict[str, Any]) -> str:
+    """A node config as `--node-config` takes it: key=value ..., values in TOML (JSON strings are TOML)."""
+    return " ".join(f"{k}={json.dumps(v)}" for k, v in config.items())
+
+
+def _stock_supernode(fleet_port: int, port: int, config: dict[str, Any], kit: Path | None) -> list[str]:
+    """Flower's own `flower-supernode` line, as a hospital without fedcare's node command would run it."""
+    args = [console_script("flower-supernode"), "--superlink", f"127.0.0.1:{fleet_port}", "--port", str(port)]
+    args += ["--node-config", _pairs(config)]
+    if kit is None:
+        return [*args, "--insecure"]
+    return [
+        *args,
+        "--root-certificates",
+        str(kit / CA_FILE),
+        "--auth-supernode-private-key",
+        str(kit / PRIVATE_KEY_FILE),
+    ]
