@@ -383,8 +383,12 @@ def main(argv: list[str] | None = None) -> int:
             kind = "stock Flower SuperNodes" if stock else "fedcare nodes (SuperNode + warm executor)"
             with console.status(f"starting the SuperLink and {args.hospitals} {kind}..."):
                 fed.start_superlink()
-                for i, path in enumerate(split.hospital_paths, start=1):
-                    fed.add_hospital(institution=f"hospital-{i}", data_path=path)
+                nodes = [
+                    fed.add_hospital(institution=f"hospital-{i}", data_path=path, wait=False)
+                    for i, path in enumerate(split.hospital_paths, start=1)
+                ]
+                for node in nodes:
+                    fed.wait_for_node(node)
             console.log(f"federation up: {args.hospitals} {kind}, TLS {'off' if args.insecure else 'on'}")
 
             def timed(app: str, rounds: int, fed: LocalFederation = fed) -> RunTiming:

@@ -40,7 +40,7 @@ from fedcare.warm_executor import READY_LINE
 
 __all__ = ["CONNECTION", "FederationError", "LocalFederation", "ManagedProcess", "free_port"]
 log = logging.getLogger("fedcare.federation")
-SUPEREXEC_POLL = "0.02"  # seconds between the SuperLink's SuperExec polls for a ServerApp to start (Flower: 1)
+RUN_TIMEOUT = 7 * 24 * 3600.0  # a ServerApp runs for the whole run: the executor's per-task limit
 
 
 @dataclass
@@ -101,17 +101,34 @@ class LocalFederation(ProcessGroup):
             ]
             if self.budget is None:
                 self.budget = budget_target(fed)
-        # The SuperExec that starts each run's ServerApp polls every second by default.
-        fast = {} if self.stock_flower else {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": SUPEREXEC_POLL}
-        proc = self._spawn("superlink", args, **fast)
+        if not self.stock_flower:
+            args += ["--isolation", "process"]  # each run's ServerApp comes from the warm executor below
+        proc = self._spawn("superlink", args)
         self.wait_for_port(proc, self.fleet_port)
         self.wait_for_port(proc, self.control_port)
+        if not self.stock_flower:
+            self._start_serverapp_executor()
         self.cli.write_config(
             f"127.0.0.1:{self.control_port}", ca_certificate=None if self.tls is None else self.tls.ca_certificate
         )
         if self.federation is not None:
             for report in self.sync():
                 log.info("%s: %s", report.name, "; ".join(report.done + report.problems))
+
+    def _start_serverapp_executor(self) -> None:
+        """The coordinator's warm executor: it claims each run's ServerApp from the SuperLink's runtime API and
+        runs Flower's `flwr-serverapp` in a child forked from a process that has imported torch and flwr
+        already (Flower's own SuperExec starts a fresh process per run, after polling every second)."""
+        args = [sys.executable, "-m", "fedcare.warm_executor", "--serverapp"]
+        args += ["--runtime-address", f"127.0.0.1:{self.control_port}", "--message-timeout", str(RUN_TIMEOUT)]
+        if self.tls is not None:
+            args += ["--root-certificates", str(self.tls.ca_certificate)]
+        proc = self._spawn("serverapp-executor", args)
+        deadline = time.monotonic() + self.activation_timeout
+        while READY_LINE not in proc.log_text():
+            if proc.popen.poll() is not None or time.monotonic() > deadline:
+                raise FederationError(f"the ServerApp executor did not get ready:\n{proc.log_tail()}")
+            time.sleep(0.2)
 
     @property
     def connection(self) -> SuperLinkConnection:
@@ -156,7 +173,8 @@ class LocalFederation(ProcessGroup):
         and registered now when `kit` is None.
 
         An explicit `kit` folder is used as a hospital would use it: nothing is registered for it.
-        `wait=False` returns without waiting for the node (for nodes expected to be refused).
+        `wait=False` returns without waiting for the node (for nodes expected to be refused, or to start
+        several at once and then `wait_for_node` each).
         """
         if not self.fleet_port:
             raise FederationError("start the SuperLink before adding hospitals")
@@ -178,12 +196,9 @@ class LocalFederation(ProcessGroup):
                 *(["--insecure"] if kit is None else ["--kit", str(kit)]),
             ]
         proc = self._spawn(f"supernode-{institution}", args)
-        if wait:
-            self.wait_for_port(proc, port)
-            proc = self._wait_for_activation(proc, args=args)
-        return proc
+        return self.wait_for_node(proc) if wait else proc
 
-    def _wait_for_activation(self, proc: ManagedProcess, *, args: list[str]) -> ManagedProcess:
+    def wait_for_node(self, proc: ManagedProcess) -> ManagedProcess:
         """Wait until the SuperLink has accepted the SuperNode and the warm executor is ready, restarting
         the node while it is refused (2004) because the SuperLink still counts its key's previous session
         as online.
@@ -207,7 +222,7 @@ class LocalFederation(ProcessGroup):
                     )
                     self.processes.remove(proc)
                     time.sleep(5.0)
-                    proc = self._spawn(proc.name, args)
+                    proc = self._spawn(proc.name, list(proc.popen.args))  # type: ignore[arg-type]
                     continue
                 raise FederationError(f"{proc.name} exited with code {proc.popen.returncode}:\n{proc.log_tail()}")
             if time.monotonic() > deadline:

@@ -95,6 +95,8 @@ def check_pinned_flower() -> list[str]:
             problems.append(f"flwr.supercore.inflatable.inflatable_utils.{name}: no initial_backoff/backoff_cap")
     if not callable(getattr(mods["flower_supernode"], "flower_supernode", None)):
         problems.append("flwr.supernode.cli.flower_supernode.flower_supernode: missing")
+    if not callable(getattr(importlib.import_module("flwr.superlink.cli.flwr_serverapp"), "flwr_serverapp", None)):
+        problems.append("flwr.superlink.cli.flwr_serverapp.flwr_serverapp: missing")
     rc = mods["run_clientapp"]
     for name in ("run_clientapp", "pull_task_input", "push_message", "push_task_output"):
         if not callable(getattr(rc, name, None)):
@@ -153,36 +155,51 @@ def run_flower_supernode(argv: list[str]) -> None:
     _modules()["flower_supernode"].flower_supernode()
 
 
-# ---------------------------------------------------------------- ClientApp tasks (the warm executor)
+# ---------------------------------------------------------------- tasks (the warm executors)
 
 
-def runtime_client(address: str) -> object:
-    """A client of the SuperNode's runtime API on loopback (plain HTTP, as Flower's own SuperExec uses it)."""
-    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
-    from flwr.supercore.retry import make_simple_http_retry_invoker
-    from flwr.supercore.runtime import RuntimeHttpClient
+@dataclass(frozen=True)
+class RuntimeApi:
+    """Where a warm executor claims tasks: a SuperNode's runtime API on loopback (plain HTTP, as Flower's own
+    SuperExec uses it), or the SuperLink's (`ca_certificate`: TLS) for ServerApp tasks."""
 
-    return RuntimeHttpClient.from_server_address(
-        server_address=address,
-        insecure=True,
-        root_certificates=None,
-        interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")],
-        retry_invoker=make_simple_http_retry_invoker(),
-    )
+    address: str
+    serverapp: bool = False  # which tasks: the SuperLink's ServerApps, or a SuperNode's ClientApps
+    ca_certificate: str | None = None
 
+    def client(self, token: str | None = None, *, retries: int | None = None) -> object:
+        from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+        from flwr.supercore.retry import make_simple_http_retry_invoker
+        from flwr.supercore.runtime import RuntimeHttpClient
 
-def acquire_clientapp_task(client: object) -> str | None:
-    """Claim the oldest pending ClientApp task; its token, or None when there is none."""
-    from flwr.proto.runtime_pb2 import AcquireTaskRequest
-    from flwr.supercore.constant import TaskType
+        component = "SuperExec" if token is None else ("flwr-serverapp" if self.serverapp else "flwr-clientapp")
+        interceptors: list[object] = [RuntimeVersionHttpInterceptor(component_name=component)]
+        if token is not None:
+            interceptors.append(RuntimeTokenHttpInterceptor(token))
+        retry = make_simple_http_retry_invoker()
+        if retries is not None:
+            retry.max_tries = retries
+        return RuntimeHttpClient.from_server_address(
+            server_address=self.address,
+            insecure=self.ca_certificate is None,
+            root_certificates=self.ca_certificate,
+            interceptors=interceptors,
+            retry_invoker=retry,
+        )
 
-    res = client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))  # type: ignore[attr-defined]
-    return str(res.token) if res.HasField("task") and res.token else None
+    def acquire_task(self, client: object) -> str | None:
+        """Claim the oldest pending task of this kind; its token, or None when there is none."""
+        from flwr.proto.runtime_pb2 import AcquireTaskRequest
+        from flwr.supercore.constant import TaskType
+
+        kind = TaskType.SERVER_APP if self.serverapp else TaskType.CLIENT_APP
+        res = client.AcquireTask(AcquireTaskRequest(supported_task_types=[kind]))  # type: ignore[attr-defined]
+        return str(res.token) if res.HasField("task") and res.token else None
 
 
 @dataclass(frozen=True)
 class ServedMessage:
-    """What the executor's parent needs to answer for a child that died: the message (no content), and
+    """What the executor's parent needs to answer for a ClientApp that died: the message (no content), and
     the node and run it belongs to."""
 
     message_proto: bytes
@@ -190,20 +207,41 @@ class ServedMessage:
     run_id: int
 
 
-def run_clientapp_task(
-    address: str,
+def run_task(
+    api: RuntimeApi,
     token: str,
     *,
     parent_pid: int,
     on_input: Callable[[ServedMessage], None],
     on_replied: Callable[[], None],
 ) -> int:
-    """Run Flower's `run_clientapp` for one claimed task in this process; its exit code.
+    """Run Flower's own `flwr-serverapp` / `run_clientapp` for one claimed task in this process; its exit code.
 
-    `on_input` hears which message the task serves as soon as it is pulled, `on_replied` that the reply
-    was pushed: between the two, a death of this process leaves the SuperNode waiting for a reply only
-    the parent can now send (`push_clientapp_failure`).
+    For a ClientApp, `on_input` hears which message it serves as soon as it is pulled and `on_replied` that
+    the reply was pushed: between the two, a death of this process leaves the SuperNode waiting for a
+    reply only the parent can now send (`answer_failed_task`).
     """
+    try:
+        if api.serverapp:
+            sys.argv = ["flwr-serverapp", "--runtime-api-address", api.address, "--token", token]
+            sys.argv += ["--parent-pid", str(parent_pid)]
+            sys.argv += ["--insecure"] if api.ca_certificate is None else ["--root-certificates", api.ca_certificate]
+            importlib.import_module("flwr.superlink.cli.flwr_serverapp").flwr_serverapp()
+        else:
+            _run_clientapp(api, token, parent_pid=parent_pid, on_input=on_input, on_replied=on_replied)
+    except SystemExit as done:  # flwr_exit ends every run this way
+        return done.code if isinstance(done.code, int) else 1
+    return 0
+
+
+def _run_clientapp(
+    api: RuntimeApi,
+    token: str,
+    *,
+    parent_pid: int,
+    on_input: Callable[[ServedMessage], None],
+    on_replied: Callable[[], None],
+) -> None:
     from flwr.app.message import remove_content_from_message
     from flwr.common.serde import message_to_proto
     from flwr.supernode.runtime import run_clientapp as rc
@@ -221,46 +259,35 @@ def run_clientapp_task(
         on_replied()
 
     rc.pull_task_input, rc.push_message = pull_and_tell, push_and_tell
-    try:
-        rc.run_clientapp(runtime_api_address=address, token=token, insecure=True, parent_pid=parent_pid)
-    except SystemExit as done:  # flwr_exit ends every run this way
-        return done.code if isinstance(done.code, int) else 1
-    return 0
+    rc.run_clientapp(runtime_api_address=api.address, token=token, insecure=True, parent_pid=parent_pid)
 
 
-def push_clientapp_failure(address: str, token: str, served: ServedMessage, *, reason: str) -> None:
-    """Answer a message whose ClientApp died: an error reply naming `reason`, then the task marked failed.
+def answer_failed_task(api: RuntimeApi, token: str, served: ServedMessage | None, *, reason: str) -> bool:
+    """Answer for a task whose process died, naming `reason`; False when nothing can be answered.
 
-    Without it the SuperNode waits for that reply until Flower expires the task's heartbeat.
+    A ClientApp's message gets an error reply, then the task is marked failed (without the reply the
+    SuperNode would wait for one until Flower expires the task's heartbeat, 60 s); a ServerApp's task is
+    marked failed, which ends its run with the reason. A ClientApp that died before it pulled its
+    message cannot be answered: Flower offers the task again when its claim expires.
     """
     from flwr.app import Context, Error, Message, RecordDict
     from flwr.common.constant import ErrorCode, SubStatus
     from flwr.common.serde import message_from_proto
     from flwr.proto.message_pb2 import Message as ProtoMessage
-    from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
-    from flwr.supercore.retry import make_simple_http_retry_invoker
-    from flwr.supercore.runtime import RuntimeHttpClient
     from flwr.supernode.runtime import run_clientapp as rc
 
-    retry = make_simple_http_retry_invoker()
-    retry.max_tries = 3
-    client = RuntimeHttpClient.from_server_address(
-        server_address=address,
-        insecure=True,
-        root_certificates=None,
-        interceptors=[
-            RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
-            RuntimeTokenHttpInterceptor(token),
-        ],
-        retry_invoker=retry,
-    )
+    if served is None and not api.serverapp:
+        return False
+    client = api.client(token, retries=3)
     try:
-        original = message_from_proto(ProtoMessage.FromString(served.message_proto))
-        reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=original)
-        context = Context(
-            run_id=served.run_id, node_id=served.node_id, node_config={}, state=RecordDict(), run_config={}
-        )
-        rc.push_message(client, reply, context)
+        if served is not None:
+            original = message_from_proto(ProtoMessage.FromString(served.message_proto))
+            reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=original)
+            context = Context(
+                run_id=served.run_id, node_id=served.node_id, node_config={}, state=RecordDict(), run_config={}
+            )
+            rc.push_message(client, reply, context)
         rc.push_task_output(client=client, context=None, sub_status=SubStatus.FAILED, details=reason)
     finally:
-        client.close()
+        client.close()  # type: ignore[attr-defined]
+    return True

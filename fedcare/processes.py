@@ -142,9 +142,9 @@ class ProcessGroup:
         proc.popen.poll()
         self.processes.remove(proc)
 
-    def stop(self, *, grace: float = 10.0) -> None:
-        """Stop processes in reverse start order; SIGKILL whatever ignores SIGTERM."""
-        for proc in reversed(self.processes):
+    def stop(self, *, grace: float = 10.0, only: list[ManagedProcess] | None = None) -> None:
+        """Stop processes (`only` these, or all) in reverse start order; SIGKILL whatever ignores SIGTERM."""
+        for proc in [p for p in reversed(self.processes) if only is None or p in only]:
             tree = self._tree(proc)
             for p in tree:
                 try:
@@ -160,4 +160,4 @@ class ProcessGroup:
                     pass
             psutil.wait_procs(alive, timeout=grace)
             proc.popen.poll()
-        self.processes.clear()
+            self.processes.remove(proc)

@@ -39,13 +39,7 @@ from typing import Annotated
 
 import typer
 
-from fedcare.flower_internals import (
-    ServedMessage,
-    acquire_clientapp_task,
-    push_clientapp_failure,
-    run_clientapp_task,
-    runtime_client,
-)
+from fedcare.flower_internals import RuntimeApi, ServedMessage, answer_failed_task, run_task
 
 log = logging.getLogger("fedcare.executor")
 READY_LINE = "fedcare warm executor ready"  # fedcare.node and LocalFederation wait for this line
@@ -63,6 +57,8 @@ def warm_up() -> int:
     import flwr.app  # noqa: F401
     import flwr.client.mod  # noqa: F401  (secaggplus_mod)
     import flwr.clientapp  # noqa: F401
+    import flwr.serverapp  # noqa: F401
+    import flwr.superlink.cli.flwr_serverapp  # noqa: F401
     import flwr.supernode.runtime.run_clientapp  # noqa: F401
     import opacus
     import pandas  # noqa: F401
@@ -138,7 +134,7 @@ class ChildReport:
 
 @dataclass
 class WarmExecutor:
-    runtime_address: str
+    api: RuntimeApi
     poll: float = 0.02
     message_timeout: float = 300.0
     threads: int = 1
@@ -148,13 +144,14 @@ class WarmExecutor:
     child: int = 0  # the pid of the running child, 0 when idle
 
     def serve_forever(self) -> None:
-        client = runtime_client(self.runtime_address)
-        log.warning("%s (pid %d, runtime API %s)", READY_LINE, os.getpid(), self.runtime_address)
+        client = self.api.client()
+        kind = "ServerApp" if self.api.serverapp else "ClientApp"
+        log.warning("%s (pid %d, %s tasks from %s)", READY_LINE, os.getpid(), kind, self.api.address)
         while not self.stopping:
             try:
-                token = acquire_clientapp_task(client)
+                token = self.api.acquire_task(client)
             except Exception as exc:  # the SuperNode restarting: keep waiting for it
-                log.info("runtime API %s not answering (%s); retrying", self.runtime_address, exc)
+                log.info("runtime API %s not answering (%s); retrying", self.api.address, exc)
                 time.sleep(1.0)
                 continue
             if token is None:
@@ -181,15 +178,18 @@ class WarmExecutor:
             log.info("task served in %.2f s (%s)", time.monotonic() - started, outcome)
             return report
         self.failed += 1
-        reason = f"fedcare executor: the ClientApp {outcome} without replying"
-        if report.served is None:
-            log.error("%s, before it pulled its message; Flower offers the task again when its claim expires", reason)
-            return report
-        log.error("%s (run %d); answering with an error reply", reason, report.served.run_id)
+        app = "ServerApp" if self.api.serverapp else "ClientApp"
+        reason = f"fedcare executor: the {app} {outcome} without replying"
+        where = "" if report.served is None else f" (run {report.served.run_id})"
         try:
-            push_clientapp_failure(self.runtime_address, token, report.served, reason=reason)
+            answered = answer_failed_task(self.api, token, report.served, reason=reason)
         except Exception:
-            log.exception("could not push the error reply for run %d", report.served.run_id)
+            log.exception("%s%s; could not answer for it", reason, where)
+            return report
+        if answered:
+            log.error("%s%s; answered with the reason", reason, where)
+        else:
+            log.error("%s, before it pulled its message; Flower offers the task again when its claim expires", reason)
         return report
 
     def _supervise(self, pid: int, read_fd: int, report: ChildReport) -> str:
@@ -229,8 +229,8 @@ class WarmExecutor:
         code = 70
         try:
             prepare_child(threads=self.threads)
-            code = run_clientapp_task(
-                self.runtime_address,
+            code = run_task(
+                self.api,
                 token,
                 parent_pid=os.getppid(),
                 on_input=lambda served: _write_frame(write_fd, _INPUT, pickle.dumps(served)),
@@ -255,13 +255,22 @@ class WarmExecutor:
 
 
 def main(
-    runtime_address: Annotated[str, typer.Option(help="The SuperNode's runtime API (host:port).")] = "127.0.0.1:9094",
+    runtime_address: Annotated[str, typer.Option(help="The runtime API to claim tasks from (host:port).")] = (
+        "127.0.0.1:9094"
+    ),
+    serverapp: Annotated[
+        bool,
+        typer.Option("--serverapp", help="Serve a SuperLink's ServerApps, not ClientApps."),
+    ] = False,
+    root_certificates: Annotated[
+        str | None, typer.Option(help="CA certificate of a runtime API served over TLS (the SuperLink's).")
+    ] = None,
     poll: Annotated[float, typer.Option(min=0.001, help="Seconds between task claims while idle.")] = 0.02,
     message_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds a message may take before its ClientApp is killed.")
     ] = 300.0,
 ) -> None:
-    """Serve a SuperNode's ClientApp tasks from a warm process (started by `fedcare node start`)."""
+    """Serve a SuperNode's ClientApp tasks (or a SuperLink's ServerApps) from a warm process."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per task claim otherwise
     started = time.monotonic()
@@ -269,7 +278,8 @@ def main(
         warnings.simplefilter("ignore")  # Opacus' notes on a toy model say nothing about real training
         threads = warm_up()
     log.info("warmed up in %.1f s", time.monotonic() - started)
-    executor = WarmExecutor(runtime_address, poll=poll, message_timeout=message_timeout, threads=threads)
+    api = RuntimeApi(runtime_address, serverapp=serverapp, ca_certificate=root_certificates)
+    executor = WarmExecutor(api, poll=poll, message_timeout=message_timeout, threads=threads)
     signal.signal(signal.SIGTERM, executor.stop)
     signal.signal(signal.SIGINT, executor.stop)
     try:
