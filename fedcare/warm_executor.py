@@ -174,7 +174,8 @@ class WarmExecutor:
         finally:
             self.child = 0
         self.served += 1
-        if report.replied:
+        # A ServerApp has no reply to push; Flower's own exit handler reports how it ended, unless it was killed.
+        if report.replied or (self.api.serverapp and outcome.startswith("exited")):
             log.info("task served in %.2f s (%s)", time.monotonic() - started, outcome)
             return report
         self.failed += 1
@@ -272,7 +273,8 @@ def main(
 ) -> None:
     """Serve a SuperNode's ClientApp tasks (or a SuperLink's ServerApps) from a warm process."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per task claim otherwise
+    for noisy in ("httpx", "alembic"):  # a line per task claim; Flower's SuperLink imports alembic
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     started = time.monotonic()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Opacus' notes on a toy model say nothing about real training
