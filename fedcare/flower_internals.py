@@ -44,14 +44,19 @@ class FlowerInternalsChanged(RuntimeError):
 class SuperNodeWaits:
     """The SuperNode's waits, in seconds (Flower 1.39's fixed values in brackets).
 
-    fleet_poll: between idle PullMessages to the SuperLink [3]; each hospital sends 1/fleet_poll requests
-    per second while idle (docs/benchmarks.md has what that costs the SuperLink).
+    fleet_poll: between empty PullMessages to the SuperLink while busy, i.e. within `busy_window` seconds
+    of the last message [3]; fleet_poll_idle: after that. Each poll costs the SuperLink about 4 ms of CPU
+    (TLS, node authentication): 10 hospitals at 0.05 s keep 60 % of one of its cores busy, at 1 s 5 %
+    (bench/poll_cost.py, docs/benchmarks.md). Runs keep a node busy, so rounds see the fast poll and an
+    idle federation the slow one; only a run's first message waits up to fleet_poll_idle.
     reply_wait: between checks for the ClientApp's reply [0.5]; local, costs nothing measurable.
     pull_backoff, pull_backoff_cap: first and largest back-off when a message's objects are not uploaded
     yet [1, 10]; a fast poll meets that often, because the SuperLink hands a message out before its upload ends.
     """
 
-    fleet_poll: float = 0.1
+    fleet_poll: float = 0.05
+    fleet_poll_idle: float = 1.0
+    busy_window: float = 30.0
     reply_wait: float = 0.01
     pull_backoff: float = 0.02
     pull_backoff_cap: float = 0.5
@@ -84,6 +89,8 @@ def check_pinned_flower() -> list[str]:
     if getattr(sci, "time", None) is not time:
         problems.append("flwr.supernode.start_client_internal.time: no longer the `time` module it sleeps through")
     source = inspect.getsource(sci)
+    if "run_id = _pull_and_store_message(" not in source or not callable(getattr(sci, "_pull_and_store_message", 0)):
+        problems.append("flwr.supernode.start_client_internal._pull_and_store_message: no longer called as assumed")
     for site, count in _SLEEP_SITES.items():
         if source.count(site) != count:
             problems.append(
@@ -122,23 +129,44 @@ def _require_pinned() -> None:
 
 class _RetunedSleeps:
     """Stands in for the `time` module inside start_client_internal: the two fixed sleeps become the
-    configured waits; every other call goes to `time` itself."""
+    configured waits (the idle poll fast or slow by how long ago the last message came); every other call
+    goes to `time` itself."""
 
     def __init__(self, waits: SuperNodeWaits) -> None:
-        self._map = {float(FLEET_POLL_SLEEP): waits.fleet_poll, REPLY_WAIT_SLEEP: waits.reply_wait}
+        self.waits, self.last_message = waits, time.monotonic()
 
     def sleep(self, seconds: float) -> None:
-        time.sleep(self._map.get(float(seconds), seconds))
+        if float(seconds) == FLEET_POLL_SLEEP:
+            busy = time.monotonic() - self.last_message < self.waits.busy_window
+            seconds = self.waits.fleet_poll if busy else self.waits.fleet_poll_idle
+        elif seconds == REPLY_WAIT_SLEEP:
+            seconds = self.waits.reply_wait
+        time.sleep(seconds)
 
     def __getattr__(self, name: str) -> object:
         return getattr(time, name)
 
 
-def tune_supernode_waits(waits: SuperNodeWaits) -> None:
-    """Retune this process's SuperNode waits; call before `run_flower_supernode`."""
+def tune_supernode_waits(waits: SuperNodeWaits, *, on_message: Callable[[], None] | None = None) -> None:
+    """Retune this process's SuperNode waits; call before `run_flower_supernode`.
+
+    `on_message` is called each time the SuperNode has stored a message (its task is then claimable): the
+    warm executor is told at once instead of polling the runtime API.
+    """
     _require_pinned()
-    mods = _modules()
-    mods["start_client_internal"].time = _RetunedSleeps(waits)  # type: ignore[attr-defined]
+    sci = _modules()["start_client_internal"]
+    sleeps = _RetunedSleeps(waits)
+    pull_and_store = sci._pull_and_store_message
+
+    def pulled(*args: object, **kwargs: object) -> int | None:
+        run_id = pull_and_store(*args, **kwargs)
+        if run_id is not None:
+            sleeps.last_message = time.monotonic()
+            if on_message is not None:
+                on_message()
+        return run_id
+
+    sci.time, sci._pull_and_store_message = sleeps, pulled
     tune_object_pull_backoff(initial=waits.pull_backoff, cap=waits.pull_backoff_cap)
 
 

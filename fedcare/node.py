@@ -15,8 +15,9 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,9 @@ class NodeOptions:
     private_key: Path | None = None
     runtime_port: int = RUNTIME_PORT
     waits: SuperNodeWaits = field(default_factory=SuperNodeWaits)
-    executor_poll: float = 0.02
+    executor_poll: float = 0.5  # a fallback: the SuperNode tells the executor when a task waits
     message_timeout: float = 300.0
+    notify_socket: str | None = None  # set by run_node
 
     def to_json(self) -> str:
         return json.dumps(
@@ -60,6 +62,7 @@ class NodeOptions:
             "-m",
             "fedcare.fast_supernode",
             *wait_args(self.waits),
+            *([] if self.notify_socket is None else ["--notify-socket", self.notify_socket]),
             "--",
             "--superlink",
             self.superlink,
@@ -90,6 +93,7 @@ class NodeOptions:
             str(self.executor_poll),
             "--message-timeout",
             str(self.message_timeout),
+            *([] if self.notify_socket is None else ["--notify-socket", self.notify_socket]),
         ]
 
 
@@ -128,6 +132,8 @@ def run_node(options: NodeOptions, *, grace: float = 10.0) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     env = _environment()
+    sockets = tempfile.TemporaryDirectory(prefix="fedcare-node-")  # private (0700): only we may wake the executor
+    options = replace(options, notify_socket=os.path.join(sockets.name, "tasks.sock"))
     supernode = subprocess.Popen(options.supernode_command(), env=env, stdin=subprocess.DEVNULL)
     executor = subprocess.Popen(options.executor_command(), env=env, stdin=subprocess.DEVNULL)
     log.info("SuperNode pid %d, warm executor pid %d", supernode.pid, executor.pid)
@@ -146,6 +152,7 @@ def run_node(options: NodeOptions, *, grace: float = 10.0) -> int:
         return 0
     finally:
         _stop([executor, supernode], grace=grace)
+        sockets.cleanup()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 

@@ -92,14 +92,20 @@ def start(
         int, typer.Option(help="The SuperNode's runtime API port on 127.0.0.1 (one per node on a host).")
     ] = RUNTIME_PORT,
     fleet_poll: Annotated[
-        float, typer.Option(min=0.001, help="Seconds between the SuperNode's polls of the SuperLink while idle.")
+        float, typer.Option(min=0.001, help="Seconds between the SuperNode's polls of the SuperLink during runs.")
     ] = _DEFAULT_WAITS.fleet_poll,
+    fleet_poll_idle: Annotated[
+        float, typer.Option(min=0.001, help="... and when no message came for --busy-window seconds.")
+    ] = _DEFAULT_WAITS.fleet_poll_idle,
+    busy_window: Annotated[float, typer.Option(min=0.0, help="Seconds after a message that count as busy.")] = (
+        _DEFAULT_WAITS.busy_window
+    ),
     reply_wait: Annotated[
         float, typer.Option(min=0.001, help="Seconds between the SuperNode's checks for the ClientApp's reply.")
     ] = _DEFAULT_WAITS.reply_wait,
     executor_poll: Annotated[
-        float, typer.Option(min=0.001, help="Seconds between the executor's task claims while idle.")
-    ] = 0.02,
+        float, typer.Option(min=0.001, help="Seconds between the executor's task claims when the SuperNode is silent.")
+    ] = 0.5,
     message_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds one message may take before its ClientApp is killed.")
     ] = 300.0,
@@ -118,7 +124,9 @@ def start(
             superlink=superlink,
             node_config=node_config,
             runtime_port=runtime_port,
-            waits=SuperNodeWaits(fleet_poll=fleet_poll, reply_wait=reply_wait),
+            waits=SuperNodeWaits(
+                fleet_poll=fleet_poll, fleet_poll_idle=fleet_poll_idle, busy_window=busy_window, reply_wait=reply_wait
+            ),
             executor_poll=executor_poll,
             message_timeout=message_timeout,
         )

@@ -24,12 +24,14 @@ Invariants, and why:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
 import random
 import select
 import signal
+import socket
 import struct
 import sys
 import time
@@ -46,7 +48,7 @@ READY_LINE = "fedcare warm executor ready"  # fedcare.node and LocalFederation w
 _INPUT, _REPLIED = b"I", b"R"
 
 
-def warm_up() -> int:
+def warm_up(*, serverapp: bool = False) -> int:
     """Import and exercise the heavy libraries once, single-threaded; returns torch's default thread count."""
     import numpy as np
     import torch
@@ -57,9 +59,10 @@ def warm_up() -> int:
     import flwr.app  # noqa: F401
     import flwr.client.mod  # noqa: F401  (secaggplus_mod)
     import flwr.clientapp  # noqa: F401
-    import flwr.serverapp  # noqa: F401
-    import flwr.superlink.cli.flwr_serverapp  # noqa: F401
     import flwr.supernode.runtime.run_clientapp  # noqa: F401
+
+    if serverapp:  # 35 MB (Flower's SuperLink state, SQLAlchemy) a hospital's executor does without
+        import flwr.superlink.cli.flwr_serverapp  # noqa: F401
     import opacus
     import pandas  # noqa: F401
     import pydantic  # noqa: F401
@@ -142,6 +145,7 @@ class WarmExecutor:
     served: int = 0
     failed: int = 0
     child: int = 0  # the pid of the running child, 0 when idle
+    wakeup: socket.socket | None = None  # told by the SuperNode when a task waits (`poll` is then a fallback)
 
     def serve_forever(self) -> None:
         client = self.api.client()
@@ -155,9 +159,18 @@ class WarmExecutor:
                 time.sleep(1.0)
                 continue
             if token is None:
-                time.sleep(self.poll)
+                self._wait_for_work()
                 continue
             self.run_task(token)
+
+    def _wait_for_work(self) -> None:
+        if self.wakeup is None:
+            time.sleep(self.poll)
+            return
+        if select.select([self.wakeup], [], [], self.poll)[0]:
+            with contextlib.suppress(BlockingIOError):
+                while self.wakeup.recv(64, socket.MSG_DONTWAIT):
+                    pass
 
     def run_task(self, token: str) -> ChildReport:
         """Fork a child for one claimed task and see it through; the parent answers if the child cannot."""
@@ -229,6 +242,8 @@ class WarmExecutor:
     def _child(self, token: str, write_fd: int) -> None:
         code = 70
         try:
+            if self.wakeup is not None:
+                self.wakeup.close()
             prepare_child(threads=self.threads)
             code = run_task(
                 self.api,
@@ -266,7 +281,13 @@ def main(
     root_certificates: Annotated[
         str | None, typer.Option(help="CA certificate of a runtime API served over TLS (the SuperLink's).")
     ] = None,
-    poll: Annotated[float, typer.Option(min=0.001, help="Seconds between task claims while idle.")] = 0.02,
+    poll: Annotated[
+        float,
+        typer.Option(min=0.001, help="Seconds between task claims while idle (with --notify-socket: a fallback)."),
+    ] = 0.02,
+    notify_socket: Annotated[
+        str | None, typer.Option(help="A UNIX datagram socket to bind: the SuperNode says there when a task waits.")
+    ] = None,
     message_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds a message may take before its ClientApp is killed.")
     ] = 300.0,
@@ -278,10 +299,15 @@ def main(
     started = time.monotonic()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Opacus' notes on a toy model say nothing about real training
-        threads = warm_up()
+        threads = warm_up(serverapp=serverapp)
     log.info("warmed up in %.1f s", time.monotonic() - started)
     api = RuntimeApi(runtime_address, serverapp=serverapp, ca_certificate=root_certificates)
     executor = WarmExecutor(api, poll=poll, message_timeout=message_timeout, threads=threads)
+    if notify_socket is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(notify_socket)
+        executor.wakeup = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        executor.wakeup.bind(notify_socket)
     signal.signal(signal.SIGTERM, executor.stop)
     signal.signal(signal.SIGINT, executor.stop)
     try:

@@ -23,8 +23,9 @@ def restored_flower():
     sci = importlib.import_module("flwr.supernode.start_client_internal")
     utils = importlib.import_module("flwr.supercore.inflatable.inflatable_utils")
     saved = {name: dict(getattr(utils, name).__kwdefaults__) for name in fi._PULL_HELPERS}
+    pull_and_store = sci._pull_and_store_message
     yield sci, utils
-    sci.time = time
+    sci.time, sci._pull_and_store_message = time, pull_and_store
     for name, defaults in saved.items():
         getattr(utils, name).__kwdefaults__.update(defaults)
 
@@ -55,3 +56,25 @@ def test_the_guard_names_a_changed_symbol(monkeypatch: pytest.MonkeyPatch) -> No
     assert any("start_client_internal.time" in p for p in problems), problems
     with pytest.raises(fi.FlowerInternalsChanged, match="start_client_internal.time"):
         fi.tune_supernode_waits(fi.SuperNodeWaits())
+
+
+def test_the_poll_is_fast_after_a_message_slow_when_idle_and_the_executor_is_told(
+    restored_flower, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sci, _ = restored_flower
+    received: list[int | None] = [None, 42]  # Flower's helper: the run id when a message came, else None
+    monkeypatch.setattr(sci, "_pull_and_store_message", lambda **kwargs: received.pop(0))
+    told = []
+    waits = fi.SuperNodeWaits(fleet_poll=0.01, fleet_poll_idle=0.3, busy_window=0.2)
+    fi.tune_supernode_waits(waits, on_message=lambda: told.append(True))
+
+    def poll_seconds() -> float:
+        started = time.monotonic()
+        sci.time.sleep(fi.FLEET_POLL_SLEEP)
+        return time.monotonic() - started
+
+    time.sleep(0.25)  # longer than the busy window since the node started
+    assert poll_seconds() >= 0.25  # idle: the slow poll
+    assert sci._pull_and_store_message(state=None) is None and not told
+    assert sci._pull_and_store_message(state=None) == 42 and told == [True]  # a message: the executor hears
+    assert poll_seconds() < 0.2  # and the node polls fast again
