@@ -38,6 +38,7 @@ class NodeOptions:
     waits: SuperNodeWaits = field(default_factory=SuperNodeWaits)
     executor_poll: float = 0.5  # a fallback: the SuperNode tells the executor when a task waits
     message_timeout: float = 300.0
+    torch_threads: int = 1  # per ClientApp; 0: torch's default (fedcare.warm_executor says why 1)
     notify_socket: str | None = None  # set by run_node
 
     def to_json(self) -> str:
@@ -93,6 +94,8 @@ class NodeOptions:
             str(self.executor_poll),
             "--message-timeout",
             str(self.message_timeout),
+            "--torch-threads",
+            str(self.torch_threads),
             *([] if self.notify_socket is None else ["--notify-socket", self.notify_socket]),
         ]
 

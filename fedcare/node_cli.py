@@ -109,6 +109,9 @@ def start(
     message_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds one message may take before its ClientApp is killed.")
     ] = 300.0,
+    torch_threads: Annotated[
+        int, typer.Option(min=0, help="torch threads per message (0: torch's default; 1 suits small models).")
+    ] = 1,
     insecure: Annotated[
         bool, typer.Option("--insecure", help="No kit: no TLS, no node authentication. For debugging only.")
     ] = False,
@@ -129,6 +132,7 @@ def start(
             ),
             executor_poll=executor_poll,
             message_timeout=message_timeout,
+            torch_threads=torch_threads,
         )
     except NodeError as exc:
         typer.echo(f"fedcare node start: {exc}", err=True)

@@ -13,7 +13,8 @@ Invariants, and why:
   reuses `sys.modules`, so a pre-imported copy would shadow the app the run ships.
 * The parent runs torch with one thread. A fork taken after torch's OpenMP pool started deadlocks the
   child's first parallel kernel (tests/fedcare/test_warm_executor.py shows both sides); the child
-  restores the thread count.
+  then sets its own thread count (`--torch-threads`, 1 by default: three hospitals' ClientApps on two
+  cores took 10.2 s with torch's two threads each, spinning in OpenMP, and 2.1 s with one).
 * Each child reseeds `random`, numpy and torch from `os.urandom`: children of one parent would otherwise
   share its random state. (fedcare's DP noise and Poisson sampling already use their own generators
   seeded from OS entropy per round, client/dp_training.py; this covers everything else.)
@@ -285,6 +286,14 @@ def main(
         float,
         typer.Option(min=0.001, help="Seconds between task claims while idle (with --notify-socket: a fallback)."),
     ] = 0.02,
+    torch_threads: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="torch threads per ClientApp (0: torch's default). One: OpenMP threads spin while they wait, so "
+            "nodes and messages sharing cores ran 5x slower with two (docs/benchmarks.md).",
+        ),
+    ] = 1,
     notify_socket: Annotated[
         str | None, typer.Option(help="A UNIX datagram socket to bind: the SuperNode says there when a task waits.")
     ] = None,
@@ -302,6 +311,7 @@ def main(
         threads = warm_up(serverapp=serverapp)
     log.info("warmed up in %.1f s", time.monotonic() - started)
     api = RuntimeApi(runtime_address, serverapp=serverapp, ca_certificate=root_certificates)
+    threads = torch_threads or threads
     executor = WarmExecutor(api, poll=poll, message_timeout=message_timeout, threads=threads)
     if notify_socket is not None:
         with contextlib.suppress(FileNotFoundError):
