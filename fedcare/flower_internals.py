@@ -254,6 +254,8 @@ def run_task(
             sys.argv = ["flwr-serverapp", "--runtime-api-address", api.address, "--token", token]
             sys.argv += ["--parent-pid", str(parent_pid)]
             sys.argv += ["--insecure"] if api.ca_certificate is None else ["--root-certificates", api.ca_certificate]
+            # The ServerApp pulls replies the SuperLink lists before their upload ends: no 1 s back-off then.
+            tune_object_pull_backoff(initial=SuperNodeWaits.pull_backoff, cap=SuperNodeWaits.pull_backoff_cap)
             importlib.import_module("flwr.superlink.cli.flwr_serverapp").flwr_serverapp()
         else:
             _run_clientapp(api, token, parent_pid=parent_pid, on_input=on_input, on_replied=on_replied)
