@@ -62,6 +62,7 @@ class LocalFederation(ProcessGroup):
     fleet_port: int = 0
     node_options: list[str] = field(default_factory=list)  # extra `fedcare node start` options for every hospital
     stock_flower: bool = False  # benchmarks' reference only: Flower's own SuperNodes and waits, no warm executor
+    serverapp_executor: ManagedProcess | None = None
 
     def _spawn(self, name: str, args: list[str], **env: str) -> ManagedProcess:
         return self.spawn(name, args, env=flower_env(self.workdir / "homes" / name, **env))
@@ -125,9 +126,11 @@ class LocalFederation(ProcessGroup):
         args += ["--poll", SERVERAPP_POLL]
         if self.tls is not None:
             args += ["--root-certificates", str(self.tls.ca_certificate)]
-        proc = self._spawn("serverapp-executor", args)
-        deadline = time.monotonic() + self.activation_timeout
-        while READY_LINE not in proc.log_text():
+        self.serverapp_executor = self._spawn("serverapp-executor", args)  # warms up while hospitals join
+
+    def _wait_for_serverapp_executor(self) -> None:
+        proc, deadline = self.serverapp_executor, time.monotonic() + self.activation_timeout
+        while proc is not None and READY_LINE not in proc.log_text():
             if proc.popen.poll() is not None or time.monotonic() > deadline:
                 raise FederationError(f"the ServerApp executor did not get ready:\n{proc.log_tail()}")
             time.sleep(0.2)
@@ -243,6 +246,7 @@ class LocalFederation(ProcessGroup):
         return self.cli.run(*args, timeout=timeout)
 
     def submit(self, *, app_dir: Path, run_config: dict[str, Any]) -> int:
+        self._wait_for_serverapp_executor()  # a run submitted earlier waits for it anyway, untimed
         return self.cli.submit(app_dir=app_dir, run_config=run_config)
 
     def run_info(self, run_id: int) -> dict[str, Any]:

@@ -143,21 +143,23 @@ class ProcessGroup:
         self.processes.remove(proc)
 
     def stop(self, *, grace: float = 10.0, only: list[ManagedProcess] | None = None) -> None:
-        """Stop processes (`only` these, or all) in reverse start order; SIGKILL whatever ignores SIGTERM."""
-        for proc in [p for p in reversed(self.processes) if only is None or p in only]:
-            tree = self._tree(proc)
+        """Stop processes (`only` these, or all): SIGTERM to all at once, then SIGKILL whatever outlives `grace`."""
+        procs = [p for p in reversed(self.processes) if only is None or p in only]
+        trees = {proc.name: self._tree(proc) for proc in procs}
+        for tree in trees.values():
             for p in tree:
                 try:
                     p.send_signal(signal.SIGTERM)
                 except psutil.NoSuchProcess:
                     pass
-            _, alive = psutil.wait_procs(tree, timeout=grace)
-            for p in alive:
-                log.warning("%s: pid %d ignored SIGTERM, killing it", proc.name, p.pid)
-                try:
-                    p.kill()
-                except psutil.NoSuchProcess:
-                    pass
-            psutil.wait_procs(alive, timeout=grace)
+        _, alive = psutil.wait_procs([p for tree in trees.values() for p in tree], timeout=grace)
+        for p in alive:
+            log.warning("pid %d ignored SIGTERM, killing it", p.pid)
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=grace)
+        for proc in procs:
             proc.popen.poll()
             self.processes.remove(proc)
