@@ -90,7 +90,7 @@ class RunSettings(TrainingSettings):
     min_nodes: int = Field(default=2, ge=1)
     node_wait_timeout: float = Field(default=120.0, gt=0)
     round_timeout: float = Field(default=600.0, gt=0)
-    poll_interval: float = Field(default=0.25, gt=0)
+    poll_interval: float = Field(default=0.1, gt=0)
     # The privacy budget service (optional): where to report DP events, and the aggregator token's file.
     budget_url: str = ""
     budget_token_file: str = ""

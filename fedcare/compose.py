@@ -45,8 +45,8 @@ def hospital_service(
     fleet_address: str = "superlink:9092",
     gpu: bool = False,
 ) -> dict[str, Any]:
-    """The compose service of one hospital: its SuperNode (+ ClientApp processes), kit and data read-only,
-    its own state volume."""
+    """The compose service of one hospital: `fedcare node start` (its SuperNode and warm ClientApp executor),
+    kit and data read-only, its own state volume."""
     prefix = env_prefix(slug)
     node_config = (
         f'institution="{name}" data-path="/data/${{{prefix}_DATA_FILE:-{data_file}}}" '
@@ -74,11 +74,12 @@ def hospital_service(
             "retries": 24,
             "start_period": "10s",
         },
-        "command": [
-            "flower-supernode",
+        "command": [  # the SuperNode and the warm ClientApp executor, stopped together (fedcare/node.py)
+            "fedcare",
+            "node",
+            "start",
+            f"--kit={CONTAINER_KIT}",
             f"--superlink={fleet_address}",
-            f"--root-certificates={CONTAINER_KIT}/ca.crt",
-            f"--auth-supernode-private-key={CONTAINER_KIT}/node.key",
             f"--node-config={node_config}",
         ],
         "volumes": [
@@ -100,7 +101,7 @@ def render_hospital_override(name: str, *, slug: str, epsilon_limit: float, **op
         "volumes": {f"{slug}-state": {}},
     }
     header = (
-        f"# {name}: its SuperNode, added to the federation's compose stack.\n"
+        f"# {name}: its node (SuperNode and warm ClientApp executor), added to the federation's compose stack.\n"
         f"#   docker compose -f docker-compose.yml -f <this file> up -d {slug}\n"
         f"# Its data: ./federation/data/{slug}/data.csv, or set {env_prefix(slug)}_DATA (folder) and "
         f"{env_prefix(slug)}_DATA_FILE.\n"

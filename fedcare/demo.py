@@ -119,8 +119,9 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoOut
         # (registered node key, CA certificate, budget token) and its SuperNode starts from it.
         budget = BudgetTarget(budget_url, _secret_file(out / "budget" / "admin-token")) if budget_url else None
         fed = stack.enter_context(LocalFederation(out / "federation", insecure=options.insecure, budget=budget))
-        with console.status("starting the SuperLink and the hospitals' SuperNodes..."):
+        with console.status("starting the SuperLink and the hospitals' nodes (SuperNode + warm executor)..."):
             fed.start_superlink()
+            nodes = []
             for i, path in enumerate(split.hospital_paths, start=1):
                 node_config: dict[str, object] = {
                     "state-dir": str(state_dir / f"hospital-{i}"),
@@ -128,7 +129,11 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoOut
                 }
                 if he_keys is not None:
                     node_config["he-secret-context"] = str(he_keys.hospital_context)
-                fed.add_hospital(institution=f"hospital-{i}", data_path=path, node_config=node_config)
+                nodes.append(
+                    fed.add_hospital(institution=f"hospital-{i}", data_path=path, node_config=node_config, wait=False)
+                )
+            for node in nodes:  # started together: their executors warm up side by side
+                fed.wait_for_node(node)
         tls = (
             "[bold red]off (INSECURE: no TLS, no node authentication)[/]"
             if options.insecure

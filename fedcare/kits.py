@@ -8,7 +8,7 @@ he-secret.ctx     (HE federations) the hospitals' CKKS secret context (0600), he
 budget-token      (with a budget service) this institution's bearer token (0600): reads its own budget only
 node-config.toml  the SuperNode's --node-config (institution, data path, state dir, epsilon limit, HE context)
 kit.json          what was issued, for whom, and where to connect (no secrets)
-README.md         how to start the SuperNode, by hand or with docker compose
+README.md         how to start the node (`fedcare node start --kit`), by hand or with docker compose
 ```
 No other hospital's key or token and no server key ever goes in (tests check the files).
 
@@ -154,6 +154,7 @@ with paths in SITE_DIR. Then start the SuperNode from SITE_DIR as its README say
 
 def readme(name: str, *, slug: str, root: str, config: FederationConfig, node_config: str | None) -> str:
     node_config_arg = f"'{node_config}'" if node_config else f"{root}/{NODE_CONFIG_FILE}"
+    node_config_opt = f" \\\n  --node-config {node_config_arg}" if node_config else ""
     budget = (
         f"- `budget-token`: your institution's token for the budget service at {config.budget_url}; it reads only "
         f'your own budget: `fedcare budget show --url {config.budget_url} --token "$(cat budget-token)"`.\n'
@@ -175,10 +176,18 @@ This folder is everything {name} needs to join the federation. Keep it private: 
 {budget}{he}- `node-config.toml`: your settings (data file, privacy state directory, epsilon limit). Edit
   `data-path` to point at your CSV or Parquet file (default: `{root}/data.csv`).
 
-## Start the SuperNode by hand
+## Start the node by hand
 
 ```bash
 pip install fedcare   # the same version as the coordinator
+fedcare node start --kit {root} --superlink {config.fleet_address}{node_config_opt}
+```
+
+It runs your SuperNode and fedcare's warm ClientApp executor together; Ctrl-C or SIGTERM stops both.
+`--data FILE` and `--state-dir DIR` override `node-config.toml`. Flower's SuperNode alone works too,
+several seconds slower per message (a fresh ClientApp process each time):
+
+```bash
 FLWR_TELEMETRY_ENABLED=0 flower-supernode --superlink {config.fleet_address} \\
   --root-certificates {root}/{CA_FILE} --auth-supernode-private-key {root}/node.key \\
   --node-config {node_config_arg}

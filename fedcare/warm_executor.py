@@ -1,0 +1,331 @@
+"""The hospital's warm ClientApp executor: Flower's `run_clientapp` in a child forked from a warm parent.
+
+Flower 1.39 starts a fresh `flwr-clientapp` process per message, which imports flwr, torch and pandas
+(2-3 s) and builds its first optimizer (0.9 s, loading `torch._dynamo`) before doing 50 ms of work. This
+process pays that once: it imports the third-party libraries, warms them up, then claims ClientApp tasks
+from its SuperNode's runtime API (the SuperNode runs with `--isolation process`, so it starts no
+executor of its own) and forks one child per task. The child runs Flower's own `run_clientapp`, so it
+unpacks and loads the run's app exactly as Flower would.
+
+Invariants, and why:
+
+* Only third-party modules are imported here, never `client`, `common` or `server`: Flower's `load_app`
+  reuses `sys.modules`, so a pre-imported copy would shadow the app the run ships.
+* The parent runs torch with one thread. A fork taken after torch's OpenMP pool started deadlocks the
+  child's first parallel kernel (tests/fedcare/test_warm_executor.py shows both sides); the child
+  then sets its own thread count (`--torch-threads`, 1 by default: three hospitals' ClientApps on two
+  cores took 10.2 s with torch's two threads each, spinning in OpenMP, and 2.1 s with one).
+* Each child reseeds `random`, numpy and torch from `os.urandom`: children of one parent would otherwise
+  share its random state. (fedcare's DP noise and Poisson sampling already use their own generators
+  seeded from OS entropy per round, client/dp_training.py; this covers everything else.)
+* A child that crashes, hangs past `message_timeout` (then it is SIGKILLed) or dies unanswered takes
+  only itself down: the parent answers its message with an error reply naming the reason, logs it, and
+  serves the next task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+import random
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Annotated
+
+import typer
+
+from fedcare.flower_internals import RuntimeApi, ServedMessage, answer_failed_task, run_task
+
+log = logging.getLogger("fedcare.executor")
+READY_LINE = "fedcare warm executor ready"  # fedcare.node and LocalFederation wait for this line
+_INPUT, _REPLIED = b"I", b"R"
+
+
+def warm_up(*, serverapp: bool = False) -> int:
+    """Import and exercise the heavy libraries once, single-threaded; returns torch's default thread count."""
+    import numpy as np
+    import torch
+
+    logging.getLogger("opacus").setLevel(logging.ERROR)  # its notes on the toy model below
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # before any kernel: no OpenMP pool may exist when we fork
+    import flwr.app  # noqa: F401
+    import flwr.client.mod  # noqa: F401  (secaggplus_mod)
+    import flwr.clientapp  # noqa: F401
+    import flwr.supernode.runtime.run_clientapp  # noqa: F401
+
+    if serverapp:  # 35 MB (Flower's SuperLink state, SQLAlchemy) a hospital's executor does without
+        import flwr.superlink.cli.flwr_serverapp  # noqa: F401
+    import opacus
+    import pandas  # noqa: F401
+    import pydantic  # noqa: F401
+    import tenseal  # noqa: F401
+    from opacus.accountants.utils import get_noise_multiplier
+
+    # One DP-SGD step on a toy model: loads torch._dynamo (the first optimizer), Opacus' grad-sample
+    # hooks and the accountant's code paths, so no message pays for them.
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    data = torch.utils.data.TensorDataset(torch.zeros(8, 4), torch.zeros(8, dtype=torch.long))
+    loader = torch.utils.data.DataLoader(data, batch_size=4)
+    engine = opacus.PrivacyEngine(accountant="rdp")
+    with np.errstate(all="ignore"):
+        dp_model, optimizer, criterion, dp_loader = engine.make_private(
+            module=model,
+            optimizer=torch.optim.Adam(model.parameters()),
+            criterion=torch.nn.CrossEntropyLoss(),
+            data_loader=loader,
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+            grad_sample_mode="ghost",
+        )
+        for x, y in dp_loader:
+            if len(x):
+                optimizer.zero_grad()
+                criterion(dp_model(x), y).backward()
+                optimizer.step()
+        dp_model.cleanup()
+        get_noise_multiplier(target_epsilon=3.0, target_delta=1e-5, sample_rate=0.1, steps=10, accountant="rdp")
+    return threads
+
+
+def prepare_child(*, threads: int) -> None:
+    """First thing in a forked child: default signal handling, random state no sibling shares, and
+    torch's thread count back (the parent ran with one)."""
+    import numpy as np
+    import torch
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
+    random.seed(os.urandom(32))
+    np.random.seed(int.from_bytes(os.urandom(4), "little"))
+    torch.manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+    torch.set_num_threads(threads)
+
+
+def _write_frame(fd: int, kind: bytes, payload: bytes = b"") -> None:
+    os.write(fd, kind + struct.pack("!I", len(payload)) + payload)
+
+
+@dataclass
+class ChildReport:
+    """What a child told its parent before it ended."""
+
+    served: ServedMessage | None = None
+    replied: bool = False
+    buffer: bytearray = field(default_factory=bytearray)
+
+    def feed(self, data: bytes) -> None:
+        self.buffer += data
+        while len(self.buffer) >= 5:
+            kind, size = self.buffer[:1], struct.unpack("!I", self.buffer[1:5])[0]
+            if len(self.buffer) < 5 + size:
+                return
+            payload = bytes(self.buffer[5 : 5 + size])
+            del self.buffer[: 5 + size]
+            if kind == _INPUT:
+                self.served = pickle.loads(payload)
+            elif kind == _REPLIED:
+                self.replied = True
+
+
+@dataclass
+class WarmExecutor:
+    api: RuntimeApi
+    poll: float = 0.02
+    message_timeout: float = 300.0
+    threads: int = 1
+    stopping: bool = False
+    served: int = 0
+    failed: int = 0
+    child: int = 0  # the pid of the running child, 0 when idle
+    wakeup: socket.socket | None = None  # told by the SuperNode when a task waits (`poll` is then a fallback)
+
+    def serve_forever(self) -> None:
+        client = self.api.client()
+        kind = "ServerApp" if self.api.serverapp else "ClientApp"
+        log.warning("%s (pid %d, %s tasks from %s)", READY_LINE, os.getpid(), kind, self.api.address)
+        while not self.stopping:
+            try:
+                token = self.api.acquire_task(client)
+            except Exception as exc:  # the SuperNode restarting: keep waiting for it
+                log.info("runtime API %s not answering (%s); retrying", self.api.address, exc)
+                time.sleep(1.0)
+                continue
+            if token is None:
+                self._wait_for_work()
+                continue
+            self.run_task(token)
+
+    def _wait_for_work(self) -> None:
+        if self.wakeup is None:
+            time.sleep(self.poll)
+            return
+        if select.select([self.wakeup], [], [], self.poll)[0]:
+            with contextlib.suppress(BlockingIOError):
+                while self.wakeup.recv(64, socket.MSG_DONTWAIT):
+                    pass
+
+    def run_task(self, token: str) -> ChildReport:
+        """Fork a child for one claimed task and see it through; the parent answers if the child cannot."""
+        read_fd, write_fd = os.pipe()
+        started = time.monotonic()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            os.close(read_fd)
+            self._child(token, write_fd)
+        os.close(write_fd)
+        report, self.child = ChildReport(), pid
+        try:
+            outcome = self._supervise(pid, read_fd, report)
+        finally:
+            self.child = 0
+        self.served += 1
+        # A ServerApp has no reply to push; Flower's own exit handler reports how it ended, unless it was killed.
+        if report.replied or (self.api.serverapp and outcome.startswith("exited")):
+            log.info("task served in %.2f s (%s)", time.monotonic() - started, outcome)
+            return report
+        self.failed += 1
+        app = "ServerApp" if self.api.serverapp else "ClientApp"
+        reason = f"fedcare executor: the {app} {outcome} without replying"
+        where = "" if report.served is None else f" (run {report.served.run_id})"
+        try:
+            answered = answer_failed_task(self.api, token, report.served, reason=reason)
+        except Exception:
+            log.exception("%s%s; could not answer for it", reason, where)
+            return report
+        if answered:
+            log.error("%s%s; answered with the reason", reason, where)
+        else:
+            log.error("%s, before it pulled its message; Flower offers the task again when its claim expires", reason)
+        return report
+
+    def _supervise(self, pid: int, read_fd: int, report: ChildReport) -> str:
+        deadline = time.monotonic() + self.message_timeout
+        open_fd = True
+        try:
+            while open_fd:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    return f"did not finish within {self.message_timeout:g} s and was killed"
+                ready, _, _ = select.select([read_fd], [], [], min(remaining, 1.0))
+                if ready:
+                    data = os.read(read_fd, 65536)
+                    if data:
+                        report.feed(data)
+                    else:
+                        open_fd = False
+        finally:
+            os.close(read_fd)
+        # EOF: the child exited (or closed the pipe while dying); reap it, within the same deadline
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                _, status = os.waitpid(pid, 0)
+                return f"did not exit within {self.message_timeout:g} s and was killed"
+            time.sleep(0.005)
+        if os.WIFSIGNALED(status):
+            return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
+        return f"exited with code {os.WEXITSTATUS(status)}"
+
+    def _child(self, token: str, write_fd: int) -> None:
+        code = 70
+        try:
+            if self.wakeup is not None:
+                self.wakeup.close()
+            prepare_child(threads=self.threads)
+            code = run_task(
+                self.api,
+                token,
+                parent_pid=os.getppid(),
+                on_input=lambda served: _write_frame(write_fd, _INPUT, pickle.dumps(served)),
+                on_replied=lambda: _write_frame(write_fd, _REPLIED),
+            )
+        except BaseException:
+            log.exception("the ClientApp child failed")
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+    def stop(self, *_: object) -> None:
+        """On SIGTERM/SIGINT: end the running ClientApp (Flower's handler reports it stopped) and exit.
+
+        Exiting from the handler also ends a runtime-API call that is retrying while the SuperNode is gone.
+        """
+        self.stopping = True
+        if self.child:
+            os.kill(self.child, signal.SIGTERM)
+        raise SystemExit(0)
+
+
+def main(
+    runtime_address: Annotated[str, typer.Option(help="The runtime API to claim tasks from (host:port).")] = (
+        "127.0.0.1:9094"
+    ),
+    serverapp: Annotated[
+        bool,
+        typer.Option("--serverapp", help="Serve a SuperLink's ServerApps, not ClientApps."),
+    ] = False,
+    root_certificates: Annotated[
+        str | None, typer.Option(help="CA certificate of a runtime API served over TLS (the SuperLink's).")
+    ] = None,
+    poll: Annotated[
+        float,
+        typer.Option(min=0.001, help="Seconds between task claims while idle (with --notify-socket: a fallback)."),
+    ] = 0.02,
+    torch_threads: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="torch threads per ClientApp (0: torch's default). One: OpenMP threads spin while they wait, so "
+            "nodes and messages sharing cores ran 5x slower with two (docs/benchmarks.md).",
+        ),
+    ] = 1,
+    notify_socket: Annotated[
+        str | None, typer.Option(help="A UNIX datagram socket to bind: the SuperNode says there when a task waits.")
+    ] = None,
+    message_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds a message may take before its ClientApp is killed.")
+    ] = 300.0,
+) -> None:
+    """Serve a SuperNode's ClientApp tasks (or a SuperLink's ServerApps) from a warm process."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    for noisy in ("httpx", "alembic"):  # a line per task claim; Flower's SuperLink imports alembic
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    started = time.monotonic()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Opacus' notes on a toy model say nothing about real training
+        threads = warm_up(serverapp=serverapp)
+    log.info("warmed up in %.1f s", time.monotonic() - started)
+    api = RuntimeApi(runtime_address, serverapp=serverapp, ca_certificate=root_certificates)
+    threads = torch_threads or threads
+    executor = WarmExecutor(api, poll=poll, message_timeout=message_timeout, threads=threads)
+    if notify_socket is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(notify_socket)
+        executor.wakeup = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        executor.wakeup.bind(notify_socket)
+    signal.signal(signal.SIGTERM, executor.stop)
+    signal.signal(signal.SIGINT, executor.stop)
+    try:
+        executor.serve_forever()
+    except SystemExit:
+        pass
+    log.info("stopped after %d messages (%d failed)", executor.served, executor.failed)
+
+
+if __name__ == "__main__":
+    typer.run(main)

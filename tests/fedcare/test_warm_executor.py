@@ -1,0 +1,131 @@
+"""The warm executor's fork: children of one warm parent run torch's parallel kernels without deadlock, and
+draw randomness (DP noise included) no sibling shares. Each case runs in a fresh interpreter, so the state
+it forks from is exactly the executor's (pytest's own process may have started torch's thread pool)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from fedcare.flower_internals import ServedMessage
+from fedcare.warm_executor import _INPUT, _REPLIED, ChildReport, _write_frame
+
+REPO = Path(__file__).resolve().parents[2]
+
+FORK_TWO_CHILDREN = textwrap.dedent(
+    """
+    import json, os, random, signal, sys, time, warnings
+    warnings.simplefilter("ignore")
+    from fedcare.warm_executor import prepare_child, warm_up
+
+    mode = sys.argv[1]
+    threads = warm_up()
+    import numpy as np
+    import torch
+    if mode == "parallel-parent":  # what the executor must never do: run parallel kernels, then fork
+        torch.set_num_threads(max(threads, 2))
+        x = torch.randn(3000, 3000)
+        (x @ x).sum(), torch.randn(10_000_000).exp_().sum()
+    if mode == "dp":  # the same model and data in both children: only the DP randomness may differ
+        from client.dp_training import train_private
+        from common.data import HospitalData
+        from common.schema import DatasetSchema
+
+        schema = DatasetSchema(label="y", num_classes=2, features=[{"name": f"x{i}"} for i in range(4)])
+        from common.models import build_model
+        model = build_model(schema, seed=1)
+        data = HospitalData(np.random.default_rng(0).normal(size=(64, 4)).astype("float32"),
+                            (np.arange(64) % 2).astype("int64"))
+
+    def child(write_fd):
+        prepare_child(threads=max(threads, 2))
+        x = torch.randn(2000, 2000)
+        (x @ x).sum(), torch.randn(10_000_000).exp_().sum()  # parallel kernels, in the child
+        out = {"random": random.random(), "numpy": float(np.random.rand()), "torch": float(torch.rand(1))}
+        if mode == "dp":
+            train_private(model, data, batch_size=16, epochs=1, learning_rate=0.05, noise_multiplier=1.0,
+                          max_grad_norm=1.0, device=torch.device("cpu"), seed=7)
+            out["weights"] = [float(v) for v in torch.cat([p.flatten() for p in model.parameters()])[:8]]
+        os.write(write_fd, json.dumps(out).encode())
+
+    results = []
+    for _ in range(2):
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_fd)
+            child(write_fd)
+            os._exit(0)
+        os.close(write_fd)
+        deadline = time.monotonic() + float(sys.argv[2])
+        while not os.waitpid(pid, os.WNOHANG)[0]:
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                results.append(None)
+                break
+            time.sleep(0.05)
+        else:
+            results.append(json.loads(os.read(read_fd, 1 << 20)))
+        os.close(read_fd)
+    print(json.dumps({"threads": threads, "children": results}))
+    """
+)
+
+
+def _fork_two(mode: str, *, child_timeout: float) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", FORK_TWO_CHILDREN, mode, str(child_timeout)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_children_of_the_warm_parent_run_parallel_kernels_and_draw_different_random_numbers() -> None:
+    out = _fork_two("warm", child_timeout=120)
+    first, second = out["children"]
+    assert first is not None and second is not None, "a child forked from the warm parent hung"
+    for source in ("random", "numpy", "torch"):
+        assert first[source] != second[source], f"two children drew the same {source} number"
+
+
+def test_two_children_train_the_same_model_on_the_same_data_with_different_dp_noise() -> None:
+    out = _fork_two("dp", child_timeout=120)
+    first, second = out["children"]
+    assert first is not None and second is not None
+    assert first["weights"] != second["weights"], "two messages drew the same DP noise and sampling"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="torch's thread pool needs 2 cores to exist at all")
+def test_control_a_parent_that_ran_parallel_kernels_forks_children_that_hang() -> None:
+    """Why the executor's parent runs torch single-threaded: this is what happens otherwise."""
+    out = _fork_two("parallel-parent", child_timeout=30)
+    assert None in out["children"], "no child hung: re-check whether the parent's one-thread rule is still needed"
+
+
+def test_the_child_report_reads_frames_split_anywhere() -> None:
+    served = ServedMessage(b"\x00message", node_id=7, run_id=3)
+    read_fd, write_fd = os.pipe()
+    import pickle
+
+    _write_frame(write_fd, _INPUT, pickle.dumps(served))
+    _write_frame(write_fd, _REPLIED)
+    os.close(write_fd)
+    data = os.read(read_fd, 1 << 16)
+    os.close(read_fd)
+    report = ChildReport()
+    for i in range(len(data)):  # byte by byte: a pipe may deliver any split
+        report.feed(data[i : i + 1])
+    assert report.served == served and report.replied
