@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -137,6 +138,8 @@ def run_node(options: NodeOptions, *, grace: float = 10.0) -> int:
     env = _environment()
     sockets = tempfile.TemporaryDirectory(prefix="fedcare-node-")  # private (0700): only we may wake the executor
     options = replace(options, notify_socket=os.path.join(sockets.name, "tasks.sock"))
+    for command in (options.supernode_command(), options.executor_command()):
+        log.info("$ %s", shlex.join(command))  # which flags ran (TLS, node key) is the first thing to check
     supernode = subprocess.Popen(options.supernode_command(), env=env, stdin=subprocess.DEVNULL)
     executor = subprocess.Popen(options.executor_command(), env=env, stdin=subprocess.DEVNULL)
     log.info("SuperNode pid %d, warm executor pid %d", supernode.pid, executor.pid)

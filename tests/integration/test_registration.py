@@ -170,5 +170,6 @@ def test_the_demo_runs_with_tls_and_node_authentication(tmp_path: Path) -> None:
         superlink_log.count("[ControlServicer.RegisterNode] Created node_id") >= 2
     )  # through `flwr supernode register`
     for i in (1, 2):
-        supernode = (out / "federation" / "logs" / f"supernode-hospital-{i}.log").read_text().splitlines()[0]
+        log = (out / "federation" / "logs" / f"supernode-hospital-{i}.log").read_text().splitlines()
+        supernode = next(line for line in log if "fedcare.fast_supernode" in line)  # `fedcare node start` logs it
         assert "--auth-supernode-private-key" in supernode and "--root-certificates" in supernode
