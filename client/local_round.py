@@ -181,9 +181,8 @@ class LocalRound:
         return outcome, event
 
     def _commit_spending(self) -> DPEvent:
-        from opacus.accountants.utils import get_noise_multiplier
-
         from client.dp_training import plan_round
+        from client.noise_plan import run_noise_multiplier
 
         assert self.accountant is not None
         c = self.config
@@ -193,14 +192,14 @@ class LocalRound:
         accountant_name, delta = c.accountant, c.delta
         if c.target_epsilon > 0:
             # Chosen once for the whole run's planned steps: re-targeting every round overshoots.
-            noise = float(
-                get_noise_multiplier(
-                    target_epsilon=c.target_epsilon,
-                    target_delta=delta,
-                    sample_rate=sample_rate,
-                    steps=steps * c.num_rounds,
-                    accountant=accountant_name,
-                )
+            assert self.node.state_dir is not None  # filled in by NodeSettings
+            noise = run_noise_multiplier(
+                state_dir=self.node.state_dir,
+                target_epsilon=c.target_epsilon,
+                delta=delta,
+                sample_rate=sample_rate,
+                steps=steps * c.num_rounds,
+                accountant=accountant_name,
             )
         else:
             noise = c.noise_multiplier
