@@ -33,7 +33,9 @@ def test_the_demo_lays_out_one_folder_per_site_and_each_keeps_its_own_secrets(tm
     out, log = tmp_path / "demo", tmp_path / "demo.log"
     started = time.monotonic()
     with open(log, "w") as stream:
-        outcome = run_demo(DemoOptions(hospitals=3, rounds=2, out=out, mode="he"), console=Console(file=stream))
+        outcome = run_demo(
+            DemoOptions(hospitals=3, rounds=2, out=out, mode="he"), console=Console(file=stream, width=200)
+        )
     wall = time.monotonic() - started
     printed = log.read_text()
     assert outcome.status == "finished:completed", printed
@@ -60,8 +62,8 @@ def test_the_demo_lays_out_one_folder_per_site_and_each_keeps_its_own_secrets(tm
     assert "--enable-supernode-auth" in command and "--ssl-certfile" in command and "--insecure" not in command
     assert superlink_log.count("[ControlServicer.RegisterNode] Created node_id") >= 3  # `flwr supernode register`
     for name in NAMES:
-        supernode = (coordinator.root / "logs" / f"supernode-{name}.log").read_text().splitlines()[0]
-        assert "--auth-supernode-private-key" in supernode and "--root-certificates" in supernode
+        node = (coordinator.root / "logs" / f"supernode-{name}.log").read_text().splitlines()[0]
+        assert f"--kit {sites[name].root}" in node and "--insecure" not in node  # its own key, from its own site
 
     requests = {name: site.joined_request() for name, site in sites.items()}
     sealing_keys = [r.sealing_public_key for r in requests.values()]
