@@ -73,7 +73,10 @@ def demo(
     ] = None,
     epsilon_limit: Annotated[float, typer.Option(min=1e-9, help="Each hospital's lifetime epsilon limit.")] = 10.0,
     state_dir: Annotated[
-        Path | None, typer.Option(help="Hospitals' privacy state (default OUT/state); reuse it and epsilon continues.")
+        Path | None,
+        typer.Option(
+            help="Hospitals' privacy state (default OUT/hospitals/<name>/state); reuse it and epsilon continues."
+        ),
     ] = None,
     mode: Annotated[
         PrivacyMode,

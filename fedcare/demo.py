@@ -10,11 +10,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -28,13 +27,13 @@ from common.models import build_model
 from common.private_files import write_private
 from common.schema import load_schema
 from common.settings import PrivacyMode
+from fedcare.demo_sites import HOSPITALS_DIR, coordinator_dir, set_up_sites
 from fedcare.federation import FederationError, LocalFederation
+from fedcare.federation_dir import FederationDir
+from fedcare.kits import RUN_HE_CONTEXT_KEY
 from fedcare.registration import BudgetTarget
 from server.budget.process import running_budget_service
 from server.budget_client.admin import BudgetAdmin
-
-if TYPE_CHECKING:
-    from common.he.keys import KeyFiles
 
 log = logging.getLogger("fedcare.demo")
 APP_DIR = Path(__file__).resolve().parent.parent
@@ -51,7 +50,7 @@ class DemoOptions:
     dp: bool = True
     noise_multiplier: float | None = None
     target_epsilon: float | None = None
-    state_dir: Path | None = None  # default: OUT/state; reuse it and epsilon continues
+    state_dir: Path | None = None  # default: each hospital's OUT/hospitals/<name>/state; reuse it and epsilon continues
     epsilon_limit: float = 10.0  # each hospital's lifetime limit, enforced by the hospital and the ledger
     delta: float = 1e-5
     mode: PrivacyMode = "he"  # how updates travel: he (CKKS, the default: the server reads no update), secagg, plain
@@ -104,40 +103,46 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoOut
     console = console or Console(stderr=True)
     out = options.out.resolve()
     split = write_demo_split(out / "data", dataset=options.dataset, hospitals=options.hospitals)
-    state_dir = (options.state_dir or out / "state").resolve()
     console.print(
         f"[bold]fedcare demo[/]: {options.hospitals} hospitals, {options.rounds} rounds, {options.dataset}, "
-        f"mode {options.mode} (data in {split.schema_path.parent})"
+        f"mode {options.mode} (schema and held-out rows in {split.schema_path.parent})"
     )
 
-    he_keys = _he_keys(out / "he") if options.mode == "he" else None
+    fed_dir = coordinator_dir(out)
     with contextlib.ExitStack() as stack:
-        budget_url = None
+        budget = None
         if options.dp:
-            budget_url = stack.enter_context(_budget_service(out / "budget"))
-        # The same path as a deployment: out/federation is a federation directory; each hospital gets a kit
-        # (registered node key, CA certificate, budget token) and its SuperNode starts from it.
-        budget = BudgetTarget(budget_url, _secret_file(out / "budget" / "admin-token")) if budget_url else None
-        fed = stack.enter_context(LocalFederation(out / "federation", insecure=options.insecure, budget=budget))
+            budget = BudgetTarget(stack.enter_context(_budget_service(fed_dir)), fed_dir.admin_token())
+        # The same path as a deployment: each hospital makes its own keys in OUT/hospitals/<name>, the
+        # coordinator (OUT/coordinator, a federation directory) registers its request and issues a kit, the
+        # hospital installs it; in HE mode hospital-1 makes the CKKS key set and the coordinator relays it sealed.
+        with console.status("hospitals join with their own keys; the coordinator registers them..."):
+            sites = set_up_sites(
+                fed_dir,
+                out / HOSPITALS_DIR,
+                {f"hospital-{i}": path for i, path in enumerate(split.hospital_paths, start=1)},
+                epsilon_limit=options.epsilon_limit,
+                delta=options.delta,
+                budget=budget,
+                he=options.mode == "he",
+            )
+        console.print(
+            f"coordinator: {fed_dir.root} (no hospital's secret); hospitals: {out / HOSPITALS_DIR}/<name> "
+            "(each its own node key, sealing key, budget token, accountant, data)"
+        )
+        fed = stack.enter_context(LocalFederation(fed_dir.root, insecure=options.insecure, budget=budget))
         with console.status("starting the SuperLink and the hospitals' nodes (SuperNode + warm executor)..."):
-            fed.start_superlink()
-            nodes = []
-            for i, path in enumerate(split.hospital_paths, start=1):
-                node_config: dict[str, object] = {
-                    "state-dir": str(state_dir / f"hospital-{i}"),
-                    "epsilon-limit": options.epsilon_limit,
-                }
-                if he_keys is not None:
-                    node_config["he-secret-context"] = str(he_keys.hospital_context)
-                nodes.append(
-                    fed.add_hospital(institution=f"hospital-{i}", data_path=path, node_config=node_config, wait=False)
-                )
+            fed.start_superlink()  # completes the node registrations left pending
+            nodes = [
+                fed.add_site(site.root, node_config=_node_config(options, name), wait=False)
+                for name, site in sites.hospitals.items()
+            ]
             for node in nodes:  # started together: their executors warm up side by side
                 fed.wait_for_node(node)
         tls = (
-            "[bold red]off (INSECURE: no TLS, no node authentication)[/]"
+            "[bold red]off (INSECURE: no TLS, no node authentication; registrations stay pending)[/]"
             if options.insecure
-            else f"on, node authentication on (kits in {fed.workdir / 'institutions'})"
+            else f"on, node authentication on (kits issued in {fed_dir.institutions_dir})"
         )
         console.print(
             f"SuperLink up: Fleet API (gRPC) 127.0.0.1:{fed.fleet_port}, "
@@ -147,88 +152,75 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoOut
         run_config = {
             "num-rounds": options.rounds,
             "schema-path": str(split.schema_path),
-            "results-dir": str(out / "runs"),
+            "results-dir": str(fed_dir.root / "runs"),
             "min-nodes": options.hospitals,
             "privacy-mode": options.mode,
             **_privacy_config(options),
         }
-        if he_keys is not None:
-            run_config["he-public-context"] = str(he_keys.server_context)
+        if sites.key_id is not None:
+            run_config[RUN_HE_CONTEXT_KEY] = str(sites.he_public_context)
             console.print(
-                f"HE mode: CKKS keys in {out / 'he'} (key set {he_keys.key_id}); the server gets only "
-                f"{he_keys.server_context.name}, which cannot decrypt"
+                f"HE mode: hospital-1 made CKKS key set {sites.key_id}; each hospital holds the secret in its own "
+                f"folder, the coordinator relayed sealed copies and keeps only {sites.he_public_context}, "
+                "which cannot decrypt"
             )
-        if budget_url:
-            run_config |= _register_with_ledger(
-                out / "budget", budget_url, options=options, hospitals=options.hospitals
-            )
+        if budget is not None:
+            run_config |= _aggregator_token(fed_dir, budget, options=options)
             console.print(
-                f"privacy budget service: {budget_url}  dashboard: "
-                f"{budget_url}/dashboard?token=<admin token in {out / 'budget' / 'admin-token'}>"
+                f"privacy budget service: {budget.url}  dashboard: "
+                f"{budget.url}/dashboard?token=<admin token in {fed_dir.admin_token_file}>"
             )
         if not options.dp:
             console.print("[bold red]WARNING: differential privacy is OFF (--no-dp): updates carry no DP guarantee[/]")
-        console.print(f"privacy accountants: {state_dir}/<hospital>/privacy-accountant.json")
+        accountants = options.state_dir.resolve() if options.state_dir else out / HOSPITALS_DIR / "<hospital>/state"
+        console.print(f"privacy accountants: {accountants}/privacy-accountant.json")
         run_id = fed.submit(app_dir=_app_dir(), run_config=run_config)
-        results_path = out / "runs" / str(run_id) / "results.json"
+        results_path = fed_dir.root / "runs" / str(run_id) / "results.json"
         console.print(f"run {run_id} submitted; logs: {fed.workdir / 'logs'}")
         try:
-            status = _follow(
-                fed,
-                run_id=run_id,
-                results_path=results_path,
-                rounds=options.rounds,
-                timeout=options.run_timeout,
-                console=console,
-            )
+            status = _follow(fed, run_id=run_id, results_path=results_path, options=options, console=console)
         except BaseException:
             fed.stop_run(run_id)
             raise
 
     results = _read_results(results_path) or {}
-    he_context = he_keys.hospital_context if he_keys is not None else None
+    # In HE mode the final model is decrypted as a hospital would: with the secret context in hospital-1's folder.
+    he_context = sites.he_secret_context
     accuracy = holdout_accuracy(results, split, he_context=he_context) if status == "finished:completed" else None
-    outcome = DemoOutcome(run_id, status, results_path, results, accuracy, budget_url)
+    outcome = DemoOutcome(run_id, status, results_path, results, accuracy, budget.url if budget else None)
     print_summary(outcome, console=console)
     return outcome
 
 
-def _he_keys(he_dir: Path) -> KeyFiles:
-    """The demo federation's CKKS keys, made once and reused (a rerun can still read old models)."""
-    from common.he.keys import existing_keys, write_keys
-
-    return existing_keys(he_dir) or write_keys(he_dir)
-
-
-def _secret_file(path: Path) -> str:
-    """Read a token file, or create it (0600) with a fresh token: a rerun keeps the same ledger and keys."""
-    if path.exists():
-        return path.read_text().strip()
-    token = secrets.token_urlsafe(32)
-    write_private(path, token, exclusive=True)
-    return token
+def _node_config(options: DemoOptions, name: str) -> dict[str, object]:
+    """Overrides of the site's node-config.toml: its accountant elsewhere with --state-dir."""
+    config: dict[str, object] = {"epsilon-limit": options.epsilon_limit}
+    if options.state_dir is not None:
+        config["state-dir"] = str(options.state_dir.resolve() / name)
+    return config
 
 
 @contextlib.contextmanager
-def _budget_service(budget_dir: Path):
-    budget_dir.mkdir(parents=True, exist_ok=True)
-    admin_token = _secret_file(budget_dir / "admin-token")
+def _budget_service(fed: FederationDir):
+    """The ledger in the coordinator's budget/ folder, under the federation directory's admin token."""
+    budget_dir = fed.admin_token_file.parent
     with running_budget_service(
         database_url=f"sqlite:///{budget_dir / 'ledger.db'}",
-        admin_token=admin_token,
+        admin_token=fed.admin_token(),
         log_path=budget_dir / "service.log",
         wait_for_accounting=True,
     ) as url:
         yield url
 
 
-def _register_with_ledger(budget_dir: Path, url: str, *, options: DemoOptions, hospitals: int) -> dict[str, object]:
-    """Register the hospitals (idempotent) and give this run's ServerApp an aggregator token."""
-    with BudgetAdmin(url, (budget_dir / "admin-token").read_text().strip()) as admin:
-        for i in range(1, hospitals + 1):
+def _aggregator_token(fed: FederationDir, budget: BudgetTarget, *, options: DemoOptions) -> dict[str, object]:
+    """Give this run's ServerApp an aggregator token for the ledger."""
+    with BudgetAdmin(budget.url, budget.admin_token) as admin:
+        for i in range(1, options.hospitals + 1):  # registered with their kits; idempotent (a --no-dp site's kit)
             admin.ensure_institution(f"hospital-{i}", options.epsilon_limit, options.delta)
-        token_file = write_private(budget_dir / "aggregator-token", admin.create_aggregator_token("demo-serverapp"))
-    return {"budget-url": url, "budget-token-file": str(token_file)}
+        token = admin.create_aggregator_token("demo-serverapp")
+    token_file = write_private(fed.admin_token_file.parent / "aggregator-token", token)
+    return {"budget-url": budget.url, "budget-token-file": str(token_file)}
 
 
 def _privacy_config(options: DemoOptions) -> dict[str, object]:
@@ -245,10 +237,9 @@ def _privacy_config(options: DemoOptions) -> dict[str, object]:
     return config
 
 
-def _follow(
-    fed: LocalFederation, *, run_id: int, results_path: Path, rounds: int, timeout: float, console: Console
-) -> str:
+def _follow(fed: LocalFederation, *, run_id: int, results_path: Path, options: DemoOptions, console: Console) -> str:
     """Show a progress bar fed by results.json until Flower reports the run finished."""
+    rounds, timeout = options.rounds, options.run_timeout
     deadline = time.monotonic() + timeout
     columns = (
         TextColumn("[progress.description]{task.description}"),

@@ -22,6 +22,7 @@ from common.he.hospital import encrypt_update
 from common.he.keys import HEKeyError, key_id, load_secret_context, load_server_context
 from common.he.wire import InvalidCiphertext
 from fedcare.cli import app
+from fedcare.demo_sites import join_and_register
 from fedcare.federation_dir import FederationDir, init_federation
 from fedcare.he_ceremony import CeremonyError, KeySetBundle, install_sealed_secret, make_key_set
 from fedcare.he_relay import RelayError, key_set_problem, relay_key_set, server_key_files
@@ -32,7 +33,6 @@ from fedcare.sealing import SealingError
 from fedcare.site import SiteDir, install_kit, join_site
 from server.he_aggregate import HEAggregator
 from tests.support.secret_scan import scan_for_secrets, tenseal_contexts
-from tests.support.sites import join_and_register
 
 NAMES = ["St Mary", "St Luke", "General"]
 WEIGHTS = OrderedDict(w=np.linspace(-1.0, 1.0, 3000).reshape(60, 50), b=np.full(7, 0.25))

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from fedcare.demo_sites import join_and_register
 from fedcare.federation_dir import FederationDir, init_federation
 from fedcare.kits import KitOptions
 from fedcare.registration import register_institution, revoke_institution
 from fedcare.roster import RosterError, build_roster, read_roster, write_roster
-from tests.support.sites import join_and_register
 
 
 @pytest.fixture

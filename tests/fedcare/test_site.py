@@ -12,13 +12,13 @@ import pytest
 from typer.testing import CliRunner
 
 from fedcare.cli import app
+from fedcare.demo_sites import join_and_register
 from fedcare.federation_dir import FederationDir, init_federation
 from fedcare.kits import KitOptions, write_budget_token
 from fedcare.registration import list_institutions, register_institution, revoke_institution, sync
 from fedcare.site import SiteError, install_kit, join_site
 from fedcare.superlink_control import SuperLinkConnection
 from tests.support.secret_scan import scan_for_secrets
-from tests.support.sites import join_and_register
 
 NOWHERE = "127.0.0.1:9"  # nothing listens: registrations stay pending
 ONE_STEP_KIT = {"README.md", "ca.crt", "kit.json", "node-config.toml", "node.key", "node.pub"}

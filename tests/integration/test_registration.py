@@ -13,13 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
-from rich.console import Console
 
 from common.demo_data import DemoSplit
 from common.tls import make_server_tls
-from fedcare.demo import DemoOptions, run_demo
 from fedcare.federation import LocalFederation, ManagedProcess
-from fedcare.federation_dir import FederationDir, init_federation
+from fedcare.federation_dir import init_federation
 from fedcare.kits import KitOptions
 from fedcare.node_keys import make_node_keys
 from fedcare.registration import BudgetTarget, list_institutions, register_institution, revoke_institution
@@ -147,29 +145,3 @@ def test_registered_hospitals_train_strangers_are_refused_and_a_revoked_hospital
     results = json.loads((tmp_path / "runs" / str(run_id) / "results.json").read_text())
     assert [r["participants"] for r in results["rounds"]] == [["hospital-1", "hospital-2"]] * 2
     print(f"\ntrained in {trained - started:.1f} s, revoked in {time.monotonic() - trained:.1f} s")
-
-
-def test_the_demo_runs_with_tls_and_node_authentication(tmp_path: Path) -> None:
-    out = tmp_path / "demo"
-    outcome = run_demo(
-        DemoOptions(hospitals=2, rounds=1, out=out), console=Console(file=open(tmp_path / "demo.log", "w"))
-    )
-    assert outcome.status == "finished:completed"
-    fed_dir = FederationDir(out / "federation")
-    records = list_institutions(fed_dir)
-    assert [r.name for r in records] == ["hospital-1", "hospital-2"]
-    for record in records:
-        assert record.superlink == "registered" and record.node_id, record
-        assert record.budget == "registered", record
-        kit = fed_dir.kit_dir(record.name)
-        assert (kit / "node.key").stat().st_mode & 0o077 == 0 and (kit / "budget-token").stat().st_mode & 0o077 == 0
-    superlink_log = (out / "federation" / "logs" / "superlink.log").read_text()
-    command = superlink_log.splitlines()[0]
-    assert "--enable-supernode-auth" in command and "--ssl-certfile" in command and "--insecure" not in command
-    assert (
-        superlink_log.count("[ControlServicer.RegisterNode] Created node_id") >= 2
-    )  # through `flwr supernode register`
-    for i in (1, 2):
-        log = (out / "federation" / "logs" / f"supernode-hospital-{i}.log").read_text().splitlines()
-        supernode = next(line for line in log if "fedcare.fast_supernode" in line)  # `fedcare node start` logs it
-        assert "--auth-supernode-private-key" in supernode and "--root-certificates" in supernode

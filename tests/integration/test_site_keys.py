@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from common.demo_data import DemoSplit
+from fedcare.demo_sites import join_and_register
 from fedcare.federation import LocalFederation
 from fedcare.federation_dir import FederationDir, init_federation
 from fedcare.he_ceremony import KeySetBundle, make_key_set
@@ -29,7 +30,6 @@ from fedcare.site import SiteDir, install_kit
 from fedcare.superlink_control import SuperLinkConnection
 from tests.integration.conftest import APP_DIR, assert_all_exited, wait_finished
 from tests.support.secret_scan import scan_for_secrets
-from tests.support.sites import join_and_register
 
 pytestmark = pytest.mark.slow
 NOT_RUNNING = "127.0.0.1:9"
