@@ -5,8 +5,10 @@ override file with the same service shape, so the coordinator (or a hospital on 
 
     docker compose -f docker-compose.yml -f federation/compose/<slug>.yml up -d <slug>
 
-`fedcare institution register --compose` writes it with the kit. The module also runs
-as `fedcare compose --help` (`prepare` makes the files only compose needs).
+`fedcare institution register --compose` writes it with the kit. A hospital's service mounts its site directory
+(`fedcare institution join`, then `install` of its kit: its own node key, the unsealed budget token and CKKS
+secret), read-only; the coordinator's kit folder holds no private key and is not what a node starts from.
+The module also runs as `fedcare compose --help` (`prepare` makes the files only compose needs).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ import yaml
 FEDERATION_VAR = "${FEDCARE_FEDERATION:-./federation}"
 IMAGE = "${FEDCARE_IMAGE:-fedcare:latest}"
 GPU_IMAGE = "${FEDCARE_GPU_IMAGE:-fedcare:gpu}"
-CONTAINER_KIT = "/run/fedcare/kit"
+CONTAINER_SITE = "/run/fedcare/site"  # the hospital's site directory, as `--kit` of `fedcare node start`
 CONTAINER_STATE = "/var/lib/fedcare"
+SITES_DIR = "./hospitals"  # default parent of the hospitals' site directories on a compose host
 SUPEREXEC_SECRET = "superlink/superexec-secret"
 SERVER_DIR = "server"  # what the ServerApp runner mounts: schema.json, and he-public.ctx in HE federations
 HE_SERVER_FILES = ("he-public.ctx", "he-params.json")  # from `fedcare federation init --he` (he/server/)
@@ -44,13 +47,16 @@ def hospital_service(
     data_file: str = "data.csv",
     fleet_address: str = "superlink:9092",
     gpu: bool = False,
+    site_dir: str | None = None,
 ) -> dict[str, Any]:
     """The compose service of one hospital: `fedcare node start` (its SuperNode and warm ClientApp executor),
-    kit and data read-only, its own state volume."""
+    its site directory and data read-only, its own state volume. `site_dir`: the default of $<PREFIX>_SITE,
+    ./hospitals/<slug>; a one-step kit (coordinator-made keys) is complete as it is and serves as the site."""
     prefix = env_prefix(slug)
+    site_dir = site_dir or f"{SITES_DIR}/{slug}"
     node_config = (
         f'institution="{name}" data-path="/data/${{{prefix}_DATA_FILE:-{data_file}}}" '
-        f'state-dir="{CONTAINER_STATE}/state" he-secret-context="{CONTAINER_KIT}/he-secret.ctx" '
+        f'state-dir="{CONTAINER_STATE}/state" he-secret-context="{CONTAINER_SITE}/he-secret.ctx" '
         f"epsilon-limit=${{{prefix}_EPSILON_LIMIT:-{float(epsilon_limit)!r}}}"
     )  # he-secret-context: read in HE runs only
     service: dict[str, Any] = {
@@ -78,12 +84,12 @@ def hospital_service(
             "fedcare",
             "node",
             "start",
-            f"--kit={CONTAINER_KIT}",
+            f"--kit={CONTAINER_SITE}",
             f"--superlink={fleet_address}",
             f"--node-config={node_config}",
         ],
         "volumes": [
-            f"{FEDERATION_VAR}/institutions/{slug}:{CONTAINER_KIT}:ro",
+            f"${{{prefix}_SITE:-{site_dir}}}:{CONTAINER_SITE}:ro",
             f"${{{prefix}_DATA:-./federation/data/{slug}}}:/data:ro",
             f"{slug}-state:{CONTAINER_STATE}",
         ],
@@ -103,6 +109,8 @@ def render_hospital_override(name: str, *, slug: str, epsilon_limit: float, **op
     header = (
         f"# {name}: its node (SuperNode and warm ClientApp executor), added to the federation's compose stack.\n"
         f"#   docker compose -f docker-compose.yml -f <this file> up -d {slug}\n"
+        f"# Its site directory (`fedcare institution join`, `install`): "
+        f"{options.get('site_dir') or f'{SITES_DIR}/{slug}'}, or set {env_prefix(slug)}_SITE.\n"
         f"# Its data: ./federation/data/{slug}/data.csv, or set {env_prefix(slug)}_DATA (folder) and "
         f"{env_prefix(slug)}_DATA_FILE.\n"
     )
@@ -112,7 +120,7 @@ def render_hospital_override(name: str, *, slug: str, epsilon_limit: float, **op
 def write_hospital_override(
     federation_root: Path, name: str, *, slug: str, epsilon_limit: float, **options: Any
 ) -> Path:
-    """Write FEDERATION/compose/<slug>.yml (no secrets in it: it only names the kit folder) and return its path."""
+    """Write FEDERATION/compose/<slug>.yml (no secrets in it: it only names the site folder) and return its path."""
     path = federation_root / "compose" / f"{slug}.yml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_hospital_override(name, slug=slug, epsilon_limit=epsilon_limit, **options))

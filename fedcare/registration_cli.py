@@ -134,9 +134,13 @@ def register(
         raise fail(f"not registered: {exc}", 2) from None
     print_report(report, verb="rotated" if rotate else "registered")
     if compose:
-        from fedcare.compose import write_hospital_override
+        from fedcare.compose import FEDERATION_VAR, write_hospital_override
 
-        override = write_hospital_override(fed.root, name, slug=report.kit.name, epsilon_limit=epsilon_limit)
+        # A one-step kit holds its private key and is the node's folder as it is; otherwise the hospital's site.
+        one_step = None if parsed is not None else f"{FEDERATION_VAR}/institutions/{report.kit.name}"
+        override = write_hospital_override(
+            fed.root, name, slug=report.kit.name, epsilon_limit=epsilon_limit, site_dir=one_step
+        )
         console.print(
             f"compose override: {override} (docker compose -f docker-compose.yml -f {override} up -d {report.kit.name})"
         )

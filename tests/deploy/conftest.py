@@ -118,17 +118,25 @@ def free_port() -> int:
 class ComposeStack:
     daemon: DockerDaemon
     federation: Path
+    sites: Path  # the hospitals' site directories, one per hospital (their own keys; mounted by their services)
     env: dict[str, str]
     as_root: bool
 
     def hand_over(self) -> None:
-        """Give the federation folder to the containers' uid (when we are root and they are not)."""
+        """Give the federation and site folders to the containers' uid (when we are root and they are not)."""
         if self.as_root:
-            give_to(self.federation, CONTAINER_UID, CONTAINER_UID)
+            for root in (self.federation, self.sites):
+                give_to(root, CONTAINER_UID, CONTAINER_UID)
 
-    def register(self, *, epsilon_limit: float = 10.0, delta: float = 1e-5) -> None:
+    def register(self, *, epsilon_limit: float = 10.0, delta: float = 1e-5, he: bool = True) -> None:
         register_institutions(
-            self.federation, hospitals=HOSPITALS, epsilon_limit=epsilon_limit, delta=delta, env=self.env
+            self.federation,
+            self.sites,
+            hospitals=HOSPITALS,
+            epsilon_limit=epsilon_limit,
+            delta=delta,
+            he=he,
+            env=self.env,
         )
         self.hand_over()
 
@@ -188,7 +196,7 @@ class ComposeStack:
 def compose_stack(
     fedcare_image: str, docker_daemon: DockerDaemon, timer: PhaseTimer, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[ComposeStack]:
-    federation = tmp_path / "federation"
+    federation, sites = tmp_path / "federation", tmp_path / "hospitals"
     control_port, budget_port, fleet_port = free_port(), free_port(), free_port()
     split = write_demo_split(tmp_path / "demo-data", dataset="breast-cancer", hospitals=len(HOSPITALS))
     init_federation(
@@ -197,8 +205,8 @@ def compose_stack(
         hospitals=HOSPITALS,
         control_address=f"127.0.0.1:{control_port}",
         budget_url=f"http://127.0.0.1:{budget_port}",
-        he=True,
     )
+    sites.mkdir()
     as_root = os.geteuid() == 0
     uid, gid = (CONTAINER_UID, CONTAINER_UID) if as_root else (os.getuid(), os.getgid())
     env = {
@@ -212,9 +220,10 @@ def compose_stack(
         "FEDCARE_FLEET_PORT": str(fleet_port),
         "FEDCARE_FLEET_BIND": "127.0.0.1",
         **{f"HOSPITAL_{i}_DATA": str(federation / "data" / name) for i, name in enumerate(HOSPITALS, start=1)},
+        **{f"HOSPITAL_{i}_SITE": str(sites / name) for i, name in enumerate(HOSPITALS, start=1)},
     }
     (federation / "compose.env").write_text("")  # ignore any .env in the checkout
-    stack = ComposeStack(docker_daemon, federation, env, as_root=as_root)
+    stack = ComposeStack(docker_daemon, federation, sites, env, as_root=as_root)
     stack.hand_over()
     stack.compose(
         "down", "--volumes", "--remove-orphans", "--timeout", "5", check=False

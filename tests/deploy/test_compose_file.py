@@ -43,7 +43,7 @@ def test_override_for_a_new_hospital() -> None:
     override = yaml.safe_load(render_hospital_override("St. Mary's", slug="st-mary-s", epsilon_limit=4.0, gpu=True))
     service = override["services"]["st-mary-s"]
     assert "st-mary-s-state" in override["volumes"]
-    assert "${FEDCARE_FEDERATION:-./federation}/institutions/st-mary-s:/run/fedcare/kit:ro" in service["volumes"]
+    assert "${ST_MARY_S_SITE:-./hospitals/st-mary-s}:/run/fedcare/site:ro" in service["volumes"]  # its own site
     assert (
         'institution="St. Mary\'s"' in service["command"][-1]
         and "ST_MARY_S_EPSILON_LIMIT:-4.0" in service["command"][-1]
