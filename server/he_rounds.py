@@ -182,18 +182,7 @@ class HERounds(BaseRounds):
             except InvalidCiphertext as exc:
                 raise RejectedPayload("invalid-ciphertext", str(exc)) from exc
 
-        replies = sort_replies(
-            self.ctx.send(
-                self.model_content(server_round),
-                nodes=nodes,
-                message_type=MessageType.EVALUATE,
-                server_round=server_round,
-            ),
-            reference=None,
-            expect_update=False,
-            accept=accept,
-            per_site=False,
-        )
+        replies = self.send_evaluate(nodes=nodes, server_round=server_round, accept=accept, per_site=False)
         self._keep_metrics_sum(replies, scores)
         if self.metrics_sum is not None and self.metrics_sum.header.server_round == server_round:
             content = RecordDict({"config": ConfigRecord({"server-round": server_round})})

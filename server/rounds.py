@@ -25,7 +25,7 @@ from common.schema import DatasetSchema
 from common.settings import RunSettings
 from server.fedavg import fedavg
 from server.messaging import exchange, message_config
-from server.replies import SortedReplies, sort_replies
+from server.replies import Accept, SortedReplies, sort_replies
 
 
 @dataclass
@@ -115,6 +115,13 @@ class BaseRounds(ABC):
         return path
 
     def evaluate(self, *, nodes: list[int], server_round: int) -> SortedReplies:
+        return self.send_evaluate(nodes=nodes, server_round=server_round)
+
+    def send_evaluate(
+        self, *, nodes: list[int], server_round: int, accept: Accept | None = None, per_site: bool = True
+    ) -> SortedReplies:
+        """Send the current model to be scored and sort the replies; a mode that receives its scores
+        in another form (HE: encrypted) passes its own `accept` and reads no per-site figure."""
         return sort_replies(
             self.ctx.send(
                 self.model_content(server_round),
@@ -124,6 +131,8 @@ class BaseRounds(ABC):
             ),
             reference=None,
             expect_update=False,
+            accept=accept,
+            per_site=per_site,
         )
 
 
