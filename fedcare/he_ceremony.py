@@ -31,6 +31,7 @@ from common.he.keys import PARAMS_FILE, SERVER_CONTEXT_FILE, HEKeyError, key_id,
 from common.he.params import HEParams, context_facts, params_from_dict, validate_params
 from common.he.wire import FORMAT
 from common.private_files import make_private_dir, write_private
+from fedcare.json_files import read_json_object
 from fedcare.kits import NODE_HE_CONTEXT_KEY
 from fedcare.roster import Roster
 from fedcare.sealing import load_private_key, seal, unseal
@@ -110,13 +111,8 @@ def install_sealed_secret(site: SiteDir, *, sealed: Path, params: Path) -> str:
 
 def read_key_set_params(path: Path) -> dict[str, Any]:
     path = Path(path)
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CeremonyError(f"{path} is missing: it travels with the sealed secret") from None
-    except json.JSONDecodeError as exc:
-        raise CeremonyError(f"{path} is not JSON ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    meta = read_json_object(path, error=CeremonyError, missing=f"{path} is missing: it travels with the sealed secret")
+    if meta.get("format") != FORMAT:
         raise CeremonyError(f"{path}: field 'format' is not {FORMAT!r}")
     for name in ("key_id", "params", "roster-id", "recipients"):
         if name not in meta:

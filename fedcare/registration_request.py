@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
 from fedcare.federation_dir import slugify
+from fedcare.json_files import read_json_object
 from fedcare.node_keys import fingerprint
 from fedcare.registry import now
 from fedcare.sealing import SealingError, decode_public_key
@@ -69,14 +70,12 @@ class RegistrationRequest:
 def read_request(path: Path) -> RegistrationRequest:
     """The request in `path`, every field checked; RequestError names the file and the field."""
     path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise RequestError(f"{path}: no such registration request") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RequestError(f"{path}: not JSON ({exc}); send the file `fedcare institution join` wrote") from None
-    if not isinstance(raw, dict):
-        raise RequestError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    raw = read_json_object(
+        path,
+        error=RequestError,
+        missing=f"{path}: no such registration request",
+        remedy="; send the file `fedcare institution join` wrote",
+    )
 
     def field(name: str) -> str:
         value = raw.get(name)

@@ -17,6 +17,7 @@ from typing import Any
 
 from common.atomic import write_json_atomic
 from fedcare.federation_dir import FederationDir
+from fedcare.json_files import read_json_object
 from fedcare.registry import Registry, now
 from fedcare.sealing import SealingError, decode_public_key
 
@@ -106,13 +107,10 @@ def write_roster(fed: FederationDir) -> tuple[Path, Roster]:
 def read_roster(path: Path) -> Roster:
     """A roster file, every field checked (it came from the coordinator: check what is used)."""
     path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise RosterError(f"{path}: no such roster (the coordinator writes it with `fedcare he roster`)") from None
-    except json.JSONDecodeError as exc:
-        raise RosterError(f"{path}: not JSON ({exc})") from None
-    if not isinstance(raw, dict) or raw.get("format") != ROSTER_FORMAT:
+    raw = read_json_object(
+        path, error=RosterError, missing=f"{path}: no such roster (the coordinator writes it with `fedcare he roster`)"
+    )
+    if raw.get("format") != ROSTER_FORMAT:
         raise RosterError(f"{path}: field 'format' is not {ROSTER_FORMAT!r}")
     items = raw.get("institutions")
     if not isinstance(items, list) or not items:

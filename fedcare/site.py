@@ -24,6 +24,7 @@ import tomli_w
 
 from common.private_files import make_private_dir, write_private
 from fedcare.federation_dir import FederationConfig, slugify
+from fedcare.json_files import read_json_object
 from fedcare.kits import (
     CA_FILE,
     HE_CONTEXT_FILE,
@@ -186,12 +187,7 @@ def install_kit(kit: Path, root: Path, *, data_path: str | None = None) -> SiteR
 
 
 def _read_kit_info(kit: Path) -> dict:
-    try:
-        info = json.loads((kit / KIT_FILE).read_text())
-    except FileNotFoundError:
-        raise SiteError(f"{kit} is not a kit: it has no {KIT_FILE}") from None
-    except json.JSONDecodeError as exc:
-        raise SiteError(f"{kit / KIT_FILE} is not JSON ({exc})") from None
+    info = read_json_object(kit / KIT_FILE, error=SiteError, missing=f"{kit} is not a kit: it has no {KIT_FILE}")
     for name in ("institution", "node-key-fingerprint", "he"):
         if name not in info:
             raise SiteError(f"{kit / KIT_FILE}: field {name!r} is missing")
