@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from torch import nn
 
 from client.accountant_state import AccountantStateError, HospitalAccountant
@@ -26,10 +26,12 @@ from common.codecs import InvalidUpdate, check_update, from_numpy, to_numpy, to_
 from common.data import HospitalData, load_hospital_table, split_train_validation
 from common.dp_event import DPEvent
 from common.institution import institution_name
+from common.int8_wire import FLOAT_RECORD, put_weights, take_weights
 from common.models import build_model
 from common.round_config import RoundConfig
 from common.schema import SchemaError
 from common.settings import NodeSettings, SettingsError
+from common.wire_bytes import content_bytes
 
 log = logging.getLogger("flwr.fedcare.client")
 
@@ -46,7 +48,7 @@ def _incoming_weights(
     in HE mode the server's encrypted sum of an earlier round of this run (decrypted and divided here)."""
     reference = to_numpy(to_record(model.state_dict()))
     content = msg.content
-    if secret_context is not None and "arrays" not in content:
+    if secret_context is not None and FLOAT_RECORD not in content:
         from common.he.hospital import decrypt_sum
         from common.he.wire import InvalidCiphertext, take_bundle
 
@@ -61,13 +63,9 @@ def _incoming_weights(
             weights = decrypt_sum(bundle, context=secret_context, template=reference)
         except InvalidCiphertext as exc:
             raise InvalidUpdate(f"encrypted global model rejected: {exc}") from exc
-    else:
-        arrays = content.get("arrays")
-        if not isinstance(arrays, ArrayRecord):
-            raise InvalidUpdate("the message carries no global model")
-        weights = to_numpy(arrays)
-    check_update(weights, reference=reference)
-    return weights
+        check_update(weights, reference=reference)
+        return weights
+    return take_weights(content, reference=reference, missing="the message carries no global model")  # float32 or int8
 
 
 @dataclass
@@ -258,9 +256,10 @@ class LocalRound:
         """Put the trained weights into the reply: plaintext, or in HE mode encrypted (times the sample
         count, so the server's sum is the FedAvg numerator). Returns the bytes of the update."""
         if self.secret_context is None:
-            record = to_record(self.model.state_dict())
-            content["arrays"] = record
-            return int(record.count_bytes())
+            put_weights(
+                content, to_numpy(to_record(self.model.state_dict())), compression=self.config.update_compression
+            )
+            return content_bytes(content)
         from common.he.hospital import encrypt_update
         from common.he.wire import put_bundle
 

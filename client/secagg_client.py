@@ -80,10 +80,22 @@ def _weight_factor(num_examples: int, *, max_weight: float, quantization_range: 
 
 
 def _zeros_like_incoming(msg: Message) -> OrderedDict[str, np.ndarray]:
-    arrays = msg.content.get("arrays")
-    if not isinstance(arrays, ArrayRecord):
-        raise ValueError("SecAgg+ masked-vectors stage without a global model: cannot even answer with weight 0")
-    return OrderedDict((k, np.zeros_like(v.numpy())) for k, v in arrays.items())
+    """Zeros shaped like the global model: from its float32 arrays, or (int8, which carries no shapes) from
+    the model the round config's schema names."""
+    from common.int8_wire import FLOAT_RECORD, INT8_RECORD
+
+    arrays = msg.content.get(FLOAT_RECORD)
+    if isinstance(arrays, ArrayRecord):
+        return OrderedDict((k, np.zeros_like(v.numpy())) for k, v in arrays.items())
+    if INT8_RECORD in msg.content:
+        from common.codecs import to_numpy, to_record
+        from common.models import build_model
+        from common.round_config import RoundConfig
+
+        config = RoundConfig.from_config(msg.content.get("config") or {})  # SettingsError is a ValueError
+        template = to_numpy(to_record(build_model(config.dataset_schema).state_dict()))
+        return OrderedDict((k, np.zeros_like(v)) for k, v in template.items())
+    raise ValueError("SecAgg+ masked-vectors stage without a global model: cannot even answer with weight 0")
 
 
 def _train_masked(msg: Message, context: Context) -> Message:

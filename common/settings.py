@@ -24,6 +24,10 @@ GradSampleMode = Literal["auto", "hooks", "ew", "functorch", "ghost"]
 # inside the encrypted or masked sum: the server learns federation-level figures), "per-site" (each
 # hospital's figures in clear), "auto" (aggregate in he and secagg modes, per-site in plain mode).
 MetricsReporting = Literal["auto", "aggregate", "per-site"]
+# How model weights travel in plaintext (docs/compression.md): "none" (float32) or "int8" (per-tensor scale,
+# stochastic rounding). Hospitals' updates in plain mode, the global model sent down in plain and secagg modes;
+# refused in he mode, whose updates and model travel as CKKS ciphertexts.
+UpdateCompression = Literal["none", "int8"]
 
 
 class SettingsError(ValueError):
@@ -65,6 +69,7 @@ class TrainingSettings(BaseModel):
     # adds ciphertexts), "secagg" (Flower's SecAgg+: the server only learns the masked sum).
     privacy_mode: PrivacyMode = "plain"
     metrics: MetricsReporting = "auto"
+    update_compression: UpdateCompression = "none"
 
     @model_validator(mode="after")
     def _metrics_fit_the_mode(self) -> TrainingSettings:
@@ -72,6 +77,11 @@ class TrainingSettings(BaseModel):
             raise ValueError(
                 "metrics 'aggregate' needs privacy-mode 'he' or 'secagg': in plain mode the server reads each "
                 "hospital's update, so hiding its metrics would protect nothing; use metrics 'per-site' or 'auto'"
+            )
+        if self.update_compression == "int8" and self.privacy_mode == "he":
+            raise ValueError(
+                "update-compression 'int8' does not apply to privacy-mode 'he': updates and the global model "
+                "travel as CKKS ciphertexts, which cannot be quantized; use update-compression 'none'"
             )
         return self
 

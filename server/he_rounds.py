@@ -39,6 +39,7 @@ from common.he.wire import (
     take_bundle,
 )
 from common.site_metrics import SLOTS, TEMPLATE
+from common.wire_bytes import content_bytes
 from server.he_aggregate import HEAggregator
 from server.replies import RejectedPayload, SortedReplies, agree, reported_figures, sort_replies
 from server.rounds import BaseRounds, RoundOutcome
@@ -154,6 +155,7 @@ class HERounds(BaseRounds):
             accept=accept,
             per_site=self.ctx.settings.per_site_metrics,
         )
+        replies.bytes_down = content_bytes(content)
         sent = dict(aggregator.bytes_received)
         for who, n in (metrics.bytes_received if metrics else {}).items():
             sent[who] = sent.get(who, 0) + n

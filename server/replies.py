@@ -13,12 +13,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import Message, MetricRecord
 
-from common.codecs import InvalidUpdate, check_update, to_numpy
+from common.codecs import InvalidUpdate
 from common.dp_event import DPEvent
 from common.institution import UNNAMED_PREFIX, institution_name
+from common.int8_wire import take_weights
 from common.site_metrics import FEDERATION_RECORD, FederationFigures
+from common.wire_bytes import content_bytes
 from server.fedavg import ClientUpdate
 
 log = logging.getLogger("flwr.fedcare.server")
@@ -57,6 +59,10 @@ class SortedReplies:
     epsilon_known: dict[str, float] = field(default_factory=dict)  # from refusals that report spending
     # Aggregate metrics: federation-level figures, one per message round they are of (common/site_metrics.py).
     federation: list[FederationFigures] = field(default_factory=list)
+    # Bytes on the wire (common/wire_bytes.py), for results.json: each reply's content per institution, and the
+    # content the server sent each hospital (set by the mode that sent it; None when nothing was sent).
+    bytes_up: dict[str, int] = field(default_factory=dict)
+    bytes_down: int | None = None
 
     def record_spending(self, institution: str, event: DPEvent) -> None:
         """The round's DP event of `institution` (for the ledger and results.json) and the epsilon it reached."""
@@ -160,6 +166,8 @@ def sort_replies(
         node_id, who = msg.metadata.src_node_id, _institution(msg)
         if not who.startswith(UNNAMED_PREFIX):
             out.node_institutions[node_id] = who
+        if not msg.has_error():
+            out.bytes_up[who] = out.bytes_up.get(who, 0) + content_bytes(msg.content)
         if msg.has_error():
             out.rejections.append(
                 Rejection(who, node_id, "node-error", msg.error.reason or f"error code {msg.error.code}")
@@ -190,11 +198,7 @@ def sort_replies(
             weights = None
             if accept is None:
                 assert reference is not None
-                arrays = msg.content.get("arrays")
-                if not isinstance(arrays, ArrayRecord):
-                    raise InvalidUpdate("reply has no model weights")
-                weights = to_numpy(arrays)
-                check_update(weights, reference=reference)
+                weights = take_weights(msg.content, reference=reference, missing="reply has no model weights")
             n = _num_examples(metrics)
             loss = float(metrics["train-loss"]) if per_site else float("nan")
             event = _dp_event(msg)

@@ -70,6 +70,7 @@ class RunResults:
                 "epsilon": self._epsilon(participants, replies),
                 "dp_events": {name: event.as_record() for name, event in replies.dp_events.items()},
                 "model_path": str(model_path),
+                **self._bytes(replies),
                 **(extra or {}),
             }
         )
@@ -87,6 +88,12 @@ class RunResults:
         known = {name: replies.epsilon_known.get(name) for name in participants}
         known.update(replies.epsilon_known)
         return dict(sorted(known.items()))
+
+    @staticmethod
+    def _bytes(replies: SortedReplies) -> dict[str, Any]:
+        """What travelled (common/wire_bytes.py): `bytes_up`, each institution's reply content;
+        `bytes_down`, the content sent to each hospital (None: nothing was sent)."""
+        return {"bytes_up": dict(sorted(replies.bytes_up.items())), "bytes_down": replies.bytes_down}
 
     def record_failed_round(
         self,
@@ -111,6 +118,7 @@ class RunResults:
                 "per_institution": {},
                 "epsilon": self._epsilon([], replies),
                 "dp_events": {},
+                **self._bytes(replies),
                 **(extra or {}),
             }
         )

@@ -20,9 +20,11 @@ import numpy as np
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from common.codecs import from_numpy, save_weights
+from common.codecs import save_weights
+from common.int8_wire import put_weights
 from common.schema import DatasetSchema
 from common.settings import RunSettings
+from common.wire_bytes import content_bytes
 from server.fedavg import fedavg
 from server.messaging import exchange, message_config
 from server.replies import Accept, SortedReplies, sort_replies
@@ -145,8 +147,13 @@ class PlaintextModelRounds(BaseRounds):
     model_suffix: ClassVar[str] = ".pt"
 
     def model_content(self, server_round: int) -> RecordDict:
+        """The model as `update-compression` says during the rounds (int8: quantized afresh for each round);
+        the final scoring (round num-rounds + 1) always gets float32, so the accuracy results.json reports
+        for the final model is that of `final_model.pt` itself."""
         content = self.ctx.config(server_round)
-        content["arrays"] = from_numpy(self.weights)
+        training = server_round <= self.ctx.settings.num_rounds
+        compression = self.ctx.settings.update_compression if training else "none"
+        put_weights(content, self.weights, compression=compression)
         return content
 
     def write_model(self, path: Path) -> None:
@@ -160,13 +167,13 @@ class PlainRounds(PlaintextModelRounds):
     mode: ClassVar[str] = "plain"
 
     def train(self, *, nodes: list[int], server_round: int) -> RoundOutcome:
+        content = self.model_content(server_round)
         replies = sort_replies(
-            self.ctx.send(
-                self.model_content(server_round), nodes=nodes, message_type=MessageType.TRAIN, server_round=server_round
-            ),
+            self.ctx.send(content, nodes=nodes, message_type=MessageType.TRAIN, server_round=server_round),
             reference=self.weights,
             expect_update=True,
         )
+        replies.bytes_down = content_bytes(content)
         if not replies.updates:
             return RoundOutcome(replies, reason="no valid update from any hospital")
         self.weights = fedavg(replies.updates)

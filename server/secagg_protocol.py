@@ -40,6 +40,7 @@ from flwr.server.workflow.secure_aggregation.secaggplus_workflow import Workflow
 from flwr.serverapp import Grid
 
 from common.settings import SECAGG_MODULUS, RunSettings
+from common.wire_bytes import content_bytes
 
 log = logging.getLogger("flwr.fedcare.server")
 
@@ -67,6 +68,15 @@ class SecAggRound:
     average: list[np.ndarray] | None = None  # the weighted average, in the model's tensor order
     institutions: dict[int, str] = field(default_factory=dict)  # node id -> institution, as the nodes said
     failure: SecAggFailed | None = None
+    # node id -> content bytes of every stage's messages (common/wire_bytes.py): to it, and its replies
+    bytes_down: dict[int, int] = field(default_factory=dict)
+    bytes_up: dict[int, int] = field(default_factory=dict)
+
+    def bytes_by(self, name: Callable[[int], str]) -> tuple[dict[str, int], int | None]:
+        """Bytes up per institution, and down per hospital: the mean, as the messages to each differ only
+        in their key shares (None when nothing was sent)."""
+        down = round(sum(self.bytes_down.values()) / len(self.bytes_down)) if self.bytes_down else None
+        return {name(node): n for node, n in sorted(self.bytes_up.items())}, down
 
 
 class _StageGrid:
@@ -76,9 +86,15 @@ class _StageGrid:
         self._grid, self._poll = grid, poll_interval
         self.last: list[Message] = []
         self.institutions: dict[int, str] = {}  # node id -> institution, from the replies' status records
+        self.bytes_down: dict[int, int] = {}  # node id -> bytes sent to it, all stages
+        self.bytes_up: dict[int, int] = {}  # node id -> bytes of its replies, all stages
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
-        pending = set(self._grid.push_messages(list(messages)))
+        messages = list(messages)
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            self.bytes_down[node] = self.bytes_down.get(node, 0) + content_bytes(msg.content)
+        pending = set(self._grid.push_messages(messages))
         deadline = time.monotonic() + (timeout if timeout is not None else float("inf"))
         replies: list[Message] = []
         while pending and time.monotonic() < deadline:
@@ -86,6 +102,9 @@ class _StageGrid:
             pending.difference_update(m.metadata.reply_to_message_id for m in pulled)
             replies += pulled
             for reply in pulled:
+                if not reply.has_error():
+                    node = reply.metadata.src_node_id
+                    self.bytes_up[node] = self.bytes_up.get(node, 0) + content_bytes(reply.content)
                 if not reply.has_error() and "status" in reply.content:
                     self.institutions[reply.metadata.src_node_id] = str(reply.content["status"].get("institution"))
             if pending:
@@ -242,6 +261,7 @@ def run_secagg_round(
         stage = STAGES[min(len(outcome.seconds), len(STAGES)) - 1] if outcome.seconds else "setup"
         outcome.failure = SecAggFailed(stage, f"{type(exc).__name__}: {exc}")
     outcome.institutions = stage_grid.institutions
+    outcome.bytes_down, outcome.bytes_up = stage_grid.bytes_down, stage_grid.bytes_up
     if outcome.failure is None:
         if strategy.average is None:
             outcome.failure = SecAggFailed("unmask", "the workflow ended without an aggregate")

@@ -220,6 +220,7 @@ class SecAggRounds(PlaintextModelRounds):
         s, replies = self.ctx.settings, checked.replies
         self.institutions.update(result.institutions)
         self.institutions.update(replies.node_institutions)
+        replies.bytes_up, replies.bytes_down = result.bytes_by(self._who)
         missed: dict[int, str] = {}
         for stage in STAGES:  # in protocol order: a node is blamed for the first stage it missed
             for node in set(live) - result.answered.get(stage, set(live)):
