@@ -102,3 +102,17 @@ def test_metrics_are_aggregate_only_by_default_where_the_server_cannot_read_upda
 def test_aggregate_metrics_in_plain_mode_are_refused_with_the_fix() -> None:
     with pytest.raises(SettingsError, match="metrics 'aggregate' needs privacy-mode 'he' or 'secagg'.*'per-site'"):
         RunSettings.from_run_config({"schema-path": "s.json", "metrics": "aggregate"})
+
+
+def test_int8_compression_is_refused_in_he_mode_and_taken_in_the_others() -> None:
+    with pytest.raises(SettingsError, match="'int8' does not apply to privacy-mode 'he'.*CKKS.*'none'"):
+        RunSettings.from_run_config(
+            {"schema-path": "s.json", "privacy-mode": "he", "he-public-context": "c", "update-compression": "int8"}
+        )
+    for mode in ("plain", "secagg"):
+        settings = RunSettings.from_run_config(
+            {"schema-path": "s.json", "privacy-mode": mode, "update-compression": "int8"}
+        )
+        assert settings.update_compression == "int8"
+    with pytest.raises(SettingsError, match="update-compression"):
+        RunSettings.from_run_config({"schema-path": "s.json", "update-compression": "int4"})

@@ -182,3 +182,13 @@ def test_federation_figures_known_in_the_round_itself_are_recorded_with_it(resul
     results.record_round(server_round=1, replies=replies, model_path=tmp_path / "round-1.pt")
     assert results.initial == {"loss": 0.7, "accuracy": 0.5, "per_institution": {}}
     assert results.rounds[0]["train_loss"] == 0.6
+
+
+def test_each_round_records_the_bytes_both_ways_aggregated_or_failed(results: RunResults, tmp_path: Path) -> None:
+    replies = SortedReplies(participants=["A", "B"], bytes_up={"B": 1200, "A": 1100}, bytes_down=5000)
+    results.record_round(server_round=1, replies=replies, model_path=tmp_path / "m.pt")
+    results.record_failed_round(server_round=2, reason="no valid update", replies=SortedReplies(bytes_up={"A": 90}))
+    results.save()
+    first, second = _strict_json(results.path)["rounds"]
+    assert (first["bytes_up"], first["bytes_down"]) == ({"A": 1100, "B": 1200}, 5000)
+    assert (second["bytes_up"], second["bytes_down"]) == ({"A": 90}, None)  # nothing sent: none counted
