@@ -11,13 +11,14 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from common.demo_data import DemoDataset
-from common.settings import PrivacyMode
+from common.settings import PrivacyMode, UpdateCompression
 from fedcare.budget_cli import budget_app
 from fedcare.compose import compose_app
 from fedcare.federation import FederationError
 from fedcare.federation_cli import federation_app
 from fedcare.he_ceremony_cli import add_ceremony_commands
 from fedcare.he_cli import he_app
+from fedcare.model_cli import model_app
 from fedcare.node_cli import node_app
 from fedcare.registration_cli import institution_app
 from fedcare.site_cli import add_site_commands
@@ -36,6 +37,7 @@ app.add_typer(
     help="Set up a federation directory (CA, TLS, HE keys); sync pending registrations.",
 )
 app.add_typer(compose_app, name="compose", help="Docker compose files: prepare a federation, add a hospital's service.")
+app.add_typer(model_app, name="model", help="A run's final model: export it (int8 or float32) for inference.")
 app.add_typer(node_app, name="node", help="A hospital's node: start its SuperNode and warm ClientApp executor.")
 app.add_typer(
     institution_app,
@@ -85,6 +87,12 @@ def demo(
             "cannot read), secagg (SecAgg+: the server learns only the sum)."
         ),
     ] = "he",
+    compress: Annotated[
+        UpdateCompression,
+        typer.Option(
+            help="How model weights travel: none (float32) or int8 (about 0.25x the bytes; plain and secagg modes)."
+        ),
+    ] = "none",
 ) -> None:
     """Run a real federation on this machine: SuperLink, one SuperNode per hospital, FedAvg."""
     from fedcare.demo import DemoOptions, run_demo  # torch import only when needed
@@ -92,6 +100,11 @@ def demo(
     try:
         if noise_multiplier is not None and target_epsilon is not None:
             raise typer.BadParameter("give --noise-multiplier or --target-epsilon, not both")
+        if compress == "int8" and mode == "he":
+            raise typer.BadParameter(
+                "--compress int8 does not apply to --mode he (updates travel as CKKS ciphertexts); "
+                "use --mode plain or --mode secagg"
+            )
         options = DemoOptions(
             hospitals=hospitals,
             rounds=rounds,
@@ -104,6 +117,7 @@ def demo(
             state_dir=state_dir,
             epsilon_limit=epsilon_limit,
             mode=mode,
+            compress=compress,
         )
         outcome = run_demo(options, console=console)
     except FederationError as exc:

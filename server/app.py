@@ -113,6 +113,7 @@ def main(grid: Grid, context: Context) -> None:
         dp=_dp_summary(settings),
         privacy=rounds.privacy_facts(),
         metrics="per-site" if settings.per_site_metrics else "aggregate",
+        update_compression=settings.update_compression,
     )
     results.save()
     if not settings.dp:
