@@ -72,6 +72,9 @@ def test_three_hospitals_two_rounds_improve_the_model(tmp_path: Path, breast_can
         assert 0.0 <= entry["accuracy"] <= 1.0 and entry["loss"] > 0
         assert set(entry["epsilon"]) == {"hospital-1", "hospital-2", "hospital-3"}
         assert Path(entry["model_path"]).exists()
+        # float32 both ways: every reply and every model sent down holds at least the model's 4 bytes a value
+        assert set(entry["bytes_up"]) == {"hospital-1", "hospital-2", "hospital-3"}
+        assert min([*entry["bytes_up"].values(), entry["bytes_down"]]) > 4 * results["parameter_count"]
     # Each hospital chose its noise once so that the whole run spends the target, no more.
     for name, eps in results["rounds"][-1]["epsilon"].items():
         assert 2.9 < eps <= 3.0, (name, eps)
@@ -121,6 +124,7 @@ def test_a_hospital_with_a_malformed_file_is_rejected_and_the_round_goes_on(
                 "results-dir": str(tmp_path / "runs"),
                 "min-nodes": 3,
                 "dp": False,
+                "update-compression": "int8",  # and weights travel as int8, both ways
             },
         )
         status = wait_finished(fed, run_id)
@@ -128,6 +132,15 @@ def test_a_hospital_with_a_malformed_file_is_rejected_and_the_round_goes_on(
     assert status == "finished:completed"
     results = json.loads((tmp_path / "runs" / str(run_id) / "results.json").read_text())
     (entry,) = results["rounds"]
+    assert results["update_compression"] == "int8"
+    # int8: 1 byte a value plus Flower's framing and the messages' config and metrics, under float32's 4
+    float_model = 4 * results["parameter_count"]
+    assert results["parameter_count"] < entry["bytes_down"] < 0.5 * float_model
+    assert set(entry["bytes_up"]) == {"hospital-1", "hospital-2", "hospital-3"}  # the refusal is counted too
+    assert all(
+        results["parameter_count"] < entry["bytes_up"][h] < 0.5 * float_model for h in ("hospital-1", "hospital-2")
+    )
+    assert entry["bytes_up"]["hospital-3"] < results["parameter_count"]  # a refusal carries no weights
     assert entry["status"] == "aggregated"
     assert entry["participants"] == ["hospital-1", "hospital-2"]
     assert results["dp"] == {"enabled": False}

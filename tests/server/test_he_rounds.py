@@ -103,6 +103,10 @@ def test_a_ciphertext_the_server_cannot_parse_costs_only_its_sender(tmp_path: Pa
     assert (rejection.institution, rejection.code) == ("hospital-2", "invalid-ciphertext")
     assert "chunk 1" in rejection.reason
     assert set(outcome.extra["bytes_sent"]) == {"hospital-1", "hospital-2", "hospital-3"}
+    # results.json's bytes on the wire: each reply's whole content (ciphertexts and all), the model sent down
+    for who, n in outcome.replies.bytes_up.items():
+        assert n > outcome.extra["bytes_sent"][who]
+    assert outcome.replies.bytes_down is not None and outcome.replies.bytes_down > outcome.extra["model_bytes_to_each"]
     assert rounds.global_sum is not None and rounds.global_sum.header.contributors == 2
 
     # The next round's hospitals decrypt the two-hospital sum and train on it; all three take part.
