@@ -4,7 +4,9 @@ Breast cancer (MLP) and digits (CNN), 3 hospitals, DP on (each hospital targets 
 plain mode, the run config's defaults otherwise (5 rounds, 2 local epochs). Each (data set, compression)
 pair runs --repeats times, alternating, and the final model is scored on the held-out rows no hospital
 holds. DP noise and sampling come from OS entropy, so runs are not paired: the accuracy change is
-reported as a difference of means with its standard error.
+reported as a difference of means with its standard error. With --no-dp, local training is seeded by
+the run config, so a float32 run and an int8 run differ only by the quantization (and its random
+rounding): the accuracy change is then int8's own.
 
 The rounds run in this process through `tests/server/loopback.py` (the production ServerApp round code
 and ClientApp handlers, messages handed over without a SuperLink): the bytes are counted by the same
@@ -14,9 +16,10 @@ accuracy, only add minutes per run on this shared machine.
 Then the exported model (`fedcare model export --int8`) of the last float32 run per data set: file size
 and held-out accuracy against float32 TorchScript.
 
-    python bench/compression.py            # --repeats 3 (default), --datasets breast-cancer digits
+    python bench/compression.py            # --repeats 3 (default), --datasets breast-cancer digits, --no-dp
 
-Prints a JSON object, writes bench/out/compression.json, and a Markdown table on stderr.
+Prints a JSON object, writes bench/out/compression.json (compression-no-dp.json), and a Markdown table
+on stderr.
 """
 
 from __future__ import annotations
@@ -53,14 +56,14 @@ from server.rounds import PlainRounds, RoundContext  # noqa: E402
 from tests.server.loopback import RUN, LoopbackGrid  # noqa: E402
 
 
-def one_run(*, dataset: str, compression: str, root: Path) -> dict[str, Any]:
+def one_run(*, dataset: str, compression: str, root: Path, dp: bool) -> dict[str, Any]:
     split = write_demo_split(root / "data", dataset=dataset, hospitals=3)  # type: ignore[arg-type]
     hospitals = {
         node: {"institution": f"hospital-{node}", "data-path": str(path), "state-dir": str(root / f"state-{node}")}
         for node, path in enumerate(split.hospital_paths, start=1)
     }
     settings = RunSettings.model_validate(
-        {"schema-path": str(split.schema_path), "update-compression": compression, "min-nodes": 3}
+        {"schema-path": str(split.schema_path), "update-compression": compression, "min-nodes": 3, "dp": dp}
     )
     schema = load_schema(split.schema_path)
     (root / "run" / "models").mkdir(parents=True)
@@ -104,6 +107,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--datasets", nargs="+", default=["breast-cancer", "digits"])
+    parser.add_argument(
+        "--no-dp", dest="dp", action="store_false", help="DP off: training is seeded, so runs pair up exactly"
+    )
     args = parser.parse_args()
     TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = 1, RUN, 0  # as a ServerApp process has
     torch.set_num_threads(1)
@@ -111,7 +117,8 @@ def main() -> None:
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "load_average_start": os.getloadavg(),
         "repeats": args.repeats,
-        "setup": "3 hospitals, DP on (target epsilon 3 per run), plain mode, 5 rounds, 2 local epochs",
+        "setup": f"3 hospitals, DP {'on (target epsilon 3 per run)' if args.dp else 'off'}, plain mode, 5 rounds, "
+        "2 local epochs",
         "datasets": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -120,7 +127,10 @@ def main() -> None:
             for i in range(args.repeats):
                 for compression in ("none", "int8"):
                     run = one_run(
-                        dataset=dataset, compression=compression, root=Path(tmp) / f"{dataset}-{compression}-{i}"
+                        dataset=dataset,
+                        compression=compression,
+                        root=Path(tmp) / f"{dataset}-{compression}-{i}",
+                        dp=args.dp,
                     )
                     runs[compression].append(run)
                     print(f"{dataset} {compression} #{i}: {run['accuracy']:.4f} in {run['seconds']} s", file=sys.stderr)
@@ -156,7 +166,7 @@ def main() -> None:
     report["load_average_end"] = os.getloadavg()
     out = REPO / "bench" / "out"
     out.mkdir(exist_ok=True)
-    (out / "compression.json").write_text(json.dumps(report, indent=2))
+    (out / f"compression{'' if args.dp else '-no-dp'}.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     lines = [
         "| data set | weights record int8/f32 | bytes up int8/f32 | bytes down int8/f32 | accuracy f32 | accuracy int8 "

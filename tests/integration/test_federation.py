@@ -133,12 +133,13 @@ def test_a_hospital_with_a_malformed_file_is_rejected_and_the_round_goes_on(
     results = json.loads((tmp_path / "runs" / str(run_id) / "results.json").read_text())
     (entry,) = results["rounds"]
     assert results["update_compression"] == "int8"
-    # int8: 1 byte a value plus Flower's framing and the messages' config and metrics, under float32's 4
+    # int8: the weights take about 0.27x of float32's bytes; the round config (with the schema) and the reply's
+    # status and metrics add a few KB that do not shrink
     float_model = 4 * results["parameter_count"]
-    assert results["parameter_count"] < entry["bytes_down"] < 0.5 * float_model
+    assert results["parameter_count"] < entry["bytes_down"] < 0.6 * float_model
     assert set(entry["bytes_up"]) == {"hospital-1", "hospital-2", "hospital-3"}  # the refusal is counted too
     assert all(
-        results["parameter_count"] < entry["bytes_up"][h] < 0.5 * float_model for h in ("hospital-1", "hospital-2")
+        results["parameter_count"] < entry["bytes_up"][h] < 0.6 * float_model for h in ("hospital-1", "hospital-2")
     )
     assert entry["bytes_up"]["hospital-3"] < results["parameter_count"]  # a refusal carries no weights
     assert entry["status"] == "aggregated"
