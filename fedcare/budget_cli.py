@@ -19,6 +19,7 @@ budget_app = typer.Typer(
 )
 console = Console()
 errors = Console(stderr=True)
+log = logging.getLogger("fedcare.budget")
 
 
 @budget_app.command()
@@ -35,8 +36,24 @@ def serve(
         bool, typer.Option("--dev", help="Development mode: allow an empty or placeholder admin token.")
     ] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    tls_certfile: Annotated[
+        Path | None,
+        typer.Option(help="Certificate from the federation CA (default: $FEDCARE_BUDGET_TLS_CERTFILE)."),
+    ] = None,
+    tls_keyfile: Annotated[
+        Path | None, typer.Option(help="Its private key, mode 0600 (default: $FEDCARE_BUDGET_TLS_KEYFILE).")
+    ] = None,
+    insecure_http: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-http", help="Serve plain HTTP (loopback, or behind a TLS proxy); tokens then cross in clear."
+        ),
+    ] = False,
 ) -> None:
-    """Serve the budget API, /metrics and /dashboard with uvicorn. The admin token comes from $FEDCARE_ADMIN_TOKEN."""
+    """Serve the budget API, /metrics and /dashboard over HTTPS with uvicorn.
+
+    The admin token comes from $FEDCARE_ADMIN_TOKEN; the certificate and key from the options or
+    $FEDCARE_BUDGET_TLS_CERTFILE / $FEDCARE_BUDGET_TLS_KEYFILE (`fedcare federation budget-cert` issues them)."""
     import shutil
     import tempfile
 
@@ -51,13 +68,29 @@ def serve(
         overrides["database_url"] = database_url
     if dev:
         overrides["development"] = True
+    if tls_certfile is not None:
+        overrides["tls_certfile"] = tls_certfile
+    if tls_keyfile is not None:
+        overrides["tls_keyfile"] = tls_keyfile
+    if insecure_http:
+        overrides["insecure_http"] = True
     try:
         settings = BudgetSettings(**overrides)
     except ValidationError as exc:
         reasons = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors())
         errors.print(f"[red]refusing to start:[/] {reasons}")
         raise typer.Exit(2) from None
-    errors.print(f"budget service on http://{host}:{port} (API /v1, docs /docs, dashboard /dashboard)")
+    problem = settings.transport_problem()
+    if problem is not None:
+        errors.print(f"[red]refusing to start:[/] {problem}")
+        raise typer.Exit(2)
+    if settings.tls_certfile is None:
+        log.warning(
+            "INSECURE HTTP (asked for with --insecure-http / FEDCARE_BUDGET_INSECURE_HTTP): tokens and budgets cross "
+            "the network in clear, and browsers keep the dashboard's Secure session cookie only from localhost. "
+            "Serve it on loopback only, or behind a proxy that terminates TLS."
+        )
+    errors.print(f"budget service on {settings.scheme}://{host}:{port} (API /v1, docs /docs, dashboard /dashboard)")
     # Keep-alive outlives a benchmark's or a ServerApp's pauses between calls;
     # a reconnect costs more than an idle socket.
     options = dict(
@@ -68,6 +101,8 @@ def serve(
         timeout_keep_alive=75,
         timeout_graceful_shutdown=5,
     )
+    if settings.tls_certfile is not None and settings.tls_keyfile is not None:
+        options.update(ssl_certfile=str(settings.tls_certfile), ssl_keyfile=str(settings.tls_keyfile))
     if workers == 1:
         from server.budget.main import create_app
 
@@ -80,6 +115,15 @@ def serve(
             "FEDCARE_BUDGET_DATABASE_URL": settings.database_url,
             "FEDCARE_ADMIN_TOKEN": settings.admin_token.get_secret_value(),
             "FEDCARE_BUDGET_DEVELOPMENT": "1" if settings.development else "0",
+            "FEDCARE_BUDGET_INSECURE_HTTP": "1" if settings.insecure_http else "0",
+            **{
+                name: str(path)
+                for name, path in (
+                    ("FEDCARE_BUDGET_TLS_CERTFILE", settings.tls_certfile),
+                    ("FEDCARE_BUDGET_TLS_KEYFILE", settings.tls_keyfile),
+                )
+                if path is not None
+            },
         }
     )
     from server.budget.core.db import make_engine, upgrade_schema
