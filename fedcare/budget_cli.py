@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -9,10 +10,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 DEFAULT_PORT = 8470
-DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
+DEFAULT_URL = f"https://127.0.0.1:{DEFAULT_PORT}"
 
 budget_app = typer.Typer(
     help="The privacy budget service: serve it, or show budgets.", no_args_is_help=True, add_completion=False
@@ -142,116 +142,77 @@ def serve(
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _fmt(value: float | None, digits: int = 4) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 @budget_app.command()
 def show(
+    kit: Annotated[
+        Path | None,
+        typer.Option(
+            "--kit",
+            help="A hospital's site directory (or kit): its budget URL, CA and token file. Shows its own budget.",
+        ),
+    ] = None,
     institution: Annotated[
         str | None, typer.Option(help="Only this institution, with its latest ledger events.")
     ] = None,
-    url: Annotated[str, typer.Option(envvar="FEDCARE_BUDGET_URL", help="The service's address.")] = DEFAULT_URL,
+    url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FEDCARE_BUDGET_URL", help=f"The service's address (default: kit.json's, or {DEFAULT_URL})."
+        ),
+    ] = None,
+    ca: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="FEDCARE_BUDGET_CA", help="The federation CA to verify the service with (default: the kit's)."
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None, typer.Option(help="A file holding a bearer token (0600); better than --token.")
+    ] = None,
     token: Annotated[
         str | None,
         typer.Option(
             envvar="FEDCARE_BUDGET_TOKEN",
-            help="A bearer token (default: $FEDCARE_BUDGET_TOKEN, else $FEDCARE_ADMIN_TOKEN).",
+            help="A bearer token (default: $FEDCARE_BUDGET_TOKEN, else $FEDCARE_ADMIN_TOKEN). A token on a command "
+            "line is visible to other users: prefer --kit or --token-file.",
         ),
     ] = None,
-    events: Annotated[int, typer.Option(min=0, help="Ledger events to list with --institution.")] = 10,
+    events: Annotated[int, typer.Option(min=0, help="Ledger events to list with --institution or --kit.")] = 10,
 ) -> None:
-    """Epsilon spent, limit and remaining per institution, as a table."""
+    """Epsilon spent, limit and remaining: a hospital's own (`--kit SITE_DIR`), or every institution a token sees."""
+    from fedcare.budget_access import BudgetAccessError, access_from_options, access_from_site, explain
     from server.budget_client.connection import BudgetConnection, BudgetServiceError
 
-    token = token or os.environ.get("FEDCARE_ADMIN_TOKEN")
-    if not token:
-        errors.print("[red]no token:[/] pass --token or set FEDCARE_BUDGET_TOKEN (or FEDCARE_ADMIN_TOKEN)")
-        raise typer.Exit(2)
     try:
-        with BudgetConnection(url, token, retries=1) as client:
-            budgets = client.budgets()
-            if institution is not None:
-                if institution not in budgets:
-                    known = ", ".join(sorted(budgets)) or "none visible to this token"
-                    errors.print(f"[red]no institution named {institution!r}[/] (known: {known})")
-                    raise typer.Exit(1)
-                budgets = {institution: budgets[institution]}
-            console.print(_budget_table(budgets, url))
-            if institution is not None and events:
-                view = budgets[institution]
-                total = client.events(view.institution_id, limit=1)["total"]
-                page = client.events(view.institution_id, limit=events, offset=max(0, total - events))
-                console.print(_events_table(institution, page["items"], total))
+        if kit is not None:
+            access = access_from_site(kit, url=url)
+            access = access if ca is None else dataclasses.replace(access, ca_certificate=ca)
+        else:
+            access = access_from_options(url=url or DEFAULT_URL, token_file=token_file, token=token, ca_certificate=ca)
+    except BudgetAccessError as exc:
+        errors.print(f"[red]cannot ask the budget service:[/] {exc}")
+        raise typer.Exit(2) from None
+    try:
+        with BudgetConnection(access.url, access.token, retries=1, ca_certificate=access.ca_certificate) as client:
+            _show(client, access.url, institution=institution, events=events, own=kit is not None)
     except BudgetServiceError as exc:
-        errors.print(f"[red]budget service error:[/] {exc}")
+        errors.print(f"[red]{explain(exc, access)}[/]")
         raise typer.Exit(1) from None
 
 
-def _budget_table(budgets, url: str) -> Table:
-    table = Table(title=f"Privacy budgets ({url})")
-    for name, justify in (
-        ("institution", "left"),
-        ("rounds", "right"),
-        ("epsilon spent", "right"),
-        ("limit", "right"),
-        ("remaining", "right"),
-        ("delta", "right"),
-        ("after next round", "right"),
-        ("flagged", "right"),
-        ("last event (UTC)", "left"),
-    ):
-        table.add_column(name, justify=justify, no_wrap=name == "institution")
-    for name, b in sorted(budgets.items()):
-        remaining = _fmt(b.epsilon_remaining)
-        style = (
-            "red"
-            if not b.can_cover_next_round
-            else ("yellow" if b.epsilon_remaining < 0.2 * b.epsilon_limit else "green")
-        )
-        table.add_row(
-            name,
-            str(b.rounds),
-            _fmt(b.epsilon_spent),
-            _fmt(b.epsilon_limit, 2),
-            f"[{style}]{remaining}[/]",
-            f"{b.delta:g}",
-            _fmt(b.epsilon_next_round),
-            f"[red]{b.flagged_events}[/]" if b.flagged_events else "0",
-            (b.last_event_at or "-")[:19].replace("T", " "),
-        )
-    if not budgets:
-        table.caption = "no institutions registered"
-    return table
+def _show(client, url: str, *, institution: str | None, events: int, own: bool) -> None:
+    from fedcare.budget_tables import budget_table, events_table, summary_line
 
-
-def _events_table(institution: str, items: list[dict], total: int) -> Table:
-    table = Table(title=f"{institution}: last {len(items)} of {total} ledger events")
-    for name in (
-        "run",
-        "round",
-        "noise",
-        "sample rate",
-        "steps",
-        "accountant",
-        "reported eps",
-        "recomputed eps",
-        "flag",
-    ):
-        table.add_column(name, justify="left" if name in ("run", "accountant", "flag") else "right")
-    for e in items:
-        table.add_row(
-            e["run_id"],
-            str(e["server_round"]),
-            f"{e['noise_multiplier']:g}",
-            f"{e['sample_rate']:g}",
-            str(e["steps"]),
-            e["accountant"],
-            _fmt(e["epsilon"]),
-            _fmt(e["epsilon_recomputed"]),
-            f"[red]{e['flag_reason']}[/]" if e["flagged"] else "",
-        )
-    return table
+    budgets = client.budgets(institution=institution)
+    console.print(budget_table(budgets, url))
+    if len(budgets) != 1 or not (own or institution is not None):
+        return
+    (view,) = budgets.values()
+    console.print(summary_line(view))
+    if events:
+        total = client.events(view.institution_id, limit=1)["total"]
+        page = client.events(view.institution_id, limit=events, offset=max(0, total - events))
+        console.print(events_table(view.institution, page["items"], total))
 
 
 if __name__ == "__main__":

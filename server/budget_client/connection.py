@@ -18,9 +18,10 @@ import httpx
 class BudgetServiceError(RuntimeError):
     """The budget service answered with an error, or could not be reached."""
 
-    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+    def __init__(self, message: str, *, status_code: int | None = None, detail: str | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
+        self.detail = detail or message  # the service's own words, without the method and path
 
 
 class BudgetServiceUnavailable(BudgetServiceError):
@@ -60,12 +61,16 @@ class BudgetView:
         return cls(**{name: raw.get(name) for name in cls.__dataclass_fields__})
 
 
-def _detail(response: httpx.Response) -> str:
+def _service_detail(response: httpx.Response) -> str:
     try:
         detail = response.json().get("detail")
     except (ValueError, AttributeError):
         detail = None
-    return f"{response.status_code} {detail or response.text[:300]}"
+    return str(detail or response.text[:300])
+
+
+def _detail(response: httpx.Response) -> str:
+    return f"{response.status_code} {_service_detail(response)}"
 
 
 def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
@@ -137,14 +142,22 @@ class BudgetConnection:
             if response.status_code >= 500:
                 last = _detail(response)
                 continue
-            if response.status_code in (401, 403):
-                raise BudgetAuthError(f"{method} {path}: {_detail(response)}", status_code=response.status_code)
             if response.status_code >= 400:
-                kind = BudgetRejected if response.status_code == 422 else BudgetServiceError
-                raise kind(f"{method} {path}: {_detail(response)}", status_code=response.status_code)
+                kind = (
+                    BudgetAuthError
+                    if response.status_code in (401, 403)
+                    else BudgetRejected
+                    if response.status_code == 422
+                    else BudgetServiceError
+                )
+                raise kind(
+                    f"{method} {path}: {_detail(response)}",
+                    status_code=response.status_code,
+                    detail=_service_detail(response),
+                )
             return response
         raise BudgetServiceUnavailable(
-            f"{method} {self.base_url}{path}: no answer after {self.retries + 1} tries ({last})"
+            f"{method} {self.base_url}{path}: no answer after {self.retries + 1} tries ({last})", detail=last
         )
 
     def _tls_message(self, failure: ssl.SSLError) -> str:
@@ -161,9 +174,12 @@ class BudgetConnection:
     def get_json(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params=params or None).json()
 
-    def budgets(self) -> dict[str, BudgetView]:
-        """Every budget this token may read (aggregator, admin: all; institution: its own), by institution name."""
-        return {b["institution"]: BudgetView.from_json(b) for b in self.get_json("/v1/budgets")}
+    def budgets(self, *, institution: str | None = None) -> dict[str, BudgetView]:
+        """Every budget this token may read (aggregator, admin: all; institution: its own), by institution name.
+
+        `institution`: only that one (404 when unknown; 403 when an institution's token asks for another's)."""
+        params = {"institution": institution} if institution is not None else {}
+        return {b["institution"]: BudgetView.from_json(b) for b in self.get_json("/v1/budgets", **params)}
 
     def run_budget(self, run_id: str | int) -> dict[str, Any]:
         return self.get_json(f"/v1/runs/{run_id}/budget")
