@@ -34,14 +34,16 @@ def same_token(a: str, b: str) -> bool:
 
 
 def page_headers(nonce: str, *, connect: bool = False) -> dict[str, str]:
-    """No resource from elsewhere, no framing, forms only to this service, nothing cached or referred."""
+    """No resource from elsewhere, no framing, forms only to this service, nothing cached or referred elsewhere."""
     connect_src = "'self'" if connect else "'none'"
     return {
         "Content-Security-Policy": f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
         f"connect-src {connect_src}; img-src 'self' data:; base-uri 'none'; form-action 'self'; "
         "frame-ancestors 'none'",
         "Cache-Control": "no-store",
-        "Referrer-Policy": "no-referrer",
+        # Not no-referrer: under it browsers send `Origin: null` with the page's own forms, which from_elsewhere
+        # refuses. same-origin still sends nothing to any other site.
+        "Referrer-Policy": "same-origin",
         "X-Frame-Options": "DENY",
         "X-Content-Type-Options": "nosniff",
     }

@@ -8,6 +8,7 @@ writes replies and events on fd 4, each ended by a NUL byte; no port, no websock
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import select
@@ -17,10 +18,18 @@ from pathlib import Path
 from typing import Any
 
 
+def _above_nine(fd: int) -> int:
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return high
+
+
 class Chromium:
     def __init__(self, binary: str, profile: Path, log: Path) -> None:
         to_browser, self._commands = os.pipe()
         self._replies, from_browser = os.pipe()
+        # Above 9, so that redirecting them onto fds 3 and 4 in the child cannot clobber one of them.
+        to_browser, from_browser = (_above_nine(fd) for fd in (to_browser, from_browser))
         args = [
             "--headless",
             "--no-sandbox",
