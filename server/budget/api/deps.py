@@ -199,7 +199,7 @@ def refuse_other_institution(principal: Principal) -> None:
     if principal.role == Role.institution:
         raise HTTPException(
             status.HTTP_403_FORBIDDEN,
-            detail=f"an institution may read only its own records; this token is {principal.name!r}'s",
+            detail=f"an institution may read only its own records; this token belongs to {principal.name!r}",
         )
 
 
