@@ -81,8 +81,8 @@ def test_a_hospital_reads_its_own_budget_over_tls_and_not_another(tmp_path: Path
             assert browser.post("/dashboard/login", data={"token": "fcb_wrong", "csrf": csrf}).status_code == 401
             signed_in = browser.post("/dashboard/login", data={"token": token, "csrf": csrf})
             assert signed_in.status_code == 303
-            cookie = SimpleCookie(signed_in.headers["set-cookie"].split(", __Host-fedcare-login")[0])
-            session = cookie["__Host-fedcare-session"]
+            (header,) = [h for h in signed_in.headers.get_list("set-cookie") if h.startswith("__Host-fedcare-session=")]
+            session = SimpleCookie(header)["__Host-fedcare-session"]
             assert session["httponly"] and session["secure"] and session["samesite"].lower() == "strict"
             data = browser.get("/dashboard/data").json()
             assert [i["name"] for i in data["institutions"]] == ["St Mary"]
