@@ -121,6 +121,7 @@ def running_budget_service(
             log_path,
             timeout=startup_timeout,
             accounting=wait_for_accounting,
+            fresh_connections=workers > 1,
             verify=ssl.create_default_context(cafile=str(tls.ca_certificate)) if tls else True,
         )
         yield url
@@ -137,11 +138,15 @@ def _wait_healthy(
     *,
     timeout: float,
     accounting: bool,
+    fresh_connections: bool,
     verify: ssl.SSLContext | bool,
 ) -> None:
     deadline = time.monotonic() + timeout
-    ready_in_a_row = 0  # with several workers each answers for itself: ask a few times
-    with httpx.Client(timeout=2.0, verify=verify) as http:
+    ready_in_a_row = 0  # with several workers each answers for itself: ask a few times, on fresh connections
+    # One kept-alive connection otherwise: while the service imports Opacus (holding the GIL), a TLS handshake per
+    # question took longer than the question's timeout on a loaded machine.
+    headers = {"Connection": "close"} if fresh_connections else {}
+    with httpx.Client(timeout=5.0, verify=verify) as http:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise BudgetServiceStartError(
@@ -149,7 +154,7 @@ def _wait_healthy(
                     f"its log:\n{_tail(log_path)}"
                 )
             try:
-                response = http.get(f"{url}/healthz", headers={"Connection": "close"})
+                response = http.get(f"{url}/healthz", headers=headers)
                 ready = response.status_code == 200 and (not accounting or response.json()["accounting"] == "ready")
             except httpx.TransportError:
                 ready = False
