@@ -48,7 +48,8 @@ def test_a_hospital_reads_its_own_budget_over_tls_and_not_another(tmp_path: Path
         # The coordinator registers both hospitals over TLS too (its admin client trusts the same CA).
         sites = join_and_register(fed, tmp_path / "sites", ["St Mary", "Royal"], budget=budget_target(fed))
         mary = sites["St Mary"].root
-        with BudgetConnection(url, fed.admin_token(), ca_certificate=fed.ca_certificate) as admin:
+        # The first write waits for the service to load Opacus: seconds, more on a busy machine.
+        with BudgetConnection(url, fed.admin_token(), ca_certificate=fed.ca_certificate, timeout=120) as admin:
             admin.request("POST", "/v1/events", json=[dp_event("St Mary", r, epsilon=0.5 * r) for r in (1, 2, 3)])
 
         code, out = _show("--kit", str(mary))
