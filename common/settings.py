@@ -104,6 +104,7 @@ class RunSettings(TrainingSettings):
     # The privacy budget service (optional): where to report DP events, and the aggregator token's file.
     budget_url: str = ""
     budget_token_file: str = ""
+    budget_ca_file: str = ""  # an https budget-url: the federation's ca.crt, the only CA trusted for it
     schema_path: str
     results_dir: str = "fedcare-runs"
     # HE mode: the server's key-free context (server/he-public.ctx from `fedcare he keygen`). Never the

@@ -3,6 +3,7 @@
     healthcheck.py tcp HOST:PORT [HOST:PORT ...]   every port accepts a connection
     healthcheck.py grpc HOST:PORT                  a gRPC health service (Flower's --health-server-address) says SERVING
     healthcheck.py http URL                        the URL answers 200
+    healthcheck.py https URL CA_FILE               the URL answers 200 over TLS verified against CA_FILE
 
 Exit 0 when healthy, 1 otherwise, with one line saying why (docker inspect shows it).
 """
@@ -34,16 +35,18 @@ def check_grpc(address: str) -> None:
         raise RuntimeError(f"{address} reports {health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)}")
 
 
-def check_http(url: str) -> None:
+def check_http(url: str, ca_file: str | None = None) -> None:
+    import ssl
     import urllib.request
 
-    with urllib.request.urlopen(url, timeout=3) as response:  # noqa: S310 (a fixed local URL)
+    context = ssl.create_default_context(cafile=ca_file) if ca_file else None
+    with urllib.request.urlopen(url, timeout=3, context=context) as response:  # noqa: S310 (a fixed local URL)
         if response.status != 200:
             raise RuntimeError(f"{url} answered {response.status}")
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 2 or argv[0] not in ("tcp", "grpc", "http"):
+    if len(argv) < 2 or argv[0] not in ("tcp", "grpc", "http", "https") or (argv[0] == "https" and len(argv) != 3):
         print(__doc__, file=sys.stderr)
         return 2
     kind, targets = argv[0], argv[1:]
@@ -53,6 +56,8 @@ def main(argv: list[str]) -> int:
         elif kind == "grpc":
             for target in targets:
                 check_grpc(target)
+        elif kind == "https":
+            check_http(targets[0], targets[1])
         else:
             for target in targets:
                 check_http(target)

@@ -48,14 +48,16 @@ def flwr(*args: str, timeout: float = 120.0) -> dict[str, Any]:
     return answer
 
 
-def aggregator_token_file(budget_url: str, token_dir: Path) -> Path:
-    """Mint an aggregator token with the admin token and leave it (0600) where the ServerApp runner reads it."""
+def aggregator_token_file(budget_url: str, token_dir: Path, *, ca_certificate: Path | None = None) -> Path:
+    """Mint an aggregator token with the admin token and leave it (0600) where the ServerApp runner reads it.
+
+    An https budget service is verified against `ca_certificate` (the federation CA) only."""
     from server.budget_client.admin import BudgetAdmin
 
     admin_token = os.environ.get("FEDCARE_ADMIN_TOKEN", "")
     if not admin_token:
         raise SystemExit("budget service given but no admin token: set FEDCARE_ADMIN_TOKEN_FILE (compose does)")
-    with BudgetAdmin(budget_url, admin_token) as admin:
+    with BudgetAdmin(budget_url, admin_token, ca_certificate=ca_certificate) as admin:
         token = admin.create_aggregator_token(f"compose-serverapp-{time.strftime('%Y%m%dT%H%M%S')}")
     token_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = token_dir / "aggregator-token"
@@ -109,6 +111,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--budget-url", default=os.environ.get("FEDCARE_BUDGET_URL", ""))
     parser.add_argument(
+        "--budget-ca-file",
+        default=os.environ.get("FEDCARE_BUDGET_CA_FILE", ""),
+        help="an https budget URL: the federation CA as the ServerApp runner sees it (default: --ca-certificate)",
+    )
+    parser.add_argument(
         "--schema-path",
         default=os.environ.get("FEDCARE_SCHEMA_PATH", "/run/fedcare/schema.json"),
         help="the schema as the ServerApp runner sees it",
@@ -149,8 +156,14 @@ def main(argv: list[str]) -> int:
     for item in args.run_config:
         run_config |= tomllib.loads(item.replace("=", " = ", 1))
     if args.budget_url:
+        tls = args.budget_url.startswith("https://")
+        token_file = aggregator_token_file(
+            args.budget_url, Path("/var/lib/fedcare/tokens"), ca_certificate=args.ca_certificate if tls else None
+        )
         run_config["budget-url"] = args.budget_url
-        run_config["budget-token-file"] = str(aggregator_token_file(args.budget_url, Path("/var/lib/fedcare/tokens")))
+        run_config["budget-token-file"] = str(token_file)
+        if tls:
+            run_config["budget-ca-file"] = args.budget_ca_file or str(args.ca_certificate)
     config_path = Path(os.environ.get("HOME", "/tmp")) / f"run-config-{time.time_ns()}.toml"
     config_path.write_text(tomli_w.dumps(run_config))
     run_id = int(flwr("run", str(APP_DIR), CONNECTION, "--run-config", str(config_path))["run-id"])

@@ -29,7 +29,7 @@ from common.schema import load_schema
 from common.settings import PrivacyMode, UpdateCompression
 from fedcare.demo_sites import HOSPITALS_DIR, coordinator_dir, set_up_sites
 from fedcare.federation import FederationError, LocalFederation
-from fedcare.federation_dir import FederationDir
+from fedcare.federation_dir import FederationDir, issue_budget_certificate
 from fedcare.kits import RUN_HE_CONTEXT_KEY
 from fedcare.registration import BudgetTarget
 from server.budget.process import running_budget_service
@@ -113,7 +113,9 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoOut
     with contextlib.ExitStack() as stack:
         budget = None
         if options.dp:
-            budget = BudgetTarget(stack.enter_context(_budget_service(fed_dir)), fed_dir.admin_token())
+            budget = BudgetTarget(
+                stack.enter_context(_budget_service(fed_dir)), fed_dir.admin_token(), fed_dir.ca_certificate
+            )
         # The same path as a deployment: each hospital makes its own keys in OUT/hospitals/<name>, the
         # coordinator (OUT/coordinator, a federation directory) registers its request and issues a kit, the
         # hospital installs it; in HE mode hospital-1 makes the CKKS key set and the coordinator relays it sealed.
@@ -204,25 +206,29 @@ def _node_config(options: DemoOptions, name: str) -> dict[str, object]:
 
 @contextlib.contextmanager
 def _budget_service(fed: FederationDir):
-    """The ledger in the coordinator's budget/ folder, under the federation directory's admin token."""
+    """The ledger in the coordinator's budget/ folder, under the federation directory's admin token, over TLS
+    with the certificate the federation's CA issued for it (issued now for a demo folder made before that)."""
     budget_dir = fed.admin_token_file.parent
+    if not fed.budget_certificate.exists():
+        issue_budget_certificate(fed, sans=("localhost", "127.0.0.1", "::1"))
     with running_budget_service(
         database_url=f"sqlite:///{budget_dir / 'ledger.db'}",
         admin_token=fed.admin_token(),
         log_path=budget_dir / "service.log",
         wait_for_accounting=True,
+        tls=fed.budget_tls(),
     ) as url:
         yield url
 
 
 def _aggregator_token(fed: FederationDir, budget: BudgetTarget, *, options: DemoOptions) -> dict[str, object]:
     """Give this run's ServerApp an aggregator token for the ledger."""
-    with BudgetAdmin(budget.url, budget.admin_token) as admin:
+    with BudgetAdmin(budget.url, budget.admin_token, ca_certificate=budget.ca_certificate) as admin:
         for i in range(1, options.hospitals + 1):  # registered with their kits; idempotent (a --no-dp site's kit)
             admin.ensure_institution(f"hospital-{i}", options.epsilon_limit, options.delta)
         token = admin.create_aggregator_token("demo-serverapp")
     token_file = write_private(fed.admin_token_file.parent / "aggregator-token", token)
-    return {"budget-url": budget.url, "budget-token-file": str(token_file)}
+    return {"budget-url": budget.url, "budget-token-file": str(token_file), "budget-ca-file": str(fed.ca_certificate)}
 
 
 def _privacy_config(options: DemoOptions) -> dict[str, object]:

@@ -18,6 +18,7 @@ from fedcare.federation_dir import (
     FederationDir,
     FederationDirError,
     init_federation,
+    issue_budget_certificate,
 )
 from fedcare.registration import RegistrationError
 from fedcare.registration_cli import (
@@ -67,12 +68,21 @@ def init(
             "Otherwise a hospital makes them (`fedcare he keygen --site`).",
         ),
     ] = False,
-    days: Annotated[int, typer.Option(min=1, help="Validity of the CA and SuperLink certificates, in days.")] = 825,
+    days: Annotated[int, typer.Option(min=1, help="Validity of the CA and server certificates, in days.")] = 825,
+    budget_san: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--budget-san",
+            help="A DNS name or IP address hospitals use to reach the budget service (HTTPS); repeat it. "
+            "Default: the --san values.",
+        ),
+    ] = None,
 ) -> None:
-    """Create a federation directory: CA, SuperLink TLS certificate, HE keys (--he), budget admin token."""
+    """Create a federation directory: CA, SuperLink and budget service certificates, HE keys (--he), admin token."""
     try:
         fed = init_federation(
             directory,
+            budget_sans=tuple(budget_san) if budget_san else None,
             sans=tuple(san or ("localhost", "127.0.0.1", "::1")),
             control_address=superlink,
             fleet_address=fleet_address,
@@ -93,6 +103,11 @@ def init(
         (fed.server_certificate, f"SuperLink certificate for {', '.join(config.dns_names + config.ip_addresses)}"),
         (fed.server_key, "SuperLink private key: only the SuperLink reads it"),
         (fed.admin_token_file, "budget service admin token (FEDCARE_ADMIN_TOKEN)"),
+        (
+            fed.budget_certificate,
+            f"budget service certificate for {', '.join(config.budget_dns_names + config.budget_ip_addresses)}",
+        ),
+        (fed.budget_key, "budget service private key: only the budget service reads it"),
     ]
     if he:
         rows += [
@@ -115,6 +130,33 @@ def init(
     console.print(
         "Next: each hospital runs `fedcare institution join NAME --out SITE`, then "
         f"`fedcare institution register --request FILE --epsilon-limit E --delta D --federation {fed.root}`"
+    )
+
+
+@federation_app.command("budget-cert")
+def budget_cert(
+    san: Annotated[
+        list[str],
+        typer.Option("--san", help="A DNS name or IP address hospitals use to reach the budget service; repeat it."),
+    ],
+    federation: FederationOption = Path("."),
+    days: Annotated[int, typer.Option(min=1, help="Validity in days (never beyond the CA's).")] = 825,
+) -> None:
+    """Issue the budget service's HTTPS certificate from the federation CA, for the names hospitals dial.
+
+    Hospitals need nothing new (their kits hold the CA); restart the budget service to serve the new one."""
+    from common.tls import CertificateAuthorityError
+
+    fed = FederationDir(federation.resolve())
+    try:
+        files = issue_budget_certificate(fed, sans=tuple(san), days=days)
+    except (FederationDirError, CertificateAuthorityError, ValueError) as exc:
+        raise fail(f"no certificate issued: {exc}", 2) from None
+    console.print(f"budget service certificate {files.server_certificate} for {', '.join(san)}")
+    console.print(f"  key {files.server_key} (0600): only the budget service reads it")
+    console.print(
+        f"Serve it: `fedcare budget serve --host 0.0.0.0 --tls-certfile {files.server_certificate} "
+        f"--tls-keyfile {files.server_key}` (or FEDCARE_BUDGET_TLS_CERTFILE / FEDCARE_BUDGET_TLS_KEYFILE)."
     )
 
 

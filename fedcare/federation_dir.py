@@ -2,12 +2,14 @@
 
 ```
 DIR/federation.toml          addresses (SuperLink control + Fleet API, budget service), SANs, HE on/off
-DIR/ca/ca.key                the CA's private key (0600): re-issues the SuperLink certificate; keep it offline
+DIR/ca/ca.key                the CA's private key (0600): issues the server certificates; keep it offline
 DIR/superlink/ca.crt         the CA certificate (goes into every kit)
 DIR/superlink/server.pem     the SuperLink's certificate, with the names and IPs hospitals dial
 DIR/superlink/server.key     its private key (0600); never leaves this directory
 DIR/he/hospital/, he/server/ CKKS material (with --he): hospital/ is copied into kits, server/ feeds the ServerApp
 DIR/budget/admin-token       the budget service's admin token (0600)
+DIR/budget/server.pem        the budget service's HTTPS certificate (same CA), for the names hospitals dial
+DIR/budget/server.key        its private key (0600); only the budget service reads it
 DIR/registry.json            registered institutions and what is still pending
 DIR/institutions/<slug>/     one kit per hospital
 ```
@@ -16,6 +18,7 @@ Paths, not prompts: the deploy tooling runs these commands inside containers.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import ipaddress
 import re
@@ -27,12 +30,12 @@ from pathlib import Path
 import tomli_w
 
 from common.private_files import make_private_dir, write_private
-from common.tls import make_server_tls
+from common.tls import TlsFiles, issue_server_certificate, make_server_tls
 
 CONFIG_FILE = "federation.toml"
 DEFAULT_CONTROL_ADDRESS = "127.0.0.1:9093"
 DEFAULT_FLEET_PORT = 9092
-DEFAULT_BUDGET_URL = "http://127.0.0.1:8470"
+DEFAULT_BUDGET_URL = "https://127.0.0.1:8470"
 
 
 class FederationDirError(RuntimeError):
@@ -49,6 +52,8 @@ class FederationConfig:
     he: bool = False
     dns_names: tuple[str, ...] = ("localhost",)
     ip_addresses: tuple[str, ...] = ("127.0.0.1", "::1")
+    budget_dns_names: tuple[str, ...] = ()  # in the budget service's certificate; () = none issued yet
+    budget_ip_addresses: tuple[str, ...] = ()
     created_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
 
     def to_toml(self) -> dict:
@@ -60,7 +65,11 @@ class FederationConfig:
                 "dns-names": list(self.dns_names),
                 "ip-addresses": list(self.ip_addresses),
             },
-            "budget": {"url": self.budget_url},
+            "budget": {
+                "url": self.budget_url,
+                "dns-names": list(self.budget_dns_names),
+                "ip-addresses": list(self.budget_ip_addresses),
+            },
         }
 
     @classmethod
@@ -74,6 +83,8 @@ class FederationConfig:
             he=_typed(fed, "federation", "he", bool, False),
             dns_names=_strings(link, "superlink", "dns-names"),
             ip_addresses=_strings(link, "superlink", "ip-addresses"),
+            budget_dns_names=_strings(budget, "budget", "dns-names"),
+            budget_ip_addresses=_strings(budget, "budget", "ip-addresses"),
             created_at=_typed(fed, "federation", "created-at", str, ""),
         )
 
@@ -122,6 +133,18 @@ class FederationDir:
     @property
     def server_key(self) -> Path:
         return self.root / "superlink" / "server.key"
+
+    @property
+    def budget_certificate(self) -> Path:
+        return self.root / "budget" / "server.pem"
+
+    @property
+    def budget_key(self) -> Path:
+        return self.root / "budget" / "server.key"
+
+    def budget_tls(self) -> TlsFiles:
+        """The budget service's TLS files (`fedcare budget serve --tls-certfile/--tls-keyfile`), with the CA."""
+        return TlsFiles(self.ca_certificate, self.budget_certificate, self.budget_key)
 
     @property
     def he_dir(self) -> Path:
@@ -207,8 +230,11 @@ def init_federation(
     budget_url: str = DEFAULT_BUDGET_URL,
     he: bool = False,
     days: int = 825,
+    budget_sans: tuple[str, ...] | None = None,
 ) -> FederationDir:
-    """Create a federation directory: CA, SuperLink certificate, HE keys (if `he`), budget admin token.
+    """Create a federation directory: CA, SuperLink and budget certificates, HE keys (if `he`), budget admin token.
+
+    The budget service's certificate names `budget_sans` (default: the SuperLink's `sans`).
 
     Refuses a directory that already holds a federation: new keys would lock out every issued kit.
     """
@@ -219,6 +245,7 @@ def init_federation(
             "so it is never overwritten. Pick another directory or remove it yourself."
         )
     names, ips = split_sans(sans)
+    budget_names, budget_ips = split_sans(sans if budget_sans is None else budget_sans)
     fed.root.mkdir(parents=True, exist_ok=True)
     make_private_dir(fed.ca_key.parent)
     make_server_tls(fed.server_certificate.parent, hostnames=names, ips=ips, days=days, ca_key_path=fed.ca_key)
@@ -228,6 +255,7 @@ def init_federation(
         write_keys(fed.he_dir)
     make_private_dir(fed.admin_token_file.parent)
     write_private(fed.admin_token_file, secrets.token_urlsafe(32) + "\n", exclusive=True)
+    _issue_budget_pair(fed, names=budget_names, ips=budget_ips, days=days)
     fed.institutions_dir.mkdir(exist_ok=True)
     host = (names or ips)[0]
     default_fleet = f"[{host}]:{DEFAULT_FLEET_PORT}" if ":" in host else f"{host}:{DEFAULT_FLEET_PORT}"
@@ -238,9 +266,36 @@ def init_federation(
         he=he,
         dns_names=names,
         ip_addresses=ips,
+        budget_dns_names=budget_names,
+        budget_ip_addresses=budget_ips,
     )
     fed.config_path.write_text(tomli_w.dumps(config.to_toml()))  # written last: its presence means "complete"
     return fed
+
+
+def _issue_budget_pair(fed: FederationDir, *, names: tuple[str, ...], ips: tuple[str, ...], days: int) -> None:
+    make_private_dir(fed.budget_key.parent)
+    issue_server_certificate(
+        ca_certificate=fed.ca_certificate,
+        ca_key=fed.ca_key,
+        certificate=fed.budget_certificate,
+        key=fed.budget_key,
+        hostnames=names,
+        ips=ips,
+        days=days,
+    )
+
+
+def issue_budget_certificate(fed: FederationDir, *, sans: tuple[str, ...], days: int = 825) -> TlsFiles:
+    """(Re-)issue the budget service's certificate for `sans` with the federation's CA, and record the names.
+
+    Hospitals need nothing new: they already trust the CA. Restart the budget service to serve it."""
+    config = fed.config()
+    names, ips = split_sans(sans)
+    _issue_budget_pair(fed, names=names, ips=ips, days=days)
+    updated = dataclasses.replace(config, budget_dns_names=names, budget_ip_addresses=ips)
+    fed.config_path.write_text(tomli_w.dumps(updated.to_toml()))
+    return fed.budget_tls()
 
 
 def ensure_local_federation(root: Path) -> FederationDir:

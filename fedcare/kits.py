@@ -156,8 +156,9 @@ def readme(name: str, *, slug: str, root: str, config: FederationConfig, node_co
     node_config_arg = f"'{node_config}'" if node_config else f"{root}/{NODE_CONFIG_FILE}"
     node_config_opt = f" \\\n  --node-config {node_config_arg}" if node_config else ""
     budget = (
-        f"- `budget-token`: your institution's token for the budget service at {config.budget_url}; it reads only "
-        f'your own budget: `fedcare budget show --url {config.budget_url} --token "$(cat budget-token)"`.\n'
+        f"- `budget-token`: your institution's token (0600) for the budget service at {config.budget_url}; it "
+        f"reads only your own budget: `fedcare budget show --kit {root}` (the URL and `ca.crt` come from here "
+        f"too), or sign in at {config.budget_url}/dashboard/login with it.\n"
         if config.budget_url
         else ""
     )

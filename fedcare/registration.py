@@ -38,6 +38,7 @@ class RegistrationError(RuntimeError):
 class BudgetTarget:
     url: str
     admin_token: str
+    ca_certificate: Path | None = None  # an https URL is verified against it: the federation's CA
 
 
 @dataclass
@@ -63,7 +64,7 @@ def superlink_connection(fed: FederationDir, *, address: str | None = None) -> S
 def budget_target(fed: FederationDir, *, url: str | None = None) -> BudgetTarget | None:
     """The budget service to register with, from federation.toml unless overridden; None when it has none."""
     url = fed.config().budget_url if url is None else url
-    return BudgetTarget(url, fed.admin_token()) if url else None
+    return BudgetTarget(url, fed.admin_token(), fed.ca_certificate) if url else None
 
 
 def register_institution(
@@ -196,7 +197,9 @@ def _complete(
             report.problems.append(f"SuperLink refused: {exc}")
     if budget is not None and record.budget in ("pending", "revoke-pending"):
         try:
-            with BudgetAdmin(budget.url, budget.admin_token, retries=1, timeout=5.0) as client:
+            with BudgetAdmin(
+                budget.url, budget.admin_token, retries=1, timeout=5.0, ca_certificate=budget.ca_certificate
+            ) as client:
                 _complete_budget(fed, record, report, client)
         except BudgetServiceUnavailable as exc:
             report.problems.append(f"budget service not reachable, left pending ({exc})")

@@ -132,6 +132,7 @@ def main(grid: Grid, context: Context) -> None:
             token_file=Path(settings.budget_token_file),
             outbox_dir=Path(settings.results_dir).resolve() / "budget-outbox",
             run_id=grid.run.run_id,
+            ca_certificate=Path(settings.budget_ca_file) if settings.budget_ca_file else None,
         )
         log.info("reporting DP events to the budget service at %s", settings.budget_url)
 

@@ -26,7 +26,9 @@ class BudgetGate:
     node_institutions: dict[int, str] = field(default_factory=dict)  # learnt from replies
 
     @classmethod
-    def connect(cls, *, url: str, token_file: Path, outbox_dir: Path, run_id: int) -> BudgetGate:
+    def connect(
+        cls, *, url: str, token_file: Path, outbox_dir: Path, run_id: int, ca_certificate: Path | None = None
+    ) -> BudgetGate:
         try:
             token = Path(token_file).read_text().strip()
         except OSError as exc:
@@ -34,7 +36,10 @@ class BudgetGate:
         if not token:
             raise ValueError(f"budget-token-file {token_file} is empty")
         # Short timeouts: an unreachable ledger must not stall a round; events wait in the outbox.
-        return cls(client=BudgetEventClient(url, token, outbox_dir=outbox_dir, timeout=2.0, retries=1), run_id=run_id)
+        client = BudgetEventClient(
+            url, token, outbox_dir=outbox_dir, timeout=2.0, retries=1, ca_certificate=ca_certificate
+        )
+        return cls(client=client, run_id=run_id)
 
     def select(self, nodes: list[int], *, server_round: int) -> tuple[list[int], dict[str, str]]:
         """Nodes to send this round to, and {institution: why skipped} for the others."""

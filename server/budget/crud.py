@@ -126,10 +126,12 @@ def principal_for_digest(*, session: Session, digest: str) -> Principal | None:
     return Principal(role=Role(row.role), name=row.name, institution_id=row.institution_id)
 
 
-def _institutions(session: Session, only: int | None = None) -> list[Institution]:
+def _institutions(session: Session, only: int | None = None, name: str | None = None) -> list[Institution]:
     query = select(Institution).order_by(Institution.id)
     if only is not None:
         query = query.where(Institution.id == only)
+    if name is not None:
+        query = query.where(Institution.name == name)
     return list(session.scalars(query))
 
 
@@ -152,9 +154,9 @@ def read_budget(*, session: Session, institution_id: int) -> BudgetPublic:
     return budgets.budget_of(_institution(session, institution_id))
 
 
-def list_budgets(*, session: Session, only: int | None = None) -> list[BudgetPublic]:
-    """Every institution's budget, or only the one with id `only`."""
-    return [budgets.budget_of(i) for i in _institutions(session, only)]
+def list_budgets(*, session: Session, only: int | None = None, name: str | None = None) -> list[BudgetPublic]:
+    """Every institution's budget, or only the one with id `only` and/or the one named `name`."""
+    return [budgets.budget_of(i) for i in _institutions(session, only, name)]
 
 
 def list_events(*, session: Session, institution_id: int, limit: int, offset: int) -> EventPage:

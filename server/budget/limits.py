@@ -96,5 +96,9 @@ PrintableText = Annotated[str, AfterValidator(printable)]
 # Path and query parameters, bounded where the routes declare them.
 InstitutionId = Annotated[int, Path(ge=1, le=MAX_ID, description="The institution's id")]
 RunId = Annotated[PrintableText, Path(min_length=1, max_length=MAX_RUN_ID_LENGTH, description="Flower run id")]
+InstitutionNameQuery = Annotated[
+    PrintableText | None,
+    Query(min_length=1, max_length=MAX_NAME_LENGTH, description="Only the institution of this name"),
+]
 PageLimit = Annotated[int, Query(ge=1, le=1000)]
 PageOffset = Annotated[int, Query(ge=0, le=MAX_ID)]

@@ -106,3 +106,17 @@ class PrivacyEvent(Base):
     flag_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     institution: Mapped[Institution] = relationship(lazy="joined")
+
+
+class DashboardSession(Base):
+    """A browser signed in to the dashboard. The cookie holds a random id; only its SHA-256 is stored, and
+    the token it signed in with is kept as its hash, so revoking the token ends the session too."""
+
+    __tablename__ = "dashboard_sessions"
+    __table_args__ = (Index("ix_dashboard_sessions_expires_at", "expires_at"),)
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64))
+    csrf: Mapped[str] = mapped_column(String(64))  # the logout form's token, bound to this session
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -1,10 +1,15 @@
-"""Run the budget service as a real process (uvicorn on 127.0.0.1), for tests, benchmarks and the demo."""
+"""Run the budget service as a real process (uvicorn on 127.0.0.1), for tests, benchmarks and the demo.
+
+With `tls` it serves HTTPS with those files, and the health check trusts only their CA; without,
+it asks for plain HTTP by name (`FEDCARE_BUDGET_INSECURE_HTTP=1`), which suits a loopback-only service.
+"""
 
 from __future__ import annotations
 
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -14,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+
+from common.tls import TlsFiles
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the folder holding the `server` package
 
@@ -60,6 +67,7 @@ def running_budget_service(
     log_level: str = "info",
     workers: int = 1,
     wait_for_accounting: bool = False,
+    tls: TlsFiles | None = None,
 ) -> Iterator[str]:
     """Start `fedcare budget serve` in a child process, wait for /healthz, yield its URL; stop it on exit.
 
@@ -73,14 +81,23 @@ def running_budget_service(
         log_path = Path(name)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     port = port or free_port(host)
-    url = f"http://{host}:{port}"
+    url = f"{'https' if tls else 'http'}://{host}:{port}"
     env = {
-        **{k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"},
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if k != "PROMETHEUS_MULTIPROC_DIR" and not k.startswith("FEDCARE_BUDGET_")
+        },
         "FEDCARE_ADMIN_TOKEN": admin_token,
         "FEDCARE_BUDGET_DATABASE_URL": database_url,
         "FEDCARE_BUDGET_DEVELOPMENT": "1" if development else "0",
         "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p),
     }
+    if tls is None:
+        env["FEDCARE_BUDGET_INSECURE_HTTP"] = "1"
+    else:
+        env["FEDCARE_BUDGET_TLS_CERTFILE"] = str(tls.server_certificate)
+        env["FEDCARE_BUDGET_TLS_KEYFILE"] = str(tls.server_key)
     command = [
         sys.executable,
         "-m",
@@ -98,7 +115,15 @@ def running_budget_service(
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
     try:
-        _wait_healthy(proc, url, log_path, timeout=startup_timeout, accounting=wait_for_accounting)
+        _wait_healthy(
+            proc,
+            url,
+            log_path,
+            timeout=startup_timeout,
+            accounting=wait_for_accounting,
+            fresh_connections=workers > 1,
+            verify=ssl.create_default_context(cafile=str(tls.ca_certificate)) if tls else True,
+        )
         yield url
     finally:
         stop_process(proc)
@@ -106,10 +131,22 @@ def running_budget_service(
             log_path.unlink(missing_ok=True)
 
 
-def _wait_healthy(proc: subprocess.Popen, url: str, log_path: Path, *, timeout: float, accounting: bool) -> None:
+def _wait_healthy(
+    proc: subprocess.Popen,
+    url: str,
+    log_path: Path,
+    *,
+    timeout: float,
+    accounting: bool,
+    fresh_connections: bool,
+    verify: ssl.SSLContext | bool,
+) -> None:
     deadline = time.monotonic() + timeout
-    ready_in_a_row = 0  # with several workers each answers for itself: ask a few times
-    with httpx.Client(timeout=2.0) as http:
+    ready_in_a_row = 0  # with several workers each answers for itself: ask a few times, on fresh connections
+    # One kept-alive connection otherwise: while the service imports Opacus (holding the GIL), a TLS handshake per
+    # question took longer than the question's timeout on a loaded machine.
+    headers = {"Connection": "close"} if fresh_connections else {}
+    with httpx.Client(timeout=5.0, verify=verify) as http:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise BudgetServiceStartError(
@@ -117,7 +154,7 @@ def _wait_healthy(proc: subprocess.Popen, url: str, log_path: Path, *, timeout: 
                     f"its log:\n{_tail(log_path)}"
                 )
             try:
-                response = http.get(f"{url}/healthz", headers={"Connection": "close"})
+                response = http.get(f"{url}/healthz", headers=headers)
                 ready = response.status_code == 200 and (not accounting or response.json()["accounting"] == "ready")
             except httpx.TransportError:
                 ready = False

@@ -43,9 +43,18 @@ class BudgetEventClient(BudgetConnection):
         retries: int = 3,
         backoff: float = 0.25,
         http: httpx.Client | None = None,
+        ca_certificate: Path | str | None = None,
     ) -> None:
         """Without `outbox_dir`, events that cannot be delivered raise instead of waiting on disk."""
-        super().__init__(base_url, token, timeout=timeout, retries=retries, backoff=backoff, http=http)
+        super().__init__(
+            base_url,
+            token,
+            timeout=timeout,
+            retries=retries,
+            backoff=backoff,
+            http=http,
+            ca_certificate=ca_certificate,
+        )
         self.outbox = EventOutbox(outbox_dir) if outbox_dir is not None else None
         self._lock = threading.Lock()
 

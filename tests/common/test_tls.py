@@ -78,3 +78,37 @@ def test_regenerating_over_a_world_readable_key_makes_it_private(tmp_path: Path)
     stale.chmod(0o644)
     files = make_server_tls(tmp_path)
     assert oct(stat.S_IMODE(os.stat(files.server_key).st_mode)) == oct(0o600)
+
+
+def test_an_existing_ca_issues_another_server_certificate(tmp_path: Path) -> None:
+    from common.tls import issue_server_certificate
+
+    first = make_server_tls(tmp_path / "link", ca_key_path=tmp_path / "ca.key")
+    files = issue_server_certificate(
+        ca_certificate=first.ca_certificate,
+        ca_key=tmp_path / "ca.key",
+        certificate=tmp_path / "budget" / "server.pem",
+        key=tmp_path / "budget" / "server.key",
+        hostnames=("budget.example.org",),
+        ips=("10.0.0.7",),
+    )
+    cert = _cert(files.server_certificate)
+    cert.verify_directly_issued_by(_cert(first.ca_certificate))
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["budget.example.org"]
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["10.0.0.7"]
+    assert cert.not_valid_after_utc <= _cert(first.ca_certificate).not_valid_after_utc
+    assert oct(stat.S_IMODE(os.stat(files.server_key).st_mode)) == oct(0o600)
+
+
+def test_issuing_needs_the_matching_ca_key(tmp_path: Path) -> None:
+    from common.tls import CertificateAuthorityError, issue_server_certificate
+
+    mine = make_server_tls(tmp_path / "mine", ca_key_path=tmp_path / "mine.key")
+    make_server_tls(tmp_path / "other", ca_key_path=tmp_path / "other.key")
+    common = dict(certificate=tmp_path / "s.pem", key=tmp_path / "s.key", hostnames=("h",), ips=())
+    with pytest.raises(CertificateAuthorityError, match="is not the key of the CA"):
+        issue_server_certificate(ca_certificate=mine.ca_certificate, ca_key=tmp_path / "other.key", **common)
+    with pytest.raises(CertificateAuthorityError, match="missing.*offline"):
+        issue_server_certificate(ca_certificate=mine.ca_certificate, ca_key=tmp_path / "gone.key", **common)
+    assert not (tmp_path / "s.pem").exists()

@@ -84,8 +84,9 @@ def test_the_secret_scan_finds_no_hospital_secret_at_the_coordinator_and_only_it
 ) -> None:
     fed = ceremony.fed
     at_coordinator = scan_for_secrets(fed.root, sealing_public_keys=ceremony.sealing_keys())
-    # Only the coordinator's own keys: the CA key and the SuperLink's TLS key.
+    # Only the coordinator's own keys: the CA key and the TLS keys of the budget service and the SuperLink.
     assert sorted((f.path.relative_to(fed.root).as_posix(), f.kind) for f in at_coordinator) == [
+        ("budget/server.key", "private-key"),
         ("ca/ca.key", "private-key"),
         ("superlink/server.key", "private-key"),
     ]

@@ -70,6 +70,7 @@ def test_the_demo_lays_out_one_folder_per_site_and_each_keeps_its_own_secrets(tm
     node_keys = {name: " ".join(site.node_public_key.read_text().split()[:2]) for name, site in sites.items()}
     at_coordinator = scan_for_secrets(coordinator.root, sealing_public_keys=sealing_keys)
     assert {f.path.relative_to(coordinator.root).as_posix() for f in at_coordinator} == {
+        "budget/server.key",  # the budget service's own TLS key
         "ca/ca.key",
         "superlink/server.key",
     }

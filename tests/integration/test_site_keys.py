@@ -120,6 +120,7 @@ def test_hospital_made_keys_an_he_run_revocation_rekey_and_a_stale_key_set_refus
     node_keys = {" ".join(s.node_public_key.read_text().split()[:2]) for s in sites.values()}
     at_coordinator = scan_for_secrets(fed_dir.root, sealing_public_keys=sealing_keys)
     assert {f.path.relative_to(fed_dir.root).as_posix() for f in at_coordinator} == {
+        "budget/server.key",  # the budget service's own TLS key
         "ca/ca.key",
         "superlink/server.key",
     }

@@ -25,13 +25,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from server.budget import crud
+from server.budget.api.browser import LOGIN_PATH, current_session
 from server.budget.core.errors import LedgerError
 from server.budget.core.group_commit import GroupCommit
 from server.budget.core.security import Principal, Role, hash_token, same_digest
 from server.budget.limits import MAX_TOKEN_LENGTH
 from server.budget.schemas import EventCreate, EventsWritten
 
-DASHBOARD_COOKIE = "fedcare_budget_token"
 MAX_GROUP_EVENTS = 2000  # events committed together at most
 T = TypeVar("T")
 
@@ -118,21 +118,28 @@ def _bearer(request: Request) -> str | None:
     return token.strip()
 
 
-async def resolve_token(request: Request, token: str) -> Principal:
-    if len(token) > MAX_TOKEN_LENGTH:
-        raise _unauthorized(
-            f"the token is {len(token)} characters long; fedcare tokens have at most {MAX_TOKEN_LENGTH}"
-        )
+async def resolve_digest(request: Request, digest: str) -> Principal | None:
+    """Who holds the token with this SHA-256 digest, or None when no live token has it."""
     state = request.app.state
-    digest = hash_token(token)
     if same_digest(digest, state.admin_digest):
         return Principal(role=Role.admin, name="admin")
     principal = state.token_cache.get(digest)  # a known token costs no database work
     if principal is None:
         principal = await state.ledger.read(crud.principal_for_digest, digest=digest)
         if principal is None:
-            raise _unauthorized("unknown or invalid token")
+            return None
         state.token_cache.put(digest, principal)
+    return principal
+
+
+async def resolve_token(request: Request, token: str) -> Principal:
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise _unauthorized(
+            f"the token is {len(token)} characters long; fedcare tokens have at most {MAX_TOKEN_LENGTH}"
+        )
+    principal = await resolve_digest(request, hash_token(token))
+    if principal is None:
+        raise _unauthorized("unknown or invalid token")
     return principal
 
 
@@ -146,12 +153,29 @@ async def get_principal(request: Request) -> Principal:
 CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
 
 
+def _to_sign_in(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_303_SEE_OTHER, detail=detail, headers={"Location": LOGIN_PATH})
+
+
 async def get_viewer(request: Request) -> Principal:
-    """For the HTML dashboard: a bearer header, the `token` query parameter, or the cookie it sets."""
-    token = _bearer(request) or request.query_params.get("token") or request.cookies.get(DASHBOARD_COOKIE)
-    if not token:
-        raise _unauthorized("no token: open /dashboard?token=<your token> once; a cookie keeps you signed in")
-    return await resolve_token(request, token)
+    """For the HTML dashboard: a bearer header (scripts), or the session a sign-in at /dashboard/login made.
+
+    A token in the URL is never used, not even checked: the request is sent to the sign-in page. A browser
+    without a session is sent there too; anything else gets 401."""
+    if "token" in request.query_params:
+        raise _to_sign_in(f"tokens never go in a URL (they end up in histories and logs): sign in at {LOGIN_PATH}")
+    token = _bearer(request)
+    if token is not None:
+        return await resolve_token(request, token)
+    found = await current_session(request)
+    principal = None if found is None else await resolve_digest(request, found[1].token_hash)
+    if principal is None:
+        detail = f"no token or session: sign in at {LOGIN_PATH}, or send 'Authorization: Bearer <token>'"
+        if "text/html" in request.headers.get("accept", ""):
+            raise _to_sign_in(detail)
+        raise _unauthorized(detail)
+    request.state.logout_csrf = found[1].csrf
+    return principal
 
 
 CurrentViewer = Annotated[Principal, Depends(get_viewer)]
@@ -167,7 +191,16 @@ def require(principal: Principal, *roles: Role) -> None:
 
 def require_institution_access(principal: Principal, institution_id: int) -> None:
     if not principal.may_read_institution(institution_id):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="an institution may read only its own records")
+        refuse_other_institution(principal)
+
+
+def refuse_other_institution(principal: Principal) -> None:
+    """403 for an institution's token that asked for another institution's records; nothing for the others."""
+    if principal.role == Role.institution:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            detail=f"an institution may read only its own records; this token belongs to {principal.name!r}",
+        )
 
 
 async def admin_only(principal: CurrentPrincipal) -> Principal:

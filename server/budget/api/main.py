@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from server.budget.api.routes import aggregators, budgets, dashboard, events, institutions, runs, service
+from server.budget.api.routes import (
+    aggregators,
+    budgets,
+    dashboard,
+    dashboard_login,
+    events,
+    institutions,
+    runs,
+    service,
+)
 
 api_router = APIRouter(prefix="/v1")
 for module in (institutions, budgets, events, runs, aggregators):
@@ -13,3 +22,4 @@ for module in (institutions, budgets, events, runs, aggregators):
 site_router = APIRouter()
 site_router.include_router(service.router)
 site_router.include_router(dashboard.router)
+site_router.include_router(dashboard_login.router)

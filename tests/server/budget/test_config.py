@@ -48,3 +48,53 @@ def test_serve_refuses_to_start_with_a_placeholder(monkeypatch: pytest.MonkeyPat
     result = CliRunner().invoke(budget_app, ["serve", "--database-url", "sqlite:///:memory:"])
     assert result.exit_code == 2
     assert "refusing to start" in result.output and "placeholder" in result.output
+
+
+def _tls_pair(tmp_path):
+    from common.tls import make_server_tls
+
+    return make_server_tls(tmp_path / "tls")
+
+
+def test_tls_needs_the_certificate_and_its_private_key(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    files = _tls_pair(tmp_path)
+    settings = BudgetSettings(admin_token="y" * 32, tls_certfile=files.server_certificate, tls_keyfile=files.server_key)
+    assert settings.scheme == "https" and settings.transport_problem() is None
+    with pytest.raises(ValidationError, match="FEDCARE_BUDGET_TLS_KEYFILE is not"):
+        BudgetSettings(admin_token="y" * 32, tls_certfile=files.server_certificate)
+    with pytest.raises(ValidationError, match="does not exist.*fedcare federation budget-cert"):
+        BudgetSettings(admin_token="y" * 32, tls_certfile=tmp_path / "nope.pem", tls_keyfile=files.server_key)
+    files.server_key.chmod(0o644)
+    with pytest.raises(ValidationError, match=f"chmod 600 {files.server_key}"):
+        BudgetSettings(admin_token="y" * 32, tls_certfile=files.server_certificate, tls_keyfile=files.server_key)
+    files.server_key.chmod(0o600)
+    monkeypatch.setenv("FEDCARE_BUDGET_TLS_CERTFILE", str(files.server_certificate))
+    monkeypatch.setenv("FEDCARE_BUDGET_TLS_KEYFILE", str(files.server_key))
+    assert BudgetSettings(admin_token="y" * 32).tls_keyfile == files.server_key
+
+
+def test_plain_http_only_when_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    problem = BudgetSettings(admin_token="y" * 32).transport_problem()
+    assert "FEDCARE_BUDGET_TLS_CERTFILE" in problem and "--insecure-http" in problem
+    monkeypatch.setenv("FEDCARE_BUDGET_INSECURE_HTTP", "1")
+    settings = BudgetSettings(admin_token="y" * 32)
+    assert settings.transport_problem() is None and settings.scheme == "http"
+
+
+def test_serve_refuses_to_start_without_tls_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEDCARE_ADMIN_TOKEN", "y" * 32)
+    monkeypatch.delenv("FEDCARE_BUDGET_INSECURE_HTTP", raising=False)
+    result = CliRunner().invoke(budget_app, ["serve", "--database-url", "sqlite:///:memory:"])
+    assert result.exit_code == 2 and "refusing to start" in result.output and "no TLS certificate" in result.output
+
+
+def test_the_key_file_never_reaches_the_log(tmp_path, caplog: pytest.LogCaptureFixture) -> None:
+    files = _tls_pair(tmp_path)
+    key_text = files.server_key.read_text()
+    with caplog.at_level(logging.DEBUG):
+        settings = BudgetSettings(
+            admin_token="y" * 32, tls_certfile=files.server_certificate, tls_keyfile=files.server_key
+        )
+        logging.getLogger("fedcare.budget").info("settings %r", settings)
+    body = key_text.splitlines()[1]
+    assert body not in caplog.text and body not in repr(settings)

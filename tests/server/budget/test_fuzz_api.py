@@ -167,6 +167,9 @@ ROUTES = (
     "GET /metrics",
     "GET /dashboard",
     "GET /dashboard/data",
+    "GET /dashboard/login",
+    "POST /dashboard/login",
+    "POST /dashboard/logout",
     "GET /v1/budgets",
     "GET /v1/institutions",
     "POST /v1/institutions",
@@ -179,7 +182,21 @@ ROUTES = (
     "GET /v1/runs/{run_id}/budget",
     "POST /v1/aggregators",
 )
+
+
+def forms() -> st.SearchStrategy[bytes]:
+    """Sign-in and sign-out forms: url-encoded fields with hostile values, or raw bytes."""
+    fields = st.dictionaries(
+        st.sampled_from(["token", "csrf", "other"]),
+        st.one_of(hostile_text(max_size=60), st.just(ADMIN_TOKEN), st.text(max_size=5000)),
+        max_size=3,
+    )
+    return st.one_of(fields.map(lambda f: "&".join(f"{k}={_escaped(v)}" for k, v in f.items()).encode()), bodies())
+
+
+FORM_ROUTES = ("POST /dashboard/login", "POST /dashboard/logout")
 BODIES = {
+    **{route: forms() for route in FORM_ROUTES},
     "POST /v1/events": events().map(lambda e: json.dumps(e).encode()),
     "POST /v1/institutions": institution_bodies().map(lambda b: json.dumps(b).encode()),
     "POST /v1/aggregators": st.fixed_dictionaries({"name": hostile_text(max_size=120)}).map(
@@ -194,10 +211,10 @@ def requests(draw: st.DrawFn) -> tuple[str, str, bytes | None]:
     route = draw(st.sampled_from(ROUTES) | st.just("POST /v1/events"))  # events: half the requests
     method, template = route.split(" ")
     path = template.replace("{institution_id}", draw(institution_ids())).replace("{run_id}", draw(run_ids()))
-    if template.endswith("}/events") or template.startswith("/dashboard"):
+    if template.endswith("}/events") or template.startswith("/dashboard") or template == "/v1/budgets":
         query = draw(
             st.dictionaries(
-                st.sampled_from(["limit", "offset", "token"]),
+                st.sampled_from(["limit", "offset", "token", "institution"]),
                 st.one_of(hostile_ints(), hostile_floats(), hostile_text(max_size=40)),
                 max_size=3,
             )
@@ -216,7 +233,9 @@ ROLES = st.sampled_from(["admin", "aggregator", "institution", "none", "made-up"
 @given(request=requests(), role=ROLES)
 def test_no_request_from_any_caller_gets_a_5xx(service: Service, request, role: str) -> None:
     method, path, body = request
-    headers = {**service.headers(role), "content-type": "application/json"}
+    form = any(path.startswith(route.split(" ")[1]) and method == route.split(" ")[0] for route in FORM_ROUTES)
+    content_type = "application/x-www-form-urlencoded" if form else "application/json"
+    headers = {**service.headers(role), "content-type": content_type}
     response = service.client.request(method, path, content=body, headers=headers)
     assert response.status_code < 500, f"{method} {path} as {role}: {response.status_code} {response.text}"
     service.after(method, path, response.status_code)

@@ -15,6 +15,7 @@ from server.budget.process import running_budget_service
 from server.budget_client.admin import BudgetAdmin
 from server.budget_client.connection import BudgetConnection
 from server.budget_client.events import BudgetEventClient
+from tests.server.budget.chromium import Chromium
 from tests.server.budget.helpers import ADMIN_TOKEN, count_colour, decode_png, dp_event
 from tests.support.local_postgres import LocalPostgres
 
@@ -174,7 +175,17 @@ def test_the_dashboard_plots_spending_in_headless_chromium(chromium: str, live_s
         [dp_event(name, r, epsilon=0.0) for r in range(1, 9) for name in ("hospital-1", "hospital-2")]
     )
 
-    shot, log = _render(chromium, f"{live_service}/dashboard?token={ADMIN_TOKEN}", tmp_path, "dashboard")
+    browser = Chromium(chromium, tmp_path / "dashboard-profile", tmp_path / "dashboard.log")
+    try:
+        browser.open(f"{live_service}/dashboard")  # no session yet: the sign-in form
+        assert browser.evaluate("location.pathname") == "/dashboard/login"
+        browser.submit_form({"token": ADMIN_TOKEN})  # typed into the form, as a person does; never in a URL
+        assert browser.evaluate("location.pathname + location.search") == "/dashboard"
+        assert browser.evaluate("document.cookie") == ""  # HttpOnly: the page's scripts cannot read the session
+        shot = browser.screenshot(tmp_path / "dashboard.png")
+    finally:
+        browser.close()
+    log = (tmp_path / "dashboard.log").read_text(errors="replace")
     assert not _page_errors(log), _page_errors(log)
     width, height, rows = decode_png(shot.read_bytes())
     bpp = len(rows[0]) // width
@@ -185,9 +196,11 @@ def test_the_dashboard_plots_spending_in_headless_chromium(chromium: str, live_s
     assert count_colour(rows, (0xD6, 0x27, 0x28), bpp=bpp) > 500
 
 
-def test_the_dashboard_without_a_token_is_401(live_service: str) -> None:
+def test_the_dashboard_without_a_token_is_401(live_service: str, tmp_path: Path) -> None:
     response = httpx.get(f"{live_service}/dashboard")
     assert response.status_code == 401 and "token" in response.json()["detail"]
+    # This service serves plain HTTP because the fixture asked for it; it says so in its log.
+    assert "INSECURE HTTP" in (tmp_path / "service.log").read_text()
 
 
 def test_two_workers_share_the_ledger_and_sum_their_metrics(tmp_path: Path) -> None:

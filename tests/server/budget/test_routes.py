@@ -318,20 +318,33 @@ def test_metrics_are_not_for_institutions(client: TestClient) -> None:
     assert client.get("/metrics", headers=bearer(token)).status_code == 403
 
 
-def test_dashboard_accepts_a_query_token_once_then_a_cookie(client: TestClient) -> None:
+def test_dashboard_takes_a_bearer_header_and_an_institution_sees_only_itself(client: TestClient) -> None:
     created = register(client, "hospital-1")
+    register(client, "hospital-2")
     client.post("/v1/events", json=[dp_event("hospital-1", r) for r in (1, 2)], headers=ADMIN)
-    page = client.get("/dashboard", params={"token": created["token"]})
+    page = client.get("/dashboard", headers=bearer(created["token"]))
     assert page.status_code == 200 and "<svg" in page.text and '"hospital-1"' in page.text
-    assert "httponly" in page.headers["set-cookie"].lower()
+    assert '"hospital-2"' not in page.text and "set-cookie" not in page.headers  # sessions come from sign-in only
     assert "script-src 'nonce-" in page.headers["content-security-policy"]
-    again = client.get("/dashboard")  # the TestClient keeps the cookie, as a browser does
-    assert again.status_code == 200
-    data = client.get("/dashboard/data").json()
+    data = client.get("/dashboard/data", headers=bearer(created["token"])).json()
     assert [i["name"] for i in data["institutions"]] == ["hospital-1"]
     assert [p[0] for p in data["institutions"][0]["points"]] == [1, 2]
-    client.cookies.clear()
-    assert client.get("/dashboard", params={"token": "fcb_wrong"}).status_code == 401
+    assert client.get("/dashboard", headers=bearer("fcb_wrong")).status_code == 401
+
+
+def test_budgets_of_one_institution_by_name(client: TestClient) -> None:
+    mine = register(client, "hospital-1")["token"]
+    register(client, "hospital-2")
+    assert [b["institution"] for b in client.get("/v1/budgets?institution=hospital-2", headers=ADMIN).json()] == [
+        "hospital-2"
+    ]
+    assert client.get("/v1/budgets?institution=nowhere", headers=ADMIN).status_code == 404
+    own = client.get("/v1/budgets?institution=hospital-1", headers=bearer(mine))
+    assert own.status_code == 200 and [b["institution"] for b in own.json()] == ["hospital-1"]
+    for other in ("hospital-2", "nowhere"):  # the same 403 whether the other exists or not
+        refused = client.get(f"/v1/budgets?institution={other}", headers=bearer(mine))
+        assert refused.status_code == 403 and "only its own records" in refused.json()["detail"]
+    assert client.get("/v1/institutions/2/budget", headers=bearer(mine)).status_code == 403
 
 
 def test_group_commit_stores_each_batch_whole_or_not_at_all(client: TestClient) -> None:

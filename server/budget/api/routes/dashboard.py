@@ -2,10 +2,10 @@
 
 Self-contained: the data is embedded server-side and an inline script draws
 SVG, so the page loads nothing from any other host (a Content-Security-Policy
-with a per-response nonce enforces that). Sign-in is for people with a
-browser: open `/dashboard?token=<token>` once; the token is kept in an
-HttpOnly, SameSite=Strict cookie and the script removes it from the address
-bar. The admin and aggregators see every institution, an institution itself.
+with a per-response nonce enforces that). People sign in at `/dashboard/login`
+(`dashboard_login.py`) and the page then rides on a session cookie; scripts may
+send a bearer header instead. No token is ever read from, or written into, a URL.
+The admin and aggregators see every institution, an institution only itself.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from server.budget import crud
-from server.budget.api.deps import DASHBOARD_COOKIE, CurrentViewer, Ledger, LedgerDep, visible_institution
+from server.budget.api.browser import page_headers
+from server.budget.api.deps import CurrentViewer, Ledger, LedgerDep, visible_institution
 from server.budget.core.security import Principal
 
 router = APIRouter(tags=["dashboard"])
@@ -33,24 +34,9 @@ async def _data(request: Request, ledger: Ledger, viewer: Principal) -> dict:
     return {
         "generated_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
         "viewer": viewer.role.value,
+        "viewer_name": viewer.name,
         "institutions": institutions,
     }
-
-
-def _with_cookie(request: Request, response, token_from_query: str | None):
-    # Only a token that signed this request in (no bearer header beside it) becomes the cookie: any other
-    # query text could be anything, including characters a Set-Cookie header cannot carry.
-    if token_from_query and not request.headers.get("authorization"):
-        response.set_cookie(
-            DASHBOARD_COOKIE,
-            token_from_query,
-            httponly=True,
-            samesite="strict",
-            secure=request.url.scheme == "https",
-            max_age=8 * 3600,
-            path="/dashboard",
-        )
-    return response
 
 
 @router.get("/dashboard", response_class=HTMLResponse)
@@ -58,17 +44,14 @@ async def dashboard(request: Request, ledger: LedgerDep, viewer: CurrentViewer) 
     """Epsilon spent per institution over rounds (all runs, in the order received), with each limit dashed."""
     nonce = secrets.token_urlsafe(16)
     data = json.dumps(await _data(request, ledger, viewer), allow_nan=False).replace("<", "\\u003c")
-    page = PAGE.replace("__NONCE__", nonce).replace("__DATA__", data)
-    response = HTMLResponse(
-        page,
-        headers={
-            "Content-Security-Policy": f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
-            "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'",
-            "Cache-Control": "no-store",
-            "Referrer-Policy": "no-referrer",
-        },
+    csrf = getattr(request.state, "logout_csrf", "")  # none when a bearer header, not a session, signed this in
+    page = (
+        PAGE.replace("__NONCE__", nonce)
+        .replace("__CSRF__", csrf)
+        .replace("__SIGNOUT_CLASS__", "" if csrf else "hidden")
+        .replace("__DATA__", data)
     )
-    return _with_cookie(request, response, request.query_params.get("token"))
+    return HTMLResponse(page, headers=page_headers(nonce, connect=True))
 
 
 @router.get("/dashboard/data", response_class=JSONResponse)
