@@ -84,8 +84,8 @@ def stop_refused(refusal: Refusal) -> NoReturn:
 
 def main(argv: list[str] | None = None) -> None:
     waits, notify, flower_args = parse(sys.argv[1:] if argv is None else argv)
+    stop_when_refused(waits, stop_refused)  # first: the guard checks Flower as it ships, before the waits' patch
     tune_supernode_waits(waits, on_message=None if notify is None else notifier(notify))
-    stop_when_refused(waits, stop_refused)
     run_flower_supernode(flower_args)
 
 

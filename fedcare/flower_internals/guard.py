@@ -117,6 +117,6 @@ def _check_liveness(mods: dict[str, ModuleType]) -> list[str]:
 def _require_pinned() -> None:
     if problems := check_pinned_flower():
         raise FlowerInternalsChanged(
-            "fedcare's Flower adapter (fedcare/flower_internals.py) does not match the installed Flower:\n- "
+            "fedcare's Flower adapter (fedcare/flower_internals/) does not match the installed Flower:\n- "
             + "\n- ".join(problems)
         )

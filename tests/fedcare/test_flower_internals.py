@@ -14,9 +14,9 @@ from fedcare.flower_internals.guard import HEARTBEAT_MODULES
 
 
 def test_the_installed_flower_is_the_pinned_one_and_every_patched_symbol_is_as_assumed() -> None:
-    assert version("flwr") == fi.PINNED_FLWR, "re-read fedcare/flower_internals.py against the new Flower"
+    assert version("flwr") == fi.PINNED_FLWR, "re-read fedcare/flower_internals/ against the new Flower"
     problems = fi.check_pinned_flower()
-    assert not problems, "fedcare/flower_internals.py no longer matches Flower:\n" + "\n".join(problems)
+    assert not problems, "fedcare/flower_internals/ no longer matches Flower:\n" + "\n".join(problems)
 
 
 @pytest.fixture
