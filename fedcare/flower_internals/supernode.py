@@ -51,7 +51,7 @@ class SuperNodeWaits:
     pull_backoff_cap: float = 0.5
     heartbeat_interval: float = 10.0
     refusal_patience: float = 25.0
-    reconnect_cap: float = 5.0
+    reconnect_cap: float = 2.0
 
 
 class _RetunedSleeps:
