@@ -89,7 +89,9 @@ class Attendance:
         for node in gone:
             if node not in self.missing_since:
                 self.missing_since[node] = server_round
-                log.warning("round %d: %s dropped out: %s", server_round, self._name(node), dropped[self._name(node)])
+                why = dropped[self._name(node)]
+                after = "" if why["detected_after_s"] is None else f" ({why['detected_after_s']} s into the round)"
+                log.warning("round %d: %s dropped out: %s%s", server_round, self._name(node), why["reason"], after)
         rejoined = sorted(n for n in self.missing_since if n in replies.node_institutions and n not in gone)
         for node in rejoined:
             log.info(

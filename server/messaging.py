@@ -97,7 +97,7 @@ def exchange(
                 continue
             after = round(time.monotonic() - started, 1)
             gone.append(Dropout(to_node[reply.metadata.reply_to_message_id], _NODE_GONE, after))
-            log.warning(
+            log.info(
                 "round %d: node %d dropped out: %s (noticed %.1f s after the %s message went out)",
                 server_round,
                 to_node[reply.metadata.reply_to_message_id],
