@@ -25,7 +25,7 @@ class Dropout:
 
     node_id: int
     reason: str
-    detected_after_s: float  # seconds after the message went out
+    detected_after_s: float | None  # seconds after the message went out; None: left out before it went
 
 
 def _unavailable(reply: Message) -> bool:

@@ -152,7 +152,7 @@ class SecAggRounds(PlaintextModelRounds):
         }
         for who, why in excluded.items():
             log.warning("round %d: %s %s", server_round, who, why)
-        self.ctx.dropouts.extend(Dropout(n, excluded[self._who(n)], 0.0) for n in self.suspects)  # results: dropped
+        self.ctx.dropouts.extend(Dropout(n, excluded[self._who(n)], None) for n in self.suspects)  # results: dropped
         return [n for n in nodes if n not in self.suspects], excluded
 
     # ---- one round -------------------------------------------------------------------------------
@@ -205,7 +205,7 @@ class SecAggRounds(PlaintextModelRounds):
             )
             why = f"no reply to SecAgg+ stage '{failure.stage}' of round {server_round}, first attempt"
             self._suspect(set(live) - set(survivors), why)
-            self.ctx.dropouts.extend(Dropout(n, why, 0.0) for n in sorted(set(live) - set(survivors)))
+            self.ctx.dropouts.extend(Dropout(n, why, None) for n in sorted(set(live) - set(survivors)))
             extra["secagg"]["excluded"].update({self._who(n): why for n in set(live) - set(survivors)})
             extra["secagg"]["retried_after"] = str(failure)
             live = survivors
