@@ -17,7 +17,7 @@ from typing import Any
 
 from flwr.serverapp import Grid
 
-from common.institution import institution_name
+from common.institution import UNNAMED_PREFIX, institution_name
 from server.messaging import Dropout, wait_for_nodes
 from server.replies import SortedReplies
 
@@ -77,6 +77,9 @@ class Attendance:
     ) -> dict[str, Any]:
         """results.json's `dropped` (absent at the start, or gone during the round) and `rejoined` for a round."""
         self.institutions.update(replies.node_institutions)
+        for r in replies.rejections:  # SecAgg+ names a hospital that missed a stage from its earlier replies
+            if not r.institution.startswith(UNNAMED_PREFIX):
+                self.institutions.setdefault(r.node_id, r.institution)
         dropped = dict(absent)
         gone: set[int] = set()
         for d in dropouts:
@@ -85,13 +88,12 @@ class Attendance:
         for r in replies.rejections:
             if r.code == DROPPED_OUT:  # SecAgg+: it missed a stage of the protocol
                 gone.add(r.node_id)
-                dropped.setdefault(r.institution, {"reason": r.reason, "detected_after_s": None})
-        for node in gone:
-            if node not in self.missing_since:
-                self.missing_since[node] = server_round
-                why = dropped[self._name(node)]
-                after = "" if why["detected_after_s"] is None else f" ({why['detected_after_s']} s into the round)"
-                log.warning("round %d: %s dropped out: %s%s", server_round, self._name(node), why["reason"], after)
+                dropped.setdefault(self._name(r.node_id), {"reason": r.reason, "detected_after_s": None})
+        for node in sorted(gone - set(self.missing_since)):
+            self.missing_since[node] = server_round
+            why = dropped[self._name(node)]
+            after = "" if why["detected_after_s"] is None else f" ({why['detected_after_s']} s into the round)"
+            log.warning("round %d: %s dropped out: %s%s", server_round, self._name(node), why["reason"], after)
         rejoined = sorted(n for n in self.missing_since if n in replies.node_institutions and n not in gone)
         for node in rejoined:
             log.info(

@@ -18,6 +18,8 @@ from common.schema import load_schema
 from common.settings import RunSettings, quorum
 from fedcare.demo import DemoOptions
 from server.attendance import NOT_CONNECTED, Attendance, QuorumLost
+from server.messaging import Dropout
+from server.replies import Rejection, SortedReplies
 from server.rounds import PlainRounds, RoundContext
 from tests.server.loopback import LoopbackGrid
 
@@ -84,3 +86,21 @@ def test_a_hospital_that_dies_is_dropped_with_its_reason_and_rejoins_when_back(
     participants, report = run_round(4)
     assert participants == ["hospital-1", "hospital-2", "hospital-3"]
     assert report == {"dropped": {}, "rejoined": ["hospital-3"]}
+
+
+def test_a_hospital_that_missed_a_secagg_stage_is_dropped_under_the_name_it_gave_earlier() -> None:
+    """SecAgg+ names a hospital that died mid-protocol from its setup replies, before the loop ever heard of it."""
+    attendance = Attendance()
+    replies = SortedReplies(
+        participants=["hospital-1", "hospital-2"],
+        node_institutions={11: "hospital-1", 12: "hospital-2"},
+        rejections=[Rejection("hospital-3", 13, "dropped-out", "no usable reply to SecAgg+ stage 'masked-vectors'")],
+    )
+    report = attendance.after_round(server_round=1, absent={}, dropouts=[], replies=replies)
+    assert report["dropped"] == {
+        "hospital-3": {"reason": "no usable reply to SecAgg+ stage 'masked-vectors'", "detected_after_s": None}
+    }
+    left_out = Dropout(13, "left out: suspected dead", None)  # the next round, still listed but silent to a ping
+    again = attendance.after_round(server_round=2, absent={}, dropouts=[left_out], replies=SortedReplies())
+    assert again["dropped"] == {"hospital-3": {"reason": "left out: suspected dead", "detected_after_s": None}}
+    assert attendance.at_start([11, 12], server_round=3)["hospital-3"]["since_round"] == 1
