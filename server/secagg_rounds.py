@@ -228,7 +228,7 @@ class SecAggRounds(PlaintextModelRounds):
                 missed.setdefault(
                     node,
                     f"no usable reply to SecAgg+ stage '{stage}' of round {server_round} "
-                    f"(no reply within {s.secagg_timeout:.0f} s)",
+                    f"(its node stopped answering, or no reply within {s.secagg_timeout:.0f} s)",
                 )
         for node, why in sorted(missed.items()):
             self._suspect({node}, why)
