@@ -97,6 +97,8 @@ class TrainingSettings(BaseModel):
 class RunSettings(TrainingSettings):
     """What the coordinator chooses for a run: the training settings above, and how the server runs it."""
 
+    # Hospitals that must be connected for a round to start: a quorum, by default a majority of the demo's 3
+    # (`quorum`). A run goes on with the survivors while they are at least this many (server/attendance.py).
     min_nodes: int = Field(default=2, ge=1)
     node_wait_timeout: float = Field(default=120.0, gt=0)
     round_timeout: float = Field(default=600.0, gt=0)
@@ -142,6 +144,12 @@ class RunSettings(TrainingSettings):
             if problems:
                 raise SettingsError("run config (privacy-mode 'secagg'): " + "; ".join(problems))
         return settings
+
+
+def quorum(hospitals: int) -> int:
+    """The default `min-nodes` for a federation of `hospitals`: a majority, so a minority of dead nodes
+    never ends a run, and two halves of a split federation could never both go on."""
+    return hospitals // 2 + 1
 
 
 SECAGG_MODULUS = 2**32  # Flower's modulus_range: masked sums wrap around at this value

@@ -26,7 +26,7 @@ from common.demo_data import DemoDataset, DemoSplit, write_demo_split
 from common.models import build_model
 from common.private_files import write_private
 from common.schema import load_schema
-from common.settings import PrivacyMode, UpdateCompression
+from common.settings import PrivacyMode, UpdateCompression, quorum
 from fedcare.demo_sites import HOSPITALS_DIR, coordinator_dir, set_up_sites
 from fedcare.federation import FederationError, LocalFederation
 from fedcare.federation_dir import FederationDir, issue_budget_certificate
@@ -156,7 +156,7 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoOut
             "num-rounds": options.rounds,
             "schema-path": str(split.schema_path),
             "results-dir": str(fed_dir.root / "runs"),
-            "min-nodes": options.hospitals,
+            "min-nodes": quorum(options.hospitals),  # a dead hospital does not end the run (2 of 3)
             "privacy-mode": options.mode,
             "update-compression": options.compress,
             **_privacy_config(options),

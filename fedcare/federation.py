@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from common.tls import TlsFiles
+from fedcare.fast_supernode import NODE_REFUSED_EXIT
 from fedcare.federation_dir import FederationDir, ensure_local_federation
 from fedcare.flwr_cli import CONNECTION, FlwrCli
 from fedcare.kits import CA_FILE, NODE_CONFIG_FILE, KitOptions
@@ -55,7 +56,7 @@ class LocalFederation(ProcessGroup):
     """
 
     insecure: bool = False
-    activation_timeout: float = 120.0  # a restarted SuperNode waits out its old session (2 missed 30 s heartbeats)
+    activation_timeout: float = 120.0  # a restarted SuperNode waits out its old session (2 missed heartbeats)
     budget: BudgetTarget | None = None
     tls: TlsFiles | None = None
     federation: FederationDir | None = None
@@ -222,9 +223,10 @@ class LocalFederation(ProcessGroup):
         as online.
 
         That happens when a hospital's SuperNode crashed and restarts at once: the SuperLink notices the
-        old session is gone only after two missed heartbeats (about 60 s), and Flower 1.39's SuperNode
-        exits instead of retrying (and `fedcare node start` with it). A hospital's supervisor (compose's
-        restart policy, systemd) retries; this does the same, for up to `activation_timeout` seconds.
+        old session is gone only after two missed heartbeats (20 s with fedcare's node, 60 s with Flower's
+        own), and Flower 1.39's SuperNode exits instead of retrying. fedcare's node retries for
+        `SuperNodeWaits.refusal_patience` itself; for Flower's own (`stock_flower`) this does, for up to
+        `activation_timeout` seconds. A node refused for good (`NODE_REFUSED_EXIT`) is not restarted.
         """
         deadline = time.monotonic() + self.activation_timeout
         while True:
@@ -232,6 +234,8 @@ class LocalFederation(ProcessGroup):
             if "SuperNode ID:" in text and (READY_LINE in text or self.stock_flower):
                 self.remember_children()
                 return proc
+            if proc.popen.poll() == NODE_REFUSED_EXIT:
+                raise FederationError(f"{proc.name}: the SuperLink refuses its key (revoked?):\n{proc.log_tail()}")
             if proc.popen.poll() is not None:
                 if "2004" in text and time.monotonic() < deadline:
                     log.warning(

@@ -200,6 +200,7 @@ Mount this folder read-only at the path `node-config.toml` names (`{root}`), and
 then run the same command in the fedcare image. See the federation's deploy notes
 (`deploy/` in the fedcare repository) for the compose service.
 
-If the SuperLink says `[code: 2004] Failed to activate SuperNode`, your key is not (or no longer)
-registered: ask the coordinator to run `fedcare federation sync`, or to re-issue your kit.
+If `fedcare node start` stops with exit code 77 (`[code: 2004] Failed to activate SuperNode`, or REVOKED),
+your key is not (or no longer) registered: ask the coordinator to run `fedcare federation sync`, or to
+re-issue your kit.
 """

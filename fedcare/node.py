@@ -3,8 +3,9 @@
 The SuperNode runs Flower's own main with fast waits (`fedcare.fast_supernode`) and
 `--isolation process`, so it starts no executor of its own; the warm executor (`fedcare.warm_executor`)
 serves its ClientApp tasks. Both are children of this process: SIGTERM or Ctrl-C stops both; when the
-SuperNode exits (e.g. refused with 2004) the executor is stopped and its exit code is ours, so a
-supervisor (compose's restart policy, systemd, `LocalFederation`) sees the SuperNode's outcome.
+SuperNode exits the executor is stopped and its exit code is ours, so a supervisor (compose's restart
+policy, systemd, `LocalFederation`) sees the SuperNode's outcome: `NODE_REFUSED_EXIT` (77) when the
+SuperLink refuses the node's key for good (revoked; systemd: `RestartPreventExitStatus=77`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from fedcare.fast_supernode import wait_args
+from fedcare.fast_supernode import NODE_REFUSED_EXIT, wait_args
 from fedcare.flower_internals import SuperNodeWaits
 
 log = logging.getLogger("fedcare.node")
@@ -145,6 +146,10 @@ def run_node(options: NodeOptions, *, grace: float = 10.0) -> int:
     log.info("SuperNode pid %d, warm executor pid %d", supernode.pid, executor.pid)
     try:
         while not stop["signal"]:
+            if supernode.poll() == NODE_REFUSED_EXIT:
+                log.error("the SuperLink refuses this node (revoked, or not registered); the node stops")
+                _stop([executor], grace=grace)
+                return NODE_REFUSED_EXIT
             if supernode.poll() is not None:
                 log.warning("the SuperNode exited with code %d; stopping the executor", supernode.returncode)
                 _stop([executor], grace=grace)

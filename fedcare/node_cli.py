@@ -100,6 +100,12 @@ def start(
     busy_window: Annotated[float, typer.Option(min=0.0, help="Seconds after a message that count as busy.")] = (
         _DEFAULT_WAITS.busy_window
     ),
+    heartbeat_interval: Annotated[
+        float,
+        typer.Option(
+            min=10.0, help="Seconds between heartbeats; the SuperLink counts the node dead after 2 missed (>= 10)."
+        ),
+    ] = _DEFAULT_WAITS.heartbeat_interval,
     reply_wait: Annotated[
         float, typer.Option(min=0.001, help="Seconds between the SuperNode's checks for the ClientApp's reply.")
     ] = _DEFAULT_WAITS.reply_wait,
@@ -116,7 +122,10 @@ def start(
         bool, typer.Option("--insecure", help="No kit: no TLS, no node authentication. For debugging only.")
     ] = False,
 ) -> None:
-    """Start this hospital's SuperNode and warm ClientApp executor; Ctrl-C or SIGTERM stops both."""
+    """Start this hospital's SuperNode and warm ClientApp executor; Ctrl-C or SIGTERM stops both.
+
+    Exits with code 77, naming the revocation, when the SuperLink refuses the node's key for good.
+    """
     if kit is None and not insecure:
         raise typer.BadParameter("give --kit KIT (or --insecure for a debugging federation without TLS)")
     try:
@@ -128,7 +137,11 @@ def start(
             node_config=node_config,
             runtime_port=runtime_port,
             waits=SuperNodeWaits(
-                fleet_poll=fleet_poll, fleet_poll_idle=fleet_poll_idle, busy_window=busy_window, reply_wait=reply_wait
+                fleet_poll=fleet_poll,
+                fleet_poll_idle=fleet_poll_idle,
+                busy_window=busy_window,
+                reply_wait=reply_wait,
+                heartbeat_interval=heartbeat_interval,
             ),
             executor_poll=executor_poll,
             message_timeout=message_timeout,

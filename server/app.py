@@ -21,8 +21,8 @@ from common.codecs import to_numpy
 from common.models import build_model, parameter_count
 from common.schema import load_schema
 from common.settings import RunSettings
+from server.attendance import Attendance
 from server.budget_gate import BudgetGate
-from server.messaging import wait_for_nodes
 from server.replies import SortedReplies
 from server.results import RunResults
 from server.rounds import PlainRounds, RoundContext, Rounds
@@ -102,7 +102,8 @@ def main(grid: Grid, context: Context) -> None:
 
     model = build_model(schema, seed=settings.seed)
     weights = to_numpy(ArrayRecord(model.state_dict()))
-    rounds = make_rounds(RoundContext(grid=grid, settings=settings, schema=schema, run_dir=run_dir), weights=weights)
+    ctx = RoundContext(grid=grid, settings=settings, schema=schema, run_dir=run_dir)
+    rounds = make_rounds(ctx, weights=weights)
     results = RunResults(
         path=run_dir / "results.json",
         run_id=grid.run.run_id,
@@ -136,10 +137,11 @@ def main(grid: Grid, context: Context) -> None:
         )
         log.info("reporting DP events to the budget service at %s", settings.budget_url)
 
-    scored_round, model_path = 0, None
+    scored_round, model_path, attendance = 0, None, Attendance()
     try:
         for server_round in range(1, settings.num_rounds + 1):
-            nodes = wait_for_nodes(grid, minimum=settings.min_nodes, timeout=settings.node_wait_timeout)
+            nodes = attendance.wait_for_quorum(grid, minimum=settings.min_nodes, timeout=settings.node_wait_timeout)
+            absent = attendance.at_start(nodes, server_round=server_round)
             skipped: dict[str, str] = {}
             if gate is not None:
                 nodes, skipped = gate.select(nodes, server_round=server_round)
@@ -150,11 +152,15 @@ def main(grid: Grid, context: Context) -> None:
                     reason="every hospital is out of privacy budget",
                     replies=SortedReplies(),
                     skipped=skipped,
+                    extra={"dropped": absent, "rejoined": []},
                 )
                 results.save()
                 continue
             outcome = rounds.train(nodes=nodes, server_round=server_round)
             replies = outcome.replies
+            outcome.extra |= attendance.after_round(
+                server_round=server_round, absent=absent, dropouts=ctx.take_dropouts(), replies=replies
+            )
             _log_rejections(server_round, replies)
             if gate is not None:
                 gate.learn(replies)
@@ -188,8 +194,9 @@ def main(grid: Grid, context: Context) -> None:
             raise RuntimeError(
                 f"none of the {settings.num_rounds} round(s) aggregated an update; see 'rejected' per round"
             )
-        nodes = wait_for_nodes(grid, minimum=settings.min_nodes, timeout=settings.node_wait_timeout)
+        nodes = attendance.wait_for_quorum(grid, minimum=settings.min_nodes, timeout=settings.node_wait_timeout)
         final = rounds.evaluate(nodes=nodes, server_round=settings.num_rounds + 1)
+        ctx.take_dropouts()  # logged by the exchange; the final scoring goes on with whoever answers
         _log_rejections(settings.num_rounds + 1, final)
         results.record_scores(after_round=scored_round, replies=final)
         final_path = rounds.save_final()

@@ -26,7 +26,7 @@ from common.schema import DatasetSchema
 from common.settings import RunSettings
 from common.wire_bytes import content_bytes
 from server.fedavg import fedavg
-from server.messaging import exchange, message_config
+from server.messaging import Dropout, exchange, message_config
 from server.replies import Accept, SortedReplies, sort_replies
 
 
@@ -48,6 +48,7 @@ class RoundContext:
     settings: RunSettings
     schema: DatasetSchema
     run_dir: Path
+    dropouts: list[Dropout] = field(default_factory=list)  # nodes that left during `send`s, until taken
 
     @property
     def run_id(self) -> int:
@@ -62,7 +63,14 @@ class RoundContext:
             server_round=server_round,
             timeout=self.settings.round_timeout,
             poll_interval=self.settings.poll_interval,
+            dropouts=self.dropouts,
         )
+
+    def take_dropouts(self) -> list[Dropout]:
+        """The nodes that left during the exchanges since the last call (the ServerApp's loop asks per round)."""
+        taken = list(self.dropouts)
+        self.dropouts.clear()
+        return taken
 
     def config(self, server_round: int) -> RecordDict:
         return RecordDict({"config": message_config(self.settings, self.schema, server_round)})

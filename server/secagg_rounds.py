@@ -36,7 +36,7 @@ from common.codecs import InvalidUpdate, check_update
 from common.institution import institution_name
 from common.settings import SECAGG_MODULUS
 from common.site_metrics import SCORE_ONLY_RECORD, FederationFigures
-from server.messaging import exchange
+from server.messaging import Dropout, exchange
 from server.replies import RejectedPayload, Rejection, SortedReplies, sort_replies
 from server.rounds import PlaintextModelRounds, RoundContext, RoundOutcome
 from server.secagg_protocol import STAGES, SecAggRound, run_secagg_round
@@ -152,6 +152,7 @@ class SecAggRounds(PlaintextModelRounds):
         }
         for who, why in excluded.items():
             log.warning("round %d: %s %s", server_round, who, why)
+        self.ctx.dropouts.extend(Dropout(n, excluded[self._who(n)], None) for n in self.suspects)  # results: dropped
         return [n for n in nodes if n not in self.suspects], excluded
 
     # ---- one round -------------------------------------------------------------------------------
@@ -204,6 +205,7 @@ class SecAggRounds(PlaintextModelRounds):
             )
             why = f"no reply to SecAgg+ stage '{failure.stage}' of round {server_round}, first attempt"
             self._suspect(set(live) - set(survivors), why)
+            self.ctx.dropouts.extend(Dropout(n, why, None) for n in sorted(set(live) - set(survivors)))
             extra["secagg"]["excluded"].update({self._who(n): why for n in set(live) - set(survivors)})
             extra["secagg"]["retried_after"] = str(failure)
             live = survivors
@@ -227,7 +229,7 @@ class SecAggRounds(PlaintextModelRounds):
                 missed.setdefault(
                     node,
                     f"no usable reply to SecAgg+ stage '{stage}' of round {server_round} "
-                    f"(no reply within {s.secagg_timeout:.0f} s)",
+                    f"(its node stopped answering, or no reply within {s.secagg_timeout:.0f} s)",
                 )
         for node, why in sorted(missed.items()):
             self._suspect({node}, why)

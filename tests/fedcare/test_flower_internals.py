@@ -6,15 +6,17 @@ import importlib
 import time
 from importlib.metadata import version
 
+import grpc
 import pytest
 
 from fedcare import flower_internals as fi
+from fedcare.flower_internals.guard import HEARTBEAT_MODULES
 
 
 def test_the_installed_flower_is_the_pinned_one_and_every_patched_symbol_is_as_assumed() -> None:
-    assert version("flwr") == fi.PINNED_FLWR, "re-read fedcare/flower_internals.py against the new Flower"
+    assert version("flwr") == fi.PINNED_FLWR, "re-read fedcare/flower_internals/ against the new Flower"
     problems = fi.check_pinned_flower()
-    assert not problems, "fedcare/flower_internals.py no longer matches Flower:\n" + "\n".join(problems)
+    assert not problems, "fedcare/flower_internals/ no longer matches Flower:\n" + "\n".join(problems)
 
 
 @pytest.fixture
@@ -23,11 +25,15 @@ def restored_flower():
     sci = importlib.import_module("flwr.supernode.start_client_internal")
     utils = importlib.import_module("flwr.supercore.inflatable.inflatable_utils")
     saved = {name: dict(getattr(utils, name).__kwdefaults__) for name in fi._PULL_HELPERS}
-    pull_and_store = sci._pull_and_store_message
+    pull_and_store, make_invoker = sci._pull_and_store_message, sci._make_fleet_connection_retry_invoker
+    heartbeats = {name: importlib.import_module(name).HEARTBEAT_DEFAULT_INTERVAL for name in HEARTBEAT_MODULES}
     yield sci, utils
     sci.time, sci._pull_and_store_message = time, pull_and_store
+    sci._make_fleet_connection_retry_invoker = make_invoker
     for name, defaults in saved.items():
         getattr(utils, name).__kwdefaults__.update(defaults)
+    for name, interval in heartbeats.items():
+        importlib.import_module(name).HEARTBEAT_DEFAULT_INTERVAL = interval
 
 
 def test_tuned_waits_replace_the_fixed_sleeps_and_leave_other_sleeps_alone(restored_flower) -> None:
@@ -78,3 +84,69 @@ def test_the_poll_is_fast_after_a_message_slow_when_idle_and_the_executor_is_tol
     assert sci._pull_and_store_message(state=None) is None and not told
     assert sci._pull_and_store_message(state=None) == 42 and told == [True]  # a message: the executor hears
     assert poll_seconds() < 0.2  # and the node polls fast again
+
+
+def test_the_node_announces_and_beats_at_the_tuned_heartbeat_interval(restored_flower) -> None:
+    fi.tune_supernode_waits(fi.SuperNodeWaits(heartbeat_interval=12.0))
+    # What the SuperNode sends in ActivateNode and each heartbeat, and what its sender waits by.
+    assert all(importlib.import_module(name).HEARTBEAT_DEFAULT_INTERVAL == 12.0 for name in HEARTBEAT_MODULES)
+    with pytest.raises(ValueError, match="refuses less than 10 s"):
+        fi.tune_heartbeat(5.0)
+
+
+class _RpcError(grpc.RpcError):
+    """What the SuperNode's stub raises: a status code and the SuperLink's details."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+def _activation_refused() -> _RpcError:
+    """The SuperLink's answer to ActivateNode for an unknown key, serialized by its own error translator."""
+    from flwr.supercore.error import FlowerError
+    from flwr.supercore.error.catalog import API_ERROR_MAP
+    from flwr.supercore.error.grpc import _flower_error_to_grpc_json
+
+    spec = API_ERROR_MAP[fi.ACTIVATION_REFUSED]
+    details = _flower_error_to_grpc_json(FlowerError(fi.ACTIVATION_REFUSED, "no such key"), spec.public_message)
+    return _RpcError(spec.status_code, details)
+
+
+class _Stopped(Exception):
+    pass
+
+
+def test_a_removed_key_stops_the_node_at_once_and_a_refused_activation_after_the_patience(restored_flower) -> None:
+    sci, _ = restored_flower
+    refusals: list[fi.Refusal] = []
+
+    def stop(refusal: fi.Refusal) -> None:
+        refusals.append(refusal)
+        raise _Stopped  # the real callback ends the process; Flower's own give-up must not run here
+
+    fi.stop_when_refused(fi.SuperNodeWaits(refusal_patience=0.3, reconnect_cap=0.5), stop)
+    invoker = sci._make_fleet_connection_retry_invoker()  # what Flower's _init_connection builds
+    assert max(next(invoker.wait_gen_factory()) for _ in range(10)) <= 0.5
+
+    refused = _activation_refused()
+    assert invoker.should_giveup(refused) is False  # perhaps its own crashed session, still online: retry
+    assert not refusals
+    time.sleep(0.35)
+    with pytest.raises(_Stopped):
+        invoker.should_giveup(refused)
+    (activation,) = refusals
+    assert not activation.revoked and activation.seconds >= 0.3
+    assert activation.flower_error == "[code: 2004] Failed to activate SuperNode."
+
+    with pytest.raises(_Stopped):
+        invoker.should_giveup(_RpcError(grpc.StatusCode.UNAUTHENTICATED, fi.REVOKED_DETAILS))
+    assert refusals[-1].revoked
+    # Anything else is Flower's own business (here: an unreachable SuperLink is retried).
+    assert invoker.should_giveup(_RpcError(grpc.StatusCode.UNAVAILABLE, "connection refused")) is False
+    assert len(refusals) == 2

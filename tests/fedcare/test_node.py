@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from fedcare.flower_internals import SuperNodeWaits
+from fedcare.fast_supernode import NODE_REFUSED_EXIT, parse, refusal_message
+from fedcare.flower_internals import Refusal, SuperNodeWaits
 from fedcare.node import NodeOptions
 from fedcare.node_cli import NodeError, options_from_kit, parse_node_config
 
@@ -65,3 +66,17 @@ def test_missing_pieces_are_named(tmp_path: Path) -> None:
         options_from_kit(None, superlink="127.0.0.1:9092")
     insecure = options_from_kit(None, superlink="127.0.0.1:9092", node_config='institution="x"')
     assert "--insecure" in insecure.supernode_command()
+
+
+def test_the_heartbeat_interval_reaches_the_supernode_and_a_refusal_names_the_revocation(tmp_path: Path) -> None:
+    options = options_from_kit(_kit(tmp_path), waits=SuperNodeWaits(heartbeat_interval=15.0))
+    command = options.supernode_command()
+    waits, _, flower_args = parse(command[command.index("fedcare.fast_supernode") + 1 :])
+    assert waits == options.waits and waits.heartbeat_interval == 15.0 and "--superlink" in flower_args
+
+    revoked = refusal_message(Refusal(revoked=True, flower_error="UNAUTHENTICATED: Invalid node ID"))
+    assert "REVOKED" in revoked and f"exit code {NODE_REFUSED_EXIT}" in revoked and "Invalid node ID" in revoked
+    refused = refusal_message(
+        Refusal(revoked=False, flower_error="[code: 2004] Failed to activate SuperNode.", seconds=25)
+    )
+    assert "REVOKED" in refused and "25 s" in refused and "[code: 2004] Failed to activate SuperNode" in refused

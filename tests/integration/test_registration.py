@@ -16,6 +16,7 @@ import pytest
 
 from common.demo_data import DemoSplit
 from common.tls import make_server_tls
+from fedcare.fast_supernode import NODE_REFUSED_EXIT
 from fedcare.federation import LocalFederation, ManagedProcess
 from fedcare.federation_dir import init_federation
 from fedcare.kits import KitOptions
@@ -40,7 +41,7 @@ def _wait_exit(proc: ManagedProcess, *, timeout: float = 60.0) -> int:
 
 
 def _wait_cut_off(proc: ManagedProcess, *, after: int, timeout: float = 90.0) -> None:
-    """Flower 1.39's SuperNode does not exit when unregistered: it keeps trying to reconnect, and fails."""
+    """Cut off: its reconnections fail, or (fedcare's node) it stopped."""
     deadline = time.monotonic() + timeout
     while proc.popen.poll() is None:
         with proc.log_path.open("rb") as handle:
@@ -99,8 +100,6 @@ def test_registered_hospitals_train_strangers_are_refused_and_a_revoked_hospital
                 wait=False,
                 kit=_forged_kit(kits[1], tmp_path / "impostor", ca_from=tmp_path / "other-ca"),
             )
-            assert _wait_exit(stranger) != 0
-            assert "[code: 2004] Failed to activate SuperNode" in stranger.log_tail(40)
             assert _wait_exit(impostor) != 0
             assert "handshake" in impostor.log_tail(40).lower()
 
@@ -108,6 +107,11 @@ def test_registered_hospitals_train_strangers_are_refused_and_a_revoked_hospital
                 fed.add_hospital(institution=name, data_path=path, node_config={"state-dir": str(tmp_path / name)})
                 for name, path in zip(("hospital-1", "hospital-2"), split.hospital_paths, strict=False)
             ]
+            # An unknown key is refused at activation for `refusal_patience` (a crashed session of a known key is
+            # refused the same way for up to 20 s), then the node stops, naming the revocation.
+            assert _wait_exit(stranger) == NODE_REFUSED_EXIT
+            assert "[code: 2004] Failed to activate SuperNode" in stranger.log_tail(40)
+            assert "REVOKED" in stranger.log_tail(40)
             token_file = tmp_path / "aggregator-token"
             token_file.write_text(admin.create_aggregator_token("registration-test"))
             run_id = fed.submit(
@@ -130,6 +134,11 @@ def test_registered_hospitals_train_strangers_are_refused_and_a_revoked_hospital
             report = revoke_institution(fed_dir, "hospital-2", superlink=fed.connection, budget=budget)
             assert report.record.superlink == "revoked" and report.record.budget == "revoked", report
             _wait_cut_off(hospitals[1], after=log_before)  # the SuperLink dropped it; its reconnections fail
+            revoked_at = time.monotonic()
+            assert _wait_exit(hospitals[1], timeout=30) == NODE_REFUSED_EXIT  # it stops instead of retrying forever
+            tail = hospitals[1].log_tail(40)
+            assert "this node was REVOKED" in tail and f"exit code {NODE_REFUSED_EXIT}" in tail, tail
+            print(f"\nthe revoked node stopped {time.monotonic() - revoked_at:.1f} s after it was cut off")
             assert hospitals[0].popen.poll() is None
             online = {
                 n["node-id"] for n in fed.flwr("supernode", "list", "fedcare")["nodes"] if n["status"] == "online"

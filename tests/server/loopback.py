@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 from flwr.app import Context, Message, RecordDict
+from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
 
 from client.app import evaluate as client_evaluate
 from client.app import federation_metrics as client_federation_metrics
@@ -38,19 +39,31 @@ class LoopbackGrid:
     received: list[tuple[int, str]] = field(default_factory=list)  # (node, message type) as delivered
     # One Context per hospital, as a SuperNode keeps it: SecAgg+'s mod carries its state across stages in it.
     contexts: dict[int, Context] = field(default_factory=dict)
+    # Dead nodes: `unavailable` ones are still listed and the SuperLink answers for them ("Node Unavailable",
+    # as once they missed their heartbeats); `offline` ones are no longer listed.
+    unavailable: set[int] = field(default_factory=set)
+    offline: set[int] = field(default_factory=set)
+    _issued: int = 0
 
     def get_node_ids(self) -> list[int]:
-        return list(self.hospitals)
+        return [node for node in self.hospitals if node not in self.offline]
 
     def push_messages(self, messages: Iterable[Message]) -> list[str]:
         ids = []
         for msg in messages:
-            msg.metadata.__dict__["_message_id"] = f"m{len(self.received)}"  # unique within the run
+            self._issued += 1
+            msg.metadata.__dict__["_message_id"] = f"m{self._issued}"  # unique within the run
             node = msg.metadata.dst_node_id
             context = self.contexts.setdefault(
                 node,
                 Context(run_id=RUN, node_id=node, node_config=self.hospitals[node], state=RecordDict(), run_config={}),
             )
+            if node in self.unavailable:
+                self._replies[msg.metadata.message_id] = create_message_error_unavailable_res_message(
+                    msg.metadata, "node_unavail"
+                )
+                ids.append(msg.metadata.message_id)
+                continue
             self.received.append((node, msg.metadata.message_type))
             # A copy, as over the wire: handlers may change what they receive (SecAgg+'s mod pops its stage
             # key, and Flower's workflow sends one content object to every node).

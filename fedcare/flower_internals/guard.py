@@ -1,0 +1,122 @@
+"""The guard: what fedcare assumes of the pinned Flower, symbol by symbol (`check_pinned_flower`)."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import time
+from importlib.metadata import version
+from types import ModuleType
+
+PINNED_FLWR = "1.39.0"
+HEARTBEAT_MODULES = (
+    "flwr.client.grpc_rere_client.connection",
+    "flwr.supercore.heartbeat",
+)  # HEARTBEAT_DEFAULT_INTERVAL
+SUPERLINK_MIN_HEARTBEAT = 10  # flwr.common.constant.HEARTBEAT_MIN_INTERVAL: the SuperLink refuses a shorter interval
+OFFLINE_AFTER = 2  # HEARTBEAT_PATIENCE: the SuperLink marks a node offline after this many intervals without a beat
+REVOKED_DETAILS = "Invalid node ID"  # the SuperLink's node-auth interceptor, to a key it no longer knows
+ACTIVATION_REFUSED = 2004  # ApiErrorCode.FLEET_NODE_ACTIVATION_FAILED: unknown key, or its last session still online
+FLEET_POLL_SLEEP = 3  # start_client_internal: `time.sleep(3)` when PullMessages returned nothing
+REPLY_WAIT_SLEEP = 0.5  # start_client_internal: `time.sleep(0.5)` twice, waiting for the ClientApp's reply
+_SLEEP_SITES = {f"time.sleep({FLEET_POLL_SLEEP})": 1, f"time.sleep({REPLY_WAIT_SLEEP})": 2}
+_PULL_HELPERS = ("pull_objects", "pull_and_inflate_object_from_tree")  # inflatable_utils, keyword defaults
+
+
+class FlowerInternalsChanged(RuntimeError):
+    """The installed Flower is not the one fedcare's adapter was written for."""
+
+
+def _modules() -> dict[str, ModuleType]:
+    # By full name: `flwr.supernode.cli` re-exports a function under its module's name.
+    return {
+        name.rsplit(".", 1)[1]: importlib.import_module(name)
+        for name in (
+            "flwr.supernode.start_client_internal",
+            "flwr.supercore.inflatable.inflatable_utils",
+            "flwr.supernode.cli.flower_supernode",
+            "flwr.supernode.runtime.run_clientapp",
+            *HEARTBEAT_MODULES,
+        )
+    }
+
+
+def check_pinned_flower() -> list[str]:
+    """What this module assumes of Flower and no longer holds; empty when all is as pinned."""
+    problems: list[str] = []
+    installed = version("flwr")
+    if installed != PINNED_FLWR:
+        problems.append(f"flwr is {installed}, the adapter was written for {PINNED_FLWR}: re-read every symbol below")
+    try:
+        mods = _modules()
+    except ImportError as exc:
+        return [*problems, f"import failed: {exc}"]
+    sci = mods["start_client_internal"]
+    if getattr(sci, "time", None) is not time:
+        problems.append("flwr.supernode.start_client_internal.time: no longer the `time` module it sleeps through")
+    source = inspect.getsource(sci)
+    if "run_id = _pull_and_store_message(" not in source or not callable(getattr(sci, "_pull_and_store_message", 0)):
+        problems.append("flwr.supernode.start_client_internal._pull_and_store_message: no longer called as assumed")
+    for site, count in _SLEEP_SITES.items():
+        if source.count(site) != count:
+            problems.append(
+                f"flwr.supernode.start_client_internal: expected {count} `{site}`, found {source.count(site)}"
+            )
+    for name in _PULL_HELPERS:
+        defaults = getattr(getattr(mods["inflatable_utils"], name, None), "__kwdefaults__", None) or {}
+        if not {"initial_backoff", "backoff_cap"} <= defaults.keys():
+            problems.append(f"flwr.supercore.inflatable.inflatable_utils.{name}: no initial_backoff/backoff_cap")
+    if not callable(getattr(mods["flower_supernode"], "flower_supernode", None)):
+        problems.append("flwr.supernode.cli.flower_supernode.flower_supernode: missing")
+    if not callable(getattr(importlib.import_module("flwr.superlink.cli.flwr_serverapp"), "flwr_serverapp", None)):
+        problems.append("flwr.superlink.cli.flwr_serverapp.flwr_serverapp: missing")
+    problems += _check_liveness(mods)
+    rc = mods["run_clientapp"]
+    for name in ("run_clientapp", "pull_task_input", "push_message", "push_task_output"):
+        if not callable(getattr(rc, name, None)):
+            problems.append(f"flwr.supernode.runtime.run_clientapp.{name}: missing")
+    if callable(getattr(rc, "run_clientapp", None)):
+        body = inspect.getsource(rc.run_clientapp)
+        for call in ("pull_task_input(client)", "push_message(client, reply_message, context)"):
+            if call not in body:
+                problems.append(f"flwr.supernode.runtime.run_clientapp.run_clientapp: no longer calls `{call}`")
+    return problems
+
+
+def _check_liveness(mods: dict[str, ModuleType]) -> list[str]:
+    """What the heartbeat and refusal patches assume."""
+    problems = []
+    constant = importlib.import_module("flwr.common.constant")
+    if (constant.HEARTBEAT_MIN_INTERVAL, constant.HEARTBEAT_PATIENCE) != (SUPERLINK_MIN_HEARTBEAT, OFFLINE_AFTER):
+        problems.append("flwr.common.constant: HEARTBEAT_MIN_INTERVAL or HEARTBEAT_PATIENCE changed")
+    uses = {"connection": "heartbeat_interval=HEARTBEAT_DEFAULT_INTERVAL", "heartbeat": "HEARTBEAT_DEFAULT_INTERVAL -"}
+    for name, use in uses.items():
+        if not hasattr(mods[name], "HEARTBEAT_DEFAULT_INTERVAL") or use not in inspect.getsource(mods[name]):
+            problems.append(f"{mods[name].__name__}: no longer reads HEARTBEAT_DEFAULT_INTERVAL as `{use}`")
+    sci = mods["start_client_internal"]
+    make = getattr(sci, "_make_fleet_connection_retry_invoker", None)
+    if not callable(make) or "_make_fleet_connection_retry_invoker(" not in inspect.getsource(sci._init_connection):
+        problems.append(
+            "flwr.supernode.start_client_internal._make_fleet_connection_retry_invoker: not used as assumed"
+        )
+    elif not {"should_giveup", "wait_gen_factory"} <= vars(make()).keys():
+        problems.append("flwr.supercore.retry.RetryInvoker: no should_giveup/wait_gen_factory attributes")
+    auth = importlib.import_module("flwr.server.superlink.fleet.grpc_rere.node_auth_server_interceptor")
+    if f'StatusCode.UNAUTHENTICATED, "{REVOKED_DETAILS}"' not in inspect.getsource(auth):
+        problems.append(
+            f"node_auth_server_interceptor: a removed key no longer gets UNAUTHENTICATED {REVOKED_DETAILS!r}"
+        )
+    codes = importlib.import_module("flwr.supercore.error")
+    if getattr(codes.ApiErrorCode, "FLEET_NODE_ACTIVATION_FAILED", None) != ACTIVATION_REFUSED:
+        problems.append(
+            f"flwr.supercore.error.ApiErrorCode.FLEET_NODE_ACTIVATION_FAILED is no longer {ACTIVATION_REFUSED}"
+        )
+    return problems
+
+
+def _require_pinned() -> None:
+    if problems := check_pinned_flower():
+        raise FlowerInternalsChanged(
+            "fedcare's Flower adapter (fedcare/flower_internals/) does not match the installed Flower:\n- "
+            + "\n- ".join(problems)
+        )
