@@ -20,6 +20,7 @@ from fedcare.he_ceremony_cli import add_ceremony_commands
 from fedcare.he_cli import he_app
 from fedcare.node_cli import node_app
 from fedcare.registration_cli import institution_app
+from fedcare.run_cli import run_app
 from fedcare.site_cli import add_site_commands
 
 app = typer.Typer(help="fedcare: federated learning for hospitals.", no_args_is_help=True, add_completion=False)
@@ -36,6 +37,7 @@ app.add_typer(
     help="Set up a federation directory (CA, TLS, HE keys); sync pending registrations.",
 )
 app.add_typer(compose_app, name="compose", help="Docker compose files: prepare a federation, add a hospital's service.")
+app.add_typer(run_app, name="run", help="A run: resume it after a SuperLink or ServerApp crash.")
 app.add_typer(node_app, name="node", help="A hospital's node: start its SuperNode and warm ClientApp executor.")
 app.add_typer(
     institution_app,

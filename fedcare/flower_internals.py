@@ -22,18 +22,21 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 from types import ModuleType
+from typing import Any
 
 PINNED_FLWR = "1.39.0"
 FLEET_POLL_SLEEP = 3  # start_client_internal: `time.sleep(3)` when PullMessages returned nothing
 REPLY_WAIT_SLEEP = 0.5  # start_client_internal: `time.sleep(0.5)` twice, waiting for the ClientApp's reply
 _SLEEP_SITES = {f"time.sleep({FLEET_POLL_SLEEP})": 1, f"time.sleep({REPLY_WAIT_SLEEP})": 2}
 _PULL_HELPERS = ("pull_objects", "pull_and_inflate_object_from_tree")  # inflatable_utils, keyword defaults
+log = logging.getLogger("fedcare.node")
 
 
 class FlowerInternalsChanged(RuntimeError):
@@ -89,6 +92,8 @@ def check_pinned_flower() -> list[str]:
     if getattr(sci, "time", None) is not time:
         problems.append("flwr.supernode.start_client_internal.time: no longer the `time` module it sleeps through")
     source = inspect.getsource(sci)
+    if "task_id = state.create_task(" not in source or "except RunNotRunningException" not in source:
+        problems.append("flwr.supernode.start_client_internal._pull_and_store_message: task no longer made as assumed")
     if "run_id = _pull_and_store_message(" not in source or not callable(getattr(sci, "_pull_and_store_message", 0)):
         problems.append("flwr.supernode.start_client_internal._pull_and_store_message: no longer called as assumed")
     for site, count in _SLEEP_SITES.items():
@@ -147,6 +152,29 @@ class _RetunedSleeps:
         return getattr(time, name)
 
 
+_UNFINISHED = ("pending", "starting", "running")  # flwr.common.constant.Status, less "finished"
+
+
+def _unfinished_tasks(state: Any) -> set[int]:
+    if state is None:  # no NodeState passed (tests that stand in for Flower's helper)
+        return set()
+    return {int(t.task_id) for t in state.get_tasks(statuses=list(_UNFINISHED))}
+
+
+def _fail_orphaned_tasks(state: Any, *, known: set[int]) -> None:
+    """Finish, as failed, the tasks a message left behind when it was not stored.
+
+    Flower 1.39 creates a message's task before it pulls the message's objects; when the run stops meanwhile
+    (its ServerApp crashed, its SuperLink restarted) it returns without finishing the task. A warm executor
+    that claimed the task would wait for objects that never come for PULL_MAX_TIME (2 h) or until its
+    message timeout, and this hospital's next messages (a resumed run's) wait behind it. Finishing the task
+    revokes its token, so the claiming ClientApp fails at once.
+    """
+    for task_id in _unfinished_tasks(state) - known:
+        state.finish_task(task_id, "failed", "fedcare: the run stopped while this task's message was received")
+        log.warning("task %d: its run stopped while its message was received; finished as failed", task_id)
+
+
 def tune_supernode_waits(waits: SuperNodeWaits, *, on_message: Callable[[], None] | None = None) -> None:
     """Retune this process's SuperNode waits; call before `run_flower_supernode`.
 
@@ -159,8 +187,12 @@ def tune_supernode_waits(waits: SuperNodeWaits, *, on_message: Callable[[], None
     pull_and_store = sci._pull_and_store_message
 
     def pulled(*args: object, **kwargs: object) -> int | None:
+        state = kwargs.get("state", args[0] if args else None)
+        known = _unfinished_tasks(state)
         run_id = pull_and_store(*args, **kwargs)
-        if run_id is not None:
+        if run_id is None:
+            _fail_orphaned_tasks(state, known=known)
+        else:
             sleeps.last_message = time.monotonic()
             if on_message is not None:
                 on_message()
