@@ -28,7 +28,7 @@ from common.models import build_model
 from common.private_files import write_private
 from common.schema import load_schema
 from common.settings import PrivacyMode
-from fedcare.demo_restart import follow_resuming
+from fedcare.coordinator_recovery import follow_resuming
 from fedcare.demo_sites import HOSPITALS_DIR, coordinator_dir, set_up_sites
 from fedcare.federation import FederationError, LocalFederation
 from fedcare.federation_dir import FederationDir

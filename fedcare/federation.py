@@ -70,7 +70,7 @@ class LocalFederation(ProcessGroup):
 
     # ---- federation parts --------------------------------------------------
     def start_superlink(self) -> None:
-        """Start the SuperLink; after a crash, again on the same ports and database (`restart_superlink`)."""
+        """Start the SuperLink; after a crash, again on the same ports and database (fedcare.coordinator_recovery)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.control_port, self.fleet_port = self.control_port or free_port(), self.fleet_port or free_port()
         args = [
@@ -110,7 +110,11 @@ class LocalFederation(ProcessGroup):
         proc = self._spawn("superlink", args)
         self.wait_for_port(proc, self.fleet_port)
         self.wait_for_port(proc, self.control_port)
-        if not self.stock_flower:
+        executor = self.serverapp_executor
+        if executor is not None and executor.popen.poll() is not None:  # it died with the SuperLink
+            self.processes.remove(executor)
+            executor = self.serverapp_executor = None
+        if not self.stock_flower and executor is None:
             self._start_serverapp_executor()
         self.cli.write_config(
             f"127.0.0.1:{self.control_port}", ca_certificate=None if self.tls is None else self.tls.ca_certificate
@@ -118,15 +122,6 @@ class LocalFederation(ProcessGroup):
         if self.federation is not None:
             for report in self.sync():
                 log.info("%s: %s", report.name, "; ".join(report.done + report.problems))
-
-    def restart_superlink(self) -> None:
-        """Bring the SuperLink back after it died, as a supervisor (compose's `restart:`) would: same ports, same
-        `--database`, so registered node keys and earlier runs survive and the SuperNodes reconnect by themselves.
-        The ServerApp executor is restarted with it; a run that was in flight is resumed with `fedcare run resume`."""
-        for proc in [p for p in self.processes if p.name in ("superlink", "serverapp-executor")]:
-            self.kill(proc)
-        self.serverapp_executor = None
-        self.start_superlink()
 
     def _start_serverapp_executor(self) -> None:
         """The coordinator's warm executor: it claims each run's ServerApp from the SuperLink's runtime API and
@@ -271,13 +266,6 @@ class LocalFederation(ProcessGroup):
     def submit(self, *, app_dir: Path, run_config: dict[str, Any]) -> int:
         self._wait_for_serverapp_executor()  # a run submitted earlier waits for it anyway, untimed
         return self.cli.submit(app_dir=app_dir, run_config=run_config)
-
-    def resume(self, *, app_dir: Path, run_dir: Path) -> int:
-        """Submit the run in `run_dir` again from its last checkpoint (`fedcare run resume`); the new Flower run id."""
-        from fedcare.run_cli import resume_run
-
-        self._wait_for_serverapp_executor()
-        return resume_run(self.cli, run_dir=run_dir, app_dir=app_dir)[1]
 
     def run_info(self, run_id: int) -> dict[str, Any]:
         return self.cli.run_info(run_id)

@@ -26,7 +26,7 @@ run_app = typer.Typer(help="A run of the federation: resume it after a crash.", 
 APP_DIR = Path(__file__).resolve().parents[1]  # the Flower app: server/, client/, common/ and pyproject.toml
 
 
-def resume_run(cli: FlwrCli, *, run_dir: Path, app_dir: Path = APP_DIR) -> tuple[ResumePlan, int]:
+def _submit_resume(cli: FlwrCli, *, run_dir: Path, app_dir: Path) -> tuple[ResumePlan, int]:
     """Submit the run in `run_dir` again, from its last checkpoint; returns the plan and the new Flower run id."""
     plan = plan_resume(run_dir)
     return plan, cli.submit(app_dir=app_dir, run_config=plan.run_config)
@@ -46,7 +46,7 @@ def resume_command(
         fed = FederationDir(federation.resolve())
         cli = FlwrCli(fed.root)
         cli.write_config(superlink or fed.config().control_address, ca_certificate=fed.ca_certificate)
-        plan, flower_run_id = resume_run(cli, run_dir=run_dir.resolve(), app_dir=app_dir)
+        plan, flower_run_id = _submit_resume(cli, run_dir=run_dir.resolve(), app_dir=app_dir)
     except (CheckpointError, FederationDirError) as exc:
         raise fail(f"cannot resume: {exc}", 2) from None
     except FederationError as exc:

@@ -131,7 +131,10 @@ def plan_resume(run_dir: Path) -> ResumePlan:
     checkpoint = read_checkpoint(run_dir)
     if checkpoint is None:
         raise CheckpointError(f"{run_dir} holds no {CHECKPOINT_FILE}: its ServerApp never started; submit it again")
-    config = json.loads(config_path.read_text())
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{config_path} is unreadable ({exc}); the run config cannot be reused") from exc
     results = checkpoint.results
     status = _results_status(run_dir)
     num_rounds = int(results.get("num_rounds", 0))

@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 from common.demo_data import DemoSplit
+from fedcare.coordinator_recovery import restart_superlink, resume_run
 from fedcare.federation import LocalFederation
 from server.budget.process import running_budget_service
 from server.budget_client.admin import BudgetAdmin
@@ -96,25 +97,23 @@ def test_a_run_survives_sigkill_of_its_serverapp_and_of_its_superlink(
         done = _wait_for_round(run_dir, at_least=1)
         _kill_serverapp(fed)
         timeline["serverapp killed"] = time.monotonic() - started
-        second = fed.resume(app_dir=APP_DIR, run_dir=run_dir)  # its lock waits for the old ServerApp, if need be
+        second = resume_run(fed, app_dir=APP_DIR, run_dir=run_dir)  # its lock waits for the old ServerApp, if need be
 
         # 2. The SuperLink dies while a later round is in flight; a supervisor restarts it on its database.
         _wait_for_round(run_dir, at_least=done + 1)
         fed.remember_children()
         fed.kill(next(p for p in fed.processes if p.name == "superlink"))
         timeline["superlink killed"] = time.monotonic() - started
-        fed.restart_superlink()
-        third = fed.resume(app_dir=APP_DIR, run_dir=run_dir)
+        restart_superlink(fed)
+        third = resume_run(fed, app_dir=APP_DIR, run_dir=run_dir)
         timeline["resumed again"] = time.monotonic() - started
         status = wait_finished(fed, third, timeout=300)
         timeline["completed"] = time.monotonic() - started
         fed.remember_children()
         ledger = admin.run_budget(first)
-        first_status = fed.run_status(first)
     print("\nseconds since the test started:", {k: round(v, 1) for k, v in timeline.items()})
     assert_all_exited(fed.seen_pids)
     assert status == "finished:completed"
-    assert first_status == "finished:failed"  # Flower's view of the killed submission
 
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "completed" and results["run_id"] == first

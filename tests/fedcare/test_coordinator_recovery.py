@@ -1,4 +1,4 @@
-"""The demo's supervisor (fedcare/demo_restart.py): which endings it resumes, and what it restarts first.
+"""The demo's supervisor (fedcare/coordinator_recovery.py): which endings it resumes, and what it restarts first.
 
 A real LocalFederation whose "superlink" is a real process we can kill; restarting a SuperLink and
 resubmitting a run are recorded instead of done (tests/integration/test_resume.py does them for real).
@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from fedcare.demo_restart import follow_resuming
+import fedcare.coordinator_recovery as recovery
+from fedcare.coordinator_recovery import follow_resuming
 from fedcare.federation import FederationError, LocalFederation
 
 
@@ -22,8 +23,13 @@ def fed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     federation = LocalFederation(tmp_path / "fed")
     federation.spawn("superlink", [sys.executable, "-c", "import time; time.sleep(60)"], env={})
     calls: list[str] = []
-    monkeypatch.setattr(federation, "restart_superlink", lambda: calls.append("restart"))
-    monkeypatch.setattr(federation, "resume", lambda *, app_dir, run_dir: calls.append("resume") or 900 + len(calls))
+    monkeypatch.setattr(recovery, "restart_superlink", lambda fed: calls.append("restart"))
+
+    def resume_run(fed: LocalFederation, *, app_dir: Path, run_dir: Path) -> int:
+        calls.append("resume")
+        return 900 + len(calls)
+
+    monkeypatch.setattr(recovery, "resume_run", resume_run)
     federation.calls = calls  # type: ignore[attr-defined]
     yield federation
     federation.stop(grace=2)
