@@ -75,8 +75,7 @@ def test_a_resumed_plain_run_goes_on_from_the_checkpointed_model_and_results(tmp
     outcome = rounds.train(nodes=[1, 2, 3], server_round=1)
     results.record_round(server_round=1, replies=outcome.replies, model_path=outcome.model_path)  # type: ignore[arg-type]
     progress.accounted(1, scored_round=1, model_path=outcome.model_path)
-    trained = rounds.weights
-    rounds.train(nodes=[1, 2, 3], server_round=2)  # in flight when the coordinator crashes: never accounted
+    trained = rounds.weights  # then the coordinator crashes in round 2
 
     plan = plan_resume(ctx.run_dir)
     assert plan.from_round == 2 and plan.run_config["fedcare-run-id"] == str(RUN)
