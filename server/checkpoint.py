@@ -4,8 +4,9 @@ Written after every round (aggregated or failed) and once before the first: the 
 privacy mode's state (`Rounds.state()`: the global model, in HE mode the encrypted sums, any
 optimizer or liveness state), results.json's content so far, and the DP events the budget service
 has not acknowledged yet. Byte values of the mode's state go to files of their own under
-`checkpoint/`, named by round; `checkpoint.json` is written last and atomically, so its rename is
-the commit: a crash at any moment leaves the previous checkpoint whole, never a mix of two.
+`checkpoint/`, named by round and kind (`.he` ciphertexts, `.npz` weights); `checkpoint.json` is
+written last and atomically, so its rename is the commit: a crash at any moment leaves the previous
+checkpoint whole, never a mix of two.
 
 A checkpoint never holds a secret: in HE mode the sums are ciphertexts the server cannot read.
 """
@@ -49,7 +50,7 @@ def write_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> Path:
     state: dict[str, Any] = {}
     for key, value in checkpoint.rounds.items():
         if isinstance(value, bytes):
-            name = f"round-{checkpoint.completed_round}-{key}.bin"
+            name = f"round-{checkpoint.completed_round}-{key}{_suffix(value)}"
             write_bytes_atomic(blobs / name, value)
             state[key] = {"file": name, "bytes": len(value)}
         else:
@@ -62,10 +63,17 @@ def write_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> Path:
     path = run_dir / CHECKPOINT_FILE
     write_json_atomic(path, payload)
     keep = {entry["file"] for entry in state.values() if "file" in entry}
-    for old in blobs.glob("round-*.bin") if blobs.exists() else []:
+    for old in blobs.glob("round-*") if blobs.exists() else []:
         if old.name not in keep:
             old.unlink(missing_ok=True)
     return path
+
+
+def _suffix(blob: bytes) -> str:
+    """Name a file for what it holds: `.he` for ciphertexts (like the HE models beside it), `.npz` for weights."""
+    if blob.startswith(b"FCHE1\n"):  # common.he.wire.EncryptedUpdate.to_bytes
+        return ".he"
+    return ".npz" if blob.startswith(b"PK") else ".bin"
 
 
 def read_checkpoint(run_dir: Path) -> Checkpoint | None:

@@ -15,10 +15,11 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from common.atomic import write_json_atomic
 from server.budget_gate import BudgetGate
@@ -27,26 +28,37 @@ from server.results import RunResults
 from server.rounds import Rounds
 
 log = logging.getLogger("flwr.fedcare.server")
-LOCK_FILE = ".serverapp.lock"
 
 
 class RunDirBusy(RuntimeError):
     """Another ServerApp still works in the run directory."""
 
 
-def lock_run_dir(run_dir: Path, *, timeout: float = 60.0) -> IO[str]:
-    """Hold `run_dir`'s lock (keep the returned handle open for the run); waits up to `timeout` seconds for a
-    ServerApp that is still going down (its SuperLink crashed) to let go."""
+@dataclass
+class RunDirLock:
+    """An exclusive flock on the run directory itself (no lock file among the run's outputs)."""
+
+    fd: int
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def lock_run_dir(run_dir: Path, *, timeout: float = 60.0) -> RunDirLock:
+    """Hold `run_dir`'s lock (close it when the run ends; the OS releases it if the process dies); waits up to
+    `timeout` seconds for a ServerApp that is still going down (its SuperLink crashed) to let go."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(run_dir / LOCK_FILE, "a")  # noqa: SIM115 (held open for the whole run)
+    fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
     deadline = time.monotonic() + timeout
     while True:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return handle
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return RunDirLock(fd)
         except BlockingIOError:
             if time.monotonic() > deadline:
-                handle.close()
+                os.close(fd)
                 raise RunDirBusy(
                     f"another ServerApp still works in {run_dir} after {timeout:.0f} s; stop its run "
                     "(`flwr stop RUN_ID`) or its process, then resume again"

@@ -86,6 +86,8 @@ def test_an_he_run_whose_serverapp_died_in_round_2_resumes_and_charges_no_round_
 
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "completed" and results["run_id"] == RUN
+    # The checkpoint adds nothing readable to the server's folder: its sums are .he files like the models.
+    assert {p.suffix for p in run_dir.rglob("*") if p.is_file()} == {".json", ".he"}
     assert [(e["round"], e["status"]) for e in results["rounds"]] == [(1, "aggregated"), (2, "aggregated")]
     for entry in results["rounds"]:
         assert entry["participants"] == ["hospital-1", "hospital-2", "hospital-3"] and entry["rejected"] == []

@@ -44,7 +44,7 @@ def test_a_checkpoint_keeps_bytes_json_results_and_the_outbox_and_drops_older_fi
     assert back.results["rounds"] == [{"round": 1}, {"round": 2}]
     assert back.outbox == [{"institution": "hospital-1", "run_id": "1", "server_round": 2}]
     assert back.gate == {"7": "hospital-1"} and back.written_at
-    assert sorted(p.name for p in (tmp_path / "checkpoint").iterdir()) == ["round-2-weights.bin"]
+    assert sorted(p.name for p in (tmp_path / "checkpoint").iterdir()) == ["round-2-weights.bin"]  # neither npz nor HE
     assert read_checkpoint(tmp_path / "elsewhere") is None
 
 
@@ -66,7 +66,7 @@ def test_a_crash_while_writing_leaves_the_previous_checkpoint_whole(
 
 def test_an_unusable_checkpoint_is_refused_with_what_is_wrong(tmp_path: Path) -> None:
     write_checkpoint(tmp_path, _checkpoint(1))
-    (tmp_path / "checkpoint" / "round-1-weights.bin").write_bytes(b"short")
+    (tmp_path / "checkpoint" / "round-1-weights.bin").write_bytes(b"short")  # a torn or foreign file
     with pytest.raises(CheckpointError, match="holds 5 bytes"):
         read_checkpoint(tmp_path)
     (tmp_path / "checkpoint" / "round-1-weights.bin").unlink()
