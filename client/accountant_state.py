@@ -98,6 +98,13 @@ class HospitalAccountant:
     ) -> float:
         return epsilon_of([*self.history, (noise_multiplier, sample_rate, steps)], accountant=accountant, delta=delta)
 
+    def recorded(self, *, run_id: int, server_round: int) -> DPEvent | None:
+        """The event already committed for this (run, round), if any: a resumed run's round is charged once."""
+        for record in reversed(self.events):
+            if str(record.get("run_id")) == str(run_id) and record.get("server_round") == server_round:
+                return DPEvent.from_record(record)
+        return None
+
     def commit(self, event: DPEvent) -> None:
         """Record the round's spending durably; call this before the update leaves the node."""
         self.history.append((event.noise_multiplier, event.sample_rate, event.steps))

@@ -85,10 +85,11 @@ def federation_metrics(msg: Message, context: Context) -> Message:
     except RoundRefused as exc:
         return refusal(msg, exc)
     latest = int(msg.content["config"]["server-round"]) if "config" in msg.content else 0
+    run_id = msg.metadata.run_id  # or the resumed run's first id (docs/resume.md)
+    if "config" in msg.content and str(msg.content["config"].get("fedcare-run-id", "")).isdigit():
+        run_id = int(msg.content["config"]["fedcare-run-id"])
     content = RecordDict({"status": ConfigRecord({"ok": True, "institution": institution})})
-    figures = decrypt_figures(
-        msg.content, context=secret, run_id=msg.metadata.run_id, latest_round=latest, institution=institution
-    )
+    figures = decrypt_figures(msg.content, context=secret, run_id=run_id, latest_round=latest, institution=institution)
     put_figures(content, figures)
     return Message(content, reply_to=msg)
 

@@ -18,6 +18,7 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from torch import nn
 
 from client.accountant_state import AccountantStateError, HospitalAccountant
+from client.kept_update import KeptUpdate, keep_update, kept_update
 from client.mixed_precision import DPConfigError
 from client.refusals import RoundRefused
 from client.secret_context import secret_context_for
@@ -42,7 +43,7 @@ __all__ = ["LocalRound", "RoundRefused"]  # RoundRefused is re-exported: the han
 
 
 def _incoming_weights(
-    msg: Message, *, model: nn.Module, secret_context: ts.Context | None, server_round: int
+    msg: Message, *, model: nn.Module, secret_context: ts.Context | None, server_round: int, run_id: int
 ) -> OrderedDict[str, np.ndarray]:
     """The global model in the message, checked against this hospital's model: plaintext weights, or
     in HE mode the server's encrypted sum of an earlier round of this run (decrypted and divided here)."""
@@ -55,10 +56,10 @@ def _incoming_weights(
         try:
             bundle = take_bundle(content)
             h = bundle.header
-            if h.run_id != msg.metadata.run_id or not 1 <= h.server_round < server_round:
+            if h.run_id != run_id or not 1 <= h.server_round < server_round:
                 raise InvalidCiphertext(
                     f"the encrypted model is from run {h.run_id} round {h.server_round}; expected "
-                    f"run {msg.metadata.run_id}, a round before {server_round}"
+                    f"run {run_id}, a round before {server_round}"
                 )
             weights = decrypt_sum(bundle, context=secret_context, template=reference)
         except InvalidCiphertext as exc:
@@ -110,9 +111,10 @@ class LocalRound:
             secret_context = secret_context_for(node, institution, run_key_id=config.he_key_id or None)
         device = pick_device()
         model = build_model(config.dataset_schema)
+        run_id = config.run_id_or(msg.metadata.run_id)  # a resumed run keeps its first id (docs/resume.md)
         try:
             weights = _incoming_weights(
-                msg, model=model, secret_context=secret_context, server_round=config.server_round
+                msg, model=model, secret_context=secret_context, server_round=config.server_round, run_id=run_id
             )
         except InvalidUpdate as exc:
             raise RoundRefused(code="bad-global-model", reason=str(exc), institution=institution) from exc
@@ -120,7 +122,7 @@ class LocalRound:
         return cls(
             institution=institution,
             node=node,
-            run_id=msg.metadata.run_id,
+            run_id=run_id,
             config=config,
             train_data=train_data,
             validation_data=validation_data,
@@ -158,7 +160,24 @@ class LocalRound:
                     self.institution,
                 )
                 return train_plain(self.model, self.train_data, **common), None
-            event = self._commit_spending()
+            assert self.node.state_dir is not None  # filled in by NodeSettings
+            event = self.accountant.recorded(run_id=self.run_id, server_round=c.server_round)
+            if event is not None:  # a resumed run asks again for a round this hospital was charged for
+                kept = kept_update(self.node.state_dir, run_id=self.run_id, server_round=c.server_round)
+                if kept is not None:
+                    log.warning(
+                        "[%s] round %d of run %d was trained and charged before the coordinator's crash: sending "
+                        "the same update again, nothing new spent",
+                        *(self.institution, c.server_round, self.run_id),
+                    )
+                    self.model.load_state_dict(to_state_dict(from_numpy(kept.weights)))
+                    return kept.outcome, event
+                log.warning(
+                    "[%s] round %d of run %d was charged but its update never left: training it under that charge",
+                    *(self.institution, c.server_round, self.run_id),
+                )
+            else:
+                event = self._commit_spending()
             outcome = train_private(
                 self.model,
                 self.train_data,
@@ -176,6 +195,8 @@ class LocalRound:
                 reason=f"training took {outcome.steps} noisy steps but only {event.steps} were recorded",
                 institution=self.institution,
             )
+        weights = to_numpy(to_record(self.model.state_dict()))
+        keep_update(self.node.state_dir, KeptUpdate(self.run_id, c.server_round, weights, outcome))
         return outcome, event
 
     def _commit_spending(self) -> DPEvent:

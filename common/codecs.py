@@ -6,6 +6,8 @@ updates with exactly the global model's tensors, shapes and finite values.
 
 from __future__ import annotations
 
+import io
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -57,3 +59,19 @@ def check_update(update: dict[str, np.ndarray], *, reference: dict[str, np.ndarr
 def save_weights(weights: dict[str, np.ndarray], path: Path) -> None:
     """Save as a PyTorch state dict, the form `model.load_state_dict(torch.load(path))` expects."""
     torch.save(OrderedDict((k, torch.from_numpy(np.array(v, copy=True))) for k, v in weights.items()), path)
+
+
+def weights_to_bytes(weights: dict[str, np.ndarray]) -> bytes:
+    """Weights as one `.npz` blob (names and order kept, no pickle): for checkpoints and kept updates."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k: np.asarray(v) for k, v in weights.items()})
+    return buffer.getvalue()
+
+
+def weights_from_bytes(blob: bytes) -> OrderedDict[str, np.ndarray]:
+    """The weights `weights_to_bytes` wrote; raises InvalidUpdate for anything else."""
+    try:
+        with np.load(io.BytesIO(blob), allow_pickle=False) as data:
+            return OrderedDict((name, data[name]) for name in data.files)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise InvalidUpdate(f"not a weights blob: {exc}") from exc

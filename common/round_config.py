@@ -27,14 +27,28 @@ class RoundConfig(TrainingSettings):
     # HE mode: the key set of the run's public context, so a hospital holding another one refuses by
     # name instead of encrypting under it. Empty in the other modes.
     he_key_id: str = ""
+    # The fedcare run id (docs/resume.md): the hospital files its DP event under it, not under the Flower run
+    # id of this submission, so a resumed run's rounds are charged and recorded once. Empty: the Flower run id.
+    fedcare_run_id: str = Field(default="", pattern=r"^[0-9]*$")
 
     @classmethod
-    def for_round(cls, settings: RunSettings, *, schema: DatasetSchema, server_round: int) -> RoundConfig:
-        """The server's side: this run's training settings for `server_round`."""
+    def for_round(
+        cls, settings: RunSettings, *, schema: DatasetSchema, server_round: int, run_id: int | None = None
+    ) -> RoundConfig:
+        """The server's side: this run's training settings for `server_round` of fedcare run `run_id`."""
         training = settings.model_dump(include=set(TrainingSettings.model_fields))
         return cls.model_validate(
-            {**training, "server_round": server_round, "dataset_schema": schema.model_dump_json()}
+            {
+                **training,
+                "server_round": server_round,
+                "dataset_schema": schema.model_dump_json(),
+                "fedcare_run_id": "" if run_id is None else str(run_id),
+            }
         )
+
+    def run_id_or(self, flower_run_id: int) -> int:
+        """The fedcare run id this round belongs to (`flower_run_id`: the message's, when the server sent none)."""
+        return int(self.fedcare_run_id) if self.fedcare_run_id else flower_run_id
 
     def as_config(self) -> dict[str, Any]:
         """The kebab-case scalars a Flower ConfigRecord carries (the schema as JSON)."""

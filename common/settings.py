@@ -109,6 +109,9 @@ class RunSettings(TrainingSettings):
     budget_ca_file: str = ""  # an https budget-url: the federation's ca.crt, the only CA trusted for it
     schema_path: str
     results_dir: str = "fedcare-runs"
+    # Set by `fedcare run resume` only (docs/resume.md): the run this submission resumes, named by the Flower
+    # run id of its first submission. That id stays the run's id: its directory, DP events and ledger rows.
+    fedcare_run_id: str = Field(default="", pattern=r"^[0-9]*$")
     # HE mode: the server's key-free context (server/he-public.ctx from `fedcare he keygen`). Never the
     # hospitals' secret context, which is the node config's `he-secret-context`.
     he_public_context: str = ""
@@ -144,6 +147,10 @@ class RunSettings(TrainingSettings):
             if problems:
                 raise SettingsError("run config (privacy-mode 'secagg'): " + "; ".join(problems))
         return settings
+
+    def run_id_for(self, flower_run_id: int) -> int:
+        """The fedcare run id of a run Flower knows as `flower_run_id`: itself, unless this submission resumes one."""
+        return int(self.fedcare_run_id) if self.fedcare_run_id else flower_run_id
 
 
 def quorum(hospitals: int) -> int:

@@ -5,6 +5,7 @@ its volume, so it can hand the ServerApp a fresh aggregator token for the budget
 run's results.json back. Prints one JSON object on stdout: run id, Flower status, results.
 
     docker compose run --rm submit --rounds 2 --wait
+    docker compose run --rm submit --resume RUN_ID --wait   # after a SuperLink or ServerApp crash (docs/resume.md)
 """
 
 from __future__ import annotations
@@ -135,6 +136,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="privacy-mode he: the ServerApp adds CKKS ciphertexts with the key-free context in server/",
     )
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_ID",
+        help="go on with run RUN_ID (under --results-dir) from its last checkpoint, with its own run config",
+    )
     parser.add_argument("--wait", action="store_true", help="follow the run until Flower reports it finished")
     parser.add_argument("--timeout", type=float, default=1800.0)
     return parser.parse_args(argv)
@@ -155,6 +161,16 @@ def main(argv: list[str]) -> int:
         run_config |= {"privacy-mode": "he", "he-public-context": str(Path(args.schema_path).parent / "he-public.ctx")}
     for item in args.run_config:
         run_config |= tomllib.loads(item.replace("=", " = ", 1))
+    results_id = None
+    if args.resume:  # the same run config as the first submission, plus the run to resume
+        from server.checkpoint import CheckpointError, plan_resume
+
+        try:
+            plan = plan_resume(Path(args.results_dir) / args.resume)
+        except CheckpointError as exc:
+            raise SystemExit(f"cannot resume: {exc}") from None
+        run_config, results_id = dict(plan.run_config), plan.run_id
+        log(f"resuming run {plan.run_id} from round {plan.from_round} of {plan.num_rounds}")
     if args.budget_url:
         tls = args.budget_url.startswith("https://")
         token_file = aggregator_token_file(
@@ -167,10 +183,13 @@ def main(argv: list[str]) -> int:
     config_path = Path(os.environ.get("HOME", "/tmp")) / f"run-config-{time.time_ns()}.toml"
     config_path.write_text(tomli_w.dumps(run_config))
     run_id = int(flwr("run", str(APP_DIR), CONNECTION, "--run-config", str(config_path))["run-id"])
-    log(f"run {run_id} submitted ({args.rounds} rounds); results: {args.results_dir}/{run_id}/results.json")
+    results_id = results_id or str(run_id)  # a resumed run keeps its first id and directory
+    log(f"run {run_id} submitted; results: {args.results_dir}/{results_id}/results.json")
     outcome: dict[str, Any] = {"run_id": run_id, "status": "submitted"}
+    if args.resume:
+        outcome["resumes"] = results_id
     if args.wait:
-        results_path = Path(args.results_dir) / str(run_id) / "results.json"
+        results_path = Path(args.results_dir) / results_id / "results.json"
         outcome["status"] = follow(run_id, results_path, timeout=args.timeout)
         outcome["results"] = read_json(results_path)
     print(json.dumps(outcome))

@@ -21,6 +21,7 @@ from fedcare.he_cli import he_app
 from fedcare.model_cli import model_app
 from fedcare.node_cli import node_app
 from fedcare.registration_cli import institution_app
+from fedcare.run_cli import run_app
 from fedcare.site_cli import add_site_commands
 
 app = typer.Typer(help="fedcare: federated learning for hospitals.", no_args_is_help=True, add_completion=False)
@@ -38,6 +39,7 @@ app.add_typer(
 )
 app.add_typer(compose_app, name="compose", help="Docker compose files: prepare a federation, add a hospital's service.")
 app.add_typer(model_app, name="model", help="A run's final model: export it (int8 or float32) for inference.")
+app.add_typer(run_app, name="run", help="A run: resume it after a SuperLink or ServerApp crash.")
 app.add_typer(node_app, name="node", help="A hospital's node: start its SuperNode and warm ClientApp executor.")
 app.add_typer(
     institution_app,

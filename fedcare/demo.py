@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from common.models import build_model
 from common.private_files import write_private
 from common.schema import load_schema
 from common.settings import PrivacyMode, UpdateCompression, quorum
+from fedcare.coordinator_recovery import follow_resuming
 from fedcare.demo_sites import HOSPITALS_DIR, coordinator_dir, set_up_sites
 from fedcare.federation import FederationError, LocalFederation
 from fedcare.federation_dir import FederationDir, issue_budget_certificate
@@ -182,7 +184,10 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoOut
         results_path = fed_dir.root / "runs" / str(run_id) / "results.json"
         console.print(f"run {run_id} submitted; logs: {fed.workdir / 'logs'}")
         try:
-            status = _follow(fed, run_id=run_id, results_path=results_path, options=options, console=console)
+            follow = partial(_follow, fed, results_path=results_path, options=options, console=console)
+            status = follow_resuming(  # and resume the run if the coordinator crashes (docs/resume.md)
+                fed, follow, run_dir=results_path.parent, app_dir=_app_dir(), flower_run_id=run_id, console=console
+            )
         except BaseException:
             fed.stop_run(run_id)
             raise

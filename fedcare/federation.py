@@ -71,8 +71,9 @@ class LocalFederation(ProcessGroup):
 
     # ---- federation parts --------------------------------------------------
     def start_superlink(self) -> None:
+        """Start the SuperLink; after a crash, again on the same ports and database (fedcare.coordinator_recovery)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.control_port, self.fleet_port = free_port(), free_port()
+        self.control_port, self.fleet_port = self.control_port or free_port(), self.fleet_port or free_port()
         args = [
             console_script("flower-superlink"),
             "--disable-runtime-dependency-installation",  # hospitals' sites have no internet
@@ -110,7 +111,11 @@ class LocalFederation(ProcessGroup):
         proc = self._spawn("superlink", args)
         self.wait_for_port(proc, self.fleet_port)
         self.wait_for_port(proc, self.control_port)
-        if not self.stock_flower:
+        executor = self.serverapp_executor
+        if executor is not None and executor.popen.poll() is not None:  # it died with the SuperLink
+            self.processes.remove(executor)
+            executor = self.serverapp_executor = None
+        if not self.stock_flower and executor is None:
             self._start_serverapp_executor()
         self.cli.write_config(
             f"127.0.0.1:{self.control_port}", ca_certificate=None if self.tls is None else self.tls.ca_certificate

@@ -26,6 +26,7 @@ from server.budget_gate import BudgetGate
 from server.replies import SortedReplies
 from server.results import RunResults
 from server.rounds import PlainRounds, RoundContext, Rounds
+from server.run_progress import RunProgress, lock_run_dir
 
 app = ServerApp()
 log = logging.getLogger("flwr.fedcare.server")
@@ -97,8 +98,10 @@ def make_rounds(ctx: RoundContext, *, weights: OrderedDict[str, np.ndarray]) -> 
 def main(grid: Grid, context: Context) -> None:
     settings = RunSettings.from_run_config(context.run_config)
     schema = load_schema(Path(settings.schema_path))
-    run_dir = Path(settings.results_dir).resolve() / str(grid.run.run_id)
+    run_id = settings.run_id_for(grid.run.run_id)  # a resumed run keeps its first id (docs/resume.md)
+    run_dir = Path(settings.results_dir).resolve() / str(run_id)
     (run_dir / "models").mkdir(parents=True, exist_ok=True)
+    run_dir_lock = lock_run_dir(run_dir)  # held until this process ends
 
     model = build_model(schema, seed=settings.seed)
     weights = to_numpy(ArrayRecord(model.state_dict()))
@@ -106,7 +109,7 @@ def main(grid: Grid, context: Context) -> None:
     rounds = make_rounds(ctx, weights=weights)
     results = RunResults(
         path=run_dir / "results.json",
-        run_id=grid.run.run_id,
+        run_id=run_id,
         privacy_mode=rounds.mode,
         model=schema.model,
         parameter_count=parameter_count(model),
@@ -116,15 +119,16 @@ def main(grid: Grid, context: Context) -> None:
         metrics="per-site" if settings.per_site_metrics else "aggregate",
         update_compression=settings.update_compression,
     )
-    results.save()
+    if not settings.fedcare_run_id:  # a resumed run's results come back from its checkpoint below
+        results.save()
     if not settings.dp:
         log.warning(
             "DIFFERENTIAL PRIVACY IS OFF for run %d (asked for with dp=false): "
             "hospitals' updates carry no DP guarantee",
-            grid.run.run_id,
+            run_id,
         )
-    _log_metrics_reporting(settings, run_id=grid.run.run_id)
-    log.info("run %d: results in %s", grid.run.run_id, results.path)
+    _log_metrics_reporting(settings, run_id=run_id)
+    log.info("run %d: results in %s", run_id, results.path)
 
     gate = None
     if settings.budget_url:
@@ -132,14 +136,25 @@ def main(grid: Grid, context: Context) -> None:
             url=settings.budget_url,
             token_file=Path(settings.budget_token_file),
             outbox_dir=Path(settings.results_dir).resolve() / "budget-outbox",
-            run_id=grid.run.run_id,
+            run_id=run_id,
             ca_certificate=Path(settings.budget_ca_file) if settings.budget_ca_file else None,
         )
         log.info("reporting DP events to the budget service at %s", settings.budget_url)
 
-    scored_round, model_path, attendance = 0, None, Attendance()
+    progress = RunProgress.start(
+        run_dir=run_dir,
+        run_id=run_id,
+        flower_run_id=grid.run.run_id,
+        run_config=dict(context.run_config),
+        resuming=bool(settings.fedcare_run_id),
+        rounds=rounds,
+        results=results,
+        gate=gate,
+    )
+    results, scored_round, model_path = progress.results, progress.scored_round, progress.model_path
+    attendance = Attendance()
     try:
-        for server_round in range(1, settings.num_rounds + 1):
+        for server_round in range(progress.next_round, settings.num_rounds + 1):
             nodes = attendance.wait_for_quorum(grid, minimum=settings.min_nodes, timeout=settings.node_wait_timeout)
             absent = attendance.at_start(nodes, server_round=server_round)
             skipped: dict[str, str] = {}
@@ -154,7 +169,7 @@ def main(grid: Grid, context: Context) -> None:
                     skipped=skipped,
                     extra={"dropped": absent, "rejoined": []},
                 )
-                results.save()
+                progress.accounted(server_round, scored_round=scored_round, model_path=model_path)
                 continue
             outcome = rounds.train(nodes=nodes, server_round=server_round)
             replies = outcome.replies
@@ -175,14 +190,14 @@ def main(grid: Grid, context: Context) -> None:
                     skipped=skipped,
                     extra=outcome.extra,
                 )
-                results.save()
+                progress.accounted(server_round, scored_round=scored_round, model_path=model_path)
                 continue
             model_path = outcome.model_path
             results.record_round(
                 server_round=server_round, replies=replies, model_path=model_path, skipped=skipped, extra=outcome.extra
             )
             scored_round = server_round
-            results.save()
+            progress.accounted(server_round, scored_round=scored_round, model_path=model_path)
             log.info(
                 "round %d: aggregated %d update(s) from %s",
                 server_round,
@@ -201,10 +216,11 @@ def main(grid: Grid, context: Context) -> None:
         results.record_scores(after_round=scored_round, replies=final)
         final_path = rounds.save_final()
         results.finish(status="completed", final_model_path=final_path)
-        log.info("run %d completed; final model %s", grid.run.run_id, final_path)
+        log.info("run %d completed; final model %s", run_id, final_path)
     except BaseException as exc:
         results.finish(status="failed", final_model_path=model_path, error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
         if gate is not None:
             gate.close()
+        run_dir_lock.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from server.budget_client.connection import BudgetServiceError, BudgetView
 from server.budget_client.events import BudgetEventClient
@@ -80,9 +81,28 @@ class BudgetGate:
                 "round %d: %d DP event(s) kept in the outbox for later delivery: %s", server_round, len(events), exc
             )
 
+    def pending_events(self) -> list[dict[str, Any]]:
+        """Events waiting in the outbox (for the checkpoint)."""
+        return self.client.outbox.waiting() if self.client.outbox is not None else []
+
+    def keep_pending(self, events: list[dict[str, Any]]) -> int:
+        """Put back events a checkpoint kept that the outbox no longer holds; returns how many. The ledger
+        is idempotent on (run, round, institution), so one that was delivered meanwhile is harmless."""
+        if self.client.outbox is None or not events:
+            return 0
+        waiting = {_key(e) for e in self.client.outbox.waiting()}
+        missing = [e for e in events if _key(e) not in waiting]
+        if missing:
+            self.client.outbox.keep(missing)
+        return len(missing)
+
     def close(self) -> None:
         try:
             self.client.flush_outbox()
         except BudgetServiceError as exc:
             log.warning("budget service: %d event(s) still waiting in the outbox: %s", self.client.pending(), exc)
         self.client.close()
+
+
+def _key(event: dict[str, Any]) -> tuple[str, str, str]:
+    return str(event.get("run_id")), str(event.get("server_round")), str(event.get("institution"))

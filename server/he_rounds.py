@@ -75,6 +75,30 @@ class HERounds(BaseRounds):
             },
         }
 
+    _SUMS: ClassVar[tuple[str, ...]] = ("global_sum", "previous_sum", "metrics_sum")
+
+    def state(self) -> dict[str, Any]:
+        """The encrypted sums (ciphertexts the server cannot read: a checkpoint holds no secret)."""
+        sums = {name: getattr(self, name) for name in self._SUMS}
+        return {**super().state(), **{name: None if s is None else s.to_bytes() for name, s in sums.items()}}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        super().restore(state)
+        from server.checkpoint import CheckpointError
+
+        for name in self._SUMS:
+            blob = state.get(name)
+            try:
+                value = None if blob is None else EncryptedUpdate.from_bytes(blob)
+            except InvalidCiphertext as exc:
+                raise CheckpointError(f"the checkpoint's {name.replace('_', ' ')} is unusable: {exc}") from exc
+            if value is not None and value.header.key_id != self.keys.key_id:
+                raise CheckpointError(
+                    f"the checkpoint's {name.replace('_', ' ')} is under key set {value.header.key_id}, this run's "
+                    f"he-public-context is {self.keys.key_id}: resume with the run's own key set"
+                )
+            setattr(self, name, value)
+
     def model_content(self, server_round: int) -> RecordDict:
         """Before any aggregated round, the plaintext initial model; then the last encrypted sum."""
         content = self.ctx.config(server_round)
@@ -187,7 +211,8 @@ class HERounds(BaseRounds):
         replies = self.send_evaluate(nodes=nodes, server_round=server_round, accept=accept, per_site=False)
         self._keep_metrics_sum(replies, scores)
         if self.metrics_sum is not None and self.metrics_sum.header.server_round == server_round:
-            content = RecordDict({"config": ConfigRecord({"server-round": server_round})})
+            config = {"server-round": server_round, "fedcare-run-id": str(self.ctx.run_id)}
+            content = RecordDict({"config": ConfigRecord(config)})
             put_bundle(content, self.metrics_sum, keys=METRICS_KEYS)
             answers = self.ctx.send(content, nodes=nodes, message_type=QUERY_METRICS, server_round=server_round)
             reports = [

@@ -47,10 +47,13 @@ def wait_for_nodes(grid: Grid, *, minimum: int, timeout: float) -> list[int]:
         time.sleep(2.0)
 
 
-def message_config(settings: RunSettings, schema: DatasetSchema, server_round: int) -> ConfigRecord:
+def message_config(
+    settings: RunSettings, schema: DatasetSchema, server_round: int, *, run_id: int | None = None
+) -> ConfigRecord:
     """What every hospital needs to train this round: one set of values for the whole federation,
     parsed at the hospital by `RoundConfig.from_config`."""
-    return ConfigRecord(RoundConfig.for_round(settings, schema=schema, server_round=server_round).as_config())
+    config = RoundConfig.for_round(settings, schema=schema, server_round=server_round, run_id=run_id)
+    return ConfigRecord(config.as_config())
 
 
 def exchange(

@@ -45,6 +45,24 @@ class RunResults:
     initial: dict[str, Any] | None = None
     rounds: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    # One entry per `fedcare run resume` (docs/resume.md): {"from_round", "at", "flower_run_id"}.
+    resumed: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_payload(cls, path: Path, payload: dict[str, Any]) -> RunResults:
+        """The results a checkpoint kept (what `save` wrote), to go on with after a crash."""
+        return cls(path=path, **payload)
+
+    def payload(self) -> dict[str, Any]:
+        """What results.json holds."""
+        payload = asdict(self)
+        payload.pop("path")
+        return payload
+
+    def record_resume(self, *, from_round: int, flower_run_id: int) -> None:
+        """The run goes on from `from_round` under a new Flower run id after a coordinator crash."""
+        self.resumed.append({"from_round": from_round, "at": _now(), "flower_run_id": str(flower_run_id)})
+        self.status, self.error, self.finished_at = "running", None, None
 
     def record_round(
         self,
@@ -173,6 +191,4 @@ class RunResults:
         self.save()
 
     def save(self) -> None:
-        payload = asdict(self)
-        payload.pop("path")
-        write_json_atomic(self.path, payload)
+        write_json_atomic(self.path, self.payload())

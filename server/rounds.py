@@ -20,7 +20,7 @@ import numpy as np
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from common.codecs import save_weights
+from common.codecs import InvalidUpdate, check_update, save_weights, weights_from_bytes, weights_to_bytes
 from common.int8_wire import put_weights
 from common.schema import DatasetSchema
 from common.settings import RunSettings
@@ -52,7 +52,9 @@ class RoundContext:
 
     @property
     def run_id(self) -> int:
-        return self.grid.run.run_id
+        """The fedcare run id (docs/resume.md): the Flower run id of the run's first submission, which a
+        resumed run keeps; it names the run directory and goes into every DP event and HE header."""
+        return self.settings.run_id_for(self.grid.run.run_id)
 
     def send(self, content: RecordDict, *, nodes: list[int], message_type: str, server_round: int) -> Iterator[Message]:
         return exchange(
@@ -73,7 +75,7 @@ class RoundContext:
         return taken
 
     def config(self, server_round: int) -> RecordDict:
-        return RecordDict({"config": message_config(self.settings, self.schema, server_round)})
+        return RecordDict({"config": message_config(self.settings, self.schema, server_round, run_id=self.run_id)})
 
 
 class Rounds(Protocol):
@@ -88,6 +90,15 @@ class Rounds(Protocol):
     def evaluate(self, *, nodes: list[int], server_round: int) -> SortedReplies: ...
 
     def save_final(self) -> Path: ...
+
+    def state(self) -> dict[str, Any]:
+        """What a resumed run needs to go on (the global model, optimizer or strategy state): JSON values,
+        and bytes for anything binary. Written to the checkpoint after every round (server.checkpoint)."""
+        ...
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take back what `state()` returned; raise CheckpointError when it does not fit this run."""
+        ...
 
 
 @dataclass
@@ -113,6 +124,12 @@ class BaseRounds(ABC):
 
     def privacy_facts(self) -> dict[str, Any]:
         return {"mode": self.mode}
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def restore(self, state: dict[str, Any]) -> None:  # noqa: B027 (a mode without state of its own keeps this)
+        return None
 
     def save_round_model(self, server_round: int) -> Path:
         path = self.ctx.run_dir / "models" / f"round-{server_round}{self.model_suffix}"
@@ -166,6 +183,20 @@ class PlaintextModelRounds(BaseRounds):
 
     def write_model(self, path: Path) -> None:
         save_weights(self.weights, path)
+
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "weights": weights_to_bytes(self.weights)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        super().restore(state)
+        from server.checkpoint import CheckpointError
+
+        try:
+            weights = weights_from_bytes(state["weights"])
+            check_update(weights, reference=self.weights)
+        except (KeyError, TypeError, InvalidUpdate) as exc:
+            raise CheckpointError(f"the checkpoint's global model does not fit this run's model: {exc}") from exc
+        self.weights = weights
 
 
 @dataclass

@@ -113,6 +113,19 @@ class SecAggRounds(PlaintextModelRounds):
             },
         }
 
+    def state(self) -> dict[str, Any]:
+        """The averaged model, and who is suspected dead (node ids survive a SuperLink restart with --database)."""
+        return {
+            **super().state(),
+            "suspects": {str(n): why for n, why in self.suspects.items()},
+            "institutions": {str(n): who for n, who in self.institutions.items()},
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        super().restore(state)
+        self.suspects = {int(n): str(why) for n, why in dict(state.get("suspects") or {}).items()}
+        self.institutions = {int(n): str(who) for n, who in dict(state.get("institutions") or {}).items()}
+
     # ---- who takes part ------------------------------------------------------------------------
     def _who(self, node: int) -> str:
         return institution_name(self.institutions.get(node), node_id=node)

@@ -55,6 +55,8 @@ def check_pinned_flower() -> list[str]:
     if getattr(sci, "time", None) is not time:
         problems.append("flwr.supernode.start_client_internal.time: no longer the `time` module it sleeps through")
     source = inspect.getsource(sci)
+    if "task_id = state.create_task(" not in source or "except RunNotRunningException" not in source:
+        problems.append("flwr.supernode.start_client_internal._pull_and_store_message: task no longer made as assumed")
     if "run_id = _pull_and_store_message(" not in source or not callable(getattr(sci, "_pull_and_store_message", 0)):
         problems.append("flwr.supernode.start_client_internal._pull_and_store_message: no longer called as assumed")
     for site, count in _SLEEP_SITES.items():

@@ -19,6 +19,7 @@ from fedcare.flower_internals.guard import (
     _modules,
     _require_pinned,
 )
+from fedcare.flower_internals.orphaned_tasks import fail_orphaned_tasks, unfinished_tasks
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,12 @@ def tune_supernode_waits(waits: SuperNodeWaits, *, on_message: Callable[[], None
     pull_and_store = sci._pull_and_store_message
 
     def pulled(*args: object, **kwargs: object) -> int | None:
+        state = kwargs.get("state", args[0] if args else None)
+        known = unfinished_tasks(state)
         run_id = pull_and_store(*args, **kwargs)
-        if run_id is not None:
+        if run_id is None:
+            fail_orphaned_tasks(state, known=known)
+        else:
             sleeps.last_message = time.monotonic()
             if on_message is not None:
                 on_message()

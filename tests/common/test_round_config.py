@@ -42,8 +42,9 @@ def test_the_hospital_gets_the_run_settings_typed() -> None:
 
 def test_only_the_training_settings_travel() -> None:
     aliases = {field.alias or name for name, field in TrainingSettings.model_fields.items()}
-    # no paths, URLs or server timeouts; the HE key id is public (a digest), and empty outside HE mode
-    assert set(_sent(_settings())) == aliases | {"server-round", "schema", "he-key-id"}
+    # no paths, URLs or server timeouts; the HE key id is public (a digest), and empty outside HE mode; the
+    # fedcare run id is the one a resumed run keeps (docs/resume.md), empty unless the server names it
+    assert set(_sent(_settings())) == aliases | {"server-round", "schema", "he-key-id", "fedcare-run-id"}
 
 
 def test_a_missing_key_is_refused_by_name_not_defaulted() -> None:

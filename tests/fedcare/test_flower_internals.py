@@ -150,3 +150,27 @@ def test_a_removed_key_stops_the_node_at_once_and_a_refused_activation_after_the
     # Anything else is Flower's own business (here: an unreachable SuperLink is retried).
     assert invoker.should_giveup(_RpcError(grpc.StatusCode.UNAVAILABLE, "connection refused")) is False
     assert len(refusals) == 2
+
+
+def test_a_task_left_behind_by_a_run_that_stopped_is_finished_as_failed(restored_flower, monkeypatch) -> None:
+    """Flower 1.39 makes a message's task before pulling the message and leaves it unfinished when the run
+    stops meanwhile (a coordinator crash); a claimed task would then wait hours for its objects."""
+    from flwr.common.constant import Status, SubStatus
+    from flwr.supercore.object_store import ObjectStoreFactory
+    from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
+
+    sci, _ = restored_flower
+    state = InMemoryNodeState(ObjectStoreFactory().store())
+    earlier = state.create_task(task_type="client_app", run_id=1)  # another message's task, still waiting
+
+    def run_stopped_while_receiving(*, state: InMemoryNodeState) -> int | None:
+        state.create_task(task_type="client_app", run_id=2)
+        return None  # Flower: "Run ID 2 is not in `RUNNING` status. Ignoring message"
+
+    monkeypatch.setattr(sci, "_pull_and_store_message", run_stopped_while_receiving)
+    fi.tune_supernode_waits(fi.SuperNodeWaits())
+    assert sci._pull_and_store_message(state=state) is None
+    tasks = {t.run_id: t for t in state.get_tasks()}
+    assert tasks[2].status.status == Status.FINISHED and tasks[2].status.sub_status == SubStatus.FAILED
+    assert "the run stopped" in tasks[2].status.details
+    assert tasks[1].task_id == earlier and tasks[1].status.status != Status.FINISHED
