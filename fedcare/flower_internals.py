@@ -249,13 +249,16 @@ def run_task(
     the reply was pushed: between the two, a death of this process leaves the SuperNode waiting for a
     reply only the parent can now send (`answer_failed_task`).
     """
+    # Both sides meet objects that are not there yet: the ServerApp pulls replies the SuperLink lists before
+    # their upload ends, and a ClientApp's task is claimable while its SuperNode still pulls the message's
+    # objects (`_pull_and_store_message` creates the task first). Flower's 1 s back-off, doubling, then
+    # cost a message 1-4 s (py-spy: `pull_with_retries` waiting in 4.2 of a child's 4.4 s).
+    tune_object_pull_backoff(initial=SuperNodeWaits.pull_backoff, cap=SuperNodeWaits.pull_backoff_cap)
     try:
         if api.serverapp:
             sys.argv = ["flwr-serverapp", "--runtime-api-address", api.address, "--token", token]
             sys.argv += ["--parent-pid", str(parent_pid)]
             sys.argv += ["--insecure"] if api.ca_certificate is None else ["--root-certificates", api.ca_certificate]
-            # The ServerApp pulls replies the SuperLink lists before their upload ends: no 1 s back-off then.
-            tune_object_pull_backoff(initial=SuperNodeWaits.pull_backoff, cap=SuperNodeWaits.pull_backoff_cap)
             importlib.import_module("flwr.superlink.cli.flwr_serverapp").flwr_serverapp()
         else:
             _run_clientapp(api, token, parent_pid=parent_pid, on_input=on_input, on_replied=on_replied)
