@@ -171,7 +171,8 @@ def tune_supernode_waits(waits: SuperNodeWaits, *, on_message: Callable[[], None
 
 
 def tune_object_pull_backoff(*, initial: float, cap: float) -> None:
-    utils = _modules()["inflatable_utils"]
+    # This module alone: `_modules()` would load the SuperNode's SQL state (SQLAlchemy, 0.5-2 s) into every child.
+    utils = importlib.import_module("flwr.supercore.inflatable.inflatable_utils")
     for name in _PULL_HELPERS:
         defaults = getattr(utils, name).__kwdefaults__
         defaults["initial_backoff"], defaults["backoff_cap"] = initial, cap
