@@ -54,6 +54,11 @@ FORK_TWO_CHILDREN = textwrap.dedent(
             out["weights"] = [float(v) for v in torch.cat([p.flatten() for p in model.parameters()])[:8]]
         os.write(write_fd, json.dumps(out).encode())
 
+    def cpu_and_state(pid):  # /proc/PID/stat: state, then utime and stime in clock ticks, summed over threads
+        fields = open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()
+        return int(fields[11]) + int(fields[12]), fields[0]
+
+    timeout, stall = float(sys.argv[2]), float(sys.argv[3])
     results = []
     for _ in range(2):
         read_fd, write_fd = os.pipe()
@@ -63,9 +68,14 @@ FORK_TWO_CHILDREN = textwrap.dedent(
             child(write_fd)
             os._exit(0)
         os.close(write_fd)
-        deadline = time.monotonic() + float(sys.argv[2])
+        deadline, last_cpu, still_since = time.monotonic() + timeout, -1, time.monotonic()
         while not os.waitpid(pid, os.WNOHANG)[0]:
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            cpu, state = cpu_and_state(pid)
+            if cpu != last_cpu or state == "R":  # working, or waiting for a core on a loaded machine
+                last_cpu, still_since = cpu, now
+            # Hung: asleep with no CPU used for `stall` seconds (a deadlock, not a slow machine), or past the deadline.
+            if now > deadline or (stall and now - still_since > stall):
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
                 results.append(None)
@@ -74,14 +84,18 @@ FORK_TWO_CHILDREN = textwrap.dedent(
         else:
             results.append(json.loads(os.read(read_fd, 1 << 20)))
         os.close(read_fd)
+        if results[-1] is None and stall:
+            break  # the control needs one hung child, not two
     print(json.dumps({"threads": threads, "children": results}))
     """
 )
 
 
-def _fork_two(mode: str, *, child_timeout: float) -> dict:
+def _fork_two(mode: str, *, child_timeout: float, stall: float = 0.0) -> dict:
+    """`stall` > 0: a child asleep without using CPU for that long counts as hung, and the first hung child
+    ends the experiment; 0: only `child_timeout` does (children that must finish)."""
     done = subprocess.run(
-        [sys.executable, "-c", FORK_TWO_CHILDREN, mode, str(child_timeout)],
+        [sys.executable, "-c", FORK_TWO_CHILDREN, mode, str(child_timeout), str(stall)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -110,8 +124,11 @@ def test_two_children_train_the_same_model_on_the_same_data_with_different_dp_no
 @pytest.mark.slow
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="torch's thread pool needs 2 cores to exist at all")
 def test_control_a_parent_that_ran_parallel_kernels_forks_children_that_hang() -> None:
-    """Why the executor's parent runs torch single-threaded: this is what happens otherwise."""
-    out = _fork_two("parallel-parent", child_timeout=30)
+    """Why the executor's parent runs torch single-threaded: this is what happens otherwise.
+
+    A child counts as hung when it sleeps for 5 s without using any CPU (a deadlock: a slow child keeps using
+    CPU or waits runnable for a core), so the control no longer waits out a 30 s timeout twice."""
+    out = _fork_two("parallel-parent", child_timeout=30, stall=5.0)
     assert None in out["children"], "no child hung: re-check whether the parent's one-thread rule is still needed"
 
 
