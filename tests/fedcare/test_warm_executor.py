@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from fedcare.child_report import _INPUT, _REPLIED, ChildReport, _write_frame
 from fedcare.flower_internals import ServedMessage
-from fedcare.warm_executor import _INPUT, _REPLIED, ChildReport, _write_frame
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -22,7 +22,7 @@ FORK_TWO_CHILDREN = textwrap.dedent(
     """
     import json, os, random, signal, sys, time, warnings
     warnings.simplefilter("ignore")
-    from fedcare.warm_executor import prepare_child, warm_up
+    from fedcare.warm_state import prepare_child, warm_up
 
     mode = sys.argv[1]
     threads = warm_up()

@@ -1,0 +1,168 @@
+"""Claiming and running tasks from a runtime API, for the warm executors: a SuperNode's ClientApp tasks, or a
+SuperLink's ServerApp tasks. The child runs Flower's own `run_clientapp` / `flwr-serverapp`, so it unpacks
+and loads the run's app exactly as Flower would; the parent learns which message a child serves, so it can
+still answer when that child dies."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fedcare.flower_internals.supernode_waits import SuperNodeWaits, tune_object_pull_backoff
+
+
+@dataclass(frozen=True)
+class RuntimeApi:
+    """Where a warm executor claims tasks: a SuperNode's runtime API on loopback (plain HTTP, as Flower's own
+    SuperExec uses it), or the SuperLink's (`ca_certificate`: TLS) for ServerApp tasks."""
+
+    address: str
+    serverapp: bool = False  # which tasks: the SuperLink's ServerApps, or a SuperNode's ClientApps
+    ca_certificate: str | None = None
+    # The SuperExec auth secret the runtime API's server was started with (`--superexec-auth-secret-file`):
+    # task claims are then signed with it, as Flower's own SuperExec signs them, and unsigned ones refused.
+    superexec_secret: bytes | None = field(default=None, repr=False)
+
+    def client(self, token: str | None = None, *, retries: int | None = None) -> object:
+        from flwr.supercore.interceptors import (
+            RuntimeTokenHttpInterceptor,
+            RuntimeVersionHttpInterceptor,
+            SuperExecAuthHttpInterceptor,
+        )
+        from flwr.supercore.retry import make_simple_http_retry_invoker
+        from flwr.supercore.runtime import RuntimeHttpClient
+
+        component = "SuperExec" if token is None else ("flwr-serverapp" if self.serverapp else "flwr-clientapp")
+        interceptors: list[object] = [RuntimeVersionHttpInterceptor(component_name=component)]
+        if token is not None:
+            interceptors.append(RuntimeTokenHttpInterceptor(token))
+        elif self.superexec_secret is not None:
+            from flwr.supercore.superexec.run_superexec import _SUPEREXEC_AUTH_METHODS
+
+            interceptors.append(
+                SuperExecAuthHttpInterceptor(
+                    master_secret=self.superexec_secret, protected_methods=_SUPEREXEC_AUTH_METHODS
+                )
+            )
+        retry = make_simple_http_retry_invoker()
+        if retries is not None:
+            retry.max_tries = retries
+        return RuntimeHttpClient.from_server_address(
+            server_address=self.address,
+            insecure=self.ca_certificate is None,
+            root_certificates=self.ca_certificate,
+            interceptors=interceptors,
+            retry_invoker=retry,
+        )
+
+    def acquire_task(self, client: object) -> str | None:
+        """Claim the oldest pending task of this kind; its token, or None when there is none."""
+        from flwr.proto.runtime_pb2 import AcquireTaskRequest
+        from flwr.supercore.constant import TaskType
+
+        kind = TaskType.SERVER_APP if self.serverapp else TaskType.CLIENT_APP
+        res = client.AcquireTask(AcquireTaskRequest(supported_task_types=[kind]))  # type: ignore[attr-defined]
+        return str(res.token) if res.HasField("task") and res.token else None
+
+
+@dataclass(frozen=True)
+class ServedMessage:
+    """What the executor's parent needs to answer for a ClientApp that died: the message (no content), and
+    the node and run it belongs to."""
+
+    message_proto: bytes
+    node_id: int
+    run_id: int
+
+
+def run_task(
+    api: RuntimeApi,
+    token: str,
+    *,
+    parent_pid: int,
+    on_input: Callable[[ServedMessage], None],
+    on_replied: Callable[[], None],
+) -> int:
+    """Run Flower's own `flwr-serverapp` / `run_clientapp` for one claimed task in this process; its exit code.
+
+    For a ClientApp, `on_input` hears which message it serves as soon as it is pulled and `on_replied` that
+    the reply was pushed: between the two, a death of this process leaves the SuperNode waiting for a
+    reply only the parent can now send (`answer_failed_task`).
+    """
+    # Both sides meet objects that are not there yet: the ServerApp pulls replies the SuperLink lists before
+    # their upload ends, and a ClientApp's task is claimable while its SuperNode still pulls the message's
+    # objects (`_pull_and_store_message` creates the task first). Flower's 1 s back-off, doubling, then
+    # cost a message 1-4 s (py-spy: `pull_with_retries` waiting in 4.2 of a child's 4.4 s).
+    tune_object_pull_backoff(initial=SuperNodeWaits.pull_backoff, cap=SuperNodeWaits.pull_backoff_cap)
+    try:
+        if api.serverapp:
+            sys.argv = ["flwr-serverapp", "--runtime-api-address", api.address, "--token", token]
+            sys.argv += ["--parent-pid", str(parent_pid)]
+            sys.argv += ["--insecure"] if api.ca_certificate is None else ["--root-certificates", api.ca_certificate]
+            importlib.import_module("flwr.superlink.cli.flwr_serverapp").flwr_serverapp()
+        else:
+            _run_clientapp(api, token, parent_pid=parent_pid, on_input=on_input, on_replied=on_replied)
+    except SystemExit as done:  # flwr_exit ends every run this way
+        return done.code if isinstance(done.code, int) else 1
+    return 0
+
+
+def _run_clientapp(
+    api: RuntimeApi,
+    token: str,
+    *,
+    parent_pid: int,
+    on_input: Callable[[ServedMessage], None],
+    on_replied: Callable[[], None],
+) -> None:
+    from flwr.app.message import remove_content_from_message
+    from flwr.common.serde import message_to_proto
+    from flwr.supernode.runtime import run_clientapp as rc
+
+    pull, push = rc.pull_task_input, rc.push_message
+
+    def pull_and_tell(client):  # type: ignore[no-untyped-def]
+        message, context, run, fab = pull(client)
+        proto = message_to_proto(remove_content_from_message(message)).SerializeToString()
+        on_input(ServedMessage(proto, int(context.node_id), int(context.run_id)))
+        return message, context, run, fab
+
+    def push_and_tell(client, message, context):  # type: ignore[no-untyped-def]
+        push(client, message, context)
+        on_replied()
+
+    rc.pull_task_input, rc.push_message = pull_and_tell, push_and_tell
+    rc.run_clientapp(runtime_api_address=api.address, token=token, insecure=True, parent_pid=parent_pid)
+
+
+def answer_failed_task(api: RuntimeApi, token: str, served: ServedMessage | None, *, reason: str) -> bool:
+    """Answer for a task whose process died, naming `reason`; False when nothing can be answered.
+
+    A ClientApp's message gets an error reply, then the task is marked failed (without the reply the
+    SuperNode would wait for one until Flower expires the task's heartbeat, 60 s); a ServerApp's task is
+    marked failed, which ends its run with the reason. A ClientApp that died before it pulled its
+    message cannot be answered: Flower offers the task again when its claim expires.
+    """
+    from flwr.app import Context, Error, Message, RecordDict
+    from flwr.common.constant import ErrorCode, SubStatus
+    from flwr.common.serde import message_from_proto
+    from flwr.proto.message_pb2 import Message as ProtoMessage
+    from flwr.supernode.runtime import run_clientapp as rc
+
+    if served is None and not api.serverapp:
+        return False
+    client = api.client(token, retries=3)
+    try:
+        if served is not None:
+            original = message_from_proto(ProtoMessage.FromString(served.message_proto))
+            reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=original)
+            context = Context(
+                run_id=served.run_id, node_id=served.node_id, node_config={}, state=RecordDict(), run_config={}
+            )
+            rc.push_message(client, reply, context)
+        rc.push_task_output(client=client, context=None, sub_status=SubStatus.FAILED, details=reason)
+    finally:
+        client.close()  # type: ignore[attr-defined]
+    return True
