@@ -31,6 +31,8 @@ class SuperNodeWaits:
     reply_wait: between checks for the ClientApp's reply [0.5]; local, costs nothing measurable.
     pull_backoff, pull_backoff_cap: first and largest back-off when a message's objects are not uploaded
     yet [1, 10]; a fast poll meets that often, because the SuperLink hands a message out before its upload ends.
+    The cap bounds how long a pull oversleeps an upload that just ended (a retry costs one request per object,
+    and only while an upload is in flight); at 0.5 s it could add up to half a second to each exchange.
     """
 
     fleet_poll: float = 0.05
@@ -38,7 +40,7 @@ class SuperNodeWaits:
     busy_window: float = 30.0
     reply_wait: float = 0.01
     pull_backoff: float = 0.02
-    pull_backoff_cap: float = 0.5
+    pull_backoff_cap: float = 0.1
 
 
 class _RetunedSleeps:
