@@ -184,8 +184,12 @@ class WarmExecutor:
     def stop(self, *_: object) -> None:
         """On SIGTERM/SIGINT: end the running ClientApp (Flower's handler reports it stopped) and exit.
 
-        Exiting from the handler also ends a runtime-API call that is retrying while the SuperNode is gone.
+        Exiting from the handler also ends a runtime-API call that is retrying while the SuperNode is gone. A
+        second signal (the node's supervisor and a process group both send one) is ignored: raised again, it
+        would land in the interpreter's exit handlers (torch's) and print a traceback there.
         """
+        if self.stopping:
+            return
         self.stopping = True
         if self.child:
             os.kill(self.child, signal.SIGTERM)
