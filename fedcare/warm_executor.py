@@ -241,25 +241,30 @@ def main(
         typer.Option(help="The runtime API's SuperExec auth secret (as Flower's `flower-superexec` takes it)."),
     ] = None,
     health_address: Annotated[
-        str | None, typer.Option(help="host:port to listen on once ready, for TCP health checks.")
+        str | None,
+        typer.Option(
+            help="host:port to listen on for TCP health checks: from the start, as Flower's SuperExec health server "
+            "(probes connect while it warms up; it claims tasks once warm, and a run submitted meanwhile waits)."
+        ),
     ] = None,
 ) -> None:
     """Serve a SuperNode's ClientApp tasks (or a SuperLink's ServerApps) from a warm process."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     for noisy in ("httpx", "alembic"):  # a line per task claim; Flower's SuperLink imports alembic
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    secret = None if superexec_auth_secret_file is None else read_superexec_secret(superexec_auth_secret_file)
+    health = None
+    if health_address is not None:  # before the warm-up, which took minutes in a loaded compose stack
+        host, _, port = health_address.rpartition(":")
+        health = socket.create_server((host or "0.0.0.0", int(port)))
     started = time.monotonic()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Opacus' notes on a toy model say nothing about real training
         threads = warm_up(serverapp=serverapp)
     log.info("warmed up in %.1f s", time.monotonic() - started)
-    secret = None if superexec_auth_secret_file is None else read_superexec_secret(superexec_auth_secret_file)
     api = RuntimeApi(runtime_address, serverapp=serverapp, ca_certificate=root_certificates, superexec_secret=secret)
     threads = torch_threads or threads
-    executor = WarmExecutor(api, poll=poll, message_timeout=message_timeout, threads=threads)
-    if health_address is not None:
-        host, _, port = health_address.rpartition(":")
-        executor.health = socket.create_server((host or "0.0.0.0", int(port)))
+    executor = WarmExecutor(api, poll=poll, message_timeout=message_timeout, threads=threads, health=health)
     if notify_socket is not None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(notify_socket)

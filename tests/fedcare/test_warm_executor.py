@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,25 @@ def test_the_child_report_reads_frames_split_anywhere() -> None:
     for i in range(len(data)):  # byte by byte: a pipe may deliver any split
         report.feed(data[i : i + 1])
     assert report.served == served and report.replied
+
+
+def test_an_idle_executor_answers_health_probes_and_still_hears_the_supernode(tmp_path: Path) -> None:
+    import socket
+
+    from fedcare.flower_internals import RuntimeApi
+    from fedcare.warm_executor import WarmExecutor
+
+    health = socket.create_server(("127.0.0.1", 0))
+    wakeup = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    wakeup.bind(str(tmp_path / "notify"))
+    executor = WarmExecutor(RuntimeApi("127.0.0.1:1"), poll=5.0, health=health, wakeup=wakeup)
+    with socket.create_connection(health.getsockname(), timeout=5) as probe:
+        executor._wait_for_work()  # returns at once: the probe is accepted and closed, not left to time out
+        assert probe.recv(1) == b""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as supernode:
+        supernode.sendto(b"!", str(tmp_path / "notify"))
+    started = time.monotonic()
+    executor._wait_for_work()
+    assert time.monotonic() - started < 1.0, "the SuperNode's word did not end the wait"
+    health.close()
+    wakeup.close()
