@@ -12,8 +12,8 @@ hospital's SuperNode starts from its kit (CA certificate, registered node key).
 
 from __future__ import annotations
 
-import json
 import logging
+import secrets
 import sys
 import time
 import tomllib
@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.private_files import write_private
 from common.tls import TlsFiles
 from fedcare.fast_supernode import NODE_REFUSED_EXIT
 from fedcare.federation_dir import FederationDir, ensure_local_federation
 from fedcare.flwr_cli import CONNECTION, FlwrCli
-from fedcare.kits import CA_FILE, NODE_CONFIG_FILE, KitOptions
-from fedcare.node_keys import PRIVATE_KEY_FILE
+from fedcare.kits import NODE_CONFIG_FILE, KitOptions
 from fedcare.processes import (
     FederationError,
     ManagedProcess,
@@ -37,6 +37,7 @@ from fedcare.processes import (
 )
 from fedcare.registration import BudgetTarget, RegistrationReport, budget_target, register_institution, sync
 from fedcare.registry import Registry
+from fedcare.stock_flower import node_config_arg, stock_supernode_command
 from fedcare.superlink_control import SuperLinkConnection
 from fedcare.warm_executor import READY_LINE
 
@@ -106,8 +107,9 @@ class LocalFederation(ProcessGroup):
             ]
             if self.budget is None:
                 self.budget = budget_target(fed)
-        if not self.stock_flower:
-            args += ["--isolation", "process"]  # each run's ServerApp comes from the warm executor below
+        if not self.stock_flower:  # each run's ServerApp comes from the warm executor, which signs its claims
+            write_private(self.superexec_secret, secrets.token_urlsafe(32))
+            args += ["--isolation", "process", "--superexec-auth-secret-file", str(self.superexec_secret)]
         proc = self._spawn("superlink", args)
         self.wait_for_port(proc, self.fleet_port)
         self.wait_for_port(proc, self.control_port)
@@ -130,7 +132,7 @@ class LocalFederation(ProcessGroup):
         already (Flower's own SuperExec starts a fresh process per run, after polling every second)."""
         args = [sys.executable, "-m", "fedcare.warm_executor", "--serverapp"]
         args += ["--runtime-address", f"127.0.0.1:{self.control_port}", "--message-timeout", str(RUN_TIMEOUT)]
-        args += ["--poll", SERVERAPP_POLL]
+        args += ["--poll", SERVERAPP_POLL, "--superexec-auth-secret-file", str(self.superexec_secret)]
         if self.tls is not None:
             args += ["--root-certificates", str(self.tls.ca_certificate)]
         self.serverapp_executor = self._spawn("serverapp-executor", args)  # warms up while hospitals join
@@ -141,6 +143,10 @@ class LocalFederation(ProcessGroup):
             if proc.popen.poll() is not None or time.monotonic() > deadline:
                 raise FederationError(f"the ServerApp executor did not get ready:\n{proc.log_tail()}")
             time.sleep(0.2)
+
+    @property
+    def superexec_secret(self) -> Path:
+        return self.workdir / "superlink" / "superexec-secret"
 
     @property
     def connection(self) -> SuperLinkConnection:
@@ -197,13 +203,14 @@ class LocalFederation(ProcessGroup):
             kit = self.ensure_kit(institution, epsilon_limit=float(config.get("epsilon-limit", 10.0)))
         port = free_port()
         if self.stock_flower:
-            args = _stock_supernode(self.fleet_port, port, {**config, "data-path": str(Path(data_path).resolve())}, kit)
+            stock_config = {**config, "data-path": str(Path(data_path).resolve())}
+            args = stock_supernode_command(self.fleet_port, port, stock_config, kit)
         else:
             args = [
                 *(sys.executable, "-m", "fedcare.cli", "node", "start"),
                 *("--superlink", f"127.0.0.1:{self.fleet_port}", "--runtime-port", str(port)),
                 *("--data", str(Path(data_path).resolve())),
-                *("--node-config", _pairs(config)),
+                *("--node-config", node_config_arg(config)),
                 *self.node_options,
                 *(["--insecure"] if kit is None else ["--kit", str(kit)]),
             ]
@@ -286,23 +293,3 @@ class LocalFederation(ProcessGroup):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _pairs(config: dict[str, Any]) -> str:
-    """A node config as `--node-config` takes it: key=value ..., values in TOML (JSON strings are TOML)."""
-    return " ".join(f"{k}={json.dumps(v)}" for k, v in config.items())
-
-
-def _stock_supernode(fleet_port: int, port: int, config: dict[str, Any], kit: Path | None) -> list[str]:
-    """Flower's own `flower-supernode` line, as a hospital without fedcare's node command would run it."""
-    args = [console_script("flower-supernode"), "--superlink", f"127.0.0.1:{fleet_port}", "--port", str(port)]
-    args += ["--node-config", _pairs(config)]
-    if kit is None:
-        return [*args, "--insecure"]
-    return [
-        *args,
-        "--root-certificates",
-        str(kit / CA_FILE),
-        "--auth-supernode-private-key",
-        str(kit / PRIVATE_KEY_FILE),
-    ]

@@ -29,111 +29,24 @@ import contextlib
 import logging
 import os
 import pickle
-import random
 import select
 import signal
 import socket
-import struct
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from fedcare.flower_internals import RuntimeApi, ServedMessage, answer_failed_task, run_task
+from fedcare.child_report import _INPUT, _REPLIED, ChildReport, _write_frame
+from fedcare.flower_internals import RuntimeApi, answer_failed_task, run_task
+from fedcare.warm_state import prepare_child, warm_up
 
 log = logging.getLogger("fedcare.executor")
 READY_LINE = "fedcare warm executor ready"  # fedcare.node and LocalFederation wait for this line
-_INPUT, _REPLIED = b"I", b"R"
-
-
-def warm_up(*, serverapp: bool = False) -> int:
-    """Import and exercise the heavy libraries once, single-threaded; returns torch's default thread count."""
-    import numpy as np
-    import torch
-
-    logging.getLogger("opacus").setLevel(logging.ERROR)  # its notes on the toy model below
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # before any kernel: no OpenMP pool may exist when we fork
-    import flwr.app  # noqa: F401
-    import flwr.client.mod  # noqa: F401  (secaggplus_mod)
-    import flwr.clientapp  # noqa: F401
-    import flwr.supernode.runtime.run_clientapp  # noqa: F401
-
-    if serverapp:  # 35 MB (Flower's SuperLink state, SQLAlchemy) a hospital's executor does without
-        import flwr.superlink.cli.flwr_serverapp  # noqa: F401
-    import opacus
-    import pandas  # noqa: F401
-    import pydantic  # noqa: F401
-    import tenseal  # noqa: F401
-    from opacus.accountants.utils import get_noise_multiplier
-
-    # One DP-SGD step on a toy model: loads torch._dynamo (the first optimizer), Opacus' grad-sample
-    # hooks and the accountant's code paths, so no message pays for them.
-    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
-    data = torch.utils.data.TensorDataset(torch.zeros(8, 4), torch.zeros(8, dtype=torch.long))
-    loader = torch.utils.data.DataLoader(data, batch_size=4)
-    engine = opacus.PrivacyEngine(accountant="rdp")
-    with np.errstate(all="ignore"):
-        dp_model, optimizer, criterion, dp_loader = engine.make_private(
-            module=model,
-            optimizer=torch.optim.Adam(model.parameters()),
-            criterion=torch.nn.CrossEntropyLoss(),
-            data_loader=loader,
-            noise_multiplier=1.0,
-            max_grad_norm=1.0,
-            grad_sample_mode="ghost",
-        )
-        for x, y in dp_loader:
-            if len(x):
-                optimizer.zero_grad()
-                criterion(dp_model(x), y).backward()
-                optimizer.step()
-        dp_model.cleanup()
-        get_noise_multiplier(target_epsilon=3.0, target_delta=1e-5, sample_rate=0.1, steps=10, accountant="rdp")
-    return threads
-
-
-def prepare_child(*, threads: int) -> None:
-    """First thing in a forked child: default signal handling, random state no sibling shares, and
-    torch's thread count back (the parent ran with one)."""
-    import numpy as np
-    import torch
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, signal.SIG_DFL)
-    random.seed(os.urandom(32))
-    np.random.seed(int.from_bytes(os.urandom(4), "little"))
-    torch.manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
-    torch.set_num_threads(threads)
-
-
-def _write_frame(fd: int, kind: bytes, payload: bytes = b"") -> None:
-    os.write(fd, kind + struct.pack("!I", len(payload)) + payload)
-
-
-@dataclass
-class ChildReport:
-    """What a child told its parent before it ended."""
-
-    served: ServedMessage | None = None
-    replied: bool = False
-    buffer: bytearray = field(default_factory=bytearray)
-
-    def feed(self, data: bytes) -> None:
-        self.buffer += data
-        while len(self.buffer) >= 5:
-            kind, size = self.buffer[:1], struct.unpack("!I", self.buffer[1:5])[0]
-            if len(self.buffer) < 5 + size:
-                return
-            payload = bytes(self.buffer[5 : 5 + size])
-            del self.buffer[: 5 + size]
-            if kind == _INPUT:
-                self.served = pickle.loads(payload)
-            elif kind == _REPLIED:
-                self.replied = True
 
 
 @dataclass
@@ -147,6 +60,7 @@ class WarmExecutor:
     failed: int = 0
     child: int = 0  # the pid of the running child, 0 when idle
     wakeup: socket.socket | None = None  # told by the SuperNode when a task waits (`poll` is then a fallback)
+    health: socket.socket | None = None  # a listening TCP socket: connections are accepted and closed
 
     def serve_forever(self) -> None:
         client = self.api.client()
@@ -165,12 +79,18 @@ class WarmExecutor:
             self.run_task(token)
 
     def _wait_for_work(self) -> None:
-        if self.wakeup is None:
+        """Wait `poll` seconds, less when the SuperNode says a task waits; answer health probes meanwhile."""
+        watched = [sock for sock in (self.wakeup, self.health) if sock is not None]
+        if not watched:
             time.sleep(self.poll)
             return
-        if select.select([self.wakeup], [], [], self.poll)[0]:
+        for sock in select.select(watched, [], [], self.poll)[0]:
+            if sock is self.health:  # a probe only needs the connection made (deploy/healthcheck.py tcp)
+                with contextlib.suppress(OSError):
+                    sock.accept()[0].close()
+                continue
             with contextlib.suppress(BlockingIOError):
-                while self.wakeup.recv(64, socket.MSG_DONTWAIT):
+                while sock.recv(64, socket.MSG_DONTWAIT):
                     pass
 
     def run_task(self, token: str) -> ChildReport:
@@ -243,8 +163,9 @@ class WarmExecutor:
     def _child(self, token: str, write_fd: int) -> None:
         code = 70
         try:
-            if self.wakeup is not None:
-                self.wakeup.close()
+            for sock in (self.wakeup, self.health):
+                if sock is not None:
+                    sock.close()
             prepare_child(threads=self.threads)
             code = run_task(
                 self.api,
@@ -263,12 +184,27 @@ class WarmExecutor:
     def stop(self, *_: object) -> None:
         """On SIGTERM/SIGINT: end the running ClientApp (Flower's handler reports it stopped) and exit.
 
-        Exiting from the handler also ends a runtime-API call that is retrying while the SuperNode is gone.
+        Exiting from the handler also ends a runtime-API call that is retrying while the SuperNode is gone. A
+        second signal (the node's supervisor and a process group both send one) is ignored: raised again, it
+        would land in the interpreter's exit handlers (torch's) and print a traceback there.
         """
+        if self.stopping:
+            return
         self.stopping = True
         if self.child:
             os.kill(self.child, signal.SIGTERM)
         raise SystemExit(0)
+
+
+def read_superexec_secret(path: Path) -> bytes:
+    """The secret's exact bytes, as Flower's SuperExec reads them; refused when unreadable or empty."""
+    try:
+        secret = path.read_bytes()
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read the SuperExec auth secret {path}: {exc}") from exc
+    if not secret:
+        raise typer.BadParameter(f"the SuperExec auth secret {path} is empty")
+    return secret
 
 
 def main(
@@ -300,19 +236,35 @@ def main(
     message_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds a message may take before its ClientApp is killed.")
     ] = 300.0,
+    superexec_auth_secret_file: Annotated[
+        Path | None,
+        typer.Option(help="The runtime API's SuperExec auth secret (as Flower's `flower-superexec` takes it)."),
+    ] = None,
+    health_address: Annotated[
+        str | None,
+        typer.Option(
+            help="host:port to listen on for TCP health checks: from the start, as Flower's SuperExec health server "
+            "(probes connect while it warms up; it claims tasks once warm, and a run submitted meanwhile waits)."
+        ),
+    ] = None,
 ) -> None:
     """Serve a SuperNode's ClientApp tasks (or a SuperLink's ServerApps) from a warm process."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     for noisy in ("httpx", "alembic"):  # a line per task claim; Flower's SuperLink imports alembic
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    secret = None if superexec_auth_secret_file is None else read_superexec_secret(superexec_auth_secret_file)
+    health = None
+    if health_address is not None:  # before the warm-up, which took minutes in a loaded compose stack
+        host, _, port = health_address.rpartition(":")
+        health = socket.create_server((host or "0.0.0.0", int(port)))
     started = time.monotonic()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Opacus' notes on a toy model say nothing about real training
         threads = warm_up(serverapp=serverapp)
     log.info("warmed up in %.1f s", time.monotonic() - started)
-    api = RuntimeApi(runtime_address, serverapp=serverapp, ca_certificate=root_certificates)
+    api = RuntimeApi(runtime_address, serverapp=serverapp, ca_certificate=root_certificates, superexec_secret=secret)
     threads = torch_threads or threads
-    executor = WarmExecutor(api, poll=poll, message_timeout=message_timeout, threads=threads)
+    executor = WarmExecutor(api, poll=poll, message_timeout=message_timeout, threads=threads, health=health)
     if notify_socket is not None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(notify_socket)

@@ -8,7 +8,7 @@ instead, at the hospital:
   fleet polls, `time.sleep(0.5)` while it waits for a ClientApp's reply) and the object-pull back-off
   (1 s doubling to 10 s), beats its heartbeat faster (a dead node is noticed within 20 s, not 60 s), and
   stops with a reason when the SuperLink turns its key away, before it calls Flower's own
-  `flower_supernode()` main (`supernode.py`);
+  `flower_supernode()` main (`supernode.py`; `orphaned_tasks.py` fails the tasks a stopped run leaves behind);
 * the warm executor claims ClientApp tasks from the SuperNode's runtime API and runs Flower's own
   `run_clientapp` in a forked child, learning the message it serves so it can still answer when that
   child dies (`tasks.py`).

@@ -72,6 +72,13 @@ def check_pinned_flower() -> list[str]:
         problems.append("flwr.supernode.cli.flower_supernode.flower_supernode: missing")
     if not callable(getattr(importlib.import_module("flwr.superlink.cli.flwr_serverapp"), "flwr_serverapp", None)):
         problems.append("flwr.superlink.cli.flwr_serverapp.flwr_serverapp: missing")
+    superexec = importlib.import_module("flwr.supercore.superexec.run_superexec")
+    if "/flwr.proto.Runtime/AcquireTask" not in getattr(superexec, "_SUPEREXEC_AUTH_METHODS", ()):
+        problems.append(
+            "flwr.supercore.superexec.run_superexec._SUPEREXEC_AUTH_METHODS: missing or without AcquireTask"
+        )
+    if not callable(getattr(importlib.import_module("flwr.supercore.interceptors"), "SuperExecAuthHttpInterceptor", 0)):
+        problems.append("flwr.supercore.interceptors.SuperExecAuthHttpInterceptor: missing")
     problems += _check_liveness(mods)
     rc = mods["run_clientapp"]
     for name in ("run_clientapp", "pull_task_input", "push_message", "push_task_output"):

@@ -34,6 +34,8 @@ class SuperNodeWaits:
     reply_wait: between checks for the ClientApp's reply [0.5]; local, costs nothing measurable.
     pull_backoff, pull_backoff_cap: first and largest back-off when a message's objects are not uploaded
     yet [1, 10]; a fast poll meets that often, because the SuperLink hands a message out before its upload ends.
+    The cap bounds how long a pull oversleeps an upload that just ended (a retry costs one request per object,
+    and only while an upload is in flight); at 0.5 s it could add up to half a second to each exchange.
     heartbeat_interval: the interval the node announces and beats at [30]; the SuperLink marks it offline
     OFFLINE_AFTER intervals after its last beat, so a dead node is noticed within 20 s instead of 60 s (the
     SuperLink accepts no less than 10 s). A node marked offline gets no new message, and the SuperLink answers
@@ -49,7 +51,7 @@ class SuperNodeWaits:
     busy_window: float = 30.0
     reply_wait: float = 0.01
     pull_backoff: float = 0.02
-    pull_backoff_cap: float = 0.5
+    pull_backoff_cap: float = 0.1
     heartbeat_interval: float = 10.0
     refusal_patience: float = 25.0
     reconnect_cap: float = 2.0
@@ -104,7 +106,8 @@ def tune_supernode_waits(waits: SuperNodeWaits, *, on_message: Callable[[], None
 
 
 def tune_object_pull_backoff(*, initial: float, cap: float) -> None:
-    utils = _modules()["inflatable_utils"]
+    # This module alone: `_modules()` would load the SuperNode's SQL state (SQLAlchemy, 0.5-2 s) into every child.
+    utils = importlib.import_module("flwr.supercore.inflatable.inflatable_utils")
     for name in _PULL_HELPERS:
         defaults = getattr(utils, name).__kwdefaults__
         defaults["initial_backoff"], defaults["backoff_cap"] = initial, cap

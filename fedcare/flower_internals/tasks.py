@@ -1,11 +1,14 @@
-"""The warm executors' side: claiming tasks from a runtime API and running Flower's own apps for them."""
+"""Claiming and running tasks from a runtime API, for the warm executors: a SuperNode's ClientApp tasks, or a
+SuperLink's ServerApp tasks. The child runs Flower's own `run_clientapp` / `flwr-serverapp`, so it unpacks
+and loads the run's app exactly as Flower would; the parent learns which message a child serves, so it can
+still answer when that child dies."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fedcare.flower_internals.supernode import SuperNodeWaits, tune_object_pull_backoff
 
@@ -18,9 +21,16 @@ class RuntimeApi:
     address: str
     serverapp: bool = False  # which tasks: the SuperLink's ServerApps, or a SuperNode's ClientApps
     ca_certificate: str | None = None
+    # The SuperExec auth secret the runtime API's server was started with (`--superexec-auth-secret-file`):
+    # task claims are then signed with it, as Flower's own SuperExec signs them, and unsigned ones refused.
+    superexec_secret: bytes | None = field(default=None, repr=False)
 
     def client(self, token: str | None = None, *, retries: int | None = None) -> object:
-        from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+        from flwr.supercore.interceptors import (
+            RuntimeTokenHttpInterceptor,
+            RuntimeVersionHttpInterceptor,
+            SuperExecAuthHttpInterceptor,
+        )
         from flwr.supercore.retry import make_simple_http_retry_invoker
         from flwr.supercore.runtime import RuntimeHttpClient
 
@@ -28,6 +38,14 @@ class RuntimeApi:
         interceptors: list[object] = [RuntimeVersionHttpInterceptor(component_name=component)]
         if token is not None:
             interceptors.append(RuntimeTokenHttpInterceptor(token))
+        elif self.superexec_secret is not None:
+            from flwr.supercore.superexec.run_superexec import _SUPEREXEC_AUTH_METHODS
+
+            interceptors.append(
+                SuperExecAuthHttpInterceptor(
+                    master_secret=self.superexec_secret, protected_methods=_SUPEREXEC_AUTH_METHODS
+                )
+            )
         retry = make_simple_http_retry_invoker()
         if retries is not None:
             retry.max_tries = retries
@@ -73,13 +91,16 @@ def run_task(
     the reply was pushed: between the two, a death of this process leaves the SuperNode waiting for a
     reply only the parent can now send (`answer_failed_task`).
     """
+    # Both sides meet objects that are not there yet: the ServerApp pulls replies the SuperLink lists before
+    # their upload ends, and a ClientApp's task is claimable while its SuperNode still pulls the message's
+    # objects (`_pull_and_store_message` creates the task first). Flower's 1 s back-off, doubling, then
+    # cost a message 1-4 s (py-spy: `pull_with_retries` waiting in 4.2 of a child's 4.4 s).
+    tune_object_pull_backoff(initial=SuperNodeWaits.pull_backoff, cap=SuperNodeWaits.pull_backoff_cap)
     try:
         if api.serverapp:
             sys.argv = ["flwr-serverapp", "--runtime-api-address", api.address, "--token", token]
             sys.argv += ["--parent-pid", str(parent_pid)]
             sys.argv += ["--insecure"] if api.ca_certificate is None else ["--root-certificates", api.ca_certificate]
-            # The ServerApp pulls replies the SuperLink lists before their upload ends: no 1 s back-off then.
-            tune_object_pull_backoff(initial=SuperNodeWaits.pull_backoff, cap=SuperNodeWaits.pull_backoff_cap)
             importlib.import_module("flwr.superlink.cli.flwr_serverapp").flwr_serverapp()
         else:
             _run_clientapp(api, token, parent_pid=parent_pid, on_input=on_input, on_replied=on_replied)

@@ -36,7 +36,9 @@ def test_compose_stack_trains_and_accounts(compose_stack: ComposeStack, timer: P
         stack.register(epsilon_limit=10.0, delta=1e-5)
     with timer.phase("stack_up"):
         stack.compose("up", "-d", "--no-build")
-        stack.wait_healthy(["superlink", "budget", "serverapp", *HOSPITALS])
+        # Four warm executors (three hospitals' and the ServerApp's) warm up at once; at load 30 on 2 cores that,
+        # and healthchecks timing out at 5 s, took more than 180 s.
+        stack.wait_healthy(["superlink", "budget", "serverapp", *HOSPITALS], timeout=420)
 
     with timer.phase("run"):
         # HE mode: the most wiring (hospitals' secret contexts from their kits, the server's key-free context).

@@ -9,12 +9,13 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
+from fedcare.child_report import _INPUT, _REPLIED, ChildReport, _write_frame
 from fedcare.flower_internals import ServedMessage
-from fedcare.warm_executor import _INPUT, _REPLIED, ChildReport, _write_frame
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -22,7 +23,7 @@ FORK_TWO_CHILDREN = textwrap.dedent(
     """
     import json, os, random, signal, sys, time, warnings
     warnings.simplefilter("ignore")
-    from fedcare.warm_executor import prepare_child, warm_up
+    from fedcare.warm_state import prepare_child, warm_up
 
     mode = sys.argv[1]
     threads = warm_up()
@@ -54,6 +55,11 @@ FORK_TWO_CHILDREN = textwrap.dedent(
             out["weights"] = [float(v) for v in torch.cat([p.flatten() for p in model.parameters()])[:8]]
         os.write(write_fd, json.dumps(out).encode())
 
+    def cpu_and_state(pid):  # /proc/PID/stat: state, then utime and stime in clock ticks, summed over threads
+        fields = open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()
+        return int(fields[11]) + int(fields[12]), fields[0]
+
+    timeout, stall = float(sys.argv[2]), float(sys.argv[3])
     results = []
     for _ in range(2):
         read_fd, write_fd = os.pipe()
@@ -63,9 +69,14 @@ FORK_TWO_CHILDREN = textwrap.dedent(
             child(write_fd)
             os._exit(0)
         os.close(write_fd)
-        deadline = time.monotonic() + float(sys.argv[2])
+        deadline, last_cpu, still_since = time.monotonic() + timeout, -1, time.monotonic()
         while not os.waitpid(pid, os.WNOHANG)[0]:
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            cpu, state = cpu_and_state(pid)
+            if cpu != last_cpu or state == "R":  # working, or waiting for a core on a loaded machine
+                last_cpu, still_since = cpu, now
+            # Hung: asleep with no CPU used for `stall` seconds (a deadlock, not a slow machine), or past the deadline.
+            if now > deadline or (stall and now - still_since > stall):
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
                 results.append(None)
@@ -74,14 +85,18 @@ FORK_TWO_CHILDREN = textwrap.dedent(
         else:
             results.append(json.loads(os.read(read_fd, 1 << 20)))
         os.close(read_fd)
+        if results[-1] is None and stall:
+            break  # the control needs one hung child, not two
     print(json.dumps({"threads": threads, "children": results}))
     """
 )
 
 
-def _fork_two(mode: str, *, child_timeout: float) -> dict:
+def _fork_two(mode: str, *, child_timeout: float, stall: float = 0.0) -> dict:
+    """`stall` > 0: a child asleep without using CPU for that long counts as hung, and the first hung child
+    ends the experiment; 0: only `child_timeout` does (children that must finish)."""
     done = subprocess.run(
-        [sys.executable, "-c", FORK_TWO_CHILDREN, mode, str(child_timeout)],
+        [sys.executable, "-c", FORK_TWO_CHILDREN, mode, str(child_timeout), str(stall)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -110,8 +125,11 @@ def test_two_children_train_the_same_model_on_the_same_data_with_different_dp_no
 @pytest.mark.slow
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="torch's thread pool needs 2 cores to exist at all")
 def test_control_a_parent_that_ran_parallel_kernels_forks_children_that_hang() -> None:
-    """Why the executor's parent runs torch single-threaded: this is what happens otherwise."""
-    out = _fork_two("parallel-parent", child_timeout=30)
+    """Why the executor's parent runs torch single-threaded: this is what happens otherwise.
+
+    A child counts as hung when it sleeps for 5 s without using any CPU (a deadlock: a slow child keeps using
+    CPU or waits runnable for a core), so the control no longer waits out a 30 s timeout twice."""
+    out = _fork_two("parallel-parent", child_timeout=30, stall=5.0)
     assert None in out["children"], "no child hung: re-check whether the parent's one-thread rule is still needed"
 
 
@@ -129,3 +147,25 @@ def test_the_child_report_reads_frames_split_anywhere() -> None:
     for i in range(len(data)):  # byte by byte: a pipe may deliver any split
         report.feed(data[i : i + 1])
     assert report.served == served and report.replied
+
+
+def test_an_idle_executor_answers_health_probes_and_still_hears_the_supernode(tmp_path: Path) -> None:
+    import socket
+
+    from fedcare.flower_internals import RuntimeApi
+    from fedcare.warm_executor import WarmExecutor
+
+    health = socket.create_server(("127.0.0.1", 0))
+    wakeup = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    wakeup.bind(str(tmp_path / "notify"))
+    executor = WarmExecutor(RuntimeApi("127.0.0.1:1"), poll=5.0, health=health, wakeup=wakeup)
+    with socket.create_connection(health.getsockname(), timeout=5) as probe:
+        executor._wait_for_work()  # returns at once: the probe is accepted and closed, not left to time out
+        assert probe.recv(1) == b""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as supernode:
+        supernode.sendto(b"!", str(tmp_path / "notify"))
+    started = time.monotonic()
+    executor._wait_for_work()
+    assert time.monotonic() - started < 1.0, "the SuperNode's word did not end the wait"
+    health.close()
+    wakeup.close()

@@ -1,0 +1,76 @@
+"""What a warm executor's parent loads once, and what each child forked from it resets first.
+
+The parent imports and exercises the heavy third-party libraries single-threaded (a fork taken after
+torch's OpenMP pool started deadlocks the child's first parallel kernel: tests/fedcare/test_warm_executor.py
+shows both sides); each child then gets its own random state and torch thread count. Only third-party
+modules are imported here, never `client`, `common` or `server`: Flower's `load_app` reuses `sys.modules`,
+so a pre-imported copy would shadow the app the run ships.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+
+
+def warm_up(*, serverapp: bool = False) -> int:
+    """Import and exercise the heavy libraries once, single-threaded; returns torch's default thread count."""
+    import numpy as np
+    import torch
+
+    logging.getLogger("opacus").setLevel(logging.ERROR)  # its notes on the toy model below
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # before any kernel: no OpenMP pool may exist when we fork
+    import flwr.app  # noqa: F401
+    import flwr.client.mod  # noqa: F401  (secaggplus_mod)
+    import flwr.clientapp  # noqa: F401
+    import flwr.supernode.runtime.run_clientapp  # noqa: F401
+
+    if serverapp:  # 35 MB (Flower's SuperLink state, SQLAlchemy) a hospital's executor does without
+        import flwr.superlink.cli.flwr_serverapp  # noqa: F401
+    import opacus
+    import pandas  # noqa: F401
+    import pydantic  # noqa: F401
+    import tenseal  # noqa: F401
+    from opacus.accountants.utils import get_noise_multiplier
+
+    # One DP-SGD step on a toy model: loads torch._dynamo (the first optimizer), Opacus' grad-sample
+    # hooks and the accountant's code paths, so no message pays for them.
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    data = torch.utils.data.TensorDataset(torch.zeros(8, 4), torch.zeros(8, dtype=torch.long))
+    loader = torch.utils.data.DataLoader(data, batch_size=4)
+    engine = opacus.PrivacyEngine(accountant="rdp")
+    with np.errstate(all="ignore"):
+        dp_model, optimizer, criterion, dp_loader = engine.make_private(
+            module=model,
+            optimizer=torch.optim.Adam(model.parameters()),
+            criterion=torch.nn.CrossEntropyLoss(),
+            data_loader=loader,
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+            grad_sample_mode="ghost",
+        )
+        for x, y in dp_loader:
+            if len(x):
+                optimizer.zero_grad()
+                criterion(dp_model(x), y).backward()
+                optimizer.step()
+        dp_model.cleanup()
+        get_noise_multiplier(target_epsilon=3.0, target_delta=1e-5, sample_rate=0.1, steps=10, accountant="rdp")
+    return threads
+
+
+def prepare_child(*, threads: int) -> None:
+    """First thing in a forked child: default signal handling, random state no sibling shares, and
+    torch's thread count back (the parent ran with one)."""
+    import numpy as np
+    import torch
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)
+    random.seed(os.urandom(32))
+    np.random.seed(int.from_bytes(os.urandom(4), "little"))
+    torch.manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+    torch.set_num_threads(threads)
