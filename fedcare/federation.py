@@ -1,8 +1,9 @@
 """A real Flower federation on one machine: a SuperLink and one SuperNode per hospital.
 
 Every part is a separate OS process talking gRPC (Fleet API) and HTTP (control
-API) over 127.0.0.1, exactly as in a deployment. The federation owns every
-process it starts, their children included, and stops them all on exit.
+API) over 127.0.0.1 (or each site on a host of its own: `fedcare.placement`), exactly
+as in a deployment. The federation owns every process it starts, their children
+included, and stops them all on exit.
 
 Secure by default, through the same code a deployment uses: `workdir` is a
 federation directory (made by `fedcare federation init`, or here on first
@@ -26,6 +27,7 @@ from fedcare.federation_dir import FederationDir, ensure_local_federation
 from fedcare.flwr_cli import CONNECTION, FlwrCli
 from fedcare.kits import CA_FILE, NODE_CONFIG_FILE, KitOptions
 from fedcare.node_keys import PRIVATE_KEY_FILE
+from fedcare.placement import COORDINATOR, Loopback, Placement
 from fedcare.processes import (
     FederationError,
     ManagedProcess,
@@ -64,9 +66,11 @@ class LocalFederation(ProcessGroup):
     node_options: list[str] = field(default_factory=list)  # extra `fedcare node start` options for every hospital
     stock_flower: bool = False  # benchmarks' reference only: Flower's own SuperNodes and waits, no warm executor
     serverapp_executor: ManagedProcess | None = None
+    placement: Placement = field(default_factory=Loopback)  # where each site's processes run
 
-    def _spawn(self, name: str, args: list[str], **env: str) -> ManagedProcess:
-        return self.spawn(name, args, env=flower_env(self.workdir / "homes" / name, **env))
+    def _spawn(self, name: str, args: list[str], *, site: str = COORDINATOR, prefixed: bool = False) -> ManagedProcess:
+        prefix = () if prefixed else self.placement.prefix(site)
+        return self.spawn(name, [*prefix, *args], env=flower_env(self.workdir / "homes" / name))
 
     # ---- federation parts --------------------------------------------------
     def start_superlink(self) -> None:
@@ -80,7 +84,7 @@ class LocalFederation(ProcessGroup):
             "--port",
             str(self.control_port),
             "--fleet-api-address",
-            f"127.0.0.1:{self.fleet_port}",
+            f"{self.placement.fleet_bind}:{self.fleet_port}",
             "--database",
             str(self.workdir / "superlink.db"),
         ]
@@ -107,8 +111,9 @@ class LocalFederation(ProcessGroup):
         if not self.stock_flower:
             args += ["--isolation", "process"]  # each run's ServerApp comes from the warm executor below
         proc = self._spawn("superlink", args)
-        self.wait_for_port(proc, self.fleet_port)
-        self.wait_for_port(proc, self.control_port)
+        place = self.placement
+        self.wait_for_port(proc, self.fleet_port, is_open=lambda p: place.port_open(COORDINATOR, place.fleet_bind, p))
+        self.wait_for_port(proc, self.control_port, is_open=lambda p: place.port_open(COORDINATOR, "127.0.0.1", p))
         if not self.stock_flower:
             self._start_serverapp_executor()
         self.cli.write_config(
@@ -141,7 +146,9 @@ class LocalFederation(ProcessGroup):
         """The coordinator's connection to this SuperLink's control API (for registrations)."""
         if self.federation is None or not self.control_port:
             raise FederationError("start the SuperLink (with TLS) first")
-        return SuperLinkConnection(f"127.0.0.1:{self.control_port}", self.federation.ca_certificate)
+        return SuperLinkConnection(
+            f"127.0.0.1:{self.control_port}", self.federation.ca_certificate, self.placement.prefix(COORDINATOR)
+        )
 
     def sync(self) -> list[RegistrationReport]:
         """Finish the registrations and revocations that were pending while the SuperLink was down."""
@@ -191,17 +198,19 @@ class LocalFederation(ProcessGroup):
             kit = self.ensure_kit(institution, epsilon_limit=float(config.get("epsilon-limit", 10.0)))
         port = free_port()
         if self.stock_flower:
-            args = _stock_supernode(self.fleet_port, port, {**config, "data-path": str(Path(data_path).resolve())}, kit)
+            config["data-path"] = str(Path(data_path).resolve())
+            args = _stock_supernode(self.placement.fleet_address(institution, self.fleet_port), port, config, kit)
         else:
             args = [
                 *(sys.executable, "-m", "fedcare.cli", "node", "start"),
-                *("--superlink", f"127.0.0.1:{self.fleet_port}", "--runtime-port", str(port)),
+                *("--superlink", self.placement.fleet_address(institution, self.fleet_port)),
+                *("--runtime-port", str(port)),
                 *("--data", str(Path(data_path).resolve())),
                 *("--node-config", _pairs(config)),
                 *self.node_options,
                 *(["--insecure"] if kit is None else ["--kit", str(kit)]),
             ]
-        proc = self._spawn(f"supernode-{institution}", args)
+        proc = self._spawn(f"supernode-{institution}", args, site=institution)
         return self.wait_for_node(proc) if wait else proc
 
     def add_site(self, site: Path, *, node_config: dict[str, Any] | None = None, wait: bool = True) -> ManagedProcess:
@@ -240,7 +249,7 @@ class LocalFederation(ProcessGroup):
                     )
                     self.processes.remove(proc)
                     time.sleep(5.0)
-                    proc = self._spawn(proc.name, list(proc.popen.args))  # type: ignore[arg-type]
+                    proc = self._spawn(proc.name, list(proc.popen.args), prefixed=True)  # type: ignore[arg-type]
                     continue
                 raise FederationError(f"{proc.name} exited with code {proc.popen.returncode}:\n{proc.log_tail()}")
             if time.monotonic() > deadline:
@@ -253,7 +262,7 @@ class LocalFederation(ProcessGroup):
     # ---- runs (the coordinator's flwr CLI) -------------------------------------
     @property
     def cli(self) -> FlwrCli:
-        return FlwrCli(self.workdir)
+        return FlwrCli(self.workdir, self.placement.prefix(COORDINATOR))
 
     def flwr(self, *args: str, timeout: float = 120.0) -> dict[str, Any]:
         return self.cli.run(*args, timeout=timeout)
@@ -284,9 +293,9 @@ def _pairs(config: dict[str, Any]) -> str:
     return " ".join(f"{k}={json.dumps(v)}" for k, v in config.items())
 
 
-def _stock_supernode(fleet_port: int, port: int, config: dict[str, Any], kit: Path | None) -> list[str]:
+def _stock_supernode(fleet_address: str, port: int, config: dict[str, Any], kit: Path | None) -> list[str]:
     """Flower's own `flower-supernode` line, as a hospital without fedcare's node command would run it."""
-    args = [console_script("flower-supernode"), "--superlink", f"127.0.0.1:{fleet_port}", "--port", str(port)]
+    args = [console_script("flower-supernode"), "--superlink", fleet_address, "--port", str(port)]
     args += ["--node-config", _pairs(config)]
     if kit is None:
         return [*args, "--insecure"]
