@@ -11,83 +11,48 @@ an HE run, a SecAgg+ run, and the cuts each of them lives through. See tests/sup
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from common.demo_data import DemoSplit
-from fedcare.demo_sites import hospital_key_ceremony, join_and_register
-from fedcare.federation import LocalFederation
-from fedcare.federation_dir import FederationDir, init_federation
 from fedcare.he_relay import server_key_files
 from fedcare.kits import RUN_HE_CONTEXT_KEY
-from fedcare.site import SiteDir
-from fedcare.superlink_control import SuperLinkConnection
-from tests.integration.conftest import APP_DIR, assert_all_exited, wait_finished
+from tests.integration.conftest import APP_DIR, assert_all_exited
 from tests.support import netns
+from tests.support.multisite import MultiSite, multisite_federation
 
 pytestmark = pytest.mark.slow
 NAMES = ["hospital-1", "hospital-2", "hospital-3"]
-NOT_RUNNING = "127.0.0.1:9"  # registrations stay pending until the SuperLink starts (and syncs them)
 ROUNDS = 3
 
 
-@dataclass
-class MultiSite:
-    topology: netns.Topology
-    fed: LocalFederation
-    federation: FederationDir
-    sites: dict[str, SiteDir]
-    runs: Path
-    schema_path: Path
+def _run_config(schema_path: Path, site: MultiSite, mode: str, **extra: Any) -> dict[str, Any]:
+    """A 3-round run of every hospital with DP on (the default), on the breast-cancer MLP."""
+    return {
+        "num-rounds": ROUNDS,
+        "local-epochs": 1,
+        "schema-path": str(schema_path),
+        "results-dir": str(site.runs),
+        "min-nodes": len(NAMES),
+        "privacy-mode": mode,
+        **extra,
+    }
 
-    def run_config(self, mode: str, **extra: Any) -> dict[str, Any]:
-        """A 3-round run of every hospital with DP on (the default), on the breast-cancer MLP."""
-        return {
-            "num-rounds": ROUNDS,
-            "local-epochs": 1,
-            "schema-path": str(self.schema_path),
-            "results-dir": str(self.runs),
-            "min-nodes": len(NAMES),
-            "privacy-mode": mode,
-            **extra,
-        }
 
-    def results(self, run_id: int) -> dict[str, Any]:
-        return json.loads((self.runs / str(run_id) / "results.json").read_text())
-
-    def run_with_a_cut(self, run_config: dict[str, Any]) -> tuple[int, str, dict[str, Any], dict[str, Any]]:
-        """Submit a run; once its first round is recorded, reset every hospital's connection at the relay.
-        Returns the run id, Flower's final status, and the relay's counters before and after the run."""
-        before = self.topology.counters()
-        run_id = self.fed.submit(app_dir=APP_DIR, run_config=run_config)
-        results_file = self.runs / str(run_id) / "results.json"
-        stop = threading.Event()
-
-        def cut_after_round_one() -> None:
-            while not stop.wait(0.2):
-                try:
-                    if json.loads(results_file.read_text())["rounds"]:
-                        self.topology.cut_all()
-                        return
-                except (OSError, ValueError, KeyError):
-                    pass
-
-        cutter = threading.Thread(target=cut_after_round_one, daemon=True)
-        cutter.start()
-        try:
-            status = wait_finished(self.fed, run_id, timeout=300)
-        finally:
-            stop.set()
-            cutter.join()
-        time.sleep(0.6)  # the relay writes its counters twice a second
-        return run_id, status, before, self.topology.counters()
+def _run_with_a_cut(site: MultiSite, run_config: dict[str, Any]) -> tuple[int, str, dict[str, Any], dict[str, Any]]:
+    """Submit a run; once its first round is recorded, reset every hospital's connection at the relay.
+    Returns the run id, Flower's final status, and the relay's counters before and after the run."""
+    topology = site.topology
+    assert topology is not None
+    before = topology.counters()
+    run_id = site.fed.submit(app_dir=APP_DIR, run_config=run_config)
+    status, _ = site.round_times(run_id, timeout=300, on_round=lambda n: n == 1 and topology.cut_all())
+    time.sleep(0.6)  # the relay writes its counters twice a second
+    return run_id, status, before, topology.counters()
 
 
 @pytest.fixture(scope="session")
@@ -106,22 +71,11 @@ def multisite(
 ) -> Iterator[MultiSite]:
     root = tmp_path_factory.mktemp("multisite")
     topology = netns.build_topology(NAMES, workdir=root / "net")
+    data = dict(zip(NAMES, breast_cancer_split.hospital_paths, strict=True))
     try:
-        fed_dir = init_federation(root / "coordinator", sans=netns.SANS, budget_url="")
-        pending = SuperLinkConnection(NOT_RUNNING, fed_dir.ca_certificate)
-        sites = join_and_register(fed_dir, root / "hospitals", NAMES, superlink=pending)
-        hospital_key_ceremony(fed_dir, sites, maker=NAMES[0])
-        data = dict(zip(NAMES, breast_cancer_split.hospital_paths, strict=True))
-        with LocalFederation(fed_dir.root, placement=topology) as fed:
-            fed.start_superlink()  # in the coordinator's namespace; completes the pending registrations
-            topology.start_relay(fed.fleet_port, delay=0.02, outage=1.0)
-            nodes = [
-                fed.add_site(s.root, node_config={"data-path": str(data[n])}, wait=False) for n, s in sites.items()
-            ]
-            for node in nodes:
-                fed.wait_for_node(node)
-            yield MultiSite(topology, fed, fed_dir, sites, fed_dir.root / "runs", breast_cancer_split.schema_path)
-        assert_all_exited(fed.seen_pids)
+        with multisite_federation(root, data, topology=topology, relay={"delay": 0.02, "outage": 1.0}) as site:
+            yield site
+        assert_all_exited(site.fed.seen_pids)
     finally:
         topology.close()
     assert not [n for n in netns.namespaces() if n.startswith(topology.bridge.removesuffix("bridge"))]
@@ -151,10 +105,13 @@ def _assert_traffic_through_the_relay(before: dict[str, Any], after: dict[str, A
         assert up > 10_000 and down > 10_000, f"{name}: {up} bytes up, {down} down through the relay"
 
 
-def test_he_run_from_hospital_made_keys_across_namespaces_survives_a_cut(multisite: MultiSite) -> None:
+def test_he_run_from_hospital_made_keys_across_namespaces_survives_a_cut(
+    multisite: MultiSite, breast_cancer_split: DemoSplit
+) -> None:
+    schema = breast_cancer_split.schema_path
     server_context = server_key_files(multisite.federation).server_context
-    run_config = multisite.run_config("he", **{RUN_HE_CONTEXT_KEY: str(server_context)})
-    run_id, status, before, after = multisite.run_with_a_cut(run_config)
+    run_config = _run_config(schema, multisite, "he", **{RUN_HE_CONTEXT_KEY: str(server_context)})
+    run_id, status, before, after = _run_with_a_cut(multisite, run_config)
     results = multisite.results(run_id)
 
     assert status == "finished:completed", results.get("error")
@@ -163,8 +120,10 @@ def test_he_run_from_hospital_made_keys_across_namespaces_survives_a_cut(multisi
     _assert_traffic_through_the_relay(before, after)
 
 
-def test_secagg_run_across_namespaces_survives_a_cut(multisite: MultiSite) -> None:
-    run_id, status, before, after = multisite.run_with_a_cut(multisite.run_config("secagg", **{"secagg-timeout": 45.0}))
+def test_secagg_run_across_namespaces_survives_a_cut(multisite: MultiSite, breast_cancer_split: DemoSplit) -> None:
+    schema = breast_cancer_split.schema_path
+    run_config = _run_config(schema, multisite, "secagg", **{"secagg-timeout": 45.0})
+    run_id, status, before, after = _run_with_a_cut(multisite, run_config)
     results = multisite.results(run_id)
 
     assert status == "finished:completed", results.get("error")

@@ -204,17 +204,19 @@ class Topology:
     def all_sites(self) -> list[SiteNet]:
         return [self.coordinator, self.relay, *self.hospitals.values()]
 
-    def rss_by_site(self) -> dict[str, int]:
-        """Resident memory (bytes) of every process inside each site's namespace, summed per site."""
+    def memory_by_site(self) -> dict[str, dict[str, int]]:
+        """Memory (bytes) of every process inside each site's namespace, summed per site: `rss`, and `pss`
+        (shared pages split among the processes sharing them: forked ClientApps share most of torch)."""
         totals = {}
         for site in self.all_sites():
-            total = 0
+            rss = pss = 0
             for pid in _pids(site.namespace):
                 try:
-                    total += psutil.Process(pid).memory_info().rss
-                except psutil.NoSuchProcess:
-                    pass
-            totals[site.site] = total
+                    info = psutil.Process(pid).memory_full_info()
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+                rss, pss = rss + info.rss, pss + getattr(info, "pss", 0)
+            totals[site.site] = {"rss": rss, "pss": pss}
         return totals
 
     def close(self) -> None:
