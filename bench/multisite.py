@@ -64,6 +64,7 @@ def one_run(root: Path, hospitals: int, *, rounds: int, namespaces: bool, cut_ev
                 "results-dir": str(site.runs),
                 "min-nodes": hospitals,
                 "privacy-mode": "he",
+                "round-timeout": 30.0,  # a cut can lose a hospital's message (tests/integration/test_multisite.py)
                 RUN_HE_CONTEXT_KEY: str(server_key_files(site.federation).server_context),
             }
             submitted = time.monotonic()
