@@ -138,9 +138,13 @@ def test_secagg_run_across_namespaces_survives_a_cut(multisite: MultiSite, breas
     _assert_traffic_through_the_relay(before, after)
 
 
-# ---- Budgets over TLS from a hospital's namespace: added by the integrator with the budget-tls branch ----
+# ---- BUDGETS OVER TLS FROM A HOSPITAL'S NAMESPACE: the integrator adds this test with the budget-tls branch ----
 # That branch serves the budget service over TLS (uvicorn, a certificate from the federation CA) and adds
-# `fedcare budget show --kit SITE_DIR`. The test to add here: start the budget service in the coordinator's
-# namespace (`multisite.topology.prefix(COORDINATOR)`), then from each hospital's namespace
-# (`multisite.topology.prefix(name)`) run `fedcare budget show --kit multisite.sites[name].root` and check it
-# shows that hospital's own budget, and that the same hospital's token gets 403 for another institution.
+# `fedcare budget show --kit SITE_DIR`. What to add here, reusing the `multisite` fixture:
+# - `multisite_federation` (tests/support/multisite.py) makes the federation with `budget_url=""`; give it
+#   the budget service's https URL on the coordinator's address (netns.COORDINATOR_IP, which netns.SANS
+#   already names) and start the service in the coordinator's namespace, before the hospitals register, with
+#   `multisite.topology.prefix(COORDINATOR)` (fedcare.placement.COORDINATOR) in front of its command;
+# - from each hospital's namespace, `[*multisite.topology.prefix(name), sys.executable, "-m", "fedcare.cli",
+#   "budget", "show", "--kit", str(multisite.sites[name].root)]` shows that hospital's own budget and events,
+#   and the same token asking for another institution's budget gets 403.
