@@ -8,7 +8,8 @@ site in its own network namespace, each hospital behind a 20 Mbit/s link (tbf) a
 - bytes per hospital per round: the relay's counters over the run, divided by the rounds (netns only);
 - memory per site: the peak, over the run, of the summed RSS (and PSS) of the processes in its namespace.
 
-Needs root (network namespaces). Prints JSON and writes OUT/multisite.json, with the load average:
+Needs root (network namespaces). Prints JSON and writes OUT/multisite.json, with the load average; each
+run's folders (sites, logs, results.json) stay under OUT/<N>h-<placement>/:
 
     sudo python bench/multisite.py [--hospitals 3 10] [--rounds 3] [--cut-every 20] [--out bench-out]
 """
@@ -18,9 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,8 @@ def one_run(root: Path, hospitals: int, *, rounds: int, namespaces: bool, cut_ev
         "placement": "netns" if namespaces else "loopback",
         "status": status,
         "rounds": [r["status"] for r in results["rounds"]],
+        "participants": [len(r["participants"]) for r in results["rounds"]],
+        "error": results.get("error"),
         "setup_s": round(ready - started, 1),
         "round_s": [round(g, 2) for g in gaps],
         "mean_round_after_first_s": round(statistics.mean(gaps[1:]), 2) if len(gaps) > 1 else None,
@@ -114,8 +117,9 @@ def main() -> None:
     rows = []
     for hospitals in args.hospitals:
         for namespaces in (False, True):  # side by side, so the load is alike for the pair
-            with tempfile.TemporaryDirectory(prefix="fedcare-multisite-") as tmp:
-                row = one_run(Path(tmp), hospitals, rounds=args.rounds, namespaces=namespaces, cut_every=args.cut_every)
+            root = args.out / f"{hospitals}h-{'netns' if namespaces else 'loopback'}"  # kept: logs, results.json
+            shutil.rmtree(root, ignore_errors=True)
+            row = one_run(root, hospitals, rounds=args.rounds, namespaces=namespaces, cut_every=args.cut_every)
             row["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
             print(json.dumps(row), file=sys.stderr, flush=True)
             rows.append(row)
