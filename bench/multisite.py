@@ -111,6 +111,7 @@ def main() -> None:
     parser.add_argument("--cut-every", type=float, default=20.0, help="mean seconds between the relay's cuts")
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
     args = parser.parse_args()
+    args.out = args.out.resolve()
     netns.require_netns()
     netns.sweep_leftovers()
     load_before = os.getloadavg()
