@@ -55,7 +55,7 @@ def one_run(root: Path, hospitals: int, *, rounds: int, namespaces: bool, cut_ev
                     kept[kind] = max(kept[kind], memory[kind])
 
     try:
-        with multisite_federation(root / "sites", data, topology=topology, relay=relay) as site:
+        with multisite_federation(root / "sites", data, topology=topology, relay=relay, activation_timeout=900) as site:
             ready = time.monotonic()
             before = topology.counters() if topology else None
             run_config = {
@@ -109,6 +109,7 @@ def main() -> None:
     parser.add_argument("--hospitals", type=int, nargs="+", default=[3, 10])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cut-every", type=float, default=20.0, help="mean seconds between the relay's cuts")
+    parser.add_argument("--placement", choices=["both", "netns", "loopback"], default="both")
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
     args = parser.parse_args()
     args.out = args.out.resolve()
@@ -117,7 +118,8 @@ def main() -> None:
     load_before = os.getloadavg()
     rows = []
     for hospitals in args.hospitals:
-        for namespaces in (False, True):  # side by side, so the load is alike for the pair
+        pair = {"both": (False, True), "netns": (True,), "loopback": (False,)}[args.placement]
+        for namespaces in pair:  # side by side, so the load is alike for the pair
             root = args.out / f"{hospitals}h-{'netns' if namespaces else 'loopback'}"  # kept: logs, results.json
             shutil.rmtree(root, ignore_errors=True)
             row = one_run(root, hospitals, rounds=args.rounds, namespaces=namespaces, cut_every=args.cut_every)

@@ -90,16 +90,22 @@ class MultiSite:
 
 @contextmanager
 def multisite_federation(
-    root: Path, data: dict[str, Path], *, topology: netns.Topology | None, relay: dict[str, float] | None = None
+    root: Path,
+    data: dict[str, Path],
+    *,
+    topology: netns.Topology | None,
+    relay: dict[str, float] | None = None,
+    activation_timeout: float = 120.0,
 ) -> Iterator[MultiSite]:
     """Sites for `data` (institution -> its data file) under `root`, their SuperLink and nodes running.
-    `relay`: `Topology.start_relay` options (delay, cut_every, outage)."""
+    `relay`: `Topology.start_relay` options (delay, cut_every, outage); `activation_timeout`: how long each
+    node may take to be accepted and warm (many nodes warming at once on 2 cores take minutes)."""
     sans = netns.SANS if topology is not None else ("localhost", "127.0.0.1")
     fed_dir = init_federation(root / "coordinator", sans=sans, budget_url="")
     pending = SuperLinkConnection(NOT_RUNNING, fed_dir.ca_certificate)
     sites = join_and_register(fed_dir, root / "hospitals", list(data), superlink=pending)
     hospital_key_ceremony(fed_dir, sites, maker=next(iter(data)))
-    with LocalFederation(fed_dir.root, placement=topology or Loopback()) as fed:
+    with LocalFederation(fed_dir.root, placement=topology or Loopback(), activation_timeout=activation_timeout) as fed:
         fed.start_superlink()  # in the coordinator's namespace; completes the pending registrations
         if topology is not None:
             topology.start_relay(fed.fleet_port, **(relay or {}))
