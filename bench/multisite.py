@@ -38,7 +38,9 @@ from tests.support.multisite import APP_DIR, multisite_federation  # noqa: E402
 MB = 1024 * 1024
 
 
-def one_run(root: Path, hospitals: int, *, rounds: int, namespaces: bool, cut_every: float) -> dict[str, Any]:
+def one_run(
+    root: Path, hospitals: int, *, rounds: int, namespaces: bool, cut_every: float, round_timeout: float
+) -> dict[str, Any]:
     split = write_demo_split(root / "data", dataset="breast-cancer", hospitals=hospitals)
     names = [f"hospital-{i}" for i in range(1, hospitals + 1)]
     data = dict(zip(names, split.hospital_paths, strict=True))
@@ -65,7 +67,7 @@ def one_run(root: Path, hospitals: int, *, rounds: int, namespaces: bool, cut_ev
                 "results-dir": str(site.runs),
                 "min-nodes": hospitals,
                 "privacy-mode": "he",
-                "round-timeout": 30.0,  # a cut can lose a hospital's message (tests/integration/test_multisite.py)
+                "round-timeout": round_timeout,  # a cut can lose a message (tests/integration/test_multisite.py)
                 RUN_HE_CONTEXT_KEY: str(server_key_files(site.federation).server_context),
             }
             submitted = time.monotonic()
@@ -109,6 +111,9 @@ def main() -> None:
     parser.add_argument("--hospitals", type=int, nargs="+", default=[3, 10])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cut-every", type=float, default=20.0, help="mean seconds between the relay's cuts")
+    parser.add_argument(
+        "--round-timeout", type=float, default=240.0, help="s a round waits for replies (a cut can lose one)"
+    )
     parser.add_argument("--placement", choices=["both", "netns", "loopback"], default="both")
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
     args = parser.parse_args()
@@ -122,13 +127,21 @@ def main() -> None:
         for namespaces in pair:  # side by side, so the load is alike for the pair
             root = args.out / f"{hospitals}h-{'netns' if namespaces else 'loopback'}"  # kept: logs, results.json
             shutil.rmtree(root, ignore_errors=True)
-            row = one_run(root, hospitals, rounds=args.rounds, namespaces=namespaces, cut_every=args.cut_every)
+            row = one_run(
+                root,
+                hospitals,
+                rounds=args.rounds,
+                namespaces=namespaces,
+                cut_every=args.cut_every,
+                round_timeout=args.round_timeout,
+            )
             row["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
             print(json.dumps(row), file=sys.stderr, flush=True)
             rows.append(row)
     report = {
         "bench": "multisite",
         "cut_every_s": args.cut_every,
+        "round_timeout_s": args.round_timeout,
         "rows": rows,
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
