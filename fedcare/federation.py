@@ -79,14 +79,9 @@ class LocalFederation(ProcessGroup):
         args = [
             console_script("flower-superlink"),
             "--disable-runtime-dependency-installation",  # hospitals' sites have no internet
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.control_port),
-            "--fleet-api-address",
-            f"{self.placement.fleet_bind}:{self.fleet_port}",
-            "--database",
-            str(self.workdir / "superlink.db"),
+            *("--host", "127.0.0.1", "--port", str(self.control_port)),
+            *("--fleet-api-address", f"{self.placement.fleet_bind}:{self.fleet_port}"),
+            *("--database", str(self.workdir / "superlink.db")),
         ]
         if self.insecure:
             log.warning(
@@ -98,12 +93,8 @@ class LocalFederation(ProcessGroup):
             fed = self.federation = ensure_local_federation(self.workdir)
             self.tls = TlsFiles(fed.ca_certificate, fed.server_certificate, fed.server_key)
             args += [
-                "--ssl-ca-certfile",
-                str(self.tls.ca_certificate),
-                "--ssl-certfile",
-                str(self.tls.server_certificate),
-                "--ssl-keyfile",
-                str(self.tls.server_key),
+                *("--ssl-ca-certfile", str(self.tls.ca_certificate)),
+                *("--ssl-certfile", str(self.tls.server_certificate), "--ssl-keyfile", str(self.tls.server_key)),
                 "--enable-supernode-auth",  # only node keys registered with `flwr supernode register` get in
             ]
             if self.budget is None:
