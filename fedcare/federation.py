@@ -1,8 +1,9 @@
 """A real Flower federation on one machine: a SuperLink and one SuperNode per hospital.
 
 Every part is a separate OS process talking gRPC (Fleet API) and HTTP (control
-API) over 127.0.0.1, exactly as in a deployment. The federation owns every
-process it starts, their children included, and stops them all on exit.
+API) over 127.0.0.1 (or each site on a host of its own: `fedcare.placement`), exactly
+as in a deployment. The federation owns every process it starts, their children
+included, and stops them all on exit.
 
 Secure by default, through the same code a deployment uses: `workdir` is a
 federation directory (made by `fedcare federation init`, or here on first
@@ -27,6 +28,7 @@ from fedcare.fast_supernode import NODE_REFUSED_EXIT
 from fedcare.federation_dir import FederationDir, ensure_local_federation
 from fedcare.flwr_cli import CONNECTION, FlwrCli
 from fedcare.kits import NODE_CONFIG_FILE, KitOptions
+from fedcare.placement import COORDINATOR, Loopback, Placement
 from fedcare.processes import (
     FederationError,
     ManagedProcess,
@@ -66,9 +68,11 @@ class LocalFederation(ProcessGroup):
     node_options: list[str] = field(default_factory=list)  # extra `fedcare node start` options for every hospital
     stock_flower: bool = False  # benchmarks' reference only: Flower's own SuperNodes and waits, no warm executor
     serverapp_executor: ManagedProcess | None = None
+    placement: Placement = field(default_factory=Loopback)  # where each site's processes run
 
-    def _spawn(self, name: str, args: list[str], **env: str) -> ManagedProcess:
-        return self.spawn(name, args, env=flower_env(self.workdir / "homes" / name, **env))
+    def _spawn(self, name: str, args: list[str], *, site: str = COORDINATOR, prefixed: bool = False) -> ManagedProcess:
+        prefix = () if prefixed else self.placement.prefix(site)
+        return self.spawn(name, [*prefix, *args], env=flower_env(self.workdir / "homes" / name))
 
     # ---- federation parts --------------------------------------------------
     def start_superlink(self) -> None:
@@ -78,14 +82,9 @@ class LocalFederation(ProcessGroup):
         args = [
             console_script("flower-superlink"),
             "--disable-runtime-dependency-installation",  # hospitals' sites have no internet
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.control_port),
-            "--fleet-api-address",
-            f"127.0.0.1:{self.fleet_port}",
-            "--database",
-            str(self.workdir / "superlink.db"),
+            *("--host", "127.0.0.1", "--port", str(self.control_port)),
+            *("--fleet-api-address", f"{self.placement.fleet_bind}:{self.fleet_port}"),
+            *("--database", str(self.workdir / "superlink.db")),
         ]
         if self.insecure:
             log.warning(
@@ -97,12 +96,8 @@ class LocalFederation(ProcessGroup):
             fed = self.federation = ensure_local_federation(self.workdir)
             self.tls = TlsFiles(fed.ca_certificate, fed.server_certificate, fed.server_key)
             args += [
-                "--ssl-ca-certfile",
-                str(self.tls.ca_certificate),
-                "--ssl-certfile",
-                str(self.tls.server_certificate),
-                "--ssl-keyfile",
-                str(self.tls.server_key),
+                *("--ssl-ca-certfile", str(self.tls.ca_certificate)),
+                *("--ssl-certfile", str(self.tls.server_certificate), "--ssl-keyfile", str(self.tls.server_key)),
                 "--enable-supernode-auth",  # only node keys registered with `flwr supernode register` get in
             ]
             if self.budget is None:
@@ -111,8 +106,9 @@ class LocalFederation(ProcessGroup):
             write_private(self.superexec_secret, secrets.token_urlsafe(32))
             args += ["--isolation", "process", "--superexec-auth-secret-file", str(self.superexec_secret)]
         proc = self._spawn("superlink", args)
-        self.wait_for_port(proc, self.fleet_port)
-        self.wait_for_port(proc, self.control_port)
+        place = self.placement
+        self.wait_for_port(proc, self.fleet_port, is_open=lambda p: place.port_open(COORDINATOR, place.fleet_bind, p))
+        self.wait_for_port(proc, self.control_port, is_open=lambda p: place.port_open(COORDINATOR, "127.0.0.1", p))
         executor = self.serverapp_executor
         if executor is not None and executor.popen.poll() is not None:  # it died with the SuperLink
             self.processes.remove(executor)
@@ -153,7 +149,9 @@ class LocalFederation(ProcessGroup):
         """The coordinator's connection to this SuperLink's control API (for registrations)."""
         if self.federation is None or not self.control_port:
             raise FederationError("start the SuperLink (with TLS) first")
-        return SuperLinkConnection(f"127.0.0.1:{self.control_port}", self.federation.ca_certificate)
+        return SuperLinkConnection(
+            f"127.0.0.1:{self.control_port}", self.federation.ca_certificate, self.placement.prefix(COORDINATOR)
+        )
 
     def sync(self) -> list[RegistrationReport]:
         """Finish the registrations and revocations that were pending while the SuperLink was down."""
@@ -204,17 +202,19 @@ class LocalFederation(ProcessGroup):
         port = free_port()
         if self.stock_flower:
             stock_config = {**config, "data-path": str(Path(data_path).resolve())}
-            args = stock_supernode_command(self.fleet_port, port, stock_config, kit)
+            fleet_address = self.placement.fleet_address(institution, self.fleet_port)
+            args = stock_supernode_command(fleet_address, port, stock_config, kit)
         else:
             args = [
                 *(sys.executable, "-m", "fedcare.cli", "node", "start"),
-                *("--superlink", f"127.0.0.1:{self.fleet_port}", "--runtime-port", str(port)),
+                *("--superlink", self.placement.fleet_address(institution, self.fleet_port)),
+                *("--runtime-port", str(port)),
                 *("--data", str(Path(data_path).resolve())),
                 *("--node-config", node_config_arg(config)),
                 *self.node_options,
                 *(["--insecure"] if kit is None else ["--kit", str(kit)]),
             ]
-        proc = self._spawn(f"supernode-{institution}", args)
+        proc = self._spawn(f"supernode-{institution}", args, site=institution)
         return self.wait_for_node(proc) if wait else proc
 
     def add_site(self, site: Path, *, node_config: dict[str, Any] | None = None, wait: bool = True) -> ManagedProcess:
@@ -256,7 +256,7 @@ class LocalFederation(ProcessGroup):
                     )
                     self.processes.remove(proc)
                     time.sleep(5.0)
-                    proc = self._spawn(proc.name, list(proc.popen.args))  # type: ignore[arg-type]
+                    proc = self._spawn(proc.name, list(proc.popen.args), prefixed=True)  # type: ignore[arg-type]
                     continue
                 raise FederationError(f"{proc.name} exited with code {proc.popen.returncode}:\n{proc.log_tail()}")
             if time.monotonic() > deadline:
@@ -269,7 +269,7 @@ class LocalFederation(ProcessGroup):
     # ---- runs (the coordinator's flwr CLI) -------------------------------------
     @property
     def cli(self) -> FlwrCli:
-        return FlwrCli(self.workdir)
+        return FlwrCli(self.workdir, self.placement.prefix(COORDINATOR))
 
     def flwr(self, *args: str, timeout: float = 120.0) -> dict[str, Any]:
         return self.cli.run(*args, timeout=timeout)

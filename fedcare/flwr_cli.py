@@ -25,6 +25,7 @@ CONNECTION = "fedcare"
 @dataclass(frozen=True)
 class FlwrCli:
     workdir: Path
+    prefix: tuple[str, ...] = ()  # runs the CLI where the coordinator runs (fedcare.placement)
 
     @property
     def home(self) -> Path:
@@ -44,7 +45,7 @@ class FlwrCli:
 
     def run(self, *args: str, timeout: float = 120.0) -> dict[str, Any]:
         """Run a `flwr` CLI command against this federation and parse its JSON answer."""
-        cmd = [console_script("flwr"), *args, "--format", "json"]
+        cmd = [*self.prefix, console_script("flwr"), *args, "--format", "json"]
         done = subprocess.run(
             cmd, capture_output=True, text=True, timeout=timeout, env=flower_env(self.home), cwd=self.workdir
         )

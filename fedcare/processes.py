@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,12 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def tcp_open(host: str, port: int) -> bool:
+    """Whether `host:port` accepts a TCP connection from this process."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        return sock.connect_ex((host, port)) == 0
 
 
 def console_script(name: str) -> str:
@@ -103,14 +110,14 @@ class ProcessGroup:
         log.info("started %s (pid %d), log %s", name, popen.pid, log_path)
         return proc
 
-    def wait_for_port(self, proc: ManagedProcess, port: int) -> None:
+    def wait_for_port(self, proc: ManagedProcess, port: int, *, is_open: Callable[[int], bool] | None = None) -> None:
+        """Wait until `port` accepts connections (`is_open` probes it where `proc` runs; default: 127.0.0.1)."""
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if proc.popen.poll() is not None:
                 raise FederationError(f"{proc.name} exited with code {proc.popen.returncode}:\n{proc.log_tail()}")
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    return
+            if is_open(port) if is_open is not None else tcp_open("127.0.0.1", port):
+                return
             time.sleep(0.2)
         raise FederationError(
             f"{proc.name} did not open port {port} within {self.startup_timeout:.0f} s:\n{proc.log_tail()}"

@@ -17,9 +17,9 @@ def node_config_arg(config: dict[str, Any]) -> str:
     return " ".join(f"{k}={json.dumps(v)}" for k, v in config.items())
 
 
-def stock_supernode_command(fleet_port: int, port: int, config: dict[str, Any], kit: Path | None) -> list[str]:
+def stock_supernode_command(fleet_address: str, port: int, config: dict[str, Any], kit: Path | None) -> list[str]:
     """Flower's own `flower-supernode` line, as a hospital without fedcare's node command would run it."""
-    args = [console_script("flower-supernode"), "--superlink", f"127.0.0.1:{fleet_port}", "--port", str(port)]
+    args = [console_script("flower-supernode"), "--superlink", fleet_address, "--port", str(port)]
     args += ["--node-config", node_config_arg(config)]
     if kit is None:
         return [*args, "--insecure"]

@@ -35,6 +35,7 @@ class SuperLinkConnection:
 
     address: str
     root_certificates: Path | None  # None: insecure (debugging only)
+    command_prefix: tuple[str, ...] = ()  # where the `flwr` CLI runs to reach `address` (fedcare.placement)
 
 
 def flwr_bin() -> str:
@@ -66,7 +67,11 @@ class SuperLinkControl:
         }
         try:
             done = subprocess.run(
-                [flwr_bin(), *args, "--format", "json"], capture_output=True, text=True, timeout=self.timeout, env=env
+                [*self.connection.command_prefix, flwr_bin(), *args, "--format", "json"],
+                capture_output=True,
+                text=True,
+                timeout=self.timeout,
+                env=env,
             )
         except subprocess.TimeoutExpired:
             raise SuperLinkUnavailable(f"`flwr {' '.join(args)}` got no answer within {self.timeout:.0f} s") from None
