@@ -29,6 +29,7 @@ from common.institution import institution_name
 from common.models import build_model
 from common.round_config import RoundConfig
 from common.schema import SchemaError
+from common.server_optimizer import ServerOptimizer
 from common.settings import NodeSettings, SettingsError
 
 log = logging.getLogger("flwr.fedcare.client")
@@ -40,15 +41,24 @@ __all__ = ["LocalRound", "RoundRefused"]  # RoundRefused is re-exported: the han
 
 
 def _incoming_weights(
-    msg: Message, *, model: nn.Module, secret_context: ts.Context | None, server_round: int
+    msg: Message,
+    *,
+    model: nn.Module,
+    secret_context: ts.Context | None,
+    server_round: int,
+    optimizer: ServerOptimizer | None = None,
 ) -> OrderedDict[str, np.ndarray]:
     """The global model in the message, checked against this hospital's model: plaintext weights, or
-    in HE mode the server's encrypted sum of an earlier round of this run (decrypted and divided here)."""
+    in HE mode the server's encrypted sum of an earlier round of this run, decrypted and divided here,
+    then moved by the run's server optimizer (`optimizer` takes up the state the sum carries)."""
     reference = to_numpy(to_record(model.state_dict()))
     content = msg.content
     if secret_context is not None and "arrays" not in content:
+        from common.he.carried import carry_template, next_global
         from common.he.hospital import decrypt_sum
         from common.he.wire import InvalidCiphertext, take_bundle
+
+        optimizer = optimizer or ServerOptimizer()  # FedAvg: the sum is the model's own layout
 
         try:
             bundle = take_bundle(content)
@@ -58,8 +68,9 @@ def _incoming_weights(
                     f"the encrypted model is from run {h.run_id} round {h.server_round}; expected "
                     f"run {msg.metadata.run_id}, a round before {server_round}"
                 )
-            weights = decrypt_sum(bundle, context=secret_context, template=reference)
-        except InvalidCiphertext as exc:
+            averaged = decrypt_sum(bundle, context=secret_context, template=carry_template(reference, optimizer))
+            weights = next_global(averaged, model=reference, optimizer=optimizer)
+        except (InvalidCiphertext, ValueError) as exc:  # ValueError: carried optimizer state that does not fit
             raise InvalidUpdate(f"encrypted global model rejected: {exc}") from exc
     else:
         arrays = content.get("arrays")
@@ -82,6 +93,10 @@ class LocalRound:
     device: torch.device
     accountant: HospitalAccountant | None = field(default=None)
     secret_context: ts.Context | None = field(default=None, repr=False)  # HE mode: the federation's secret context
+    # HE mode: the server optimizer as this hospital stepped it, and the global model it produced (the base
+    # the update is trained from); both go back inside the encrypted update (common/he/carried.py).
+    server_optimizer: ServerOptimizer | None = field(default=None, repr=False)
+    global_weights: OrderedDict[str, np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
     def from_message(cls, msg: Message, context: Context) -> LocalRound:
@@ -112,9 +127,10 @@ class LocalRound:
             secret_context = secret_context_for(node, institution, run_key_id=config.he_key_id or None)
         device = pick_device()
         model = build_model(config.dataset_schema)
+        optimizer = ServerOptimizer.from_settings(config) if secret_context is not None else None
         try:
             weights = _incoming_weights(
-                msg, model=model, secret_context=secret_context, server_round=config.server_round
+                msg, model=model, secret_context=secret_context, server_round=config.server_round, optimizer=optimizer
             )
         except InvalidUpdate as exc:
             raise RoundRefused(code="bad-global-model", reason=str(exc), institution=institution) from exc
@@ -130,6 +146,8 @@ class LocalRound:
             device=device,
             accountant=accountant,
             secret_context=secret_context,
+            server_optimizer=optimizer,
+            global_weights=weights if optimizer is not None else None,
         )
 
     @property
@@ -261,10 +279,13 @@ class LocalRound:
             record = to_record(self.model.state_dict())
             content["arrays"] = record
             return int(record.count_bytes())
+        from common.he.carried import pack
         from common.he.hospital import encrypt_update
         from common.he.wire import put_bundle
 
         weights = to_numpy(to_record(self.model.state_dict()))
+        if self.server_optimizer is not None and self.global_weights is not None:
+            weights = pack(trained=weights, base=self.global_weights, optimizer=self.server_optimizer)
         try:
             bundle = encrypt_update(
                 weights,

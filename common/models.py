@@ -32,24 +32,32 @@ class TabularMLP(nn.Module):
 class SmallImageCNN(nn.Module):
     """A CNN for 8x8 single-channel images such as scikit-learn's digits."""
 
-    def __init__(self, *, input_shape: tuple[int, int, int], num_classes: int) -> None:
+    def __init__(
+        self,
+        *,
+        input_shape: tuple[int, int, int],
+        num_classes: int,
+        conv_channels: tuple[int, int] = (16, 32),
+        hidden: int = 64,
+    ) -> None:
         super().__init__()
         channels, height, width = input_shape
+        c1, c2 = conv_channels
         self.input_shape = input_shape
         self.features = nn.Sequential(
-            nn.Conv2d(channels, 16, kernel_size=3, padding=1),
-            nn.GroupNorm(4, 16),
+            nn.Conv2d(channels, c1, kernel_size=3, padding=1),
+            nn.GroupNorm(4, c1),
             nn.ReLU(),
-            nn.Conv2d(16, 32, kernel_size=3, padding=1),
-            nn.GroupNorm(4, 32),
+            nn.Conv2d(c1, c2, kernel_size=3, padding=1),
+            nn.GroupNorm(4, c2),
             nn.ReLU(),
             nn.MaxPool2d(2),
         )
         self.head = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(32 * (height // 2) * (width // 2), 64),
+            nn.Linear(c2 * (height // 2) * (width // 2), hidden),
             nn.ReLU(),
-            nn.Linear(64, num_classes),
+            nn.Linear(hidden, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

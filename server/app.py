@@ -20,6 +20,7 @@ from flwr.serverapp import Grid, ServerApp
 from common.codecs import to_numpy
 from common.models import build_model, parameter_count
 from common.schema import load_schema
+from common.server_optimizer import server_optimizer_record
 from common.settings import RunSettings
 from server.budget_gate import BudgetGate
 from server.messaging import wait_for_nodes
@@ -113,6 +114,7 @@ def main(grid: Grid, context: Context) -> None:
         dp=_dp_summary(settings),
         privacy=rounds.privacy_facts(),
         metrics="per-site" if settings.per_site_metrics else "aggregate",
+        server_optimizer=server_optimizer_record(settings),
     )
     results.save()
     if not settings.dp:
