@@ -39,6 +39,7 @@ class SmallImageCNN(nn.Module):
         num_classes: int,
         conv_channels: tuple[int, int] = (16, 32),
         hidden: int = 64,
+        activation: type[nn.Module] = nn.ReLU,
     ) -> None:
         super().__init__()
         channels, height, width = input_shape
@@ -47,18 +48,16 @@ class SmallImageCNN(nn.Module):
         self.features = nn.Sequential(
             nn.Conv2d(channels, c1, kernel_size=3, padding=1),
             nn.GroupNorm(4, c1),
-            nn.ReLU(),
+            activation(),
             nn.Conv2d(c1, c2, kernel_size=3, padding=1),
             nn.GroupNorm(4, c2),
-            nn.ReLU(),
+            activation(),
             nn.MaxPool2d(2),
         )
-        self.head = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(c2 * (height // 2) * (width // 2), hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, num_classes),
-        )
+        flat = c2 * (height // 2) * (width // 2)
+        # hidden = 0: straight from the features to the classes, the fewest parameters for DP noise to cover
+        head = [nn.Linear(flat, hidden), activation(), nn.Linear(hidden, num_classes)] if hidden else []
+        self.head = nn.Sequential(nn.Flatten(), *(head or [nn.Linear(flat, num_classes)]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.view(x.shape[0], *self.input_shape)
