@@ -12,22 +12,39 @@ from pathlib import Path
 import torch
 
 from common.codecs import from_numpy, to_state_dict
+from common.he.carried import carry_template, next_global
 from common.he.hospital import decrypt_sum
 from common.he.keys import load_secret_context
-from common.he.wire import EncryptedUpdate, HEHeader
+from common.he.wire import EncryptedUpdate, HEHeader, InvalidCiphertext, layout_id
 from common.models import build_model
 from common.schema import DatasetSchema
+from common.server_optimizer import SERVER_OPTIMIZERS, ServerOptimizer
+from common.settings import TrainingSettings
 
 
 def decrypt_model(
-    encrypted: Path, *, context: Path, schema: DatasetSchema
+    encrypted: Path, *, context: Path, schema: DatasetSchema, optimizer: ServerOptimizer | None = None
 ) -> tuple[OrderedDict[str, torch.Tensor], HEHeader]:
     """The model in `encrypted` (a `.he` file the server wrote) as a state dict, and its header.
 
-    Raises HEKeyError (bad context), InvalidCiphertext (not this federation's model) or OSError.
+    With a stateful server optimizer the file holds the last round's sum and the optimizer's state, and
+    the model is the step the hospitals take from them: `optimizer` must be the run's (its settings are
+    in results.json, "server_optimizer"). Raises HEKeyError (bad context), InvalidCiphertext (not this
+    federation's model, or another server optimizer's) or OSError.
     """
     ctx = load_secret_context(context)
     bundle = EncryptedUpdate.from_bytes(Path(encrypted).read_bytes())
     template = OrderedDict((k, v.detach().numpy()) for k, v in build_model(schema).state_dict().items())
-    weights = decrypt_sum(bundle, context=ctx, template=template)
+    optimizer = optimizer or ServerOptimizer()
+    carried = carry_template(template, optimizer)
+    if bundle.header.layout != layout_id(carried):
+        for name in SERVER_OPTIMIZERS:
+            other = ServerOptimizer.from_settings(TrainingSettings(server_optimizer=name))
+            if bundle.header.layout == layout_id(carry_template(template, other)):
+                raise InvalidCiphertext(
+                    f"this model was trained with server-optimizer {name!r} (its state travels with it), not "
+                    f"{optimizer.name!r}: give that run's server optimizer settings (results.json, 'server_optimizer')"
+                )
+    averaged = decrypt_sum(bundle, context=ctx, template=carried)
+    weights = next_global(averaged, model=template, optimizer=optimizer)
     return to_state_dict(from_numpy(weights)), bundle.header

@@ -31,6 +31,7 @@ from common.int8_wire import FLOAT_RECORD, put_weights, take_weights
 from common.models import build_model
 from common.round_config import RoundConfig
 from common.schema import SchemaError
+from common.server_optimizer import ServerOptimizer
 from common.settings import NodeSettings, SettingsError
 from common.wire_bytes import content_bytes
 
@@ -43,15 +44,25 @@ __all__ = ["LocalRound", "RoundRefused"]  # RoundRefused is re-exported: the han
 
 
 def _incoming_weights(
-    msg: Message, *, model: nn.Module, secret_context: ts.Context | None, server_round: int, run_id: int
+    msg: Message,
+    *,
+    model: nn.Module,
+    secret_context: ts.Context | None,
+    server_round: int,
+    run_id: int,
+    optimizer: ServerOptimizer | None = None,
 ) -> OrderedDict[str, np.ndarray]:
     """The global model in the message, checked against this hospital's model: plaintext weights, or
-    in HE mode the server's encrypted sum of an earlier round of this run (decrypted and divided here)."""
+    in HE mode the server's encrypted sum of an earlier round of this run, decrypted and divided here,
+    then moved by the run's server optimizer (`optimizer` takes up the state the sum carries)."""
     reference = to_numpy(to_record(model.state_dict()))
     content = msg.content
     if secret_context is not None and FLOAT_RECORD not in content:
+        from common.he.carried import carry_template, next_global
         from common.he.hospital import decrypt_sum
         from common.he.wire import InvalidCiphertext, take_bundle
+
+        optimizer = optimizer or ServerOptimizer()  # FedAvg: the sum is the model's own layout
 
         try:
             bundle = take_bundle(content)
@@ -61,8 +72,9 @@ def _incoming_weights(
                     f"the encrypted model is from run {h.run_id} round {h.server_round}; expected "
                     f"run {run_id}, a round before {server_round}"
                 )
-            weights = decrypt_sum(bundle, context=secret_context, template=reference)
-        except InvalidCiphertext as exc:
+            averaged = decrypt_sum(bundle, context=secret_context, template=carry_template(reference, optimizer))
+            weights = next_global(averaged, model=reference, optimizer=optimizer)
+        except (InvalidCiphertext, ValueError) as exc:  # ValueError: carried optimizer state that does not fit
             raise InvalidUpdate(f"encrypted global model rejected: {exc}") from exc
         check_update(weights, reference=reference)
         return weights
@@ -81,6 +93,10 @@ class LocalRound:
     device: torch.device
     accountant: HospitalAccountant | None = field(default=None)
     secret_context: ts.Context | None = field(default=None, repr=False)  # HE mode: the federation's secret context
+    # HE mode: the server optimizer as this hospital stepped it, and the global model it produced (the base
+    # the update is trained from); both go back inside the encrypted update (common/he/carried.py).
+    server_optimizer: ServerOptimizer | None = field(default=None, repr=False)
+    global_weights: OrderedDict[str, np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
     def from_message(cls, msg: Message, context: Context) -> LocalRound:
@@ -112,9 +128,15 @@ class LocalRound:
         device = pick_device()
         model = build_model(config.dataset_schema)
         run_id = config.run_id_or(msg.metadata.run_id)  # a resumed run keeps its first id (docs/resume.md)
+        optimizer = ServerOptimizer.from_settings(config) if secret_context is not None else None
         try:
             weights = _incoming_weights(
-                msg, model=model, secret_context=secret_context, server_round=config.server_round, run_id=run_id
+                msg,
+                model=model,
+                secret_context=secret_context,
+                server_round=config.server_round,
+                run_id=run_id,
+                optimizer=optimizer,
             )
         except InvalidUpdate as exc:
             raise RoundRefused(code="bad-global-model", reason=str(exc), institution=institution) from exc
@@ -130,6 +152,8 @@ class LocalRound:
             device=device,
             accountant=accountant,
             secret_context=secret_context,
+            server_optimizer=optimizer,
+            global_weights=weights if optimizer is not None else None,
         )
 
     @property
@@ -281,10 +305,13 @@ class LocalRound:
                 content, to_numpy(to_record(self.model.state_dict())), compression=self.config.update_compression
             )
             return content_bytes(content)
+        from common.he.carried import pack
         from common.he.hospital import encrypt_update
         from common.he.wire import put_bundle
 
         weights = to_numpy(to_record(self.model.state_dict()))
+        if self.server_optimizer is not None and self.global_weights is not None:
+            weights = pack(trained=weights, base=self.global_weights, optimizer=self.server_optimizer)
         try:
             bundle = encrypt_update(
                 weights,

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from common.dp_event import Accountant
+from common.server_optimizer import ServerOptimizerName
 
 # Each choice list is declared here once (the accountants with the DP event, in common/dp_event.py);
 # pyproject.toml's comments and the client's error messages follow it.
@@ -70,6 +71,14 @@ class TrainingSettings(BaseModel):
     privacy_mode: PrivacyMode = "plain"
     metrics: MetricsReporting = "auto"
     update_compression: UpdateCompression = "none"
+    # How the round's average becomes the next global model (common/server_optimizer.py): "fedavg" takes it
+    # as it is; "fedavgm" adds server momentum; "fedadam" Adam on the pseudo-gradient, with server-momentum
+    # as its beta1. Run by the server (plain, secagg) or by every hospital after it decrypts (he).
+    server_optimizer: ServerOptimizerName = "fedavg"
+    server_learning_rate: float = Field(default=1.0, gt=0)
+    server_momentum: float = Field(default=0.0, ge=0, lt=1)
+    server_beta2: float = Field(default=0.99, ge=0, lt=1)  # fedadam's second-moment decay
+    server_tau: float = Field(default=1e-3, gt=0)  # fedadam's floor under the second moment's root
 
     @model_validator(mode="after")
     def _metrics_fit_the_mode(self) -> TrainingSettings:

@@ -60,7 +60,9 @@ def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show d
 @app.command()
 def demo(
     hospitals: Annotated[int, typer.Option(min=2, help="Number of hospitals (SuperNodes).")] = 3,
-    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 5,
+    rounds: Annotated[
+        int | None, typer.Option(min=1, help="Federated rounds (default: the data set's, 5 for breast-cancer).")
+    ] = None,
     dataset: Annotated[
         DemoDataset, typer.Option(help="Built-in data set: breast-cancer (MLP) or digits (CNN).")
     ] = "breast-cancer",

@@ -11,7 +11,7 @@ import contextlib
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from common.private_files import write_private
 from common.schema import load_schema
 from common.settings import PrivacyMode, UpdateCompression, quorum
 from fedcare.coordinator_recovery import follow_resuming
+from fedcare.demo_defaults import demo_run_config
 from fedcare.demo_sites import HOSPITALS_DIR, coordinator_dir, set_up_sites
 from fedcare.federation import FederationError, LocalFederation
 from fedcare.federation_dir import FederationDir, issue_budget_certificate
@@ -44,7 +45,7 @@ APP_DIR = Path(__file__).resolve().parent.parent
 @dataclass(frozen=True)
 class DemoOptions:
     hospitals: int = 3
-    rounds: int = 5
+    rounds: int | None = None  # None: the data set's (fedcare.demo_defaults)
     dataset: DemoDataset = "breast-cancer"
     out: Path = Path("fedcare-demo")
     insecure: bool = False
@@ -93,9 +94,15 @@ def holdout_accuracy(results: dict[str, Any], split: DemoSplit, *, he_context: P
     model = build_model(schema)
     if results["final_model_path"].endswith(".he"):
         from client.he_export import decrypt_model
+        from common.server_optimizer import server_optimizer_from_record
 
         assert he_context is not None, "an HE run's model needs the hospitals' context to decrypt"
-        state_dict, _ = decrypt_model(Path(results["final_model_path"]), context=he_context, schema=schema)
+        state_dict, _ = decrypt_model(
+            Path(results["final_model_path"]),
+            context=he_context,
+            schema=schema,
+            optimizer=server_optimizer_from_record(results.get("server_optimizer") or {}),
+        )
     else:
         state_dict = torch.load(results["final_model_path"], weights_only=True)
     model.load_state_dict(state_dict)
@@ -104,6 +111,8 @@ def holdout_accuracy(results: dict[str, Any], split: DemoSplit, *, he_context: P
 
 def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoOutcome:
     console = console or Console(stderr=True)
+    dataset_config = demo_run_config(options.dataset)
+    options = replace(options, rounds=options.rounds or dataset_config["num-rounds"])
     out = options.out.resolve()
     split = write_demo_split(out / "data", dataset=options.dataset, hospitals=options.hospitals)
     console.print(
@@ -155,6 +164,7 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoOut
         )
 
         run_config = {
+            **dataset_config,
             "num-rounds": options.rounds,
             "schema-path": str(split.schema_path),
             "results-dir": str(fed_dir.root / "runs"),

@@ -5,6 +5,7 @@ The key ceremony's other steps (roster, relay, install) are in `fedcare.he_cerem
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -104,6 +105,10 @@ def decrypt(
     encrypted: Annotated[Path, typer.Option(help="The encrypted model the server wrote (e.g. final_model.he).")],
     schema: Annotated[Path, typer.Option(help="The federation's data schema: it names the model's architecture.")],
     out: Annotated[Path, typer.Option(help="Where to write the plaintext model (a torch state dict, .pt).")],
+    results: Annotated[
+        Path | None,
+        typer.Option(help="The run's results.json: its server optimizer, needed when the run used fedavgm or fedadam."),
+    ] = None,
 ) -> None:
     """Decrypt an encrypted model (a hospital's step: the server cannot) and export it as a state dict."""
     import torch
@@ -115,8 +120,13 @@ def decrypt(
     from common.schema import SchemaError, load_schema
 
     try:
-        state_dict, h = decrypt_model(encrypted, context=context, schema=load_schema(schema))
-    except (HEKeyError, HEConfigError, InvalidCiphertext, SchemaError, OSError) as exc:
+        optimizer = None
+        if results is not None:
+            from common.server_optimizer import server_optimizer_from_record
+
+            optimizer = server_optimizer_from_record(json.loads(results.read_text()).get("server_optimizer") or {})
+        state_dict, h = decrypt_model(encrypted, context=context, schema=load_schema(schema), optimizer=optimizer)
+    except (HEKeyError, HEConfigError, InvalidCiphertext, SchemaError, OSError, ValueError) as exc:
         errors.print(f"[red]cannot decrypt:[/] {exc}")
         raise typer.Exit(1) from None
     out.parent.mkdir(parents=True, exist_ok=True)

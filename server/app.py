@@ -20,6 +20,7 @@ from flwr.serverapp import Grid, ServerApp
 from common.codecs import to_numpy
 from common.models import build_model, parameter_count
 from common.schema import load_schema
+from common.server_optimizer import server_optimizer_record
 from common.settings import RunSettings
 from server.attendance import Attendance
 from server.budget_gate import BudgetGate
@@ -118,6 +119,7 @@ def main(grid: Grid, context: Context) -> None:
         privacy=rounds.privacy_facts(),
         metrics="per-site" if settings.per_site_metrics else "aggregate",
         update_compression=settings.update_compression,
+        server_optimizer=server_optimizer_record(settings),
     )
     if not settings.fedcare_run_id:  # a resumed run's results come back from its checkpoint below
         results.save()

@@ -28,6 +28,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
 from common.atomic import write_bytes_atomic
 from common.codecs import from_numpy
+from common.he.carried import carry_template
 from common.he.keys import ServerHEContext
 from common.he.wire import (
     METRICS_KEYS,
@@ -38,6 +39,7 @@ from common.he.wire import (
     put_bundle,
     take_bundle,
 )
+from common.server_optimizer import ServerOptimizer
 from common.site_metrics import SLOTS, TEMPLATE
 from common.wire_bytes import content_bytes
 from server.he_aggregate import HEAggregator
@@ -61,8 +63,11 @@ class HERounds(BaseRounds):
     _num_values: int = field(init=False)
 
     def __post_init__(self) -> None:
-        self._layout = layout_id(self.initial)
-        self._num_values = int(flatten(self.initial).size)
+        # With a stateful server optimizer, each update also carries the optimizer's state
+        # (common/he/carried.py): the sum's layout is that, not the bare model's.
+        carried = carry_template(self.initial, ServerOptimizer.from_settings(self.ctx.settings))
+        self._layout = layout_id(carried)
+        self._num_values = int(flatten(carried).size)
 
     def privacy_facts(self) -> dict[str, Any]:
         return {
@@ -71,7 +76,8 @@ class HERounds(BaseRounds):
                 "scheme": "CKKS",
                 **self.keys.params.to_dict(),
                 "key_id": self.keys.key_id,
-                "model_values": self._num_values,
+                "model_values": int(flatten(self.initial).size),
+                "values_per_update": self._num_values,  # more than the model's with a stateful server optimizer
             },
         }
 

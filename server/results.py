@@ -38,6 +38,8 @@ class RunResults:
     privacy: dict[str, Any] = field(default_factory=dict)  # mode-specific facts, e.g. HE parameters
     metrics: str = "per-site"  # or "aggregate": per-site figures are neither received nor recorded
     update_compression: str = "none"  # or "int8": how plaintext weights travelled (bytes_up, bytes_down per round)
+    # The run's server optimizer settings (run-config keys): HE mode needs them to decrypt the final model.
+    server_optimizer: dict[str, Any] = field(default_factory=dict)
     status: str = "running"
     started_at: str = field(default_factory=_now)
     finished_at: str | None = None

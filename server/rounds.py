@@ -23,6 +23,7 @@ from flwr.serverapp import Grid
 from common.codecs import InvalidUpdate, check_update, save_weights, weights_from_bytes, weights_to_bytes
 from common.int8_wire import put_weights
 from common.schema import DatasetSchema
+from common.server_optimizer import ServerOptimizer
 from common.settings import RunSettings
 from common.wire_bytes import content_bytes
 from server.fedavg import fedavg
@@ -166,10 +167,21 @@ class BaseRounds(ABC):
 @dataclass
 class PlaintextModelRounds(BaseRounds):
     """Modes in which the server holds the averaged model in plaintext (plain, SecAgg+): it goes out
-    as arrays and is saved as `.pt` weights."""
+    as arrays and is saved as `.pt` weights, and the server applies the run's server optimizer to the
+    round's average itself (its state is `optimizer.state()`, for checkpoints)."""
 
     weights: OrderedDict[str, np.ndarray]
+    optimizer: ServerOptimizer | None = None  # None: the run's, from its settings
     model_suffix: ClassVar[str] = ".pt"
+
+    def __post_init__(self) -> None:
+        if self.optimizer is None:
+            self.optimizer = ServerOptimizer.from_settings(self.ctx.settings)
+
+    def apply_average(self, average: OrderedDict[str, np.ndarray]) -> None:
+        """Move the global model with this round's average, through the server optimizer."""
+        assert self.optimizer is not None
+        self.weights = self.optimizer.step(current=self.weights, average=average)
 
     def model_content(self, server_round: int) -> RecordDict:
         """The model as `update-compression` says during the rounds (int8: quantized afresh for each round);
@@ -215,5 +227,5 @@ class PlainRounds(PlaintextModelRounds):
         replies.bytes_down = content_bytes(content)
         if not replies.updates:
             return RoundOutcome(replies, reason="no valid update from any hospital")
-        self.weights = fedavg(replies.updates)
+        self.apply_average(fedavg(replies.updates))
         return RoundOutcome(replies, model_path=self.save_round_model(server_round))

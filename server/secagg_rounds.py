@@ -270,7 +270,7 @@ class SecAggRounds(PlaintextModelRounds):
         except InvalidUpdate as exc:
             return RoundOutcome(replies, reason=f"the unmasked sum is unusable: {exc}", extra=extra)
         self._read_figures(replies, result.average[-1], server_round=server_round)
-        self.weights = average
+        self.apply_average(average)
         path = self.save_round_model(server_round)
         log.info(
             "round %d: SecAgg+ sum of %d update(s); quantization error per value < %.3g; stages %s",

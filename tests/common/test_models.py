@@ -67,3 +67,12 @@ def test_parameter_count_matches_the_layer_sizes() -> None:
     # Linear(4, 64) + Linear(64, 32) + Linear(32, 3), weights and biases.
     expected = (4 * 64 + 64) + (64 * 32 + 32) + (32 * 3 + 3)
     assert parameter_count(TabularMLP(in_features=4, num_classes=3)) == expected == 2499
+
+
+def test_small_cnn_default_is_narrow_for_dp_and_wider_settings_remain() -> None:
+    # conv 1->8 and 8->16 (3x3, with GroupNorm), then straight to 10 classes from 16 x 4 x 4 features.
+    narrow = (1 * 9 * 8 + 8) + (8 + 8) + (8 * 9 * 16 + 16) + (16 + 16) + (16 * 4 * 4 * 10 + 10)
+    assert parameter_count(SmallImageCNN(input_shape=(1, 8, 8), num_classes=10)) == narrow == 3866
+    wide = SmallImageCNN(input_shape=(1, 8, 8), num_classes=10, conv_channels=(16, 32), hidden=64, activation=nn.Tanh)
+    assert wide(torch.randn(2, 64)).shape == (2, 10) and any(isinstance(m, nn.Tanh) for m in wide.modules())
+    assert ModuleValidator.validate(wide, strict=False) == []
