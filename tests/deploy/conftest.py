@@ -9,20 +9,17 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from common.demo_data import write_demo_split
 
 from .docker_env import (
-    COMPOSE,
-    REPO_ROOT,
     DeployEnvironmentError,
     DockerDaemon,
     PhaseTimer,
@@ -32,14 +29,15 @@ from .docker_env import (
     dockerfile_base_image,
     ensure_base_image,
     ensure_packages,
-    run,
     torch_wheel,
 )
 from .kits import give_to, init_federation, register_institutions
+from .projects import COORDINATOR_FILE, HOSPITAL_FILE, ComposeProject
 
 log = logging.getLogger("fedcare.tests.deploy")
 IMAGE = "fedcare:deploy-test"
 PROJECT = "fedcare-deploy-test"
+COORDINATOR = "coordinator.fedcare.test"  # hospitals' name for the coordinator's host
 HOSPITALS = ["hospital-1", "hospital-2", "hospital-3"]
 CONTAINER_UID = 10001
 
@@ -115,12 +113,19 @@ def free_port() -> int:
 
 
 @dataclass
-class ComposeStack:
-    daemon: DockerDaemon
+class SplitStack:
+    """The coordinator and each hospital as separate compose projects, each on its own network: hospitals dial the
+    coordinator's published ports on the host, by the name COORDINATOR (mapped to the host gateway)."""
+
     federation: Path
-    sites: Path  # the hospitals' site directories, one per hospital (their own keys; mounted by their services)
-    env: dict[str, str]
+    sites: Path  # the hospitals' site directories, one per hospital (their own keys; mounted read-only)
+    coordinator: ComposeProject
+    hospitals: dict[str, ComposeProject]
+    env: dict[str, str]  # for the fedcare CLI on the host (it plays each hospital's and the coordinator's operator)
     as_root: bool
+
+    def projects(self) -> list[ComposeProject]:
+        return [self.coordinator, *self.hospitals.values()]
 
     def hand_over(self) -> None:
         """Give the federation and site folders to the containers' uid (when we are root and they are not)."""
@@ -133,109 +138,101 @@ class ComposeStack:
             self.federation,
             self.sites,
             hospitals=HOSPITALS,
-            epsilon_limit=epsilon_limit,
-            delta=delta,
             he=he,
             env=self.env,
+            register_at_coordinator=lambda requests: self._register_at_coordinator(
+                requests, epsilon_limit=epsilon_limit, delta=delta
+            ),
         )
         self.hand_over()
 
-    @property
-    def control_address(self) -> str:
-        return f"127.0.0.1:{self.env['FEDCARE_CONTROL_PORT']}"
+    def _register_at_coordinator(self, requests: list[Path], *, epsilon_limit: float, delta: float) -> None:
+        """`fedcare institution register --request` for each request, in one run of the coordinator's `admin`
+        container: the control API is reachable on the coordinator's network only."""
+        self.hand_over()
+        inside = "/run/fedcare/federation"
+        options = f"--epsilon-limit {epsilon_limit} --delta {delta} --federation {inside}"
+        options += " --superlink superlink:8000 --budget-url https://budget:8470"
+        script = " && ".join(
+            f"fedcare institution register --request {inside}/requests/{request.name} {options}" for request in requests
+        )
+        self.coordinator.compose(
+            "run", "--rm", "--no-deps", "--entrypoint", "/opt/fedcare/deploy/entrypoint.sh", "admin", "sh", "-c", script
+        )
 
     @property
     def budget_url(self) -> str:
-        return f"http://127.0.0.1:{self.env['FEDCARE_BUDGET_PORT']}"
+        """The budget service as the host reaches it (its certificate names 127.0.0.1)."""
+        return f"https://127.0.0.1:{self.coordinator.env['FEDCARE_BUDGET_PORT']}"
 
-    def compose(
-        self, *args: str, timeout: float = 600, check: bool = True, overrides: tuple[Path, ...] = ()
-    ) -> subprocess.CompletedProcess[str]:
-        files = [arg for path in (REPO_ROOT / "docker-compose.yml", *overrides) for arg in ("--file", str(path))]
-        cmd = [
-            COMPOSE,
-            "--project-name",
-            PROJECT,
-            "--project-directory",
-            str(REPO_ROOT),
-            *files,
-            "--env-file",
-            str(self.federation / "compose.env"),
-            *args,
-        ]
-        return run(cmd, env=self.env, timeout=timeout, check=check, cwd=REPO_ROOT)
-
-    def health(self) -> dict[str, str]:
-        """service -> docker's status line ("Up 5 seconds (healthy)"); one `docker ps`, cheap enough to poll."""
-        out = self.daemon.docker(
-            "ps",
-            "--all",
-            "--filter",
-            f"label=com.docker.compose.project={PROJECT}",
-            "--format",
-            '{{.Label "com.docker.compose.service"}}\t{{.Status}}',
-            check=False,
-        ).stdout
-        return dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
-
-    def wait_healthy(self, services: list[str], *, timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        states: dict[str, str] = {}
-        while time.monotonic() < deadline:
-            states = self.health()
-            if all("(healthy)" in states.get(s, "") for s in services):
-                return
-            time.sleep(1.0)
-        raise AssertionError(f"services not healthy within {timeout:.0f} s: {states}\n{self.logs()}")
-
-    def logs(self, tail: int = 60) -> str:
-        return self.compose("logs", "--no-color", "--tail", str(tail), check=False, timeout=60).stdout[-20000:]
+    def logs(self) -> str:
+        return "\n".join(f"==== {p.name}\n{p.logs(tail=200)}" for p in self.projects())
 
 
 @pytest.fixture
-def compose_stack(
+def split_stack(
     fedcare_image: str, docker_daemon: DockerDaemon, timer: PhaseTimer, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[ComposeStack]:
+) -> Iterator[SplitStack]:
     federation, sites = tmp_path / "federation", tmp_path / "hospitals"
-    control_port, budget_port, fleet_port = free_port(), free_port(), free_port()
+    budget_port, fleet_port = free_port(), free_port()
     split = write_demo_split(tmp_path / "demo-data", dataset="breast-cancer", hospitals=len(HOSPITALS))
     init_federation(
         federation,
         split=split,
         hospitals=HOSPITALS,
-        control_address=f"127.0.0.1:{control_port}",
-        budget_url=f"http://127.0.0.1:{budget_port}",
+        coordinator=COORDINATOR,
+        fleet_port=fleet_port,
+        budget_port=budget_port,
     )
     sites.mkdir()
     as_root = os.geteuid() == 0
     uid, gid = (CONTAINER_UID, CONTAINER_UID) if as_root else (os.getuid(), os.getgid())
-    env = {
-        **docker_daemon.env,
-        "FEDCARE_IMAGE": fedcare_image,
-        "FEDCARE_FEDERATION": str(federation),
-        "FEDCARE_UID": str(uid),
-        "FEDCARE_GID": str(gid),
-        "FEDCARE_CONTROL_PORT": str(control_port),
-        "FEDCARE_BUDGET_PORT": str(budget_port),
-        "FEDCARE_FLEET_PORT": str(fleet_port),
-        "FEDCARE_FLEET_BIND": "127.0.0.1",
-        **{f"HOSPITAL_{i}_DATA": str(federation / "data" / name) for i, name in enumerate(HOSPITALS, start=1)},
-        **{f"HOSPITAL_{i}_SITE": str(sites / name) for i, name in enumerate(HOSPITALS, start=1)},
+    common = {**docker_daemon.env, "FEDCARE_IMAGE": fedcare_image, "FEDCARE_UID": str(uid), "FEDCARE_GID": str(gid)}
+    env_file = tmp_path / "empty.env"  # ignore any .env in the checkout
+    env_file.write_text("")
+    coordinator = ComposeProject(
+        docker_daemon,
+        f"{PROJECT}-coordinator",
+        (COORDINATOR_FILE,),
+        {
+            **common,
+            "FEDCARE_FEDERATION": str(federation),
+            "FEDCARE_BUDGET_PORT": str(budget_port),
+            "FEDCARE_FLEET_PORT": str(fleet_port),
+        },
+        env_file,
+    )
+    # The test's stand-in for DNS: COORDINATOR is the host, whose published ports lead to the coordinator project.
+    gateway = tmp_path / "coordinator-host.yml"
+    gateway.write_text(yaml.safe_dump({"services": {"node": {"extra_hosts": [f"{COORDINATOR}:host-gateway"]}}}))
+    hospitals = {
+        name: ComposeProject(
+            docker_daemon,
+            f"{PROJECT}-{name}",
+            (HOSPITAL_FILE,),
+            {
+                **common,
+                "FEDCARE_SITE": str(sites / name),
+                "FEDCARE_DATA": str(federation / "data" / name),
+                "FEDCARE_COORDINATOR": COORDINATOR,
+                "FEDCARE_FLEET_PORT": str(fleet_port),
+            },
+            env_file,
+            overrides=(gateway,),
+        )
+        for name in HOSPITALS
     }
-    (federation / "compose.env").write_text("")  # ignore any .env in the checkout
-    stack = ComposeStack(docker_daemon, federation, sites, env, as_root=as_root)
+    stack = SplitStack(federation, sites, coordinator, hospitals, docker_daemon.env, as_root=as_root)
     stack.hand_over()
-    stack.compose(
-        "down", "--volumes", "--remove-orphans", "--timeout", "5", check=False
-    )  # an earlier session's leftovers
     try:
         yield stack
     finally:
         failed = getattr(request.node, "rep_call", None)
         if failed is not None and failed.failed:  # shown under "Captured log teardown" of the failure
-            log.error("compose logs (last 200 lines per service):\n%s", stack.logs(tail=200))
+            log.error("compose logs (last 200 lines per service):\n%s", stack.logs())
         with timer.phase("teardown"):
-            stack.compose("down", "--volumes", "--remove-orphans", "--timeout", "10", check=False, timeout=300)
+            for project in reversed(stack.projects()):  # hospitals first, then the coordinator: containers,
+                project.down()  # networks and volumes, also when the test failed
 
 
 @pytest.hookimpl(hookwrapper=True)

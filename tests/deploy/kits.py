@@ -4,10 +4,11 @@
 budget admin token), `python -m fedcare.compose prepare` (SuperExec secret, the ServerApp's schema),
 one data folder per hospital, and, once the SuperLink and the budget service run, the hospital-made-keys
 exchange for each hospital: `fedcare institution join` at its site, `fedcare institution register --request`
-at the coordinator (its key to the SuperLink, the institution to the ledger), `fedcare institution install`
-at the site. In HE mode then the sealed key ceremony: `fedcare he roster`, `fedcare he keygen --site` at the
-first hospital, `fedcare he relay`, `fedcare he install` at the others, and `prepare` again (the relayed
-key-free context to server/). Only public or sealed files cross from a site folder to the federation folder.
+at the coordinator, in the coordinator project's `admin` container (its key to the SuperLink over the control
+API, which is not published; the institution to the ledger), `fedcare institution install` at the site. In HE
+mode then the sealed key ceremony: `fedcare he roster`, `fedcare he keygen --site` at the first hospital,
+`fedcare he relay`, `fedcare he install` at the others, and `prepare` again (the relayed key-free context to
+server/). Only public or sealed files cross from a site folder to the federation folder.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from common.demo_data import DemoSplit
@@ -27,26 +29,22 @@ def fedcare(*args: str, env: dict[str, str] | None = None) -> None:
 
 
 def init_federation(
-    root: Path, *, split: DemoSplit, hospitals: list[str], control_address: str, budget_url: str
+    root: Path, *, split: DemoSplit, hospitals: list[str], coordinator: str, fleet_port: int, budget_port: int
 ) -> None:
     """Everything before the services run: TLS, tokens, the SuperExec secret, the schema, the data folders.
-    No `--he`: the coordinator makes no CKKS key (a hospital does, in `register_institutions`)."""
+
+    Hospitals dial `coordinator` (a name in both certificates) at the published ports; on the coordinator's
+    network the ServerApp runner and the admin tools use the service names `superlink` and `budget`, and the
+    budget service's healthcheck 127.0.0.1. No `--he`: a hospital makes the CKKS keys (`register_institutions`)."""
     fedcare(
         "federation",
         "init",
         str(root),
-        "--san",
-        "superlink",
-        "--san",
-        "localhost",
-        "--san",
-        "127.0.0.1",
-        "--superlink",
-        control_address,
-        "--fleet-address",
-        "superlink:9092",
-        "--budget-url",
-        budget_url,
+        *("--san", coordinator, "--san", "superlink"),
+        *("--budget-san", coordinator, "--budget-san", "budget", "--budget-san", "127.0.0.1"),
+        *("--superlink", "superlink:8000"),
+        *("--fleet-address", f"{coordinator}:{fleet_port}"),
+        *("--budget-url", f"https://{coordinator}:{budget_port}"),
     )
     run(
         [sys.executable, "-m", "fedcare.compose", "prepare", str(root), "--schema", str(split.schema_path)], timeout=120
@@ -61,31 +59,24 @@ def register_institutions(
     sites: Path,
     *,
     hospitals: list[str],
-    epsilon_limit: float,
-    delta: float,
     he: bool,
     env: dict[str, str],
+    register_at_coordinator: Callable[[list[Path]], None],
 ) -> None:
-    """With the SuperLink and the budget service up: each hospital joins in `sites/<name>` (its own keys), the
-    coordinator registers its request (node key to the SuperLink, institution to the ledger), the hospital
-    installs the kit; with `he`, the first hospital makes the CKKS key set, sealed to each of them."""
+    """With the SuperLink and the budget service up: each hospital joins in `sites/<name>` (its own keys) and sends
+    its registration-request.json (public keys only) to `root/requests/`; the coordinator registers them all
+    (`register_at_coordinator`: node keys to the SuperLink, institutions to the ledger); each hospital installs its
+    kit; with `he`, the first hospital makes the CKKS key set, sealed to each of them."""
+    requests = root / "requests"
+    requests.mkdir(exist_ok=True)
     for name in hospitals:
-        site = sites / name
-        fedcare("institution", "join", name, "--out", str(site), env=env)
+        fedcare("institution", "join", name, "--out", str(sites / name), env=env)
+        shutil.copy2(sites / name / "registration-request.json", requests / f"{name}.json")
+    register_at_coordinator([requests / f"{name}.json" for name in hospitals])
+    for name in hospitals:
         fedcare(
-            "institution",
-            "register",
-            "--request",
-            str(site / "registration-request.json"),
-            "--epsilon-limit",
-            str(epsilon_limit),
-            "--delta",
-            str(delta),
-            "--federation",
-            str(root),
-            env=env,
+            "institution", "install", "--kit", str(root / "institutions" / name), "--site", str(sites / name), env=env
         )
-        fedcare("institution", "install", "--kit", str(root / "institutions" / name), "--site", str(site), env=env)
     if he:
         maker, *others = hospitals
         bundle = sites / "he-bundle"  # from the key-making hospital to the coordinator: nothing secret in it
