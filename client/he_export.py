@@ -15,8 +15,8 @@ from common.codecs import from_numpy, to_state_dict
 from common.he.hospital import decrypt_sum
 from common.he.keys import load_secret_context
 from common.he.wire import EncryptedUpdate, HEHeader
-from common.models import build_model
 from common.schema import DatasetSchema
+from common.tasks.model_task import build_task_model
 
 
 def decrypt_model(
@@ -28,6 +28,6 @@ def decrypt_model(
     """
     ctx = load_secret_context(context)
     bundle = EncryptedUpdate.from_bytes(Path(encrypted).read_bytes())
-    template = OrderedDict((k, v.detach().numpy()) for k, v in build_model(schema).state_dict().items())
+    template = OrderedDict((k, v.detach().numpy()) for k, v in build_task_model(schema).state_dict().items())
     weights = decrypt_sum(bundle, context=ctx, template=template)
     return to_state_dict(from_numpy(weights)), bundle.header

@@ -21,15 +21,16 @@ from client.accountant_state import AccountantStateError, HospitalAccountant
 from client.mixed_precision import DPConfigError
 from client.refusals import RoundRefused
 from client.secret_context import secret_context_for
+from client.task_data import load_task_data, summed, task_loss
 from client.training import Score, TrainingOutcome, evaluate, pick_device, train_plain
 from common.codecs import InvalidUpdate, check_update, from_numpy, to_numpy, to_record, to_state_dict
-from common.data import HospitalData, load_hospital_table, split_train_validation
+from common.data import HospitalData, split_train_validation
 from common.dp_event import DPEvent
 from common.institution import institution_name
-from common.models import build_model
 from common.round_config import RoundConfig
 from common.schema import SchemaError
 from common.settings import NodeSettings, SettingsError
+from common.tasks.model_task import TaskError, build_task_model
 
 log = logging.getLogger("flwr.fedcare.client")
 
@@ -82,6 +83,7 @@ class LocalRound:
     device: torch.device
     accountant: HospitalAccountant | None = field(default=None)
     secret_context: ts.Context | None = field(default=None, repr=False)  # HE mode: the federation's secret context
+    loss: nn.Module | None = field(default=None)  # the task's loss; None: cross-entropy
 
     @classmethod
     def from_message(cls, msg: Message, context: Context) -> LocalRound:
@@ -91,12 +93,18 @@ class LocalRound:
         except SettingsError as exc:
             raise RoundRefused(code="bad-round-config", reason=str(exc), institution=institution) from exc
         try:
+            # The run's pinned task, built (and made DP-compatible) as the server built it; refused on a mismatch.
+            model = build_task_model(config.dataset_schema)
+            loss = task_loss(config.dataset_schema)
+        except TaskError as exc:
+            raise RoundRefused(code="task-mismatch", reason=str(exc), institution=institution) from exc
+        try:
             node = NodeSettings.from_node_config(context.node_config)
-            data = load_hospital_table(node.data_path, config.dataset_schema)
+            data = load_task_data(node.data_path, config.dataset_schema)
             train_data, validation_data = split_train_validation(
                 data, validation_fraction=config.validation_fraction, seed=config.seed
             )
-        except (SettingsError, SchemaError) as exc:
+        except (SettingsError, SchemaError, TaskError) as exc:
             raise RoundRefused(code="bad-local-data", reason=str(exc), institution=institution) from exc
 
         accountant = None
@@ -111,7 +119,6 @@ class LocalRound:
         if config.privacy_mode == "he":
             secret_context = secret_context_for(node, institution, run_key_id=config.he_key_id or None)
         device = pick_device()
-        model = build_model(config.dataset_schema)
         try:
             weights = _incoming_weights(
                 msg, model=model, secret_context=secret_context, server_round=config.server_round
@@ -130,6 +137,7 @@ class LocalRound:
             device=device,
             accountant=accountant,
             secret_context=secret_context,
+            loss=loss,
         )
 
     @property
@@ -137,7 +145,8 @@ class LocalRound:
         return len(self.train_data)
 
     def score(self) -> Score:
-        return evaluate(self.model, self.validation_data, device=self.device)
+        criterion = None if self.loss is None else summed(self.loss)
+        return evaluate(self.model, self.validation_data, device=self.device, criterion=criterion)
 
     def train(self) -> tuple[TrainingOutcome, DPEvent | None]:
         """Train locally; with DP the round's spending is committed to disk first."""
@@ -152,6 +161,7 @@ class LocalRound:
             "amp": c.amp,
             "device": self.device,
             "seed": c.seed + c.server_round,
+            "criterion": self.loss,
         }
         try:
             if self.accountant is None:

@@ -58,7 +58,10 @@ def demo(
     hospitals: Annotated[int, typer.Option(min=2, help="Number of hospitals (SuperNodes).")] = 3,
     rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 5,
     dataset: Annotated[
-        DemoDataset, typer.Option(help="Built-in data set: breast-cancer (MLP) or digits (CNN).")
+        DemoDataset,
+        typer.Option(
+            help="Built-in data set: breast-cancer (MLP), digits (CNN) or images (digit PNG folders, ResNet)."
+        ),
     ] = "breast-cancer",
     out: Annotated[Path, typer.Option(help="Where data, federation state, logs and results go.")] = Path(
         "fedcare-demo"

@@ -18,6 +18,7 @@ holding no hospital's secret. A rerun on the same folders reuses keys, registrat
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from fedcare.site import SiteDir, install_kit, join_site
 from fedcare.superlink_control import SuperLinkConnection
 
 COORDINATOR_DIR, HOSPITALS_DIR, DATA_FILE = "coordinator", "hospitals", "data.csv"  # data.csv: the kit's default
+DATA_DIR = "images"  # a site's data when it is a folder (the image task's class folders)
 BUNDLE_DIR = "bundle"  # under the coordinator's he/: the key-set bundle the key-making hospital sent
 
 
@@ -101,7 +103,14 @@ def enrol_site(
         request = site.joined_request()
     else:
         site, request = join_site(site.root, name)
-    if data is not None:
+    data_path = None
+    if data is not None and Path(data).is_dir():
+        target = site.root / DATA_DIR
+        if target.exists():  # a rerun: this split replaces the earlier one
+            shutil.rmtree(target)
+        Path(data).replace(target)
+        data_path = str(target)
+    elif data is not None:
         Path(data).replace(site.root / DATA_FILE)
     record = Registry(fed.registry_path).snapshot().get(fed.kit_dir(name).name)
     if record is None or not record.active or record.fingerprint != request.node_key_fingerprint:
@@ -110,7 +119,7 @@ def enrol_site(
         )
     elif record.pending:
         sync(fed, superlink=superlink, budget=budget, only={record.slug})
-    install_kit(fed.kit_dir(name), site.root)
+    install_kit(fed.kit_dir(name), site.root, data_path=data_path)
     return site
 
 
