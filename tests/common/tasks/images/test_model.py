@@ -50,3 +50,29 @@ def test_the_parameter_count_stays_small_enough_for_he_and_secagg() -> None:
 def test_the_same_seed_gives_the_same_initial_global_model() -> None:
     (_, a), (_, b) = pin_task(_schema(), seed=5), pin_task(_schema(), seed=5)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_the_resnet_trains_under_real_dp_sgd_in_the_automatic_grad_sample_mode() -> None:
+    import numpy as np
+
+    from client.dp_training import train_private
+    from common.data import HospitalData
+
+    model = build_task_model(_schema(width=4), seed=0)
+    rng = np.random.default_rng(0)
+    data = HospitalData(rng.normal(size=(24, 1, 8, 8)).astype(np.float32), rng.integers(0, 3, 24).astype(np.int64))
+    before = [p.detach().clone() for p in model.parameters()]
+    outcome = train_private(
+        model,
+        data,
+        batch_size=8,
+        epochs=1,
+        learning_rate=0.01,
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        amp="off",
+        device=torch.device("cpu"),
+        seed=0,
+    )
+    assert outcome.steps >= 1 and outcome.grad_sample_mode == "ghost"
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
