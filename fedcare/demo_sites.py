@@ -6,6 +6,7 @@ OUT/coordinator/          the federation directory: CA, SuperLink TLS, registry,
                           and ledger (budget/), run results (runs/), one log per process (logs/)
 OUT/hospitals/<slug>/     a hospital's site directory: its own node and sealing keys, its budget token
                           and CKKS secret context (both unsealed here), its accountant (state/), data.csv
+                          (or images/, the image task's class folders)
 ```
 One operator plays every part here, in the order of a deployment: each hospital joins (makes its
 keys), the coordinator registers its request and issues a kit, the hospital installs it; in HE mode

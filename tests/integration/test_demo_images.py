@@ -36,7 +36,7 @@ def test_the_image_demo_trains_the_resnet_on_png_folders_in_he_mode(tmp_path: Pa
     printed = log.read_text()
     assert outcome.status == "finished:completed", printed
     results = outcome.results
-    assert results["model"] == "resnet" and results["parameter_count"] == 19_938
+    assert results["model"] == "resnet" and results["parameter_count"] == 19_810  # width 8, 10 classes
     assert [r["status"] for r in results["rounds"]] == ["aggregated"]
     assert all(e is not None and e > 0 for e in results["rounds"][0]["epsilon"].values())
     assert outcome.holdout_accuracy is not None and 0.0 <= outcome.holdout_accuracy <= 1.0
