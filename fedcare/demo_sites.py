@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,9 +167,15 @@ def hospital_key_ceremony(fed: FederationDir, sites: dict[str, SiteDir], *, make
     made = make_key_set(sites[maker], roster, bundle=fed.he_dir / BUNDLE_DIR)
     relay_key_set(fed, made.directory)
     for name, site in sites.items():
-        if name != maker:
-            install_kit(fed.kit_dir(name), site.root)
+        if name != maker:  # the re-installed kit keeps the data path the site had (an image task's folder)
+            install_kit(fed.kit_dir(name), site.root, data_path=_data_path(site))
     return made.key_id
+
+
+def _data_path(site: SiteDir) -> str | None:
+    if not site.node_config.exists():
+        return None
+    return tomllib.loads(site.node_config.read_text()).get("data-path")
 
 
 def _site_key_id(site: SiteDir) -> str | None:

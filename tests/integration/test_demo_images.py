@@ -38,6 +38,7 @@ def test_the_image_demo_trains_the_resnet_on_png_folders_in_he_mode(tmp_path: Pa
     results = outcome.results
     assert results["model"] == "resnet" and results["parameter_count"] == 19_810  # width 8, 10 classes
     assert [r["status"] for r in results["rounds"]] == ["aggregated"]
+    assert sorted(results["rounds"][0]["participants"]) == ["hospital-1", "hospital-2", "hospital-3"]
     assert all(e is not None and e > 0 for e in results["rounds"][0]["epsilon"].values())
     assert outcome.holdout_accuracy is not None and 0.0 <= outcome.holdout_accuracy <= 1.0
     assert f"held-out data (no hospital saw it): {outcome.holdout_accuracy:.4f}" in printed
