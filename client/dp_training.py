@@ -192,6 +192,7 @@ def train_private(
     amp: str = "auto",
     device: torch.device,
     seed: int,
+    criterion: nn.Module | None = None,
 ) -> TrainingOutcome:
     """DP-SGD with Adam through a fresh Opacus ``PrivacyEngine``, training ``model`` in place.
 
@@ -213,6 +214,7 @@ def train_private(
     resolved_amp = resolve_amp(amp, device=device)
     mode = resolve_grad_sample_mode(grad_sample_mode, amp=resolved_amp)
     _warn_standard_prng_once()
+    loss = criterion or nn.CrossEntropyLoss()  # the task's loss (client.task_data.task_loss), if it has one
 
     model.to(device).train()
     dataset = TensorDataset(torch.from_numpy(data.features), torch.from_numpy(data.labels))
@@ -225,7 +227,7 @@ def train_private(
             private = engine.make_private(
                 module=model,
                 optimizer=torch.optim.Adam(model.parameters(), lr=learning_rate),
-                criterion=nn.CrossEntropyLoss(),
+                criterion=loss,
                 data_loader=loader,
                 noise_multiplier=noise_multiplier,
                 max_grad_norm=max_grad_norm,
@@ -239,7 +241,7 @@ def train_private(
         dp_module, optimizer, criterion, dp_loader = private
     else:
         dp_module, optimizer, dp_loader = private
-        criterion = nn.CrossEntropyLoss()
+        criterion = loss
     scaler = PerSampleLossScaler(device.type) if resolved_amp == "fp16" else None
 
     losses: list[float] = []

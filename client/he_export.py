@@ -16,10 +16,10 @@ from common.he.carried import carry_template, next_global
 from common.he.hospital import decrypt_sum
 from common.he.keys import load_secret_context
 from common.he.wire import EncryptedUpdate, HEHeader, InvalidCiphertext, layout_id
-from common.models import build_model
 from common.schema import DatasetSchema
 from common.server_optimizer import SERVER_OPTIMIZERS, ServerOptimizer
 from common.settings import TrainingSettings
+from common.tasks.model_task import build_task_model
 
 
 def decrypt_model(
@@ -34,7 +34,7 @@ def decrypt_model(
     """
     ctx = load_secret_context(context)
     bundle = EncryptedUpdate.from_bytes(Path(encrypted).read_bytes())
-    template = OrderedDict((k, v.detach().numpy()) for k, v in build_model(schema).state_dict().items())
+    template = OrderedDict((k, v.detach().numpy()) for k, v in build_task_model(schema).state_dict().items())
     optimizer = optimizer or ServerOptimizer()
     carried = carry_template(template, optimizer)
     if bundle.header.layout != layout_id(carried):

@@ -22,17 +22,18 @@ from client.kept_update import KeptUpdate, keep_update, kept_update
 from client.mixed_precision import DPConfigError
 from client.refusals import RoundRefused
 from client.secret_context import secret_context_for
+from client.task_data import load_task_data, summed, task_loss
 from client.training import Score, TrainingOutcome, evaluate, pick_device, train_plain
 from common.codecs import InvalidUpdate, check_update, from_numpy, to_numpy, to_record, to_state_dict
-from common.data import HospitalData, load_hospital_table, split_train_validation
+from common.data import HospitalData, split_train_validation
 from common.dp_event import DPEvent
 from common.institution import institution_name
 from common.int8_wire import FLOAT_RECORD, put_weights, take_weights
-from common.models import build_model
 from common.round_config import RoundConfig
 from common.schema import SchemaError
 from common.server_optimizer import ServerOptimizer
 from common.settings import NodeSettings, SettingsError
+from common.tasks.model_task import TaskError, build_task_model
 from common.wire_bytes import content_bytes
 
 log = logging.getLogger("flwr.fedcare.client")
@@ -97,6 +98,7 @@ class LocalRound:
     # the update is trained from); both go back inside the encrypted update (common/he/carried.py).
     server_optimizer: ServerOptimizer | None = field(default=None, repr=False)
     global_weights: OrderedDict[str, np.ndarray] | None = field(default=None, repr=False)
+    loss: nn.Module | None = field(default=None)  # the task's loss; None: cross-entropy
 
     @classmethod
     def from_message(cls, msg: Message, context: Context) -> LocalRound:
@@ -106,12 +108,18 @@ class LocalRound:
         except SettingsError as exc:
             raise RoundRefused(code="bad-round-config", reason=str(exc), institution=institution) from exc
         try:
+            # The run's pinned task, built (and made DP-compatible) as the server built it; refused on a mismatch.
+            model = build_task_model(config.dataset_schema)
+            loss = task_loss(config.dataset_schema)
+        except TaskError as exc:
+            raise RoundRefused(code="task-mismatch", reason=str(exc), institution=institution) from exc
+        try:
             node = NodeSettings.from_node_config(context.node_config)
-            data = load_hospital_table(node.data_path, config.dataset_schema)
+            data = load_task_data(node.data_path, config.dataset_schema)
             train_data, validation_data = split_train_validation(
                 data, validation_fraction=config.validation_fraction, seed=config.seed
             )
-        except (SettingsError, SchemaError) as exc:
+        except (SettingsError, SchemaError, TaskError) as exc:
             raise RoundRefused(code="bad-local-data", reason=str(exc), institution=institution) from exc
 
         accountant = None
@@ -126,7 +134,6 @@ class LocalRound:
         if config.privacy_mode == "he":
             secret_context = secret_context_for(node, institution, run_key_id=config.he_key_id or None)
         device = pick_device()
-        model = build_model(config.dataset_schema)
         run_id = config.run_id_or(msg.metadata.run_id)  # a resumed run keeps its first id (docs/resume.md)
         optimizer = ServerOptimizer.from_settings(config) if secret_context is not None else None
         try:
@@ -154,6 +161,7 @@ class LocalRound:
             secret_context=secret_context,
             server_optimizer=optimizer,
             global_weights=weights if optimizer is not None else None,
+            loss=loss,
         )
 
     @property
@@ -161,7 +169,8 @@ class LocalRound:
         return len(self.train_data)
 
     def score(self) -> Score:
-        return evaluate(self.model, self.validation_data, device=self.device)
+        criterion = None if self.loss is None else summed(self.loss)
+        return evaluate(self.model, self.validation_data, device=self.device, criterion=criterion)
 
     def train(self) -> tuple[TrainingOutcome, DPEvent | None]:
         """Train locally; with DP the round's spending is committed to disk first."""
@@ -176,6 +185,7 @@ class LocalRound:
             "amp": c.amp,
             "device": self.device,
             "seed": c.seed + c.server_round,
+            "criterion": self.loss,
         }
         try:
             if self.accountant is None:

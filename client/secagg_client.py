@@ -89,11 +89,11 @@ def _zeros_like_incoming(msg: Message) -> OrderedDict[str, np.ndarray]:
         return OrderedDict((k, np.zeros_like(v.numpy())) for k, v in arrays.items())
     if INT8_RECORD in msg.content:
         from common.codecs import to_numpy, to_record
-        from common.models import build_model
         from common.round_config import RoundConfig
+        from common.tasks.model_task import build_task_model
 
         config = RoundConfig.from_config(msg.content.get("config") or {})  # SettingsError is a ValueError
-        template = to_numpy(to_record(build_model(config.dataset_schema).state_dict()))
+        template = to_numpy(to_record(build_task_model(config.dataset_schema).state_dict()))
         return OrderedDict((k, np.zeros_like(v)) for k, v in template.items())
     raise ValueError("SecAgg+ masked-vectors stage without a global model: cannot even answer with weight 0")
 

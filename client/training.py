@@ -74,6 +74,7 @@ def train_plain(
     amp: str = "auto",
     device: torch.device,
     seed: int,
+    criterion: nn.Module | None = None,
 ) -> TrainingOutcome:
     """Non-DP training with the same optimizer and precision handling, for comparison and dp = false runs.
 
@@ -84,7 +85,7 @@ def train_plain(
     resolved_amp = resolve_amp(amp, device=device)
     model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
-    criterion = nn.CrossEntropyLoss()
+    criterion = criterion or nn.CrossEntropyLoss()  # the task's loss (client.task_data.task_loss), if it has one
     scaler = torch.amp.GradScaler(device.type) if resolved_amp == "fp16" else None
     losses: list[float] = []
     steps = skipped = 0
@@ -117,9 +118,17 @@ def train_plain(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: HospitalData, *, device: torch.device, batch_size: int = 512) -> Score:
+def evaluate(
+    model: nn.Module,
+    data: HospitalData,
+    *,
+    device: torch.device,
+    batch_size: int = 512,
+    criterion: nn.Module | None = None,
+) -> Score:
+    """Mean loss and accuracy; `criterion` is the task's loss summing over a batch (client.task_data.summed)."""
     model.eval()
-    criterion = nn.CrossEntropyLoss(reduction="sum")
+    criterion = criterion or nn.CrossEntropyLoss(reduction="sum")
     total_loss, correct = 0.0, 0
     for x, y in make_loader(data, batch_size=batch_size, shuffle=False):
         x, y = x.to(device), y.to(device)

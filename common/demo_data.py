@@ -17,7 +17,7 @@ from sklearn.datasets import load_breast_cancer, load_digits
 
 from common.schema import DatasetSchema, FeatureSpec, save_schema
 
-DemoDataset = Literal["breast-cancer", "digits"]
+DemoDataset = Literal["breast-cancer", "digits", "images"]  # images: digits as PNG folders (common.demo_images)
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,10 @@ def write_demo_split(
 ) -> DemoSplit:
     if hospitals < 1:
         raise ValueError("need at least one hospital")
+    if dataset == "images":
+        from common.demo_images import write_image_demo_split  # Pillow only for the image demo
+
+        return write_image_demo_split(out_dir, hospitals=hospitals, seed=seed, alpha=alpha, holdout=holdout)
     frame, schema = _load(dataset)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(frame))

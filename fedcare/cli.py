@@ -64,7 +64,10 @@ def demo(
         int | None, typer.Option(min=1, help="Federated rounds (default: the data set's, 5 for breast-cancer).")
     ] = None,
     dataset: Annotated[
-        DemoDataset, typer.Option(help="Built-in data set: breast-cancer (MLP) or digits (CNN).")
+        DemoDataset,
+        typer.Option(
+            help="Built-in data set: breast-cancer (MLP), digits (CNN) or images (digit PNG folders, ResNet)."
+        ),
     ] = "breast-cancer",
     out: Annotated[Path, typer.Option(help="Where data, federation state, logs and results go.")] = Path(
         "fedcare-demo"

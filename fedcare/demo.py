@@ -21,13 +21,13 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from client.task_data import load_task_data
 from client.training import evaluate
-from common.data import load_hospital_table
 from common.demo_data import DemoDataset, DemoSplit, write_demo_split
-from common.models import build_model
 from common.private_files import write_private
 from common.schema import load_schema
 from common.settings import PrivacyMode, UpdateCompression, quorum
+from common.tasks.model_task import build_task_model
 from fedcare.coordinator_recovery import follow_resuming
 from fedcare.demo_defaults import demo_run_config
 from fedcare.demo_sites import HOSPITALS_DIR, coordinator_dir, set_up_sites
@@ -91,7 +91,7 @@ def holdout_accuracy(results: dict[str, Any], split: DemoSplit, *, he_context: P
     if not results.get("final_model_path"):
         return None
     schema = load_schema(split.schema_path)
-    model = build_model(schema)
+    model = build_task_model(schema)
     if results["final_model_path"].endswith(".he"):
         from client.he_export import decrypt_model
         from common.server_optimizer import server_optimizer_from_record
@@ -106,7 +106,7 @@ def holdout_accuracy(results: dict[str, Any], split: DemoSplit, *, he_context: P
     else:
         state_dict = torch.load(results["final_model_path"], weights_only=True)
     model.load_state_dict(state_dict)
-    return evaluate(model, load_hospital_table(split.holdout_path, schema), device=torch.device("cpu")).accuracy
+    return evaluate(model, load_task_data(split.holdout_path, schema), device=torch.device("cpu")).accuracy
 
 
 def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoOutcome:

@@ -6,6 +6,7 @@ OUT/coordinator/          the federation directory: CA, SuperLink TLS, registry,
                           and ledger (budget/), run results (runs/), one log per process (logs/)
 OUT/hospitals/<slug>/     a hospital's site directory: its own node and sealing keys, its budget token
                           and CKKS secret context (both unsealed here), its accountant (state/), data.csv
+                          (or images/, the image task's class folders)
 ```
 One operator plays every part here, in the order of a deployment: each hospital joins (makes its
 keys), the coordinator registers its request and issues a kit, the hospital installs it; in HE mode
@@ -18,6 +19,8 @@ holding no hospital's secret. A rerun on the same folders reuses keys, registrat
 from __future__ import annotations
 
 import json
+import shutil
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +32,7 @@ from fedcare.site import SiteDir, install_kit, join_site
 from fedcare.superlink_control import SuperLinkConnection
 
 COORDINATOR_DIR, HOSPITALS_DIR, DATA_FILE = "coordinator", "hospitals", "data.csv"  # data.csv: the kit's default
+DATA_DIR = "images"  # a site's data when it is a folder (the image task's class folders)
 BUNDLE_DIR = "bundle"  # under the coordinator's he/: the key-set bundle the key-making hospital sent
 
 
@@ -101,7 +105,14 @@ def enrol_site(
         request = site.joined_request()
     else:
         site, request = join_site(site.root, name)
-    if data is not None:
+    data_path = None
+    if data is not None and Path(data).is_dir():
+        target = site.root / DATA_DIR
+        if target.exists():  # a rerun: this split replaces the earlier one
+            shutil.rmtree(target)
+        Path(data).replace(target)
+        data_path = str(target)
+    elif data is not None:
         Path(data).replace(site.root / DATA_FILE)
     record = Registry(fed.registry_path).snapshot().get(fed.kit_dir(name).name)
     if record is None or not record.active or record.fingerprint != request.node_key_fingerprint:
@@ -110,7 +121,7 @@ def enrol_site(
         )
     elif record.pending:
         sync(fed, superlink=superlink, budget=budget, only={record.slug})
-    install_kit(fed.kit_dir(name), site.root)
+    install_kit(fed.kit_dir(name), site.root, data_path=data_path)
     return site
 
 
@@ -156,9 +167,15 @@ def hospital_key_ceremony(fed: FederationDir, sites: dict[str, SiteDir], *, make
     made = make_key_set(sites[maker], roster, bundle=fed.he_dir / BUNDLE_DIR)
     relay_key_set(fed, made.directory)
     for name, site in sites.items():
-        if name != maker:
-            install_kit(fed.kit_dir(name), site.root)
+        if name != maker:  # the re-installed kit keeps the data path the site had (an image task's folder)
+            install_kit(fed.kit_dir(name), site.root, data_path=_data_path(site))
     return made.key_id
+
+
+def _data_path(site: SiteDir) -> str | None:
+    if not site.node_config.exists():
+        return None
+    return tomllib.loads(site.node_config.read_text()).get("data-path")
 
 
 def _site_key_id(site: SiteDir) -> str | None:

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
+from client.task_data import load_task_data
 from client.training import evaluate
-from common.data import load_hospital_table
-from common.models import build_model
 from common.quantized_model import load_for_inference, quantize_for_inference, save_for_inference
 from common.schema import DatasetSchema, SchemaError, load_schema
+from common.tasks.model_task import TaskError, build_task_model
 
 
 class ModelExportError(RuntimeError):
@@ -71,10 +71,10 @@ def export_model(
     try:
         weights = _weights(run_dir, model)
         spec = _schema(schema, data)
-        network = build_model(spec)
+        network = build_task_model(spec)
         network.load_state_dict(torch.load(weights, weights_only=True))
-        held_out = load_hospital_table(data, spec) if data is not None else None
-    except (SchemaError, RuntimeError, OSError) as exc:  # RuntimeError: weights of another architecture
+        held_out = load_task_data(data, spec) if data is not None else None
+    except (SchemaError, TaskError, RuntimeError, OSError) as exc:  # RuntimeError: weights of another architecture
         if isinstance(exc, ModelExportError):
             raise
         raise ModelExportError(str(exc)) from exc

@@ -78,7 +78,12 @@ def start(
     kit: Annotated[
         Path | None, typer.Option(help="The kit folder from `fedcare institution register` (CA, node key, config).")
     ] = None,
-    data: Annotated[Path | None, typer.Option(help="This hospital's CSV or Parquet file (default: the kit's).")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="This hospital's data: a CSV or Parquet file, or an image task's class folders (default: the kit's)."
+        ),
+    ] = None,
     state_dir: Annotated[
         Path | None, typer.Option(help="Where the privacy accountant lives (default: the kit's state folder).")
     ] = None,

@@ -18,10 +18,11 @@ from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from common.codecs import to_numpy
-from common.models import build_model, parameter_count
+from common.models import parameter_count
 from common.schema import load_schema
 from common.server_optimizer import server_optimizer_record
 from common.settings import RunSettings
+from common.tasks.model_task import pin_task
 from server.attendance import Attendance
 from server.budget_gate import BudgetGate
 from server.replies import SortedReplies
@@ -104,7 +105,10 @@ def main(grid: Grid, context: Context) -> None:
     (run_dir / "models").mkdir(parents=True, exist_ok=True)
     run_dir_lock = lock_run_dir(run_dir)  # held until this process ends
 
-    model = build_model(schema, seed=settings.seed)
+    # The task's model factory only (never its hospital data code); the schema the hospitals receive pins
+    # the task's version and architecture hash, so a site with other task code refuses instead of training it.
+    schema, model = pin_task(schema, seed=settings.seed)
+    log.info("task %s %s, architecture %s", schema.task_module, schema.task_version, schema.model_hash)
     weights = to_numpy(ArrayRecord(model.state_dict()))
     ctx = RoundContext(grid=grid, settings=settings, schema=schema, run_dir=run_dir)
     rounds = make_rounds(ctx, weights=weights)

@@ -5,6 +5,7 @@ import pytest
 from sklearn.datasets import load_breast_cancer
 
 from common.data import HospitalData
+from tests.support.task_packages import make_task  # noqa: F401  (the fixture)
 
 
 @pytest.fixture(scope="module")

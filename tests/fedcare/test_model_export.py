@@ -66,8 +66,9 @@ def test_the_int8_export_is_smaller_and_scores_like_float32(trained: Trained, da
     report = export_model(run_dir, int8=True, data=split.holdout_path)  # the schema is found beside the data
     assert report.path == run_dir / "final_model.int8.ts" and report.path.stat().st_size == report.size
     assert report.size < report.float32_size
-    if dataset == "digits":  # the CNN's weights dominate its file: int8 must show
-        assert report.size < 0.5 * report.float32_size
+    if dataset == "digits":  # int8 must show in the CNN's file: at least half of 3 bytes saved per parameter
+        params = sum(p.numel() for p in build_model(load_schema(split.schema_path)).parameters())
+        assert report.float32_size - report.size >= 0.5 * 3 * params
     assert report.examples > 50 and report.accuracy is not None and report.float32_accuracy is not None
     assert abs(report.accuracy - report.float32_accuracy) <= 0.05
 
@@ -106,7 +107,11 @@ def test_convolutions_keep_int8_weights_and_linears_are_dynamically_quantized() 
     quantized = quantize_for_inference(model)
     convs = [m for m in quantized.modules() if isinstance(m, Int8WeightConv2d)]
     assert len(convs) == 2 and all(c.weight_int8.dtype == torch.int8 for c in convs)
-    assert sum(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in quantized.modules()) == 2
+    linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert (
+        linears >= 1
+        and sum(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in quantized.modules()) == linears
+    )
     assert any(isinstance(m, torch.nn.Conv2d) for m in model.modules())  # the original is left as it was
 
 
