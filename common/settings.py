@@ -70,6 +70,9 @@ class TrainingSettings(BaseModel):
     privacy_mode: PrivacyMode = "plain"
     metrics: MetricsReporting = "auto"
     update_compression: UpdateCompression = "none"
+    # Processes each hospital trains its local round with (docs/compute.md): 1 trains in the message's own
+    # process; N > 1 spawns N workers under Opacus' distributed DP (gloo on CPU, NCCL on GPU), same privacy.
+    local_workers: int = Field(default=1, ge=1, le=64)
 
     @model_validator(mode="after")
     def _metrics_fit_the_mode(self) -> TrainingSettings:

@@ -55,6 +55,7 @@ class DemoOptions:
     delta: float = 1e-5
     mode: PrivacyMode = "he"  # how updates travel: he (CKKS, the default: the server reads no update), secagg, plain
     compress: UpdateCompression = "none"  # int8: plain and secagg modes only (docs/compression.md)
+    local_workers: int = 1  # processes per hospital for the local round (docs/compute.md)
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,7 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoOut
             "min-nodes": options.hospitals,
             "privacy-mode": options.mode,
             "update-compression": options.compress,
+            "local-workers": options.local_workers,
             **_privacy_config(options),
         }
         if sites.key_id is not None:
