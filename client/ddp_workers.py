@@ -55,6 +55,7 @@ class GroupSpec:
     backend: str  # "gloo" (CPU) or "nccl" (GPU)
     parent_pid: int
     timeout_s: float
+    threads: int  # the parent's torch threads (the warm executor sets 1 per ClientApp), shared out
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ def _bootstrap(rank: int, spec: GroupSpec, target: Callable[..., Any], job: Any,
 
     _die_with_parent(spec.parent_pid)
     if spec.backend == "gloo":  # share the cores instead of each rank taking all of them
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.world_size))
+        torch.set_num_threads(max(1, spec.threads // spec.world_size))
     try:
         device = worker_device(rank, spec.backend)
         dist.init_process_group(
@@ -126,7 +127,12 @@ def run_workers(
     ctx = mp.get_context("spawn")
     replies = ctx.Queue()
     spec = GroupSpec(
-        world_size=workers, port=free_loopback_port(), backend=backend, parent_pid=os.getpid(), timeout_s=timeout_s
+        world_size=workers,
+        port=free_loopback_port(),
+        backend=backend,
+        parent_pid=os.getpid(),
+        timeout_s=timeout_s,
+        threads=torch.get_num_threads(),
     )
     procs = [ctx.Process(target=_bootstrap, args=(r, spec, target, job, replies), daemon=True) for r in range(workers)]
     deadline = time.monotonic() + timeout_s + WORKER_START_S
