@@ -85,6 +85,22 @@ def plan_round(*, num_examples: int, batch_size: int, epochs: int) -> tuple[floa
     return 1 / per_epoch, epochs * per_epoch
 
 
+def resolve_distributed_mode(mode: str, *, amp: ResolvedAmp) -> str:
+    """The grad-sample mode for ``local-workers > 1``: ``auto`` (ghost) becomes hooks.
+
+    Refused: ghost, whose distributed optimizer relies on torch DDP's backward all-reduce, which an empty
+    Poisson share (no backward on that rank) would leave hanging; fp16, whose skipped non-finite batch on one
+    rank would leave the others waiting in the all-reduce.
+    """
+    if amp == "fp16":
+        raise DPConfigError('local-workers > 1 cannot use amp = "fp16"; use amp = "bf16" or "off"')
+    if mode == "ghost":
+        raise DPConfigError(
+            'local-workers > 1 cannot use grad-sample-mode = "ghost"; use "hooks" (what "auto" picks then)'
+        )
+    return "hooks" if mode == "auto" else resolve_grad_sample_mode(mode, amp=amp)
+
+
 # ---------------------------------------------------------------- one DP step
 
 
@@ -193,6 +209,7 @@ def train_private(
     device: torch.device,
     seed: int,
     criterion: nn.Module | None = None,
+    distributed: bool = False,
 ) -> TrainingOutcome:
     """DP-SGD with Adam through a fresh Opacus ``PrivacyEngine``, training ``model`` in place.
 
@@ -200,7 +217,9 @@ def train_private(
     so the engine's own accountant is only read back to report what was done.
     ``seed`` is deliberately not used: it comes from the server's config, and the
     sampling and noise must be secret from the server. Opacus' hooks are removed
-    on return, so the same module can be trained again.
+    on return, so the same module can be trained again. ``distributed``: this
+    process is one rank of a process group (``client.ddp_workers``); the model is
+    wrapped in ``DPDDP`` and the batches are each rank's share of one Poisson sample.
     """
     from opacus import PrivacyEngine  # heavy; evaluate-only processes never import it
     from opacus.validators.errors import UnsupportedModuleError
@@ -212,20 +231,31 @@ def train_private(
             f"noise-multiplier = {noise_multiplier}, max-grad-norm = {max_grad_norm}: need noise >= 0 and a norm > 0"
         )
     resolved_amp = resolve_amp(amp, device=device)
-    mode = resolve_grad_sample_mode(grad_sample_mode, amp=resolved_amp)
+    resolve = resolve_distributed_mode if distributed else resolve_grad_sample_mode
+    mode = resolve(grad_sample_mode, amp=resolved_amp)
     _warn_standard_prng_once()
     loss = criterion or nn.CrossEntropyLoss()  # the task's loss (client.task_data.task_loss), if it has one
 
     model.to(device).train()
     dataset = TensorDataset(torch.from_numpy(data.features), torch.from_numpy(data.labels))
     loader = DataLoader(dataset, batch_size=batch_size, generator=_entropy_generator(torch.device("cpu")))
+    module: nn.Module = model
+    if distributed:
+        from opacus.distributed import DifferentiallyPrivateDistributedDataParallel as DPDDP
+
+        from client.ddp_sampling import distributed_poisson_loader
+
+        module = DPDDP(model)  # broadcasts rank 0's weights, so every rank starts (and stays) equal
+        loader = distributed_poisson_loader(
+            dataset, batch_size=batch_size, generator=_entropy_generator(torch.device("cpu"))
+        )
     with warnings.catch_warnings():
         # Opacus' "Secure RNG turned off" warning: said once, with the reason, by the log line above.
         warnings.filterwarnings("ignore", message="Secure RNG turned off", category=UserWarning)
         engine = PrivacyEngine(accountant="rdp")
         try:
             private = engine.make_private(
-                module=model,
+                module=module,
                 optimizer=torch.optim.Adam(model.parameters(), lr=learning_rate),
                 criterion=loss,
                 data_loader=loader,
@@ -233,7 +263,7 @@ def train_private(
                 max_grad_norm=max_grad_norm,
                 grad_sample_mode=mode,
                 noise_generator=_entropy_generator(device),
-                poisson_sampling=True,
+                poisson_sampling=not distributed,  # distributed: the loader above samples already
             )
         except UnsupportedModuleError as exc:
             raise DPConfigError(f"the model cannot be trained with DP-SGD: {exc}") from exc

@@ -19,6 +19,7 @@ from torch import nn
 
 from client.accountant_state import AccountantStateError, HospitalAccountant
 from client.kept_update import KeptUpdate, keep_update, kept_update
+from client.local_workers_error import LocalWorkersError
 from client.mixed_precision import DPConfigError
 from client.refusals import RoundRefused
 from client.secret_context import secret_context_for
@@ -193,6 +194,11 @@ class LocalRound:
                     "[%s] DIFFERENTIAL PRIVACY IS OFF for this run: the update carries no DP guarantee",
                     self.institution,
                 )
+                if c.local_workers > 1:
+                    log.info(
+                        "[%s] local-workers applies to DP-SGD; this dp = false round trains in one process",
+                        self.institution,
+                    )
                 return train_plain(self.model, self.train_data, **common), None
             assert self.node.state_dir is not None  # filled in by NodeSettings
             event = self.accountant.recorded(run_id=self.run_id, server_round=c.server_round)
@@ -211,17 +217,28 @@ class LocalRound:
                     *(self.institution, c.server_round, self.run_id),
                 )
             else:
-                event = self._commit_spending()
-            outcome = train_private(
-                self.model,
-                self.train_data,
-                noise_multiplier=event.noise_multiplier,
-                max_grad_norm=c.max_grad_norm,
-                grad_sample_mode=c.grad_sample_mode,
-                **common,
-            )
+                event = self._commit_spending()  # one DP event for the round, however many workers train it
+            dp_options = {"noise_multiplier": event.noise_multiplier, "max_grad_norm": c.max_grad_norm}
+            if c.local_workers > 1:
+                from client.ddp_workers import WORKER_TIMEOUT_S, train_private_workers
+
+                outcome = train_private_workers(
+                    self.model,
+                    self.train_data,
+                    workers=c.local_workers,
+                    timeout_s=WORKER_TIMEOUT_S,
+                    grad_sample_mode=c.grad_sample_mode,
+                    **dp_options,
+                    **common,
+                )
+            else:
+                outcome = train_private(
+                    self.model, self.train_data, grad_sample_mode=c.grad_sample_mode, **dp_options, **common
+                )
         except DPConfigError as exc:
             raise RoundRefused(code="bad-dp-config", reason=str(exc), institution=self.institution) from exc
+        except LocalWorkersError as exc:
+            raise RoundRefused(code="local-workers-failed", reason=str(exc), institution=self.institution) from exc
         if outcome.steps > event.steps:
             # Never let an update out that spent more than the ledger says.
             raise RoundRefused(

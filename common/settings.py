@@ -79,6 +79,9 @@ class TrainingSettings(BaseModel):
     server_momentum: float = Field(default=0.0, ge=0, lt=1)
     server_beta2: float = Field(default=0.99, ge=0, lt=1)  # fedadam's second-moment decay
     server_tau: float = Field(default=1e-3, gt=0)  # fedadam's floor under the second moment's root
+    # Processes each hospital trains its local round with (docs/compute.md): 1 trains in the message's own
+    # process; N > 1 spawns N workers under Opacus' distributed DP (gloo on CPU, NCCL on GPU), same privacy.
+    local_workers: int = Field(default=1, ge=1, le=64)
 
     @model_validator(mode="after")
     def _metrics_fit_the_mode(self) -> TrainingSettings:

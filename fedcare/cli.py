@@ -100,6 +100,14 @@ def demo(
             help="How model weights travel: none (float32) or int8 (about 0.25x the bytes; plain and secagg modes)."
         ),
     ] = "none",
+    local_workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Processes each hospital trains its local round with (Opacus distributed DP: gloo on CPU, "
+            "NCCL on GPU); the same epsilon as one process.",
+        ),
+    ] = 1,
 ) -> None:
     """Run a real federation on this machine: SuperLink, one SuperNode per hospital, FedAvg."""
     from fedcare.demo import DemoOptions, run_demo  # torch import only when needed
@@ -125,6 +133,7 @@ def demo(
             epsilon_limit=epsilon_limit,
             mode=mode,
             compress=compress,
+            local_workers=local_workers,
         )
         outcome = run_demo(options, console=console)
     except FederationError as exc:

@@ -58,6 +58,7 @@ class DemoOptions:
     delta: float = 1e-5
     mode: PrivacyMode = "he"  # how updates travel: he (CKKS, the default: the server reads no update), secagg, plain
     compress: UpdateCompression = "none"  # int8: plain and secagg modes only (docs/compression.md)
+    local_workers: int = 1  # processes per hospital for the local round (docs/compute.md)
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,7 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoOut
             "min-nodes": quorum(options.hospitals),  # a dead hospital does not end the run (2 of 3)
             "privacy-mode": options.mode,
             "update-compression": options.compress,
+            "local-workers": options.local_workers,
             **_privacy_config(options),
         }
         if sites.key_id is not None:

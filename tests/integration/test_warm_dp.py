@@ -3,6 +3,8 @@
 * Two messages with everything else equal draw different noise: two one-round runs with the same seed,
   model, data and settings end in different models with DP on, and in the same model with DP off (which
   shows everything else really was equal). Children forked from one warm parent share no random state.
+* A run with `local-workers = 2` (the forked ClientApp spawns 2 gloo workers) records one DP event for
+  its round, with the single process's sample rate and steps, so the same epsilon.
 * The accountant's crash safety holds when the executor kills a child mid-training: the round's spending
   was committed before training, so it stays counted (over-count, never under-count), the round records
   why it failed, and the next run starts from the committed state.
@@ -64,7 +66,25 @@ def test_two_messages_alike_in_all_else_draw_different_dp_noise(tmp_path: Path, 
             run_id = fed.submit(app_dir=APP_DIR, run_config=_config(breast_cancer_split, runs, dp=dp))
             assert wait_finished(fed, run_id) == "finished:completed"
             models[name] = _final_model(runs, run_id)
+        # The same federation, a third DP run on 2 local workers (gloo), spawned by the forked ClientApp.
+        ddp_run = fed.submit(app_dir=APP_DIR, run_config=_config(breast_cancer_split, runs, **{"local-workers": 2}))
+        assert wait_finished(fed, ddp_run) == "finished:completed"
+        _final_model(runs, ddp_run)
     assert_all_exited(fed.seen_pids)
+
+    # One DP event per round, whatever the worker count, and the single process's sample rate and steps.
+    train, _ = split_train_validation(
+        load_hospital_table(breast_cancer_split.hospital_paths[0], load_schema(breast_cancer_split.schema_path)),
+        validation_fraction=0.2,
+        seed=42,
+    )
+    one_round = (NOISE, *plan_round(num_examples=len(train), batch_size=BATCH, epochs=2))
+    history = HospitalAccountant.for_institution(tmp_path / "state", "hospital-1").history
+    assert history == [pytest.approx(one_round)] * 3  # dp-a, dp-b, and the 2-worker run
+    (entry,) = json.loads((runs / str(ddp_run) / "results.json").read_text())["rounds"]
+    assert entry["epsilon"]["hospital-1"] == pytest.approx(
+        epsilon_of([one_round] * 3, accountant="rdp", delta=DELTA), rel=1e-9
+    )
 
     def same(a: str, b: str) -> bool:
         return all(torch.equal(models[a][k], models[b][k]) for k in models[a])
