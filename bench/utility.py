@@ -31,13 +31,14 @@ from typing import Any
 import torch
 
 from client.dp_training import plan_round, train_private
+from client.task_data import load_task_data
 from client.training import evaluate, train_plain
-from common.data import load_hospital_table, split_train_validation
+from common.data import split_train_validation
 from common.demo_data import write_demo_split
-from common.models import build_model
 from common.schema import load_schema
 from common.server_optimizer import ServerOptimizer
 from common.settings import TrainingSettings
+from common.tasks.model_task import build_task_model
 from fedcare.demo_defaults import DATASET_RUN_CONFIG, demo_run_config
 from server.fedavg import ClientUpdate, fedavg
 
@@ -54,6 +55,15 @@ def run_config(dataset: str, *, epsilon: float, overrides: dict[str, str]) -> di
     return config
 
 
+def _hospital_paths(split_dir: Path) -> list[Path]:
+    """Each hospital's data: a CSV table, or an image folder per hospital (the image task)."""
+    return sorted(p for p in split_dir.glob("hospital-*") if p.suffix == ".csv" or p.is_dir())
+
+
+def _holdout_path(split_dir: Path) -> Path:
+    return split_dir / "holdout.csv" if (split_dir / "holdout.csv").exists() else split_dir / "holdout"
+
+
 def simulate(split_dir: Path, *, config: dict[str, Any]) -> tuple[float, list[float]]:
     """(final held-out accuracy, held-out accuracy after each round), all in this process."""
     from opacus.accountants.utils import get_noise_multiplier  # lazy: heavy
@@ -61,20 +71,18 @@ def simulate(split_dir: Path, *, config: dict[str, Any]) -> tuple[float, list[fl
     s = TrainingSettings.model_validate(config)
     schema = load_schema(split_dir / "schema.json")
     hospitals = [
-        split_train_validation(load_hospital_table(p, schema), validation_fraction=s.validation_fraction, seed=s.seed)[
-            0
-        ]
-        for p in sorted(split_dir.glob("hospital-*.csv"))
+        split_train_validation(load_task_data(p, schema), validation_fraction=s.validation_fraction, seed=s.seed)[0]
+        for p in _hospital_paths(split_dir)
     ]
-    holdout = load_hospital_table(split_dir / "holdout.csv", schema)
+    holdout = load_task_data(_holdout_path(split_dir), schema)
     cpu = torch.device("cpu")
-    global_model = build_model(schema, seed=s.seed)
+    global_model = build_task_model(schema, seed=s.seed)
     optimizer = ServerOptimizer.from_settings(s)
     curve = []
     for rnd in range(1, s.num_rounds + 1):
         updates = []
         for i, train in enumerate(hospitals):
-            model = build_model(schema)
+            model = build_task_model(schema)
             model.load_state_dict(global_model.state_dict())
             common = {"batch_size": s.batch_size, "epochs": s.local_epochs, "learning_rate": s.learning_rate}
             common |= {"amp": "off", "device": cpu, "seed": s.seed + rnd}
@@ -105,7 +113,7 @@ def real(split_dir: Path, work: Path, *, config: dict[str, Any]) -> tuple[float,
     schema_path = split_dir / "schema.json"
     with LocalFederation(work / "fed") as fed:
         fed.start_superlink()
-        for i, path in enumerate(sorted(split_dir.glob("hospital-*.csv")), start=1):
+        for i, path in enumerate(_hospital_paths(split_dir), start=1):
             fed.add_hospital(
                 institution=f"hospital-{i}", data_path=path, node_config={"state-dir": str(work / f"state-{i}")}
             )
@@ -117,9 +125,9 @@ def real(split_dir: Path, work: Path, *, config: dict[str, Any]) -> tuple[float,
         raise RuntimeError(f"run {run_id} ended {status}; logs in {work / 'fed' / 'logs'}")
     results = json.loads((work / "runs" / str(run_id) / "results.json").read_text())
     schema = load_schema(schema_path)
-    model = build_model(schema)
+    model = build_task_model(schema)
     model.load_state_dict(torch.load(results["final_model_path"], weights_only=True))
-    holdout = load_hospital_table(split_dir / "holdout.csv", schema)
+    holdout = load_task_data(_holdout_path(split_dir), schema)
     return evaluate(model, holdout, device=torch.device("cpu")).accuracy, []
 
 
