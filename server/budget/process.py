@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -68,11 +68,13 @@ def running_budget_service(
     workers: int = 1,
     wait_for_accounting: bool = False,
     tls: TlsFiles | None = None,
+    prefix: Sequence[str] = (),
 ) -> Iterator[str]:
     """Start `fedcare budget serve` in a child process, wait for /healthz, yield its URL; stop it on exit.
 
     The admin token travels in the child's environment, never on its command line.
     `wait_for_accounting` also waits until Opacus is loaded (benchmarks: no import in the timings).
+    `prefix` places the process (e.g. `ip netns exec NS`); the caller must be able to reach `host` itself.
     """
     own_log = log_path is None
     if log_path is None:
@@ -99,6 +101,7 @@ def running_budget_service(
         env["FEDCARE_BUDGET_TLS_CERTFILE"] = str(tls.server_certificate)
         env["FEDCARE_BUDGET_TLS_KEYFILE"] = str(tls.server_key)
     command = [
+        *prefix,
         sys.executable,
         "-m",
         "fedcare.budget_cli",

@@ -6,11 +6,17 @@ through a relay that adds 40 ms of round trip, resets connections, and counts by
 hospital's link is held to 20 Mbit/s (tbf). Keys are made where they are used, as in a deployment:
 each hospital joins with its own node key, the coordinator registers the requests, one hospital makes
 the CKKS key set and the coordinator relays only sealed copies. One federation serves every test here:
-an HE run, and a SecAgg+ run during which the relay resets every hospital's connection. See tests/support/netns.py.
+an HE run (its ServerApp reports to the budget service, which runs over TLS in the coordinator's namespace),
+a SecAgg+ run during which the relay resets every hospital's connection, and each hospital reading its own
+budget from its namespace. See tests/support/netns.py.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,7 +86,8 @@ def multisite(
     topology = netns.build_topology(NAMES, workdir=root / "net")
     data = dict(zip(NAMES, breast_cancer_split.hospital_paths, strict=True))
     try:
-        with multisite_federation(root, data, topology=topology, relay={"delay": 0.02, "outage": 1.0}) as site:
+        relay = {"delay": 0.02, "outage": 1.0}
+        with multisite_federation(root, data, topology=topology, relay=relay, budget=True) as site:
             yield site
         assert_all_exited(site.fed.seen_pids)
     finally:
@@ -124,7 +131,8 @@ def _assert_traffic_through_the_relay(before: dict[str, Any], after: dict[str, A
 def test_he_run_from_hospital_made_keys_across_namespaces(multisite: MultiSite, breast_cancer_split: DemoSplit) -> None:
     schema = breast_cancer_split.schema_path
     server_context = server_key_files(multisite.federation).server_context
-    run_config = _run_config(schema, multisite, "he", **{RUN_HE_CONTEXT_KEY: str(server_context)})
+    he_context = {RUN_HE_CONTEXT_KEY: str(server_context)}
+    run_config = _run_config(schema, multisite, "he", **he_context, **multisite.budget_run_config)
     run_id, status, before, after = _run(multisite, run_config, cut=False)
     results = multisite.results(run_id)
 
@@ -148,13 +156,29 @@ def test_secagg_run_across_namespaces_survives_a_cut(multisite: MultiSite, breas
     _assert_traffic_through_the_relay(before, after)
 
 
-# ---- BUDGETS OVER TLS FROM A HOSPITAL'S NAMESPACE: the integrator adds this test with the budget-tls branch ----
-# That branch serves the budget service over TLS (uvicorn, a certificate from the federation CA) and adds
-# `fedcare budget show --kit SITE_DIR`. What to add here, reusing the `multisite` fixture:
-# - `multisite_federation` (tests/support/multisite.py) makes the federation with `budget_url=""`; give it
-#   the budget service's https URL on the coordinator's address (netns.COORDINATOR_IP, which netns.SANS
-#   already names) and start the service in the coordinator's namespace, before the hospitals register, with
-#   `multisite.topology.prefix(COORDINATOR)` (fedcare.placement.COORDINATOR) in front of its command;
-# - from each hospital's namespace, `[*multisite.topology.prefix(name), sys.executable, "-m", "fedcare.cli",
-#   "budget", "show", "--kit", str(multisite.sites[name].root)]` shows that hospital's own budget and events,
-#   and the same token asking for another institution's budget gets 403.
+def _budget_show(site: MultiSite, name: str, *args: str) -> subprocess.Popen[str]:
+    """`fedcare budget show --kit` as the hospital runs it: in its namespace, from its site directory."""
+    assert site.topology is not None
+    command = [*site.topology.prefix(name), sys.executable, "-m", "fedcare.cli", "budget", "show"]
+    command += ["--kit", str(site.sites[name].root), *args]
+    env = {**os.environ, "COLUMNS": "400", "PYTHONPATH": str(APP_DIR)}
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_hospitals_read_their_budgets_over_tls_from_their_namespaces(multisite: MultiSite) -> None:
+    """Each hospital reads its own budget, and the events the HE run's ServerApp reported (so this runs after
+    that test), from the budget service on the coordinator's address over TLS; another institution's budget is
+    refused (403) in one line. Every query at once: each is a CLI start, the slow part."""
+    others = {name: NAMES[(NAMES.index(name) + 1) % len(NAMES)] for name in NAMES}
+    own = {name: _budget_show(multisite, name) for name in NAMES}
+    refused = {name: _budget_show(multisite, name, "--institution", others[name]) for name in NAMES}
+    for name in NAMES:
+        out, err = own[name].communicate(timeout=120)
+        assert own[name].returncode == 0, err
+        assert multisite.federation.config().budget_url in out
+        rounds = re.search(rf"{name}: epsilon spent .* \((?:delta \S+), (\d+) round\(s\)\)", out)
+        assert rounds is not None and int(rounds.group(1)) >= ROUNDS, out
+        assert "ledger events" in out
+        out, err = refused[name].communicate(timeout=120)
+        assert refused[name].returncode == 1, out
+        assert "refused (403)" in err and len(err.strip().splitlines()) == 1, err

@@ -14,17 +14,21 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.private_files import write_private
 from fedcare.demo_sites import hospital_key_ceremony, join_and_register
 from fedcare.federation import LocalFederation
 from fedcare.federation_dir import FederationDir, init_federation
-from fedcare.placement import Loopback
+from fedcare.placement import COORDINATOR, Loopback
+from fedcare.registration import BudgetTarget
 from fedcare.site import SiteDir
 from fedcare.superlink_control import SuperLinkConnection
+from server.budget.process import free_port, running_budget_service
+from server.budget_client.admin import BudgetAdmin
 from tests.support import netns
 
 NOT_RUNNING = "127.0.0.1:9"  # registrations stay pending until the SuperLink starts (and syncs them)
@@ -37,6 +41,7 @@ class MultiSite:
     federation: FederationDir
     sites: dict[str, SiteDir]
     topology: netns.Topology | None
+    budget_run_config: dict[str, str] = field(default_factory=dict)  # a run's ServerApp reports to the ledger
 
     @property
     def runs(self) -> Path:
@@ -96,20 +101,60 @@ def multisite_federation(
     topology: netns.Topology | None,
     relay: dict[str, float] | None = None,
     activation_timeout: float = 120.0,
+    budget: bool = False,
 ) -> Iterator[MultiSite]:
     """Sites for `data` (institution -> its data file) under `root`, their SuperLink and nodes running.
     `relay`: `Topology.start_relay` options (delay, cut_every, outage); `activation_timeout`: how long each
-    node may take to be accepted and warm (many nodes warming at once on 2 cores take minutes)."""
+    node may take to be accepted and warm (many nodes warming at once on 2 cores take minutes); `budget`: also the
+    budget service over TLS in the coordinator's namespace, each hospital registered with it (needs `topology`)."""
     sans = netns.SANS if topology is not None else ("localhost", "127.0.0.1")
-    fed_dir = init_federation(root / "coordinator", sans=sans, budget_url="")
+    if budget and topology is None:
+        raise ValueError("the budget service runs in the coordinator's namespace: pass a topology")
+    budget_url = f"https://{netns.COORDINATOR_IP}:{free_port()}" if budget else ""
+    fed_dir = init_federation(root / "coordinator", sans=sans, budget_url=budget_url)
     pending = SuperLinkConnection(NOT_RUNNING, fed_dir.ca_certificate)
-    sites = join_and_register(fed_dir, root / "hospitals", list(data), superlink=pending)
-    hospital_key_ceremony(fed_dir, sites, maker=next(iter(data)))
-    with LocalFederation(fed_dir.root, placement=topology or Loopback(), activation_timeout=activation_timeout) as fed:
+    with ExitStack() as stack:
+        target, run_config = None, {}
+        if topology is not None and budget:
+            with topology.entered(COORDINATOR):  # the coordinator's own calls; hospitals dial it across the bridge
+                target, run_config = _start_budget_service(stack, fed_dir, budget_url, topology=topology)
+                sites = join_and_register(fed_dir, root / "hospitals", list(data), superlink=pending, budget=target)
+        else:
+            sites = join_and_register(fed_dir, root / "hospitals", list(data), superlink=pending)
+        hospital_key_ceremony(fed_dir, sites, maker=next(iter(data)))
+        placement = topology or Loopback()
+        fed = stack.enter_context(
+            LocalFederation(fed_dir.root, placement=placement, activation_timeout=activation_timeout)
+        )
         fed.start_superlink()  # in the coordinator's namespace; completes the pending registrations
         if topology is not None:
             topology.start_relay(fed.fleet_port, **(relay or {}))
         nodes = [fed.add_site(s.root, node_config={"data-path": str(data[n])}, wait=False) for n, s in sites.items()]
         for node in nodes:
             fed.wait_for_node(node)
-        yield MultiSite(fed, fed_dir, sites, topology)
+        yield MultiSite(fed, fed_dir, sites, topology, run_config)
+
+
+def _start_budget_service(
+    stack: ExitStack, fed: FederationDir, url: str, *, topology: netns.Topology
+) -> tuple[BudgetTarget, dict[str, str]]:
+    """The budget service over TLS on the coordinator's address, in its namespace, stopped with `stack` (also on
+    failure); and a run config with an aggregator token, so that a run's ServerApp reports to its ledger."""
+    host, port = url.removeprefix("https://").rsplit(":", 1)
+    budget_dir = fed.admin_token_file.parent
+    url = stack.enter_context(
+        running_budget_service(
+            database_url=f"sqlite:///{budget_dir / 'ledger.db'}",
+            admin_token=fed.admin_token(),
+            host=host,
+            port=int(port),
+            log_path=budget_dir / "service.log",
+            tls=fed.budget_tls(),
+            prefix=topology.prefix(COORDINATOR),
+        )
+    )
+    target = BudgetTarget(url, fed.admin_token(), fed.ca_certificate)
+    with BudgetAdmin(url, target.admin_token, ca_certificate=fed.ca_certificate) as admin:
+        token = write_private(budget_dir / "aggregator-token", admin.create_aggregator_token("multisite-serverapp"))
+    run_config = {"budget-url": url, "budget-token-file": str(token), "budget-ca-file": str(fed.ca_certificate)}
+    return target, run_config

@@ -20,6 +20,7 @@ Needs root (CI runs as root). Without it `require_netns` raises `NetnsUnavailabl
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -28,6 +29,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,7 @@ COORDINATOR_IP, RELAY_IP = f"{SUBNET}.1", f"{SUBNET}.2"
 SANS = ("localhost", "127.0.0.1", COORDINATOR_IP, RELAY_IP)  # what the SuperLink's certificate must name
 RELAY_SCRIPT = Path(__file__).with_name("tcp_relay.py")
 RELAY = "relay"
+CLONE_NEWNET = 0x40000000
 
 
 class NetnsUnavailable(RuntimeError):
@@ -155,6 +159,26 @@ class Topology:
     def port_open(self, site: str, host: str, port: int) -> bool:
         probe = f"exec 3<>/dev/tcp/{host}/{port}"  # bash's own connect: no interpreter start per probe
         return _run(*self.prefix(site), "bash", "-c", probe, check=False, timeout=5).returncode == 0
+
+    @contextmanager
+    def entered(self, site: str) -> Iterator[None]:
+        """Run the calling thread inside `site`'s namespace: the coordinator's own calls to a service that listens
+        only there (the budget service), and children it starts meanwhile, as on the coordinator's host. Sockets
+        made meanwhile stay in that namespace; other threads never leave the root namespace."""
+        libc = ctypes.CDLL(None, use_errno=True)
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        target = os.open(f"/run/netns/{self.site(site).namespace}", os.O_RDONLY)
+        try:
+            if libc.setns(target, CLONE_NEWNET) != 0:
+                raise NetnsUnavailable(f"setns into {site}'s namespace failed: {os.strerror(ctypes.get_errno())}")
+            try:
+                yield
+            finally:
+                if libc.setns(home, CLONE_NEWNET) != 0:
+                    raise NetnsUnavailable(f"setns back home failed: {os.strerror(ctypes.get_errno())}")
+        finally:
+            os.close(home)
+            os.close(target)
 
     # ---- the relay ------------------------------------------------------------
     @property
