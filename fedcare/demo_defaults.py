@@ -14,8 +14,8 @@ from typing import Any
 # Run-config keys (kebab-case, as in pyproject.toml); anything not named keeps the federation's default.
 DATASET_RUN_CONFIG: dict[str, dict[str, Any]] = {
     "breast-cancer": {"num-rounds": 5},
-    "images": {"num-rounds": 5},  # the built-in image task (docs/tasks.md); not tuned for accuracy yet
     "digits": {"num-rounds": 15, "batch-size": 128, "local-epochs": 2, "learning-rate": 0.02},
+    "images": {"num-rounds": 5},  # the built-in image task (docs/tasks.md); not tuned for accuracy yet
 }
 
 
