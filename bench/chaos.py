@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,11 @@ from bench.chaos_faults import FAULTS, Trial, TrialRun, run_trial, schedule  # n
 from common.demo_data import write_demo_split  # noqa: E402
 
 
-def soak(trials: list[Trial], *, workdir: Path, share: bool = False) -> dict[str, Any]:
-    """Run `trials` (one bed each, or one bed for all with `share`) and check every invariant."""
+def soak(
+    trials: list[Trial], *, workdir: Path, share: bool = False, progress: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Run `trials` (one bed each, or one bed for all with `share`) and check every invariant; `progress` gets
+    the report so far after every trial (a soak cut short still says what it saw)."""
     split = write_demo_split(workdir / "data", dataset="breast-cancer", hospitals=3)
     app_dir = chaos_app(workdir / "app")
     violations: list[Violation] = []
@@ -61,7 +65,13 @@ def soak(trials: list[Trial], *, workdir: Path, share: bool = False) -> dict[str
                 runs.append(run)
                 seconds.append(round(time.monotonic() - started, 1))
                 started = time.monotonic()
+                if progress is not None:
+                    progress(_report(runs, violations, seconds))
         violations += leftover_violations(bed, [t.index for t in group])
+    return _report(runs, violations, seconds)
+
+
+def _report(runs: list[TrialRun], violations: list[Violation], seconds: list[float]) -> dict[str, Any]:
     resumes = [r.resume_seconds for r in runs if r.resume_seconds is not None]
     return {
         "trials": len(runs),
@@ -71,6 +81,7 @@ def soak(trials: list[Trial], *, workdir: Path, share: bool = False) -> dict[str
         "seconds_per_trial": seconds,
         "median_seconds_to_resume": statistics.median(resumes) if resumes else None,
         "runs": [r.summary() for r in runs],
+        "load_average": [round(x, 1) for x in os.getloadavg()],
     }
 
 
@@ -82,18 +93,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "chaos.json")
     args = parser.parse_args()
     print(f"seed {args.seed}", file=sys.stderr, flush=True)
-    load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="fedcare-chaos-") as tmp:
-        report = {
-            "seed": args.seed,
-            **soak(schedule(seed=args.seed, trials=args.trials), workdir=Path(tmp), share=args.share),
-        }
-    report["load_average"] = {
-        "before": [round(x, 1) for x in load_before],
-        "after": [round(x, 1) for x in os.getloadavg()],
-    }
+    load_before = [round(x, 1) for x in os.getloadavg()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+
+    def write(report: dict[str, Any], *, done: bool = False) -> dict[str, Any]:
+        report = {"seed": args.seed, "share": args.share, "done": done, **report, "load_average_before": load_before}
+        args.out.write_text(json.dumps(report, indent=2))
+        return report
+
+    trials = schedule(seed=args.seed, trials=args.trials)
+    with tempfile.TemporaryDirectory(prefix="fedcare-chaos-") as tmp:
+        report = write(soak(trials, workdir=Path(tmp), share=args.share, progress=write), done=True)
     print(json.dumps(report, indent=2))
 
 
