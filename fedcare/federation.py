@@ -46,6 +46,9 @@ from fedcare.warm_executor import READY_LINE
 __all__ = ["CONNECTION", "FederationError", "LocalFederation", "ManagedProcess", "free_port"]
 log = logging.getLogger("fedcare.federation")
 RUN_TIMEOUT = 7 * 24 * 3600.0  # a ServerApp runs for the whole run: the executor's per-task limit
+# Longer than `fedcare node start`'s own 10 s for its SuperNode and executor: a node killed at the same moment
+# as it gives up on them never removes its temp folder (the chaos soak found fedcare-node-* left behind).
+STOP_GRACE = 20.0
 SERVERAPP_POLL = "0.1"  # s between ServerApp claims (Flower's SuperExec: 1 s); each costs the SuperLink ~4 ms CPU
 
 
@@ -292,4 +295,4 @@ class LocalFederation(ProcessGroup):
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        self.stop(grace=STOP_GRACE)

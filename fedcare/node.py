@@ -17,7 +17,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 
 from fedcare.fast_supernode import NODE_REFUSED_EXIT, wait_args
 from fedcare.flower_internals import SuperNodeWaits
+from fedcare.node_sockets import socket_dir
 
 log = logging.getLogger("fedcare.node")
 RUNTIME_PORT = 9094  # Flower's default for the SuperNode's runtime API (loopback only)
@@ -137,7 +137,7 @@ def run_node(options: NodeOptions, *, grace: float = 10.0) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     env = _environment()
-    sockets = tempfile.TemporaryDirectory(prefix="fedcare-node-")  # private (0700): only we may wake the executor
+    sockets = socket_dir()  # private (0700): only we may wake the executor
     options = replace(options, notify_socket=os.path.join(sockets.name, "tasks.sock"))
     for command in (options.supernode_command(), options.executor_command()):
         log.info("$ %s", shlex.join(command))  # which flags ran (TLS, node key) is the first thing to check
@@ -163,6 +163,7 @@ def run_node(options: NodeOptions, *, grace: float = 10.0) -> int:
         return 0
     finally:
         _stop([executor, supernode], grace=grace)
+        sockets.cleanup()
         sockets.cleanup()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -34,6 +34,7 @@ from fedcare.flower_internals.guard import (
 )
 from fedcare.flower_internals.supernode import (
     Refusal,
+    ReplyContentLost,
     SuperNodeWaits,
     run_flower_supernode,
     stop_when_refused,
@@ -54,6 +55,7 @@ __all__ = [
     "_PULL_HELPERS",
     "FlowerInternalsChanged",
     "Refusal",
+    "ReplyContentLost",
     "RuntimeApi",
     "ServedMessage",
     "SuperNodeWaits",

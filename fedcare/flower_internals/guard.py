@@ -55,6 +55,10 @@ def check_pinned_flower() -> list[str]:
     if getattr(sci, "time", None) is not time:
         problems.append("flwr.supernode.start_client_internal.time: no longer the `time` module it sleeps through")
     source = inspect.getsource(sci)
+    if "def yield_object_contents(" not in source:
+        problems.append(
+            "start_client_internal._push_messages: no `yield_object_contents` waiting for a reply's objects"
+        )
     if "task_id = state.create_task(" not in source or "except RunNotRunningException" not in source:
         problems.append("flwr.supernode.start_client_internal._pull_and_store_message: task no longer made as assumed")
     if "run_id = _pull_and_store_message(" not in source or not callable(getattr(sci, "_pull_and_store_message", 0)):

@@ -44,6 +44,8 @@ class SuperNodeWaits:
     longer than a crashed session of the same key stays online (OFFLINE_AFTER x heartbeat_interval), which
     the SuperLink answers with the same code [Flower exits at the first refusal].
     reconnect_cap: the longest wait between reconnection attempts [20].
+    content_patience: how long a reply's objects may take to reach the node's store after the reply [no end];
+    then the reply is dropped and the node goes on (a ClientApp killed mid-upload wedged it for good).
     """
 
     fleet_poll: float = 0.05
@@ -55,6 +57,14 @@ class SuperNodeWaits:
     heartbeat_interval: float = 10.0
     refusal_patience: float = 25.0
     reconnect_cap: float = 2.0
+    content_patience: float = 60.0  # s a reply's objects may take to arrive after the reply itself
+
+
+CONTENT_WAIT_CALLER = "yield_object_contents"  # start_client_internal._push_messages: waits for a reply's objects
+
+
+class ReplyContentLost(RuntimeError):
+    """A reply's objects never reached the SuperNode's store: its ClientApp died while uploading them."""
 
 
 class _RetunedSleeps:
@@ -64,14 +74,33 @@ class _RetunedSleeps:
 
     def __init__(self, waits: SuperNodeWaits) -> None:
         self.waits, self.last_message = waits, time.monotonic()
+        self.content_wait_since: float | None = None
 
     def sleep(self, seconds: float) -> None:
         if float(seconds) == FLEET_POLL_SLEEP:
             busy = time.monotonic() - self.last_message < self.waits.busy_window
             seconds = self.waits.fleet_poll if busy else self.waits.fleet_poll_idle
         elif seconds == REPLY_WAIT_SLEEP:
+            self._give_up_on_lost_content(sys._getframe(1).f_code.co_name)
             seconds = self.waits.reply_wait
         time.sleep(seconds)
+
+    def _give_up_on_lost_content(self, caller: str) -> None:
+        """Flower's `_push_messages` waits without end for each object of a reply the ClientApp pushed; a
+        ClientApp killed mid-upload never sends the rest, and the SuperNode took no message again (the chaos
+        soak found it). Past `content_patience` this raises, and Flower drops that reply and goes on."""
+        if caller != CONTENT_WAIT_CALLER:
+            self.content_wait_since = None
+            return
+        now = time.monotonic()
+        if self.content_wait_since is None:
+            self.content_wait_since = now
+        elif now - self.content_wait_since > self.waits.content_patience:
+            self.content_wait_since = None
+            raise ReplyContentLost(
+                f"a reply's content did not arrive within {self.waits.content_patience:.0f} s "
+                "(its ClientApp died while uploading it); the reply is dropped"
+            )
 
     def __getattr__(self, name: str) -> object:
         return getattr(time, name)

@@ -55,6 +55,26 @@ def test_tuned_waits_replace_the_fixed_sleeps_and_leave_other_sleeps_alone(resto
         assert (defaults["initial_backoff"], defaults["backoff_cap"]) == (0.002, 0.2), name
 
 
+def test_a_reply_whose_content_never_arrives_is_given_up_after_the_patience(restored_flower) -> None:
+    """A ClientApp SIGKILLed while uploading its reply left Flower's `_push_messages` waiting for the missing
+    objects for ever (the chaos soak); the tuned sleep raises there, and Flower drops the reply and goes on."""
+    sci, _ = restored_flower
+    fi.tune_supernode_waits(fi.SuperNodeWaits(reply_wait=0.001, content_patience=0.05))
+
+    def yield_object_contents() -> int:  # Flower's waiting loop, by name, as in start_client_internal
+        waits = 0
+        while True:
+            sci.time.sleep(fi.REPLY_WAIT_SLEEP)
+            waits += 1
+
+    started = time.monotonic()
+    with pytest.raises(fi.ReplyContentLost, match="dropped"):
+        yield_object_contents()
+    assert time.monotonic() - started < 2.0
+    for _ in range(100):  # waiting for a reply (another caller) has no end, as before
+        sci.time.sleep(fi.REPLY_WAIT_SLEEP)
+
+
 def test_the_guard_names_a_changed_symbol(monkeypatch: pytest.MonkeyPatch) -> None:
     sci = importlib.import_module("flwr.supernode.start_client_internal")
     monkeypatch.setattr(sci, "time", object())
