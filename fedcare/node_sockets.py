@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-PREFIX = "fedcare-node-"
+PREFIX = "fcnode-"  # short: the socket path inside must fit AF_UNIX's 108 bytes, also under a long TMPDIR
 log = logging.getLogger("fedcare.node")
 
 
