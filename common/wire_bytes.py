@@ -5,20 +5,24 @@ chunks), each deflated to bytes and pushed once per message; the sum of those de
 is what travels, before gRPC's framing. This is the one place that reads Flower's object tree:
 tests/common/test_wire_bytes.py fails when Flower changes it.
 
-Deflating an Array caches its chunks (memoryviews) on the Array and its chunk objects, which makes the
-content impossible to copy or pickle afterwards (Flower's SecAgg+ workflow copies the messages it sends);
-so the count is taken on a copy, and the content is left as it was.
+Deflating an Array caches its chunks (memoryviews) on the Array, which makes the content impossible to
+copy or pickle afterwards (Flower's SecAgg+ workflow copies the messages it sends); the cache is dropped
+again from every Array in the content, so counting leaves the content as it was. Every Array, not only
+those the object tree lists: two Arrays with the same bytes (a GroupNorm's ones, say) share one object id,
+so the tree lists one of them while both got a cache.
 """
 
 from __future__ import annotations
 
-import copy
-
-from flwr.app import RecordDict
+from flwr.app import ArrayRecord, RecordDict
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 
 def content_bytes(content: RecordDict) -> int:
     """The deflated bytes of `content` and everything in it (an object shared twice is sent once)."""
-    objects = get_all_nested_objects(copy.deepcopy(content)).values()
-    return sum(len(obj.deflate()) for obj in objects)
+    total = sum(len(obj.deflate()) for obj in get_all_nested_objects(content).values())
+    for record in content.values():
+        if isinstance(record, ArrayRecord):
+            for array in record.values():
+                array.__dict__.pop("_chunks", None)  # Array's own cache of its chunks, as Array.__setattr__ drops it
+    return total
