@@ -42,6 +42,8 @@ __all__ = ["LocalWorkersError", "run_workers", "train_private_workers"]
 
 from client.local_workers_error import LocalWorkersError
 
+FAILURE_GRACE_S = 5.0  # how long the parent waits for the other ranks' errors once one rank has failed
+PEER_LOST_MARKERS = ("Connection closed by peer", "Connection reset by peer", "remote worker crashing")
 WORKER_START_S = 120.0  # spawn, import torch and Opacus, join the group: generous on a loaded machine
 # The workers' own limit (the process group's collective timeout, and the parent's wait beyond the start).
 # The executor's message timeout comes first in practice; the workers follow their parent out (watchdog).
@@ -156,14 +158,42 @@ def run_workers(
                     ) from None
                 continue
             if not reply.ok:
-                if reply.error_type == "DPConfigError":
-                    raise DPConfigError(reply.value)
-                raise LocalWorkersError(f"local worker {reply.rank} failed: {reply.error_type}: {reply.value}")
+                cause = _root_cause([reply, *_more_failures(replies, procs, reported=len(results) + 1)])
+                if cause.error_type == "DPConfigError":
+                    raise DPConfigError(cause.value)
+                raise LocalWorkersError(f"local worker {cause.rank} failed: {cause.error_type}: {cause.value}")
             results[reply.rank] = reply.value
         return results
     finally:
         _stop(procs)
         replies.close()
+
+
+def _more_failures(replies: Any, procs: list[Any], *, reported: int) -> list[WorkerReply]:
+    """The other ranks' failures that arrive within a short grace after the first one.
+
+    A rank that raises leaves the process group, so its peers fail in their next collective with gloo's
+    "Connection closed by peer"; whichever reply reaches the queue first is a race, hence the wait.
+    """
+    failures: list[WorkerReply] = []
+    deadline = time.monotonic() + FAILURE_GRACE_S
+    while reported < len(procs) and time.monotonic() < deadline:
+        try:
+            reply: WorkerReply = replies.get(timeout=0.2)
+        except queue.Empty:
+            if all(p.exitcode is not None for p in procs):
+                break
+            continue
+        reported += 1
+        if not reply.ok:
+            failures.append(reply)
+    return failures
+
+
+def _root_cause(failures: list[WorkerReply]) -> WorkerReply:
+    """The failure that started it: the first one that is not a peer's lost connection."""
+    own = [f for f in failures if not any(marker in f.value for marker in PEER_LOST_MARKERS)]
+    return (own or failures)[0]
 
 
 def _stop(procs: list[Any]) -> None:

@@ -153,6 +153,17 @@ def test_a_crashed_worker_takes_the_round_and_the_other_workers_down() -> None:
     assert multiprocessing.active_children() == []
 
 
+def test_the_root_cause_is_reported_even_when_a_peer_s_lost_connection_arrives_first() -> None:
+    """Which rank's reply reaches the queue first is a race; the message must name the rank that raised."""
+    from client.ddp_workers import WorkerReply, _root_cause
+
+    lost = WorkerReply(rank=0, ok=False, value="[pair.cc:553] Connection closed by peer [127.0.0.1]:1", error_type="X")
+    cause = WorkerReply(rank=1, ok=False, value="rank 1 gives up", error_type="ValueError")
+    assert _root_cause([lost, cause]) is cause
+    assert _root_cause([cause, lost]) is cause
+    assert _root_cause([lost]) is lost  # nothing better known: say what there is
+
+
 def test_modes_that_cannot_run_distributed_are_refused_before_spawning() -> None:
     from client.dp_training import resolve_distributed_mode
 
