@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from client.accountant_state import HospitalAccountant
 from client.app import train as handle_train
@@ -17,6 +16,7 @@ from common.models import build_model
 from common.schema import load_schema
 from common.settings import RunSettings
 from server.messaging import message_config
+from tests.support.train_messages import train_message
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Secure RNG turned off:UserWarning"),
@@ -38,18 +38,7 @@ def _message(split: DemoSplit, *, config: ConfigRecord | None = None) -> Message
             "arrays": ArrayRecord(build_model(schema, seed=settings.seed).state_dict()),
         }
     )
-    metadata = Metadata(
-        run_id=5,
-        message_id="m1",
-        src_node_id=0,
-        dst_node_id=1,
-        reply_to_message_id="",
-        group_id="1",
-        created_at=time.time(),
-        ttl=3600.0,
-        message_type="train",
-    )
-    return Message(content, metadata=metadata)
+    return train_message(content)
 
 
 def _context(split: DemoSplit, state: Path) -> Context:

@@ -128,7 +128,9 @@ def _assert_traffic_through_the_relay(before: dict[str, Any], after: dict[str, A
         assert up > 10_000 and down > 10_000, f"{name}: {up} bytes up, {down} down through the relay"
 
 
-def test_he_run_from_hospital_made_keys_across_namespaces(multisite: MultiSite, breast_cancer_split: DemoSplit) -> None:
+def test_he_run_from_hospital_made_keys_across_namespaces_and_its_budgets_over_tls(
+    multisite: MultiSite, breast_cancer_split: DemoSplit
+) -> None:
     schema = breast_cancer_split.schema_path
     server_context = server_key_files(multisite.federation).server_context
     he_context = {RUN_HE_CONTEXT_KEY: str(server_context)}
@@ -141,6 +143,7 @@ def test_he_run_from_hospital_made_keys_across_namespaces(multisite: MultiSite, 
     assert [(r["status"], r["participants"]) for r in results["rounds"]] == [("aggregated", NAMES)] * ROUNDS
     _assert_dp_spent(results)
     _assert_traffic_through_the_relay(before, after)
+    _assert_budgets_read_over_tls(multisite)
 
 
 def test_secagg_run_across_namespaces_survives_a_cut(multisite: MultiSite, breast_cancer_split: DemoSplit) -> None:
@@ -165,10 +168,10 @@ def _budget_show(site: MultiSite, name: str, *args: str) -> subprocess.Popen[str
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def test_hospitals_read_their_budgets_over_tls_from_their_namespaces(multisite: MultiSite) -> None:
-    """Each hospital reads its own budget, and the events the HE run's ServerApp reported (so this runs after
-    that test), from the budget service on the coordinator's address over TLS; another institution's budget is
-    refused (403) in one line. Every query at once: each is a CLI start, the slow part."""
+def _assert_budgets_read_over_tls(multisite: MultiSite) -> None:
+    """Each hospital reads its own budget, with the events the HE run's ServerApp has just reported, from the
+    budget service on the coordinator's address over TLS; another institution's budget is refused (403) in one
+    line. Every query at once: each is a CLI start, the slow part."""
     others = {name: NAMES[(NAMES.index(name) + 1) % len(NAMES)] for name in NAMES}
     own = {name: _budget_show(multisite, name) for name in NAMES}
     refused = {name: _budget_show(multisite, name, "--institution", others[name]) for name in NAMES}

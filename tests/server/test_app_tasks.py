@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flwr.app import ArrayRecord, Context, Message, Metadata, RecordDict
+from flwr.app import ArrayRecord, Context, Message, RecordDict
 from sklearn.datasets import load_digits
 
 from client.app import train as handle_train
@@ -25,6 +25,7 @@ from common.tasks.model_task import pin_task
 from server.app import main
 from server.messaging import message_config
 from tests.server.loopback import RUN, LoopbackGrid
+from tests.support.train_messages import train_message
 
 pytestmark = [
     pytest.mark.usefixtures("serverapp_identity"),
@@ -96,18 +97,7 @@ def _train_message(split: DemoSplit, *, task_version: str) -> Message:
             "arrays": ArrayRecord(model.state_dict()),
         }
     )
-    metadata = Metadata(
-        run_id=5,
-        message_id="m1",
-        src_node_id=0,
-        dst_node_id=1,
-        reply_to_message_id="",
-        group_id="1",
-        created_at=time.time(),
-        ttl=3600.0,
-        message_type="train",
-    )
-    return Message(content, metadata=metadata)
+    return train_message(content)
 
 
 def test_a_hospital_with_another_task_version_refuses_the_round_by_name(split: DemoSplit, tmp_path: Path) -> None:

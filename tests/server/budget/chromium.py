@@ -18,6 +18,24 @@ from pathlib import Path
 from typing import Any
 
 
+def headless_flags(profile: Path) -> list[str]:
+    """One headless Chromium's flags: no GPU, no network of its own, its own profile, a 1200x800 window, logs."""
+    return [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--window-size=1200,800",
+        "--enable-logging=stderr",
+        "--v=0",
+    ]
+
+
 def _above_nine(fd: int) -> int:
     high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
     os.close(fd)
@@ -30,22 +48,7 @@ class Chromium:
         self._replies, from_browser = os.pipe()
         # Above 9, so that redirecting them onto fds 3 and 4 in the child cannot clobber one of them.
         to_browser, from_browser = (_above_nine(fd) for fd in (to_browser, from_browser))
-        args = [
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--remote-debugging-pipe",
-            f"--user-data-dir={profile}",
-            "--window-size=1200,800",
-            "--enable-logging=stderr",
-            "--v=0",
-            "about:blank",
-        ]
+        args = [*headless_flags(profile), "--remote-debugging-pipe", "about:blank"]
         script = f'exec "$0" "$@" 3<&{to_browser} 4>&{from_browser} {to_browser}<&- {from_browser}>&-'
         self._log = open(log, "wb")  # noqa: SIM115 (closed in close())
         self.proc = subprocess.Popen(

@@ -15,7 +15,7 @@ from server.budget.process import running_budget_service
 from server.budget_client.admin import BudgetAdmin
 from server.budget_client.connection import BudgetConnection
 from server.budget_client.events import BudgetEventClient
-from tests.server.budget.chromium import Chromium
+from tests.server.budget.chromium import Chromium, headless_flags
 from tests.server.budget.helpers import ADMIN_TOKEN, count_colour, decode_png, dp_event
 from tests.support.local_postgres import LocalPostgres
 
@@ -127,23 +127,7 @@ def test_budget_show_prints_a_table_from_the_api(live_service: str) -> None:
 def _render(chromium: str, url: str, tmp_path: Path, name: str) -> tuple[Path, str]:
     shot = tmp_path / f"{name}.png"
     result = subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={tmp_path / f'{name}-profile'}",
-            f"--screenshot={shot}",
-            "--window-size=1200,800",
-            "--enable-logging=stderr",
-            "--v=0",
-            url,
-        ],
+        [chromium, *headless_flags(tmp_path / f"{name}-profile"), f"--screenshot={shot}", url],
         capture_output=True,
         text=True,
         timeout=120,
