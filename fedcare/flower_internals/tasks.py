@@ -9,6 +9,7 @@ import importlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from fedcare.flower_internals.supernode import SuperNodeWaits, tune_object_pull_backoff
 
@@ -117,17 +118,13 @@ def _run_clientapp(
     on_input: Callable[[ServedMessage], None],
     on_replied: Callable[[], None],
 ) -> None:
-    from flwr.app.message import remove_content_from_message
-    from flwr.common.serde import message_to_proto
     from flwr.supernode.runtime import run_clientapp as rc
 
     pull, push = rc.pull_task_input, rc.push_message
 
     def pull_and_tell(client):  # type: ignore[no-untyped-def]
-        message, context, run, fab = pull(client)
-        proto = message_to_proto(remove_content_from_message(message)).SerializeToString()
-        on_input(ServedMessage(proto, int(context.node_id), int(context.run_id)))
-        return message, context, run, fab
+        tell_when_pulled(client, on_input)
+        return pull(client)
 
     def push_and_tell(client, message, context):  # type: ignore[no-untyped-def]
         push(client, message, context)
@@ -135,6 +132,31 @@ def _run_clientapp(
 
     rc.pull_task_input, rc.push_message = pull_and_tell, push_and_tell
     rc.run_clientapp(runtime_api_address=api.address, token=token, insecure=True, parent_pid=parent_pid)
+
+
+def tell_when_pulled(client: Any, on_input: Callable[[ServedMessage], None]) -> None:
+    """Make `client` (a ClientApp's runtime client) tell `on_input` which message it serves as soon as the
+    node hands the message out, before its objects are pulled.
+
+    From then on the node counts the message as taken and waits for its reply, so a child killed while it
+    pulls the objects must be answered by the parent. Told only once `pull_task_input` returned, such a kill
+    left the node waiting for Flower's task expiry (60 s): the chaos soak's kill-clientapp trial, once
+    children started fast enough to be killed there.
+    """
+    from flwr.supercore.task_identity import TaskIdentity
+
+    pull_messages = client.PullMessages
+
+    def pull_messages_and_tell(request: Any) -> Any:
+        response = pull_messages(request)
+        if response.messages_list:
+            proto = type(response.messages_list[0])()
+            proto.CopyFrom(response.messages_list[0])  # metadata only: the content comes as objects
+            proto.metadata.message_id = response.message_object_trees[0].object_id
+            on_input(ServedMessage(proto.SerializeToString(), int(TaskIdentity.node_id), int(TaskIdentity.run_id)))
+        return response
+
+    client.PullMessages = pull_messages_and_tell
 
 
 def answer_failed_task(api: RuntimeApi, token: str, served: ServedMessage | None, *, reason: str) -> bool:

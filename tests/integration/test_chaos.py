@@ -16,13 +16,7 @@ import pytest
 from bench.chaos import soak
 from bench.chaos_faults import Trial
 
-pytestmark = [
-    pytest.mark.slow,
-    # Known broken on main, not counted as passing (issue 16 stays open): after the merge of the latency work,
-    # a hospital whose ClientApp was SIGKILLed mid-upload drops that reply after content_patience (60 s) and then
-    # never sends its next round's reply, so the run waits out round-timeout (600 s) and the test its 900 s.
-    pytest.mark.skip(reason="hangs on main: a SuperNode whose ClientApp was killed mid-upload stalls its next reply"),
-]
+pytestmark = pytest.mark.slow
 
 TRIALS = [
     Trial(0, "plain", "corrupt-update", after_round=1, delay=0.0, victim="hospital-3"),

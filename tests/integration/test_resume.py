@@ -27,12 +27,7 @@ from server.budget_client.admin import BudgetAdmin
 from server.checkpoint import read_checkpoint
 from tests.integration.conftest import APP_DIR, assert_all_exited, wait_finished
 
-pytestmark = [
-    pytest.mark.slow,
-    # Known broken on main, not counted as passing (issue 16 stays open): after the merges it stalls after the
-    # ServerApp's SIGKILL (no node or executor activity for minutes), like the chaos test's kill-clientapp trial.
-    pytest.mark.skip(reason="stalls on main after the ServerApp's SIGKILL; passed on its branch; see issue 16"),
-]
+pytestmark = pytest.mark.slow
 HOSPITALS = ("hospital-1", "hospital-2")
 ROUNDS = 3
 
