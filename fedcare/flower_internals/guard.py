@@ -79,6 +79,11 @@ def check_pinned_flower() -> list[str]:
         problems.append(
             "flwr.supercore.superexec.run_superexec._SUPEREXEC_AUTH_METHODS: missing or without AcquireTask"
         )
+    retry = importlib.import_module("flwr.supercore.retry.http_retry")
+    if "os.kill(os.getpid(), signal.SIGINT)" not in inspect.getsource(retry) or not callable(
+        getattr(retry.make_simple_http_retry_invoker(), "should_giveup", None)
+    ):
+        problems.append("flwr.supercore.retry.http_retry: a 401 no longer SIGINTs the process via should_giveup")
     if not callable(getattr(importlib.import_module("flwr.supercore.interceptors"), "SuperExecAuthHttpInterceptor", 0)):
         problems.append("flwr.supercore.interceptors.SuperExecAuthHttpInterceptor: missing")
     problems += _check_liveness(mods)

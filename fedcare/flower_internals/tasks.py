@@ -50,6 +50,8 @@ class RuntimeApi:
         retry = make_simple_http_retry_invoker()
         if retries is not None:
             retry.max_tries = retries
+        if token is not None:  # only a warm executor's parent makes these (answer_failed_task)
+            retry.should_giveup = _refusal_raises(retry.should_giveup)
         return RuntimeHttpClient.from_server_address(
             server_address=self.address,
             insecure=self.ca_certificate is None,
@@ -66,6 +68,21 @@ class RuntimeApi:
         kind = TaskType.SERVER_APP if self.serverapp else TaskType.CLIENT_APP
         res = client.AcquireTask(AcquireTaskRequest(supported_task_types=[kind]))  # type: ignore[attr-defined]
         return str(res.token) if res.HasField("task") and res.token else None
+
+
+def _refusal_raises(giveup: Callable[[Exception], bool]) -> Callable[[Exception], bool]:
+    """Flower's HTTP retry answers a 401 (a task token revoked: its run stopped, its task was finished) by
+    SIGINTing its own process, which ends a one-shot `flwr-clientapp` the way Ctrl-C would. In a warm executor's
+    parent that ended the executor (issue 16): its node then served nothing until it was restarted and warm
+    again (27 s at load 10). Here the refusal raises instead, and the parent logs that it could not answer."""
+    import httpx
+
+    def should_giveup(exc: Exception) -> bool:
+        if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == httpx.codes.UNAUTHORIZED:
+            return True
+        return bool(giveup(exc))
+
+    return should_giveup
 
 
 @dataclass(frozen=True)

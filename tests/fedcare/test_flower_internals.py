@@ -210,3 +210,43 @@ def test_a_clientapp_tells_its_parent_the_message_as_soon_as_the_node_hands_it_o
     original = message_from_proto(ProtoMessage.FromString(served.message_proto))
     reply = Message(Error(code=0, reason="killed"), reply_to=original)  # as answer_failed_task builds it
     assert reply.metadata.reply_to_message_id == message_id and reply.metadata.group_id == "3"
+
+
+def test_a_parent_refused_by_the_runtime_api_raises_instead_of_interrupting_itself(monkeypatch) -> None:
+    """A task whose token was revoked (its run stopped) is refused with 401; Flower's retry answers that by
+    SIGINTing its own process, which ended the warm executor's parent (issue 16). The parent's answer raises."""
+    import http.server
+    import signal
+    import threading
+
+    import httpx
+    from flwr.app import RecordDict
+    from flwr.app.message import make_message
+    from flwr.app.metadata import Metadata
+    from flwr.common.serde import message_to_proto
+
+    class Refusing(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    interrupted: list[int] = []
+    monkeypatch.setattr("flwr.supercore.retry.http_retry.FORCE_EXIT_TIMEOUT_SECONDS", 0, raising=False)
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(1))
+    try:
+        message = make_message(Metadata(11, "ab" * 32, 0, 22, "", "3", time.time(), 600.0, "train"), RecordDict())
+        served = fi.ServedMessage(message_to_proto(message).SerializeToString(), node_id=22, run_id=11)
+        api = fi.RuntimeApi(f"127.0.0.1:{server.server_address[1]}")
+        with pytest.raises(httpx.HTTPStatusError, match="401"):
+            fi.answer_failed_task(api, "revoked-token", served, reason="killed")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        server.shutdown()
+    assert interrupted == []
