@@ -13,6 +13,8 @@ from typing import Any
 
 from fedcare.flower_internals.supernode import SuperNodeWaits, tune_object_pull_backoff
 
+SERVERAPP_ANSWER_PATIENCE = 60.0  # s a dead ServerApp's answer may wait for its SuperLink: Flower's task expiry
+
 
 @dataclass(frozen=True)
 class RuntimeApi:
@@ -26,7 +28,7 @@ class RuntimeApi:
     # task claims are then signed with it, as Flower's own SuperExec signs them, and unsigned ones refused.
     superexec_secret: bytes | None = field(default=None, repr=False)
 
-    def client(self, token: str | None = None, *, retries: int | None = None) -> object:
+    def client(self, token: str | None = None, *, retries: int | None = None, patience: float | None = None) -> object:
         from flwr.supercore.interceptors import (
             RuntimeTokenHttpInterceptor,
             RuntimeVersionHttpInterceptor,
@@ -50,6 +52,8 @@ class RuntimeApi:
         retry = make_simple_http_retry_invoker()
         if retries is not None:
             retry.max_tries = retries
+        if patience is not None:
+            retry.max_time = patience
         if token is not None:  # only a warm executor's parent makes these (answer_failed_task)
             retry.should_giveup = _refusal_raises(retry.should_giveup)
         return RuntimeHttpClient.from_server_address(
@@ -192,7 +196,11 @@ def answer_failed_task(api: RuntimeApi, token: str, served: ServedMessage | None
 
     if served is None and not api.serverapp:
         return False
-    client = api.client(token, retries=3)
+    # A ServerApp's answer ends its run on the SuperLink; a run left RUNNING kept hospitals waiting for its
+    # messages until Flower expired its task (60 s). When the SuperLink died with it (restarted meanwhile, on
+    # its database, tokens included), the answer waits for it to come back.
+    patience = SERVERAPP_ANSWER_PATIENCE if api.serverapp else None
+    client = api.client(token, retries=None if api.serverapp else 3, patience=patience)
     try:
         if served is not None:
             original = message_from_proto(ProtoMessage.FromString(served.message_proto))

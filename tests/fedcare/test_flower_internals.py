@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import http.server
 import importlib
+import signal
+import socket
+import threading
 import time
 from importlib.metadata import version
 
@@ -212,41 +216,71 @@ def test_a_clientapp_tells_its_parent_the_message_as_soon_as_the_node_hands_it_o
     assert reply.metadata.reply_to_message_id == message_id and reply.metadata.group_id == "3"
 
 
-def test_a_parent_refused_by_the_runtime_api_raises_instead_of_interrupting_itself(monkeypatch) -> None:
-    """A task whose token was revoked (its run stopped) is refused with 401; Flower's retry answers that by
-    SIGINTing its own process, which ended the warm executor's parent (issue 16). The parent's answer raises."""
-    import http.server
-    import signal
-    import threading
+class _RuntimeServer(http.server.ThreadingHTTPServer):
+    """A runtime API that answers every call with `status` (and an empty protobuf) and notes the paths."""
 
-    import httpx
+    def __init__(self, status: int, port: int = 0) -> None:
+        self.status, self.paths = status, []
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                owner.paths.append(self.path)
+                self.send_response(owner.status)
+                self.send_header("Content-Type", "application/protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", port), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+def _served_message() -> fi.ServedMessage:
     from flwr.app import RecordDict
     from flwr.app.message import make_message
     from flwr.app.metadata import Metadata
     from flwr.common.serde import message_to_proto
 
-    class Refusing(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            self.send_response(401)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+    message = make_message(Metadata(11, "ab" * 32, 0, 22, "", "3", time.time(), 600.0, "train"), RecordDict())
+    return fi.ServedMessage(message_to_proto(message).SerializeToString(), node_id=22, run_id=11)
 
-        def log_message(self, *args: object) -> None:
-            pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+def test_a_parent_refused_by_the_runtime_api_raises_instead_of_interrupting_itself(monkeypatch) -> None:
+    """A task whose token was revoked (its run stopped) is refused with 401; Flower's retry answers that by
+    SIGINTing its own process, which ended the warm executor's parent (issue 16). The parent's answer raises."""
+    import httpx
+
+    server = _RuntimeServer(401)
     interrupted: list[int] = []
     monkeypatch.setattr("flwr.supercore.retry.http_retry.FORCE_EXIT_TIMEOUT_SECONDS", 0, raising=False)
     previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(1))
     try:
-        message = make_message(Metadata(11, "ab" * 32, 0, 22, "", "3", time.time(), 600.0, "train"), RecordDict())
-        served = fi.ServedMessage(message_to_proto(message).SerializeToString(), node_id=22, run_id=11)
         api = fi.RuntimeApi(f"127.0.0.1:{server.server_address[1]}")
         with pytest.raises(httpx.HTTPStatusError, match="401"):
-            fi.answer_failed_task(api, "revoked-token", served, reason="killed")
+            fi.answer_failed_task(api, "revoked-token", _served_message(), reason="killed")
     finally:
         signal.signal(signal.SIGINT, previous)
         server.shutdown()
     assert interrupted == []
+
+
+def test_a_dead_serverapps_answer_waits_for_its_restarting_superlink() -> None:
+    """restart_superlink kills the ServerApp while the SuperLink is down; answered only then, its run stayed
+    RUNNING after the restart and hospitals waited for its messages until Flower expired the task (60 s)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    servers: list[_RuntimeServer] = []
+    timer = threading.Timer(4.0, lambda: servers.append(_RuntimeServer(200, port)))  # the SuperLink is back
+    timer.start()
+    try:
+        assert fi.answer_failed_task(fi.RuntimeApi(f"127.0.0.1:{port}", serverapp=True), "t", None, reason="killed")
+    finally:
+        timer.join()
+        for server in servers:
+            server.shutdown()
+    assert servers and any(path.endswith("/push-task-output") for path in servers[0].paths), servers[0].paths
