@@ -37,26 +37,32 @@ from common.demo_data import write_demo_split  # noqa: E402
 
 
 def soak(
-    trials: list[Trial], *, workdir: Path, share: bool = False, progress: Callable[[dict[str, Any]], None] | None = None
+    trials: list[Trial],
+    *,
+    workdir: Path,
+    share: bool = False,
+    bed: ChaosBed | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run `trials` (one bed each, or one bed for all with `share`) and check every invariant; `progress` gets
-    the report so far after every trial (a soak cut short still says what it saw)."""
-    split = write_demo_split(workdir / "data", dataset="breast-cancer", hospitals=3)
+    the report so far after every trial (a soak cut short still says what it saw). On a `bed` the caller
+    started (the tests share one), every trial runs there, and what the bed leaves behind is the caller's to
+    check once it stopped it."""
     app_dir = chaos_app(workdir / "app")
     violations: list[Violation] = []
     runs: list[TrialRun] = []
     seconds: list[float] = []
-    groups = [trials] if share else [[t] for t in trials]
+    groups = [trials] if share or bed is not None else [[t] for t in trials]
+    split = None if bed is not None else write_demo_split(workdir / "data", dataset="breast-cancer", hospitals=3)
     for number, group in enumerate(groups):
-        bed = ChaosBed(workdir / f"bed-{number}", split)
         with ExitStack() as stack:
             started = time.monotonic()
-            stack.enter_context(bed)
+            current = bed or stack.enter_context(ChaosBed(workdir / f"bed-{number}", split))  # type: ignore[arg-type]
             for trial in group:
                 print(f"trial {trial.index}: {trial.mode}, {trial.fault}", file=sys.stderr, flush=True)
                 try:
-                    run = run_trial(bed, trial, app_dir=app_dir)
-                    violations += trial_violations(bed, run, outbox_left=bed.drain_outbox())
+                    run = run_trial(current, trial, app_dir=app_dir)
+                    violations += trial_violations(current, run, outbox_left=current.drain_outbox())
                 except Exception as exc:  # a trial that breaks is a violation too, and the soak goes on
                     run = TrialRun(trial, notes=[f"{type(exc).__name__}: {exc}"[:2000]])
                     violations.append(
@@ -67,7 +73,8 @@ def soak(
                 started = time.monotonic()
                 if progress is not None:
                     progress(_report(runs, violations, seconds))
-        violations += leftover_violations(bed, [t.index for t in group])
+        if bed is None:
+            violations += leftover_violations(current, [t.index for t in group])
     return _report(runs, violations, seconds)
 
 

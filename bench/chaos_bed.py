@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import tempfile
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -76,6 +77,7 @@ class ChaosBed:
         self.keys: KeyFiles | None = None
         self.token_file = workdir / "aggregator-token"
         self._saved_tmp: tuple[str | None, str | None] = (None, None)
+        self.outlived: list[int] = []
 
     def chaos_file(self, name: str) -> Path:
         """What `bench/chaos_client.py` reads to know whether this hospital corrupts its updates."""
@@ -88,6 +90,14 @@ class ChaosBed:
         self.tmp.mkdir(parents=True, exist_ok=True)
         self._saved_tmp = (os.environ.get("TMPDIR"), tempfile.tempdir)
         os.environ["TMPDIR"], tempfile.tempdir = str(self.tmp), str(self.tmp)
+        try:
+            self._start()
+        except BaseException:  # `with` runs no __exit__ for a failed __enter__: what started must stop here
+            self.__exit__(*sys.exc_info())
+            raise
+        return self
+
+    def _start(self) -> None:
         self.keys = write_keys(self.workdir / "he")
         self.budget.start()
         with BudgetAdmin(self.budget.url, ADMIN_TOKEN) as admin:
@@ -100,7 +110,6 @@ class ChaosBed:
             self.start_hospital(name)
         for proc in self.nodes.values():
             self.fed.wait_for_node(proc)
-        return self
 
     def start_hospital(self, name: str) -> ManagedProcess:
         """Start (or restart, same kit and state) a hospital's node, without waiting for it."""
@@ -143,25 +152,35 @@ class ChaosBed:
         return BudgetAdmin(self.budget.url, ADMIN_TOKEN)
 
     def __exit__(self, *exc: object) -> None:
+        """Stop everything, also when a trial failed or was interrupted. What outlived the stop is noted (a leak
+        the soak reports, `leftovers`) and then killed, so no process outlives the bed either way."""
         try:
             self.fed.__exit__(*exc)
         finally:
-            self.budget.stop()
-            env, cached = self._saved_tmp
-            if env is None:
-                os.environ.pop("TMPDIR", None)
-            else:
-                os.environ["TMPDIR"] = env
-            tempfile.tempdir = cached
+            try:
+                self.budget.stop()
+            finally:
+                self.outlived = self._alive()
+                self.fed.reap_sessions()
+                env, cached = self._saved_tmp
+                if env is None:
+                    os.environ.pop("TMPDIR", None)
+                else:
+                    os.environ["TMPDIR"] = env
+                tempfile.tempdir = cached
 
-    def leftovers(self) -> dict[str, list[Any]]:
-        """After exit: processes still alive and files left in the bed's TMPDIR."""
-        alive = []
+    def _alive(self) -> list[int]:
+        """Processes of the bed still running: any it saw, and any left in a session its federation started."""
+        alive = {p.pid for p in self.fed.session_members()}
         for pid in self.fed.seen_pids | self.budget.pids:
             try:
                 if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                    alive.append(pid)
+                    alive.add(pid)
             except psutil.NoSuchProcess:
                 pass
+        return sorted(alive)
+
+    def leftovers(self) -> dict[str, list[Any]]:
+        """After exit: processes that outlived the stop (killed since) and files left in the bed's TMPDIR."""
         temp = sorted(p.name for p in self.tmp.iterdir() if not p.name.startswith(KEPT_ON_PURPOSE))
-        return {"processes": sorted(alive), "temp": temp}
+        return {"processes": self.outlived, "temp": temp}

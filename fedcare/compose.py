@@ -13,15 +13,15 @@ The module also runs as `fedcare compose --help` (`prepare` makes the files only
 
 from __future__ import annotations
 
-import os
 import re
-import secrets
 import shutil
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 import yaml
+
+from fedcare.superexec_secret import keep_superexec_secret
 
 FEDERATION_VAR = "${FEDCARE_FEDERATION:-./federation}"
 IMAGE = "${FEDCARE_IMAGE:-fedcare:latest}"
@@ -139,11 +139,7 @@ def prepare_federation(federation_root: Path, *, schema: Path | None = None) -> 
             shutil.copyfile(source, target)
             made.append(target)
     secret = federation_root / SUPEREXEC_SECRET
-    if not secret.exists():
-        secret.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(32))
+    if keep_superexec_secret(secret):
         made.append(secret)
     if schema is not None:
         target = federation_root / SERVER_DIR / "schema.json"

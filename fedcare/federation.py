@@ -14,7 +14,6 @@ hospital's SuperNode starts from its kit (CA certificate, registered node key).
 from __future__ import annotations
 
 import logging
-import secrets
 import sys
 import time
 import tomllib
@@ -22,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.private_files import write_private
 from common.tls import TlsFiles
 from fedcare.fast_supernode import NODE_REFUSED_EXIT
 from fedcare.federation_dir import FederationDir, ensure_local_federation
@@ -40,6 +38,7 @@ from fedcare.processes import (
 from fedcare.registration import BudgetTarget, RegistrationReport, budget_target, register_institution, sync
 from fedcare.registry import Registry
 from fedcare.stock_flower import node_config_arg, stock_supernode_command
+from fedcare.superexec_secret import keep_superexec_secret
 from fedcare.superlink_control import SuperLinkConnection
 from fedcare.warm_executor import READY_LINE
 
@@ -106,7 +105,7 @@ class LocalFederation(ProcessGroup):
             if self.budget is None:
                 self.budget = budget_target(fed)
         if not self.stock_flower:  # each run's ServerApp comes from the warm executor, which signs its claims
-            write_private(self.superexec_secret, secrets.token_urlsafe(32))
+            keep_superexec_secret(self.superexec_secret)  # the same after a restart: the executor outlives it
             args += ["--isolation", "process", "--superexec-auth-secret-file", str(self.superexec_secret)]
         proc = self._spawn("superlink", args)
         place = self.placement

@@ -6,6 +6,7 @@ order) and remembered in `seen_pids`, children included, so tests can check none
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -87,6 +88,7 @@ class ProcessGroup:
     startup_timeout: float = 60.0
     processes: list[ManagedProcess] = field(default_factory=list)
     seen_pids: set[int] = field(default_factory=set)
+    sessions: set[int] = field(default_factory=set)  # every process is spawned as the leader of a session
 
     def spawn(self, name: str, args: list[str], *, env: dict[str, str]) -> ManagedProcess:
         log_path = self.workdir / "logs" / f"{name}.log"
@@ -107,6 +109,7 @@ class ProcessGroup:
         proc = ManagedProcess(name, popen, log_path, offset)
         self.processes.append(proc)
         self.seen_pids.add(popen.pid)
+        self.sessions.add(popen.pid)
         log.info("started %s (pid %d), log %s", name, popen.pid, log_path)
         return proc
 
@@ -170,3 +173,30 @@ class ProcessGroup:
         for proc in procs:
             proc.popen.poll()
             self.processes.remove(proc)
+
+    def session_members(self) -> list[psutil.Process]:
+        """Every process still running in a session this group started, orphans included.
+
+        `stop` walks the trees of the processes it knows, so a process whose parent was SIGKILLed (a warm
+        executor's forked child, reparented) escapes it; its session does not change. A session id can be
+        reused once its processes are gone, so a process must also run in this group's folder (every process
+        starts there) to count.
+        """
+        members = []
+        for proc in psutil.process_iter():
+            try:
+                if os.getsid(proc.pid) in self.sessions and Path(proc.cwd()) == self.workdir.resolve():
+                    members.append(proc)
+            except (OSError, psutil.Error):  # gone meanwhile, or not ours to inspect
+                continue
+        return members
+
+    def reap_sessions(self, *, grace: float = 10.0) -> list[int]:
+        """SIGKILL whatever still runs in a session this group started (`session_members`); the pids killed."""
+        members = self.session_members()
+        for proc in members:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        psutil.wait_procs(members, timeout=grace)
+        self.seen_pids.update(p.pid for p in members)
+        return sorted(p.pid for p in members)

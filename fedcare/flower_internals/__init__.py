@@ -8,7 +8,8 @@ instead, at the hospital:
   fleet polls, `time.sleep(0.5)` while it waits for a ClientApp's reply) and the object-pull back-off
   (1 s doubling to 10 s), beats its heartbeat faster (a dead node is noticed within 20 s, not 60 s), and
   stops with a reason when the SuperLink turns its key away, before it calls Flower's own
-  `flower_supernode()` main (`supernode.py`; `orphaned_tasks.py` fails the tasks a stopped run leaves behind);
+  `flower_supernode()` main (`supernode.py`; `orphaned_tasks.py` fails the tasks a stopped run leaves behind;
+  `reply_gate.py` sends one complete reply per message, so a ClientApp killed mid-upload delays nothing);
 * the warm executor claims ClientApp tasks from the SuperNode's runtime API and runs Flower's own
   `run_clientapp` in a forked child, learning the message it serves so it can still answer when that
   child dies (`tasks.py`).
@@ -32,9 +33,9 @@ from fedcare.flower_internals.guard import (
     FlowerInternalsChanged,
     check_pinned_flower,
 )
+from fedcare.flower_internals.reply_gate import ReplyGate
 from fedcare.flower_internals.supernode import (
     Refusal,
-    ReplyContentLost,
     SuperNodeWaits,
     run_flower_supernode,
     stop_when_refused,
@@ -42,7 +43,7 @@ from fedcare.flower_internals.supernode import (
     tune_object_pull_backoff,
     tune_supernode_waits,
 )
-from fedcare.flower_internals.tasks import RuntimeApi, ServedMessage, answer_failed_task, run_task
+from fedcare.flower_internals.tasks import RuntimeApi, ServedMessage, answer_failed_task, run_task, tell_when_pulled
 
 __all__ = [
     "ACTIVATION_REFUSED",
@@ -55,7 +56,7 @@ __all__ = [
     "_PULL_HELPERS",
     "FlowerInternalsChanged",
     "Refusal",
-    "ReplyContentLost",
+    "ReplyGate",
     "RuntimeApi",
     "ServedMessage",
     "SuperNodeWaits",
@@ -63,6 +64,7 @@ __all__ = [
     "check_pinned_flower",
     "run_flower_supernode",
     "run_task",
+    "tell_when_pulled",
     "stop_when_refused",
     "tune_heartbeat",
     "tune_object_pull_backoff",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 import time
 from importlib.metadata import version
 from types import ModuleType
@@ -55,10 +56,7 @@ def check_pinned_flower() -> list[str]:
     if getattr(sci, "time", None) is not time:
         problems.append("flwr.supernode.start_client_internal.time: no longer the `time` module it sleeps through")
     source = inspect.getsource(sci)
-    if "def yield_object_contents(" not in source:
-        problems.append(
-            "start_client_internal._push_messages: no `yield_object_contents` waiting for a reply's objects"
-        )
+    problems += _check_reply_path(sci, source)
     if "task_id = state.create_task(" not in source or "except RunNotRunningException" not in source:
         problems.append("flwr.supernode.start_client_internal._pull_and_store_message: task no longer made as assumed")
     if "run_id = _pull_and_store_message(" not in source or not callable(getattr(sci, "_pull_and_store_message", 0)):
@@ -81,6 +79,11 @@ def check_pinned_flower() -> list[str]:
         problems.append(
             "flwr.supercore.superexec.run_superexec._SUPEREXEC_AUTH_METHODS: missing or without AcquireTask"
         )
+    retry = importlib.import_module("flwr.supercore.retry.http_retry")
+    if "os.kill(os.getpid(), signal.SIGINT)" not in inspect.getsource(retry) or not callable(
+        getattr(retry.make_simple_http_retry_invoker(), "should_giveup", None)
+    ):
+        problems.append("flwr.supercore.retry.http_retry: a 401 no longer SIGINTs the process via should_giveup")
     if not callable(getattr(importlib.import_module("flwr.supercore.interceptors"), "SuperExecAuthHttpInterceptor", 0)):
         problems.append("flwr.supercore.interceptors.SuperExecAuthHttpInterceptor: missing")
     problems += _check_liveness(mods)
@@ -93,6 +96,37 @@ def check_pinned_flower() -> list[str]:
         for call in ("pull_task_input(client)", "push_message(client, reply_message, context)"):
             if call not in body:
                 problems.append(f"flwr.supernode.runtime.run_clientapp.run_clientapp: no longer calls `{call}`")
+    if callable(getattr(rc, "pull_task_input", None)):  # tasks._run_clientapp tells the parent from PullMessages
+        body = inspect.getsource(rc.pull_task_input)
+        told = ("TaskIdentity.node_id = ", "client.PullMessages(", "message_object_trees[0]")
+        if any(part not in body for part in told) or body.index(told[0]) > body.index(told[1]):
+            problems.append("run_clientapp.pull_task_input: no longer sets TaskIdentity, then calls PullMessages")
+    return problems
+
+
+def _check_reply_path(sci: ModuleType, source: str) -> list[str]:
+    """What the reply gate assumes: the main loop hands `_push_messages` its state by keyword, `_push_messages`
+    asks that state for the replies to send (and deletes each once sent), the node's state marks the replies
+    it returns as retrieved, and the object store holds b"" for an object that has not arrived."""
+    problems = []
+    called = re.search(r"_push_messages\(\s*state=state,\s*object_store=store,\s*send=send,\s*push_object=", source)
+    if not callable(getattr(sci, "_push_messages", None)) or called is None:
+        problems.append("flwr.supernode.start_client_internal._push_messages: no longer called as assumed")
+    else:
+        body = inspect.getsource(sci._push_messages)
+        if "state.get_messages(is_reply=True)" not in body or "state.delete_messages(" not in body:
+            problems.append("start_client_internal._push_messages: no longer reads replies through the state")
+    state = importlib.import_module("flwr.supernode.nodestate.in_memory_nodestate").InMemoryNodeState
+    if "entry.is_retrieved = True" not in inspect.getsource(state.get_messages):
+        problems.append("InMemoryNodeState.get_messages: no longer marks the messages it returns as retrieved")
+    store = importlib.import_module("flwr.supercore.object_store.in_memory_object_store").InMemoryObjectStore
+    if 'content=b"",' not in inspect.getsource(store.preregister):
+        problems.append('InMemoryObjectStore.preregister: an object not yet arrived is no longer stored as b""')
+    try:
+        from flwr.supercore.inflatable.inflatable_object import iterate_object_tree  # noqa: F401
+        from flwr.supercore.object_store import NoObjectInStoreError  # noqa: F401
+    except ImportError as exc:
+        problems.append(f"reply gate: {exc}")
     return problems
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 import time
@@ -20,6 +21,7 @@ from fedcare.flower_internals.guard import (
     _require_pinned,
 )
 from fedcare.flower_internals.orphaned_tasks import fail_orphaned_tasks, unfinished_tasks
+from fedcare.flower_internals.reply_gate import NoReplyLeft, ReplyGate
 
 
 @dataclass(frozen=True)
@@ -44,8 +46,8 @@ class SuperNodeWaits:
     longer than a crashed session of the same key stays online (OFFLINE_AFTER x heartbeat_interval), which
     the SuperLink answers with the same code [Flower exits at the first refusal].
     reconnect_cap: the longest wait between reconnection attempts [20].
-    content_patience: how long a reply's objects may take to reach the node's store after the reply [no end];
-    then the reply is dropped and the node goes on (a ClientApp killed mid-upload wedged it for good).
+    content_patience: how long a reply may wait for its objects when no other reply to its message comes [no
+    end]; then it is dropped, unsent (`reply_gate.py`: a ClientApp killed mid-upload wedged the node for good).
     """
 
     fleet_poll: float = 0.05
@@ -60,13 +62,6 @@ class SuperNodeWaits:
     content_patience: float = 60.0  # s a reply's objects may take to arrive after the reply itself
 
 
-CONTENT_WAIT_CALLER = "yield_object_contents"  # start_client_internal._push_messages: waits for a reply's objects
-
-
-class ReplyContentLost(RuntimeError):
-    """A reply's objects never reached the SuperNode's store: its ClientApp died while uploading them."""
-
-
 class _RetunedSleeps:
     """Stands in for the `time` module inside start_client_internal: the two fixed sleeps become the
     configured waits (the idle poll fast or slow by how long ago the last message came); every other call
@@ -74,33 +69,14 @@ class _RetunedSleeps:
 
     def __init__(self, waits: SuperNodeWaits) -> None:
         self.waits, self.last_message = waits, time.monotonic()
-        self.content_wait_since: float | None = None
 
     def sleep(self, seconds: float) -> None:
         if float(seconds) == FLEET_POLL_SLEEP:
             busy = time.monotonic() - self.last_message < self.waits.busy_window
             seconds = self.waits.fleet_poll if busy else self.waits.fleet_poll_idle
         elif seconds == REPLY_WAIT_SLEEP:
-            self._give_up_on_lost_content(sys._getframe(1).f_code.co_name)
             seconds = self.waits.reply_wait
         time.sleep(seconds)
-
-    def _give_up_on_lost_content(self, caller: str) -> None:
-        """Flower's `_push_messages` waits without end for each object of a reply the ClientApp pushed; a
-        ClientApp killed mid-upload never sends the rest, and the SuperNode took no message again (the chaos
-        soak found it). Past `content_patience` this raises, and Flower drops that reply and goes on."""
-        if caller != CONTENT_WAIT_CALLER:
-            self.content_wait_since = None
-            return
-        now = time.monotonic()
-        if self.content_wait_since is None:
-            self.content_wait_since = now
-        elif now - self.content_wait_since > self.waits.content_patience:
-            self.content_wait_since = None
-            raise ReplyContentLost(
-                f"a reply's content did not arrive within {self.waits.content_patience:.0f} s "
-                "(its ClientApp died while uploading it); the reply is dropped"
-            )
 
     def __getattr__(self, name: str) -> object:
         return getattr(time, name)
@@ -129,7 +105,14 @@ def tune_supernode_waits(waits: SuperNodeWaits, *, on_message: Callable[[], None
                 on_message()
         return run_id
 
-    sci.time, sci._pull_and_store_message = sleeps, pulled
+    gate, push = ReplyGate(patience=waits.content_patience), sci._push_messages
+
+    def push_complete_replies(*, state: object, object_store: object, send: object, push_object: object) -> None:
+        with contextlib.suppress(NoReplyLeft):
+            gated = gate.state_for(state, object_store)
+            push(state=gated, object_store=object_store, send=send, push_object=push_object)
+
+    sci.time, sci._pull_and_store_message, sci._push_messages = sleeps, pulled, push_complete_replies
     tune_object_pull_backoff(initial=waits.pull_backoff, cap=waits.pull_backoff_cap)
     tune_heartbeat(waits.heartbeat_interval)
 

@@ -9,8 +9,11 @@ import importlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from fedcare.flower_internals.supernode import SuperNodeWaits, tune_object_pull_backoff
+
+SERVERAPP_ANSWER_PATIENCE = 60.0  # s a dead ServerApp's answer may wait for its SuperLink: Flower's task expiry
 
 
 @dataclass(frozen=True)
@@ -25,7 +28,7 @@ class RuntimeApi:
     # task claims are then signed with it, as Flower's own SuperExec signs them, and unsigned ones refused.
     superexec_secret: bytes | None = field(default=None, repr=False)
 
-    def client(self, token: str | None = None, *, retries: int | None = None) -> object:
+    def client(self, token: str | None = None, *, retries: int | None = None, patience: float | None = None) -> object:
         from flwr.supercore.interceptors import (
             RuntimeTokenHttpInterceptor,
             RuntimeVersionHttpInterceptor,
@@ -49,6 +52,10 @@ class RuntimeApi:
         retry = make_simple_http_retry_invoker()
         if retries is not None:
             retry.max_tries = retries
+        if patience is not None:
+            retry.max_time = patience
+        if token is not None:  # only a warm executor's parent makes these (answer_failed_task)
+            retry.should_giveup = _refusal_raises(retry.should_giveup)
         return RuntimeHttpClient.from_server_address(
             server_address=self.address,
             insecure=self.ca_certificate is None,
@@ -65,6 +72,21 @@ class RuntimeApi:
         kind = TaskType.SERVER_APP if self.serverapp else TaskType.CLIENT_APP
         res = client.AcquireTask(AcquireTaskRequest(supported_task_types=[kind]))  # type: ignore[attr-defined]
         return str(res.token) if res.HasField("task") and res.token else None
+
+
+def _refusal_raises(giveup: Callable[[Exception], bool]) -> Callable[[Exception], bool]:
+    """Flower's HTTP retry answers a 401 (a task token revoked: its run stopped, its task was finished) by
+    SIGINTing its own process, which ends a one-shot `flwr-clientapp` the way Ctrl-C would. In a warm executor's
+    parent that ended the executor (issue 16): its node then served nothing until it was restarted and warm
+    again (27 s at load 10). Here the refusal raises instead, and the parent logs that it could not answer."""
+    import httpx
+
+    def should_giveup(exc: Exception) -> bool:
+        if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == httpx.codes.UNAUTHORIZED:
+            return True
+        return bool(giveup(exc))
+
+    return should_giveup
 
 
 @dataclass(frozen=True)
@@ -117,17 +139,13 @@ def _run_clientapp(
     on_input: Callable[[ServedMessage], None],
     on_replied: Callable[[], None],
 ) -> None:
-    from flwr.app.message import remove_content_from_message
-    from flwr.common.serde import message_to_proto
     from flwr.supernode.runtime import run_clientapp as rc
 
     pull, push = rc.pull_task_input, rc.push_message
 
     def pull_and_tell(client):  # type: ignore[no-untyped-def]
-        message, context, run, fab = pull(client)
-        proto = message_to_proto(remove_content_from_message(message)).SerializeToString()
-        on_input(ServedMessage(proto, int(context.node_id), int(context.run_id)))
-        return message, context, run, fab
+        tell_when_pulled(client, on_input)
+        return pull(client)
 
     def push_and_tell(client, message, context):  # type: ignore[no-untyped-def]
         push(client, message, context)
@@ -135,6 +153,31 @@ def _run_clientapp(
 
     rc.pull_task_input, rc.push_message = pull_and_tell, push_and_tell
     rc.run_clientapp(runtime_api_address=api.address, token=token, insecure=True, parent_pid=parent_pid)
+
+
+def tell_when_pulled(client: Any, on_input: Callable[[ServedMessage], None]) -> None:
+    """Make `client` (a ClientApp's runtime client) tell `on_input` which message it serves as soon as the
+    node hands the message out, before its objects are pulled.
+
+    From then on the node counts the message as taken and waits for its reply, so a child killed while it
+    pulls the objects must be answered by the parent. Told only once `pull_task_input` returned, such a kill
+    left the node waiting for Flower's task expiry (60 s): the chaos soak's kill-clientapp trial, once
+    children started fast enough to be killed there.
+    """
+    from flwr.supercore.task_identity import TaskIdentity
+
+    pull_messages = client.PullMessages
+
+    def pull_messages_and_tell(request: Any) -> Any:
+        response = pull_messages(request)
+        if response.messages_list:
+            proto = type(response.messages_list[0])()
+            proto.CopyFrom(response.messages_list[0])  # metadata only: the content comes as objects
+            proto.metadata.message_id = response.message_object_trees[0].object_id
+            on_input(ServedMessage(proto.SerializeToString(), int(TaskIdentity.node_id), int(TaskIdentity.run_id)))
+        return response
+
+    client.PullMessages = pull_messages_and_tell
 
 
 def answer_failed_task(api: RuntimeApi, token: str, served: ServedMessage | None, *, reason: str) -> bool:
@@ -153,7 +196,11 @@ def answer_failed_task(api: RuntimeApi, token: str, served: ServedMessage | None
 
     if served is None and not api.serverapp:
         return False
-    client = api.client(token, retries=3)
+    # A ServerApp's answer ends its run on the SuperLink; a run left RUNNING kept hospitals waiting for its
+    # messages until Flower expired its task (60 s). When the SuperLink died with it (restarted meanwhile, on
+    # its database, tokens included), the answer waits for it to come back.
+    patience = SERVERAPP_ANSWER_PATIENCE if api.serverapp else None
+    client = api.client(token, retries=None if api.serverapp else 3, patience=patience)
     try:
         if served is not None:
             original = message_from_proto(ProtoMessage.FromString(served.message_proto))
