@@ -36,10 +36,16 @@ def test_three_hospitals_two_rounds_improve_the_model(tmp_path: Path, breast_can
         token_file = tmp_path / "aggregator-token"
         token_file.write_text(admin.create_aggregator_token("integration-test"))
         fed.start_superlink()
-        for i, path in enumerate(split.hospital_paths, start=1):
+        nodes = [
             fed.add_hospital(
-                institution=f"hospital-{i}", data_path=path, node_config={"state-dir": str(tmp_path / f"state-{i}")}
+                institution=f"hospital-{i}",
+                data_path=path,
+                node_config={"state-dir": str(tmp_path / f"state-{i}")},
+                wait=False,
             )
+            for i, path in enumerate(split.hospital_paths, start=1)
+        ]
+        fed.wait_for_nodes(nodes)
         run_id = fed.submit(
             app_dir=APP_DIR,
             run_config={
@@ -113,9 +119,8 @@ def test_a_hospital_with_a_malformed_file_is_rejected_and_the_round_goes_on(
 
     with LocalFederation(tmp_path / "fed") as fed:
         fed.start_superlink()
-        fed.add_hospital(institution="hospital-1", data_path=split.hospital_paths[0])
-        fed.add_hospital(institution="hospital-2", data_path=split.hospital_paths[1])
-        fed.add_hospital(institution="hospital-3", data_path=broken)
+        paths = {"hospital-1": split.hospital_paths[0], "hospital-2": split.hospital_paths[1], "hospital-3": broken}
+        fed.wait_for_nodes([fed.add_hospital(institution=n, data_path=p, wait=False) for n, p in paths.items()])
         run_id = fed.submit(
             app_dir=APP_DIR,
             run_config={

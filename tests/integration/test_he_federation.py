@@ -44,7 +44,7 @@ def test_he_federation_matches_plain_and_the_server_never_holds_a_readable_model
     }
     with LocalFederation(tmp_path / "fed") as fed:
         fed.start_superlink()
-        for i, path in enumerate(split.hospital_paths, start=1):
+        nodes = [
             fed.add_hospital(
                 institution=f"hospital-{i}",
                 data_path=path,
@@ -52,7 +52,11 @@ def test_he_federation_matches_plain_and_the_server_never_holds_a_readable_model
                     "he-secret-context": str(keys.hospital_context),
                     "state-dir": str(tmp_path / f"state-{i}"),
                 },
+                wait=False,
             )
+            for i, path in enumerate(split.hospital_paths, start=1)
+        ]
+        fed.wait_for_nodes(nodes)
         plain_id = fed.submit(app_dir=APP_DIR, run_config=common)
         plain_status = wait_finished(fed, plain_id)
         he_id = fed.submit(

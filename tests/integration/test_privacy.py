@@ -54,18 +54,17 @@ def test_epsilon_continues_across_a_killed_supernode_and_a_second_run_and_budget
             institution=f"hospital-{i}",
             data_path=split.hospital_paths[i - 1],
             node_config={"state-dir": str(state / f"h{i}"), **extra},
+            wait=False,
         )
 
     with LocalFederation(tmp_path / "fed") as fed:
         fed.start_superlink()
-        node1 = add(fed, 1)
-        add(fed, 2)
-        add(fed, 3, **{"epsilon-limit": limit_h3})
+        node1, _, _ = fed.wait_for_nodes([add(fed, 1), add(fed, 2), add(fed, 3, **{"epsilon-limit": limit_h3})])
         run1 = fed.submit(app_dir=APP_DIR, run_config={**run_config, "num-rounds": 2})
         assert wait_finished(fed, run1) == "finished:completed"
 
         fed.kill(node1)  # a crash: SIGKILL, no clean shutdown
-        add(fed, 1)
+        fed.wait_for_node(add(fed, 1))
         run2 = fed.submit(app_dir=APP_DIR, run_config={**run_config, "num-rounds": 1})
         assert wait_finished(fed, run2) == "finished:completed"
     assert_all_exited(fed.seen_pids)

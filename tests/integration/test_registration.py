@@ -104,9 +104,12 @@ def test_registered_hospitals_train_strangers_are_refused_and_a_revoked_hospital
             assert "handshake" in impostor.log_tail(40).lower()
 
             hospitals = [
-                fed.add_hospital(institution=name, data_path=path, node_config={"state-dir": str(tmp_path / name)})
+                fed.add_hospital(
+                    institution=name, data_path=path, node_config={"state-dir": str(tmp_path / name)}, wait=False
+                )
                 for name, path in zip(("hospital-1", "hospital-2"), split.hospital_paths, strict=False)
             ]
+            hospitals = fed.wait_for_nodes(hospitals)
             # An unknown key is refused at activation for `refusal_patience` (a crashed session of a known key is
             # refused the same way for up to 20 s), then the node stops, naming the revocation.
             assert _wait_exit(stranger) == NODE_REFUSED_EXIT

@@ -86,8 +86,12 @@ def test_secagg_fedavg_equals_plaintext_fedavg_of_the_same_updates(
     run_config = _run_config(split, tmp_path, **{"num-rounds": 2, "min-nodes": 3, "dp": False})
     with LocalFederation(tmp_path / "fed") as fed:
         fed.start_superlink()
-        for i, path in enumerate(split.hospital_paths, start=1):
-            fed.add_hospital(institution=f"hospital-{i}", data_path=path)
+        fed.wait_for_nodes(
+            [
+                fed.add_hospital(institution=f"hospital-{i}", data_path=path, wait=False)
+                for i, path in enumerate(split.hospital_paths, start=1)
+            ]
+        )
         run_id = fed.submit(app_dir=APP_DIR, run_config=run_config)
         assert wait_finished(fed, run_id) == "finished:completed"
     assert_all_exited(fed.seen_pids)
@@ -155,16 +159,19 @@ def test_a_supernode_killed_mid_round_costs_no_round_and_dp_epsilon_is_reported_
     )
     with LocalFederation(tmp_path / "fed") as fed:
         fed.start_superlink()
-        nodes = [
-            fed.add_hospital(
-                institution=f"hospital-{i}",
-                data_path=path,
-                # 8 local epochs at noise 1.0 spend about 4 epsilon a round: above the kit's default limit of
-                # 10 by round 3, and this test is about dropouts, not budgets (test_privacy covers those).
-                node_config={"state-dir": str(state / f"h{i}"), "epsilon-limit": 1000.0},
-            )
-            for i, path in enumerate(split.hospital_paths, start=1)
-        ]
+        nodes = fed.wait_for_nodes(
+            [
+                fed.add_hospital(
+                    institution=f"hospital-{i}",
+                    data_path=path,
+                    # 8 local epochs at noise 1.0 spend about 4 epsilon a round: above the kit's default limit of
+                    # 10 by round 3, and this test is about dropouts, not budgets (test_privacy covers those).
+                    node_config={"state-dir": str(state / f"h{i}"), "epsilon-limit": 1000.0},
+                    wait=False,
+                )
+                for i, path in enumerate(split.hospital_paths, start=1)
+            ]
+        )
         run_id = fed.submit(app_dir=APP_DIR, run_config=run_config)
         committed = state / "h3" / "privacy-accountant.json"
         deadline = time.monotonic() + 300
