@@ -36,7 +36,7 @@ def test_the_image_demo_trains_the_resnet_on_png_folders_in_he_mode(tmp_path: Pa
     printed = log.read_text()
     assert outcome.status == "finished:completed", printed
     results = outcome.results
-    assert results["model"] == "resnet" and results["parameter_count"] == 19_810  # width 8, 10 classes
+    assert results["model"] == "resnet" and results["parameter_count"] == 24_610  # width 8, 10 classes, 4x4 grid
     assert [r["status"] for r in results["rounds"]] == ["aggregated"]
     assert sorted(results["rounds"][0]["participants"]) == ["hospital-1", "hospital-2", "hospital-3"]
     assert all(e is not None and e > 0 for e in results["rounds"][0]["epsilon"].values())
@@ -50,6 +50,6 @@ def test_the_image_demo_trains_the_resnet_on_png_folders_in_he_mode(tmp_path: Pa
     assert not list((out / "coordinator").rglob("*.png"))  # no hospital's image at the coordinator
 
     schema = load_schema(out / "data" / "schema.json")
-    pinned = f"task common.tasks.images 1, architecture {architecture_hash(build_task_model(schema))}"
+    pinned = f"task common.tasks.images 2, architecture {architecture_hash(build_task_model(schema))}"
     assert any(pinned in p.read_text(errors="replace") for p in (out / "coordinator" / "logs").glob("*.log"))
     print(f"\nimage demo (HE, 1 round) wall time {wall:.1f} s, held-out accuracy {outcome.holdout_accuracy:.4f}")
