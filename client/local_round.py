@@ -8,6 +8,7 @@ attached twice, and wrapped modules rename their keys).
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ from client.local_workers_error import LocalWorkersError
 from client.mixed_precision import DPConfigError
 from client.refusals import RoundRefused
 from client.secret_context import secret_context_for
+from client.slowdown import slowdown_for
 from client.task_data import load_task_data, summed, task_loss
 from client.training import Score, TrainingOutcome, evaluate, pick_device, train_plain
 from common.codecs import InvalidUpdate, check_update, from_numpy, to_numpy, to_record, to_state_dict
@@ -34,6 +36,7 @@ from common.round_config import RoundConfig
 from common.schema import SchemaError
 from common.server_optimizer import ServerOptimizer
 from common.settings import NodeSettings, SettingsError
+from common.site_work import WorkReportError, scheduled_steps
 from common.tasks.model_task import TaskError, build_task_model
 from common.wire_bytes import content_bytes
 
@@ -100,13 +103,17 @@ class LocalRound:
     server_optimizer: ServerOptimizer | None = field(default=None, repr=False)
     global_weights: OrderedDict[str, np.ndarray] | None = field(default=None, repr=False)
     loss: nn.Module | None = field(default=None)  # the task's loss; None: cross-entropy
+    # The server's schedule for this round (round-deadline, docs/compute.md): at most this many local steps.
+    max_steps: int | None = field(default=None)
+    train_seconds: float = field(default=0.0)  # measured by `train`, for the work report
 
     @classmethod
     def from_message(cls, msg: Message, context: Context) -> LocalRound:
         institution = institution_name(context.node_config.get("institution"), node_id=context.node_id)
         try:
             config = RoundConfig.from_config(msg.content.get("config") or {})
-        except SettingsError as exc:
+            max_steps = scheduled_steps(msg.content)
+        except (SettingsError, WorkReportError) as exc:
             raise RoundRefused(code="bad-round-config", reason=str(exc), institution=institution) from exc
         try:
             # The run's pinned task, built (and made DP-compatible) as the server built it; refused on a mismatch.
@@ -163,6 +170,7 @@ class LocalRound:
             server_optimizer=optimizer,
             global_weights=weights if optimizer is not None else None,
             loss=loss,
+            max_steps=max_steps,
         )
 
     @property
@@ -187,7 +195,10 @@ class LocalRound:
             "device": self.device,
             "seed": c.seed + c.server_round,
             "criterion": self.loss,
+            "max_steps": self.max_steps,
         }
+        pace = slowdown_for(self.node, institution=self.institution, local_workers=c.local_workers)  # TEST ONLY
+        started = time.monotonic()
         try:
             if self.accountant is None:
                 log.warning(
@@ -199,7 +210,9 @@ class LocalRound:
                         "[%s] local-workers applies to DP-SGD; this dp = false round trains in one process",
                         self.institution,
                     )
-                return train_plain(self.model, self.train_data, **common), None
+                outcome = train_plain(self.model, self.train_data, after_step=pace, **common)
+                self.train_seconds = time.monotonic() - started
+                return outcome, None
             assert self.node.state_dir is not None  # filled in by NodeSettings
             event = self.accountant.recorded(run_id=self.run_id, server_round=c.server_round)
             if event is not None:  # a resumed run asks again for a round this hospital was charged for
@@ -233,12 +246,18 @@ class LocalRound:
                 )
             else:
                 outcome = train_private(
-                    self.model, self.train_data, grad_sample_mode=c.grad_sample_mode, **dp_options, **common
+                    self.model,
+                    self.train_data,
+                    grad_sample_mode=c.grad_sample_mode,
+                    after_step=pace,
+                    **dp_options,
+                    **common,
                 )
         except DPConfigError as exc:
             raise RoundRefused(code="bad-dp-config", reason=str(exc), institution=self.institution) from exc
         except LocalWorkersError as exc:
             raise RoundRefused(code="local-workers-failed", reason=str(exc), institution=self.institution) from exc
+        self.train_seconds = time.monotonic() - started
         if outcome.steps > event.steps:
             # Never let an update out that spent more than the ledger says.
             raise RoundRefused(
@@ -256,9 +275,10 @@ class LocalRound:
 
         assert self.accountant is not None
         c = self.config
-        sample_rate, steps = plan_round(
-            num_examples=len(self.train_data), batch_size=c.batch_size, epochs=c.local_epochs
+        sample_rate, steps = plan_round(  # the scheduled steps: the loop takes exactly these (dp_training)
+            num_examples=len(self.train_data), batch_size=c.batch_size, epochs=c.local_epochs, max_steps=self.max_steps
         )
+        full = plan_round(num_examples=len(self.train_data), batch_size=c.batch_size, epochs=c.local_epochs)[1]
         accountant_name, delta = c.accountant, c.delta
         if c.target_epsilon > 0:
             # Chosen once for the whole run's planned steps: re-targeting every round overshoots.
@@ -268,7 +288,7 @@ class LocalRound:
                 target_epsilon=c.target_epsilon,
                 delta=delta,
                 sample_rate=sample_rate,
-                steps=steps * c.num_rounds,
+                steps=full * c.num_rounds,  # the run's unscheduled plan: a shorter round only spends less
                 accountant=accountant_name,
             )
         else:

@@ -1,0 +1,43 @@
+"""The work report and the schedule travel as Flower records and come back the same, or are refused by name."""
+
+from __future__ import annotations
+
+import pytest
+from flwr.app import ConfigRecord, RecordDict
+
+from common.site_work import SCHEDULE_RECORD, SiteWork, WorkReportError, put_schedule, scheduled_steps
+
+WORK = SiteWork(
+    local_steps=6,
+    full_steps=18,
+    train_seconds=1.5,
+    round_seconds=2.0,
+    device="cpu (2 cores)",
+    memory_bytes=8 << 30,
+    examples_per_second=64.0,
+)
+
+
+def test_a_work_report_round_trips_through_a_config_record() -> None:
+    assert SiteWork.from_record(ConfigRecord(WORK.as_record())) == WORK
+    assert WORK.seconds_per_step == 0.25 and WORK.overhead_seconds == 0.5
+
+
+@pytest.mark.parametrize("change", [{"full_steps": 0}, {"train_seconds": -1.0}, {"local_steps": "many"}])
+def test_a_bad_work_report_is_refused_by_name(change: dict) -> None:
+    with pytest.raises(WorkReportError, match="work report"):
+        SiteWork.from_record({**WORK.as_record(), **change})
+    with pytest.raises(WorkReportError, match="incomplete"):
+        SiteWork.from_record({k: v for k, v in WORK.as_record().items() if k != "device"})
+
+
+def test_a_schedule_is_read_back_and_none_means_train_in_full() -> None:
+    content = RecordDict()
+    assert scheduled_steps(content) is None
+    put_schedule(content, local_steps=7)
+    assert scheduled_steps(content) == 7
+    content[SCHEDULE_RECORD] = ConfigRecord({"local-steps": 0})
+    with pytest.raises(WorkReportError, match="at least 1"):
+        scheduled_steps(content)
+    with pytest.raises(WorkReportError, match="at least 1"):
+        put_schedule(content, local_steps=0)
