@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import secrets
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -217,7 +218,7 @@ def train_private(
     criterion: nn.Module | None = None,
     distributed: bool = False,
     max_steps: int | None = None,
-    after_step: Callable[[], None] | None = None,
+    after_step: Callable[[float], bool] | None = None,
 ) -> TrainingOutcome:
     """DP-SGD with Adam through a fresh Opacus ``PrivacyEngine``, training ``model`` in place.
 
@@ -229,7 +230,7 @@ def train_private(
     process is one rank of a process group (``client.ddp_workers``); the model is
     wrapped in ``DPDDP`` and the batches are each rank's share of one Poisson sample.
     ``max_steps``: stop after that many Poisson batches (``plan_round`` records the same number);
-    ``after_step``: called after each one (the test-only slowdown, client.pace).
+    ``after_step``: called after each one with its seconds; False stops the loop (client.step_clock).
     """
     from opacus import PrivacyEngine  # heavy; evaluate-only processes never import it
     from opacus.validators.errors import UnsupportedModuleError
@@ -287,6 +288,7 @@ def train_private(
     losses: list[float] = []
     steps = skipped = 0
     try:
+        step_started = time.monotonic()
         for x, y in capped(epochs_of(dp_loader, epochs), max_steps):
             result = dp_step(
                 dp_module,
@@ -301,8 +303,9 @@ def train_private(
             steps, skipped = steps + result.applied, skipped + (not result.applied)
             if result.loss is not None and math.isfinite(result.loss):
                 losses.append(result.loss)
-            if after_step is not None:
-                after_step()
+            if after_step is not None and not after_step(time.monotonic() - step_started):
+                break
+            step_started = time.monotonic()
     finally:
         dp_module.cleanup()  # removes hooks and grad_sample attributes from the caller's module
 

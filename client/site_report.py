@@ -42,6 +42,7 @@ def work_report(
     full: int,
     batch_size: int,
     train_seconds: float,
+    step_seconds: float,
     round_seconds: float,
     device: torch.device,
 ) -> SiteWork:
@@ -51,6 +52,7 @@ def work_report(
         local_steps=outcome.steps,
         full_steps=full,
         train_seconds=round(train_seconds, 4),
+        step_seconds=round(step_seconds, 5),
         round_seconds=round(round_seconds, 4),
         device=name,
         memory_bytes=memory,

@@ -82,6 +82,8 @@ def train_round(
 
     started = time.monotonic()
     local = LocalRound.from_message(msg, context)
+    if local.schedule is not None:
+        local.stop_at = started + local.schedule.deadline
     figures = received_figures(msg, local)
     before = local.score()
     aggregate = not local.config.per_site_metrics
@@ -96,6 +98,7 @@ def train_round(
         full=full_steps(num_examples=local.train_examples, batch_size=c.batch_size, epochs=c.local_epochs, dp=c.dp),
         batch_size=c.batch_size,
         train_seconds=local.train_seconds,
+        step_seconds=local.step_seconds,
         round_seconds=time.monotonic() - started,
         device=local.device,
     )

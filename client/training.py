@@ -6,6 +6,7 @@ DP-SGD is `client.dp_training`; both report a `TrainingOutcome`, so the round tr
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -83,7 +84,7 @@ def train_plain(
     seed: int,
     criterion: nn.Module | None = None,
     max_steps: int | None = None,
-    after_step: Callable[[], None] | None = None,
+    after_step: Callable[[float], bool] | None = None,
 ) -> TrainingOutcome:
     """Non-DP training with the same optimizer and precision handling, for comparison and dp = false runs.
 
@@ -99,6 +100,7 @@ def train_plain(
     losses: list[float] = []
     steps = skipped = 0
     batches = epochs_of(make_loader(data, batch_size=batch_size, shuffle=True, seed=seed), epochs)
+    step_started = time.monotonic()
     for x, y in capped(batches, max_steps):
         x, y = x.to(device), y.to(device)
         optimizer.zero_grad(set_to_none=True)
@@ -116,8 +118,9 @@ def train_plain(
             went_down = scaler.get_scale() < scale_before
             steps, skipped = steps + (not went_down), skipped + went_down
         losses.append(float(loss.detach()))
-        if after_step is not None:
-            after_step()
+        if after_step is not None and not after_step(time.monotonic() - step_started):
+            break
+        step_started = time.monotonic()
     return TrainingOutcome(
         loss=mean_loss(losses),
         steps=steps,

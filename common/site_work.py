@@ -27,15 +27,12 @@ class SiteWork:
 
     local_steps: int  # optimizer steps taken (with DP: noisy steps, as the accountant recorded them)
     full_steps: int  # the steps `local-epochs` over its data would take: the most the server schedules
-    train_seconds: float  # the training loop alone
+    train_seconds: float  # the local steps alone (their sum)
+    step_seconds: float  # one step's typical time: the median step, so a slow first step (warm-up) does not skew it
     round_seconds: float  # the whole train message at the hospital: loading, scoring, training, packing
     device: str  # "cpu" or the accelerator's name
     memory_bytes: int  # the device's memory (the host's RAM on CPU)
     examples_per_second: float  # measured in this round's training (expected Poisson batch size x steps / s)
-
-    @property
-    def seconds_per_step(self) -> float:
-        return self.train_seconds / self.local_steps if self.local_steps else float("inf")
 
     @property
     def overhead_seconds(self) -> float:
@@ -52,6 +49,7 @@ class SiteWork:
                 local_steps=int(record["local_steps"]),
                 full_steps=int(record["full_steps"]),
                 train_seconds=float(record["train_seconds"]),
+                step_seconds=float(record["step_seconds"]),
                 round_seconds=float(record["round_seconds"]),
                 device=str(record["device"]),
                 memory_bytes=int(record["memory_bytes"]),
@@ -59,27 +57,46 @@ class SiteWork:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise WorkReportError(f"work report {dict(record)!r} is incomplete or malformed: {exc}") from exc
-        if work.local_steps < 0 or work.full_steps < 1 or not work.train_seconds >= 0 or not work.round_seconds >= 0:
+        if (
+            work.local_steps < 0
+            or work.full_steps < 1
+            or not min(work.train_seconds, work.step_seconds, work.round_seconds) >= 0
+        ):
             raise WorkReportError(f"work report out of range: {work}")
         return work
 
 
-def put_schedule(content: RecordDict, *, local_steps: int) -> None:
-    """Tell one hospital how many local steps to take this round (at most its full `local-epochs`)."""
-    if local_steps < 1:
-        raise WorkReportError(f"a schedule of {local_steps} local steps: at least 1")
-    content[SCHEDULE_RECORD] = ConfigRecord({"local-steps": local_steps})
+@dataclass(frozen=True)
+class Schedule:
+    """One hospital's local work for a round: at most `local_steps` (None: `local-epochs` in full, as in the first
+    round, before it was measured), and stop early when the round would overrun `deadline` seconds."""
+
+    deadline: float
+    local_steps: int | None = None
 
 
-def scheduled_steps(content: RecordDict) -> int | None:
-    """The local steps the server scheduled for this hospital; None: no schedule, train `local-epochs` in full."""
+def put_schedule(content: RecordDict, schedule: Schedule) -> None:
+    """Put one hospital's schedule into its train message."""
+    if schedule.local_steps is not None and schedule.local_steps < 1:
+        raise WorkReportError(f"a schedule of {schedule.local_steps} local steps: at least 1")
+    record: dict[str, Any] = {"deadline": float(schedule.deadline)}
+    if schedule.local_steps is not None:
+        record["local-steps"] = schedule.local_steps
+    content[SCHEDULE_RECORD] = ConfigRecord(record)
+
+
+def read_schedule(content: RecordDict) -> Schedule | None:
+    """The server's schedule for this hospital; None: round-deadline is off, train `local-epochs` in full."""
     record = content.get(SCHEDULE_RECORD)
     if record is None:
         return None
     try:
-        steps = int(record["local-steps"])
+        schedule = Schedule(
+            deadline=float(record["deadline"]),
+            local_steps=int(record["local-steps"]) if "local-steps" in record else None,
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise WorkReportError(f"the server's schedule {dict(record)!r} is malformed: {exc}") from exc
-    if steps < 1:
-        raise WorkReportError(f"the server scheduled {steps} local steps: at least 1")
-    return steps
+    if not schedule.deadline > 0 or (schedule.local_steps is not None and schedule.local_steps < 1):
+        raise WorkReportError(f"the server's schedule {schedule} is out of range: a deadline > 0, at least 1 step")
+    return schedule

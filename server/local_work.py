@@ -4,7 +4,9 @@ A slow site then shortens its own round instead of holding back everyone's. What
 last round (`common.site_work.SiteWork`: seconds per step, the time its round spends besides training, the
 steps `local-epochs` would take) gives its next round's steps:
 
-    steps = clamp(floor((deadline * safety - overhead) / seconds_per_step), 1, full_steps)
+    steps = clamp(floor((deadline * safety - overhead) / step_seconds), 1, full_steps)
+
+where `step_seconds` is its median step and `overhead` the rest of its round besides the steps' time.
 
 A hospital not yet measured (the first round it takes part in) trains its full `local-epochs`; that round
 may overrun the deadline once. The schedule is a cap: a hospital takes exactly the scheduled steps, so its
@@ -27,7 +29,7 @@ SAFETY = 0.8  # a fifth of the deadline is left for a hospital's speed to vary f
 def steps_within(work: SiteWork, *, deadline: float, safety: float = SAFETY) -> int:
     """The local steps a hospital that reported `work` can take within `deadline` seconds: at least 1."""
     budget = deadline * safety - work.overhead_seconds
-    fit = math.floor(budget / work.seconds_per_step) if work.local_steps > 0 else work.full_steps
+    fit = math.floor(budget / work.step_seconds) if work.local_steps > 0 and work.step_seconds > 0 else work.full_steps
     return max(1, min(work.full_steps, fit))
 
 

@@ -26,7 +26,7 @@ from common.int8_wire import put_weights
 from common.schema import DatasetSchema
 from common.server_optimizer import ServerOptimizer
 from common.settings import RunSettings
-from common.site_work import put_schedule
+from common.site_work import Schedule, put_schedule
 from common.wire_bytes import content_bytes
 from server.fedavg import fedavg
 from server.fednova import fednova
@@ -34,12 +34,11 @@ from server.messaging import Dropout, exchange, message_config
 from server.replies import Accept, SortedReplies, sort_replies
 
 
-def scheduled_content(content: RecordDict, schedule: dict[int, int], node: int) -> RecordDict:
-    """`content` for one node, with its scheduled local steps when it has any (the records are shared, not copied)."""
-    if node not in schedule:
-        return content
+def scheduled_content(content: RecordDict, deadline: float, steps: dict[int, int], node: int) -> RecordDict:
+    """`content` for one node with its schedule: the deadline, and its local steps once it was measured (the
+    records are shared, not copied)."""
     mine = RecordDict(dict(content.items()))
-    put_schedule(mine, local_steps=schedule[node])
+    put_schedule(mine, Schedule(deadline=deadline, local_steps=steps.get(node)))
     return mine
 
 
@@ -62,7 +61,8 @@ class RoundContext:
     schema: DatasetSchema
     run_dir: Path
     dropouts: list[Dropout] = field(default_factory=list)  # nodes that left during `send`s, until taken
-    # This round's local steps per node (round-deadline, server/local_work.py); train messages carry them.
+    # This round's local steps per node (round-deadline, server/local_work.py); train messages carry them
+    # with the deadline when round-deadline is set.
     schedule: dict[int, int] = field(default_factory=dict)
 
     @property
@@ -73,8 +73,8 @@ class RoundContext:
 
     def send(self, content: RecordDict, *, nodes: list[int], message_type: str, server_round: int) -> Iterator[Message]:
         content_for = None
-        if message_type == MessageType.TRAIN and self.schedule:
-            content_for = partial(scheduled_content, content, self.schedule)
+        if message_type == MessageType.TRAIN and self.settings.round_deadline > 0:
+            content_for = partial(scheduled_content, content, self.settings.round_deadline, self.schedule)
         return exchange(
             self.grid,
             nodes=nodes,

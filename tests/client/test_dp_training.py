@@ -414,7 +414,12 @@ def test_a_scheduled_round_takes_and_records_exactly_its_steps(breast_cancer: Ho
     rate, steps = plan_round(num_examples=569, batch_size=64, epochs=2, max_steps=5)
     assert (rate, steps) == (full_rate, 5) and full > 5
     assert plan_round(num_examples=569, batch_size=64, epochs=2, max_steps=10_000)[1] == full  # a cap, not a target
-    calls: list[int] = []
+    calls: list[float] = []
+
+    def go_on(seconds: float) -> bool:
+        calls.append(seconds)
+        return True
+
     outcome = train_private(
         _mlp(),
         breast_cancer,
@@ -427,9 +432,28 @@ def test_a_scheduled_round_takes_and_records_exactly_its_steps(breast_cancer: Ho
         device=CPU,
         seed=0,
         max_steps=5,
-        after_step=lambda: calls.append(1),
+        after_step=go_on,
     )  # train_private raises when Opacus' accountant counted other than the steps taken
     assert (outcome.steps, outcome.skipped_steps, outcome.sample_rate) == (5, 0, rate)
     assert len(calls) == 5
     with pytest.raises(DPConfigError, match="max_steps = 0"):
         plan_round(num_examples=569, batch_size=64, epochs=2, max_steps=0)
+
+
+def test_the_loop_stops_when_its_clock_says_so_and_opacus_counted_only_those_steps(breast_cancer: HospitalData) -> None:
+    """The deadline guard: `after_step` answering False ends the loop; Opacus' own accountant agrees (train_private
+    raises otherwise), so the accountant can be amended to exactly `outcome.steps`."""
+    outcome = train_private(
+        _mlp(),
+        breast_cancer,
+        batch_size=64,
+        epochs=2,
+        learning_rate=1e-3,
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        amp="off",
+        device=CPU,
+        seed=0,
+        after_step=lambda seconds: False,
+    )
+    assert (outcome.steps, outcome.skipped_steps) == (1, 0)

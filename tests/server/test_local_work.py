@@ -15,7 +15,7 @@ from server.replies import SortedReplies
 
 def _work(*, seconds_per_step: float, overhead: float = 1.0, steps: int = 20, full: int = 20) -> SiteWork:
     train = seconds_per_step * steps
-    return SiteWork(steps, full, train, train + overhead, "cpu", 1, 1.0)
+    return SiteWork(steps, full, train, seconds_per_step, train + overhead, "cpu", 1, 1.0)
 
 
 def test_a_slow_site_gets_the_steps_that_fit_and_a_fast_one_trains_in_full() -> None:
