@@ -2,18 +2,20 @@
 
 A real federation (SuperLink and 3 SuperNodes as processes, TLS, gRPC on loopback), breast cancer (MLP),
 DP on (each hospital targets epsilon 3 for the run), plain mode, with more local work than the defaults
-(--local-epochs 10, --batch-size 8: about 150-180 DP steps per hospital and round) so that training, not
+(--local-epochs 5, --batch-size 8: about 70-90 DP steps per hospital and round) so that training, not
 Flower's fixed per-message costs, is what a slow hospital lengthens. Three runs, side by side:
 
 * equal:        three hospitals of equal speed, round-deadline 0 (no scheduling, FedAvg);
 * unscheduled:  hospital-3 4x slower (node config `test-slowdown = 4`), round-deadline 0;
-* scheduled:    hospital-3 4x slower, round-deadline = --deadline seconds (scheduling, FedNova, the guard).
+* scheduled:    hospital-3 4x slower, round-deadline D (scheduling, FedNova, the guard), where D is
+                --deadline seconds, or by default 1.2 x the slowest hospital's median round in the equal run:
+                the deadline an equal-speed federation meets with a fifth to spare on this machine now.
 
 Per run: the server's round time (`round_seconds` in results.json, push to last reply), each hospital's own
 round time and steps, the final model's accuracy on held-out rows no hospital holds, and the load average.
 DP noise comes from OS entropy, so the accuracies of single runs differ by chance too (see --repeats).
 
-    python bench/deadline.py                    # --rounds 5 --deadline 8 --repeats 1
+    python bench/deadline.py                    # --rounds 4 --local-epochs 5 --repeats 1
 
 Prints a JSON object, writes bench/out/deadline.json and a Markdown table on stderr.
 """
@@ -116,12 +118,17 @@ def one_federation(
     return out
 
 
+def _deadline_from(equal: dict[str, Any]) -> float:
+    """1.2 x the slowest hospital's median own round time in the equal-speed run."""
+    return round(1.2 * max(statistics.median(site["round_seconds"]) for site in equal["sites"].values()), 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--deadline", type=float, default=8.0)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--deadline", type=float, default=0.0, help="0: 1.2 x the equal run's slowest median round")
     parser.add_argument("--slowdown", type=float, default=4.0)
-    parser.add_argument("--local-epochs", type=int, default=10)
+    parser.add_argument("--local-epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
@@ -129,8 +136,8 @@ def main() -> None:
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "setup": f"real federation (TLS, 3 SuperNodes), breast cancer MLP, DP on (target epsilon 3), plain mode, "
         f"{args.rounds} rounds, {args.local_epochs} local epochs, batch {args.batch_size}; {SLOW} "
-        f"{args.slowdown:g}x slower in 'unscheduled' and 'scheduled'; round-deadline {args.deadline:g} s in "
-        "'scheduled'",
+        f"{args.slowdown:g}x slower in 'unscheduled' and 'scheduled'; round-deadline in 'scheduled': "
+        + (f"{args.deadline:g} s" if args.deadline else "1.2 x the equal run's slowest median hospital round"),
         "repeats": [],
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -146,13 +153,16 @@ def main() -> None:
                 "min-nodes": 3,
             }
             runs = one_federation(root / "equal", split, slowdown=1.0, runs=[("equal", 0.0)], base=base)
+            deadline = args.deadline or _deadline_from(runs["equal"])
+            print(f"round-deadline for 'scheduled': {deadline} s", file=sys.stderr)
             runs |= one_federation(
                 root / "slow",
                 split,
                 slowdown=args.slowdown,
-                runs=[("unscheduled", 0.0), ("scheduled", args.deadline)],
+                runs=[("unscheduled", 0.0), ("scheduled", deadline)],
                 base=base,
             )
+            runs["scheduled"]["round_deadline"] = deadline
             report["repeats"].append(runs)
     report["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     out = REPO / "bench" / "out"

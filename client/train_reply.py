@@ -46,7 +46,9 @@ class TrainedRound:
     event: DPEvent | None  # None without DP
     site: SiteMetrics | None  # aggregate mode: travels only inside the aggregate; None with per-site metrics
     figures: FederationFigures | None = None  # decrypted from the last round's encrypted metrics sum (HE)
-    work: SiteWork | None = None  # steps, times and capabilities, for the server's deadline scheduling
+    # Steps, times and capabilities, for the server's deadline scheduling and results.json: sent with per-site
+    # metrics (plain mode) or when the server scheduled this round; not in aggregate mode otherwise.
+    work: SiteWork | None = None
 
     def put_update(self, content: RecordDict) -> None:
         """The update (plaintext or encrypted) and, in HE aggregate mode, the encrypted metrics beside it."""
@@ -93,15 +95,17 @@ def train_round(
         before_training(local)
     outcome, event = local.train()
     c = local.config
-    work = work_report(
-        outcome,
-        full=full_steps(num_examples=local.train_examples, batch_size=c.batch_size, epochs=c.local_epochs, dp=c.dp),
-        batch_size=c.batch_size,
-        train_seconds=local.train_seconds,
-        step_seconds=local.step_seconds,
-        round_seconds=time.monotonic() - started,
-        device=local.device,
-    )
+    work = None
+    if c.per_site_metrics or local.schedule is not None:  # aggregate mode keeps even its times to itself
+        work = work_report(
+            outcome,
+            full=full_steps(num_examples=local.train_examples, batch_size=c.batch_size, epochs=c.local_epochs, dp=c.dp),
+            batch_size=c.batch_size,
+            train_seconds=local.train_seconds,
+            step_seconds=local.step_seconds,
+            round_seconds=time.monotonic() - started,
+            device=local.device,
+        )
     return TrainedRound(
         local=local,
         metrics=local.train_metrics(outcome, before),
