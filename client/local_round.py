@@ -269,10 +269,10 @@ class LocalRound:
         if 1 <= taken < event.steps and self.accountant is not None:
             try:
                 event = self.accountant.amend_to_steps_taken(event, steps=taken)
-            except AccountantStateError as exc:
-                raise RoundRefused(
-                    code="accountant-state-error", reason=str(exc), institution=self.institution
-                ) from exc
+            except AccountantStateError as exc:  # the planned count stands: over-counting is safe
+                log.warning(
+                    "[%s] the round's DP event keeps its planned %d steps: %s", self.institution, event.steps, exc
+                )
         if outcome.steps > event.steps:
             # Never let an update out that spent more than the ledger says.
             raise RoundRefused(
