@@ -8,8 +8,8 @@ Flower's fixed per-message costs, is what a slow hospital lengthens. Three runs,
 * equal:        three hospitals of equal speed, round-deadline 0 (no scheduling, FedAvg);
 * unscheduled:  hospital-3 4x slower (node config `test-slowdown = 4`), round-deadline 0;
 * scheduled:    hospital-3 4x slower, round-deadline D (scheduling, FedNova, the guard), where D is
-                --deadline seconds, or by default 1.5 x the slowest hospital's median round in the equal run:
-                a deadline an equal-speed federation meets with room to spare on this machine now.
+                --deadline seconds, or by default --deadline-factor (1.25) x the slowest hospital's median round
+                in the equal run: a deadline an equal-speed federation meets on this machine now.
 
 Per run: the server's round time (`round_seconds` in results.json, push to last reply), each hospital's own
 round time and steps, the final model's accuracy on held-out rows no hospital holds, and the load average.
@@ -17,7 +17,9 @@ DP noise comes from OS entropy, so the accuracies of single runs differ by chanc
 
     python bench/deadline.py                    # --rounds 4 --local-epochs 10 --repeats 3
 
-Prints a JSON object, writes bench/out/deadline.json and a Markdown table on stderr.
+Prints a JSON object, writes bench/out/deadline.json (deadline-no-dp.json) and a Markdown table on stderr.
+With --no-dp, local training is seeded by the run config, so accuracy differs between the runs by the
+schedule (and the server's aggregation) alone.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def _summary(results: dict[str, Any], split: DemoSplit, load: tuple[float, ...])
             "round_seconds": [e["sites"][name]["round_seconds"] for e in rounds],
             "local_steps": [e["sites"][name]["local_steps"] for e in rounds],
             "full_steps": rounds[0]["sites"][name]["full_steps"],
-            "epsilon": rounds[-1]["epsilon"][name],
+            "epsilon": rounds[-1]["epsilon"][name],  # cumulative over the runs these hospitals took part in
         }
         for name in sorted(rounds[0]["sites"])
     }
@@ -144,26 +146,37 @@ def _across(repeats: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any
     return out
 
 
-def _deadline_from(equal: dict[str, Any]) -> float:
-    """1.5 x the slowest hospital's median own round time in the equal-speed run."""
-    return round(1.5 * max(statistics.median(site["round_seconds"]) for site in equal["sites"].values()), 1)
+def _deadline_from(equal: dict[str, Any], *, factor: float) -> float:
+    """`factor` x the slowest hospital's median own round time in the equal-speed run."""
+    return round(factor * max(statistics.median(site["round_seconds"]) for site in equal["sites"].values()), 1)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--deadline", type=float, default=0.0, help="0: 1.5 x the equal run's slowest median round")
+    parser.add_argument(
+        "--deadline", type=float, default=0.0, help="0: deadline-factor x the equal run's slowest median round"
+    )
+    parser.add_argument("--deadline-factor", type=float, default=1.25)
     parser.add_argument("--slowdown", type=float, default=4.0)
     parser.add_argument("--local-epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--no-dp", dest="dp", action="store_false", help="DP off: local training is seeded, so runs differ by schedule"
+    )
     args = parser.parse_args()
     report: dict[str, Any] = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
-        "setup": f"real federation (TLS, 3 SuperNodes), breast cancer MLP, DP on (target epsilon 3), plain mode, "
+        "setup": f"real federation (TLS, 3 SuperNodes), breast cancer MLP, "
+        f"{'DP on (target epsilon 3)' if args.dp else 'DP off'}, plain mode, "
         f"{args.rounds} rounds, {args.local_epochs} local epochs, batch {args.batch_size}; {SLOW} "
         f"{args.slowdown:g}x slower in 'unscheduled' and 'scheduled'; round-deadline in 'scheduled': "
-        + (f"{args.deadline:g} s" if args.deadline else "1.5 x the equal run's slowest median hospital round"),
+        + (
+            f"{args.deadline:g} s"
+            if args.deadline
+            else f"{args.deadline_factor:g} x the equal run's slowest median hospital round"
+        ),
         "repeats": [],
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -177,9 +190,10 @@ def main() -> None:
                 "schema-path": str(split.schema_path),
                 "results-dir": str(root / "runs"),
                 "min-nodes": 3,
+                "dp": args.dp,
             }
             runs = one_federation(root / "equal", split, slowdown=1.0, runs=[("equal", 0.0)], base=base)
-            deadline = args.deadline or _deadline_from(runs["equal"])
+            deadline = args.deadline or _deadline_from(runs["equal"], factor=args.deadline_factor)
             print(f"round-deadline for 'scheduled': {deadline} s", file=sys.stderr)
             runs |= one_federation(
                 root / "slow",
@@ -194,7 +208,7 @@ def main() -> None:
     report["summary"] = _across(report["repeats"])
     out = REPO / "bench" / "out"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "deadline.json").write_text(json.dumps(report, indent=2))
+    (out / f"deadline{'' if args.dp else '-no-dp'}.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     print("| run | mean round s (rounds 2+) | slow site's round s | slow site's steps | accuracy |", file=sys.stderr)
     print("|---|---|---|---|---|", file=sys.stderr)
