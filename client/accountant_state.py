@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -110,13 +110,45 @@ class HospitalAccountant:
         self.history.append((event.noise_multiplier, event.sample_rate, event.steps))
         recorded_at = datetime.now(UTC).isoformat(timespec="seconds")
         self.events.append(event.as_record() | {"recorded_at": recorded_at})
+        self._write(event.accountant)
+
+    def amend_to_steps_taken(self, event: DPEvent, *, steps: int) -> DPEvent:
+        """The round's committed `event` lowered to the `steps` its loop took (it stopped at the round's deadline),
+        written durably; returns the amended event. Only before the update leaves the node: until then the steps
+        not taken released nothing, and a crash before this write leaves the higher count (over, never under)."""
+        last = self.events[-1] if self.events else {}
+        entry = (event.noise_multiplier, event.sample_rate, event.steps)
+        if (
+            not self.history
+            or self.history[-1] != entry
+            or (str(last.get("run_id")), last.get("server_round")) != (str(event.run_id), event.server_round)
+        ):
+            raise AccountantStateError(
+                f"{self.path}: the last committed event is not run {event.run_id} round "
+                f"{event.server_round}'s; cannot amend it"
+            )
+        if not 1 <= steps <= event.steps:
+            raise AccountantStateError(f"{self.path}: cannot amend {event.steps} committed steps to {steps}")
+        history = [*self.history[:-1], (event.noise_multiplier, event.sample_rate, steps)]
+        amended = replace(
+            event, steps=steps, epsilon=epsilon_of(history, accountant=event.accountant, delta=event.delta)
+        )
+        self.history = history
+        self.events[-1] = amended.as_record() | {
+            "recorded_at": last.get("recorded_at"),
+            "amended": "stopped at deadline",
+        }
+        self._write(event.accountant)
+        return amended
+
+    def _write(self, mechanism: str) -> None:
         write_json_atomic(
             self.path,
             {
                 "format": FORMAT,
                 "institution": self.institution,
                 # The Opacus accountant state_dict: {'history': [(sigma, q, steps), ...], 'mechanism': ...}.
-                "state": {"history": [list(h) for h in self.history], "mechanism": event.accountant},
+                "state": {"history": [list(h) for h in self.history], "mechanism": mechanism},
                 "events": self.events,
             },
         )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import secrets
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from client.mixed_precision import DPConfigError, PerSampleLossScaler, ResolvedAmp, autocast, resolve_amp
-from client.training import TrainingOutcome, check_training_inputs, epochs_of, mean_loss
+from client.training import TrainingOutcome, capped, check_training_inputs, epochs_of, mean_loss
 from common.data import HospitalData
 from common.settings import GradSampleMode
 
@@ -69,8 +70,11 @@ def resolve_grad_sample_mode(mode: str, *, amp: ResolvedAmp) -> str:
     return mode
 
 
-def plan_round(*, num_examples: int, batch_size: int, epochs: int) -> tuple[float, int]:
+def plan_round(*, num_examples: int, batch_size: int, epochs: int, max_steps: int | None = None) -> tuple[float, int]:
     """(sample_rate, steps) exactly as ``make_private`` with Poisson sampling will take them.
+
+    ``max_steps``: the server's schedule for this round (``round-deadline``); the loop stops after that
+    many Poisson batches, so the steps recorded are the steps taken. The rate stays the epoch's.
 
     Opacus samples each row with probability 1/k (k = ceil(n / batch)), makes
     ``int(1 / (1/k))`` batches per epoch, and tells the accountant the rate
@@ -82,7 +86,10 @@ def plan_round(*, num_examples: int, batch_size: int, epochs: int) -> tuple[floa
             raise DPConfigError(f"{name} = {value}: must be at least 1")
     batches = math.ceil(num_examples / batch_size)
     per_epoch = int(1 / (1 / batches))  # UniformWithReplacementSampler's len()
-    return 1 / per_epoch, epochs * per_epoch
+    if max_steps is not None and max_steps < 1:
+        raise DPConfigError(f"max_steps = {max_steps}: must be at least 1")
+    steps = epochs * per_epoch if max_steps is None else min(epochs * per_epoch, max_steps)
+    return 1 / per_epoch, steps
 
 
 def resolve_distributed_mode(mode: str, *, amp: ResolvedAmp) -> str:
@@ -210,6 +217,8 @@ def train_private(
     seed: int,
     criterion: nn.Module | None = None,
     distributed: bool = False,
+    max_steps: int | None = None,
+    after_step: Callable[[float], bool] | None = None,
 ) -> TrainingOutcome:
     """DP-SGD with Adam through a fresh Opacus ``PrivacyEngine``, training ``model`` in place.
 
@@ -220,6 +229,8 @@ def train_private(
     on return, so the same module can be trained again. ``distributed``: this
     process is one rank of a process group (``client.ddp_workers``); the model is
     wrapped in ``DPDDP`` and the batches are each rank's share of one Poisson sample.
+    ``max_steps``: stop after that many Poisson batches (``plan_round`` records the same number);
+    ``after_step``: called after each one with its seconds; False stops the loop (client.step_clock).
     """
     from opacus import PrivacyEngine  # heavy; evaluate-only processes never import it
     from opacus.validators.errors import UnsupportedModuleError
@@ -277,7 +288,8 @@ def train_private(
     losses: list[float] = []
     steps = skipped = 0
     try:
-        for x, y in epochs_of(dp_loader, epochs):
+        step_started = time.monotonic()
+        for x, y in capped(epochs_of(dp_loader, epochs), max_steps):
             result = dp_step(
                 dp_module,
                 optimizer,
@@ -291,6 +303,9 @@ def train_private(
             steps, skipped = steps + result.applied, skipped + (not result.applied)
             if result.loss is not None and math.isfinite(result.loss):
                 losses.append(result.loss)
+            if after_step is not None and not after_step(time.monotonic() - step_started):
+                break
+            step_started = time.monotonic()
     finally:
         dp_module.cleanup()  # removes hooks and grad_sample attributes from the caller's module
 

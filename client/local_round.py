@@ -8,6 +8,7 @@ attached twice, and wrapped modules rename their keys).
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,7 @@ from client.local_workers_error import LocalWorkersError
 from client.mixed_precision import DPConfigError
 from client.refusals import RoundRefused
 from client.secret_context import secret_context_for
+from client.step_clock import StepClock, clock_for
 from client.task_data import load_task_data, summed, task_loss
 from client.training import Score, TrainingOutcome, evaluate, pick_device, train_plain
 from common.codecs import InvalidUpdate, check_update, from_numpy, to_numpy, to_record, to_state_dict
@@ -34,6 +36,7 @@ from common.round_config import RoundConfig
 from common.schema import SchemaError
 from common.server_optimizer import ServerOptimizer
 from common.settings import NodeSettings, SettingsError
+from common.site_work import Schedule, WorkReportError, read_schedule
 from common.tasks.model_task import TaskError, build_task_model
 from common.wire_bytes import content_bytes
 
@@ -100,13 +103,20 @@ class LocalRound:
     server_optimizer: ServerOptimizer | None = field(default=None, repr=False)
     global_weights: OrderedDict[str, np.ndarray] | None = field(default=None, repr=False)
     loss: nn.Module | None = field(default=None)  # the task's loss; None: cross-entropy
+    # The server's schedule for this round (round-deadline, docs/compute.md): at most so many local steps, and
+    # stop when the round would overrun the deadline (`stop_at`, monotonic seconds, set by the train handler).
+    schedule: Schedule | None = field(default=None)
+    stop_at: float | None = field(default=None)
+    train_seconds: float = field(default=0.0)  # the local steps' seconds (`train`), for the work report
+    step_seconds: float = field(default=0.0)  # the median step's
 
     @classmethod
     def from_message(cls, msg: Message, context: Context) -> LocalRound:
         institution = institution_name(context.node_config.get("institution"), node_id=context.node_id)
         try:
             config = RoundConfig.from_config(msg.content.get("config") or {})
-        except SettingsError as exc:
+            schedule = read_schedule(msg.content)
+        except (SettingsError, WorkReportError) as exc:
             raise RoundRefused(code="bad-round-config", reason=str(exc), institution=institution) from exc
         try:
             # The run's pinned task, built (and made DP-compatible) as the server built it; refused on a mismatch.
@@ -163,7 +173,12 @@ class LocalRound:
             server_optimizer=optimizer,
             global_weights=weights if optimizer is not None else None,
             loss=loss,
+            schedule=schedule,
         )
+
+    @property
+    def max_steps(self) -> int | None:
+        return None if self.schedule is None else self.schedule.local_steps
 
     @property
     def train_examples(self) -> int:
@@ -187,7 +202,10 @@ class LocalRound:
             "device": self.device,
             "seed": c.seed + c.server_round,
             "criterion": self.loss,
+            "max_steps": self.max_steps,  # the loop also stops at `stop_at` (client/step_clock.py)
         }
+        clock = clock_for(self.node, institution=self.institution, local_workers=c.local_workers, stop_at=self.stop_at)
+        started = time.monotonic()
         try:
             if self.accountant is None:
                 log.warning(
@@ -199,7 +217,9 @@ class LocalRound:
                         "[%s] local-workers applies to DP-SGD; this dp = false round trains in one process",
                         self.institution,
                     )
-                return train_plain(self.model, self.train_data, **common), None
+                outcome = train_plain(self.model, self.train_data, after_step=clock, **common)
+                self._timed(clock, started=started, steps=outcome.steps)
+                return outcome, None
             assert self.node.state_dir is not None  # filled in by NodeSettings
             event = self.accountant.recorded(run_id=self.run_id, server_round=c.server_round)
             if event is not None:  # a resumed run asks again for a round this hospital was charged for
@@ -233,12 +253,26 @@ class LocalRound:
                 )
             else:
                 outcome = train_private(
-                    self.model, self.train_data, grad_sample_mode=c.grad_sample_mode, **dp_options, **common
+                    self.model,
+                    self.train_data,
+                    grad_sample_mode=c.grad_sample_mode,
+                    after_step=clock,
+                    **dp_options,
+                    **common,
                 )
         except DPConfigError as exc:
             raise RoundRefused(code="bad-dp-config", reason=str(exc), institution=self.institution) from exc
         except LocalWorkersError as exc:
             raise RoundRefused(code="local-workers-failed", reason=str(exc), institution=self.institution) from exc
+        self._timed(clock, started=started, steps=outcome.steps)
+        taken = outcome.steps + outcome.skipped_steps  # Poisson batches drawn; fewer than planned: stopped at deadline
+        if 1 <= taken < event.steps and self.accountant is not None:
+            try:
+                event = self.accountant.amend_to_steps_taken(event, steps=taken)
+            except AccountantStateError as exc:  # the planned count stands: over-counting is safe
+                log.warning(
+                    "[%s] the round's DP event keeps its planned %d steps: %s", self.institution, event.steps, exc
+                )
         if outcome.steps > event.steps:
             # Never let an update out that spent more than the ledger says.
             raise RoundRefused(
@@ -250,15 +284,24 @@ class LocalRound:
         keep_update(self.node.state_dir, KeptUpdate(self.run_id, c.server_round, weights, outcome))
         return outcome, event
 
+    def _timed(self, clock: StepClock | None, *, started: float, steps: int) -> None:
+        """The steps' time for the work report; with local workers (no clock) the loop's wall time."""
+        if clock is not None and clock.steps:
+            self.train_seconds, self.step_seconds = clock.seconds, clock.median_step
+        else:
+            self.train_seconds = time.monotonic() - started
+            self.step_seconds = self.train_seconds / steps if steps else 0.0
+
     def _commit_spending(self) -> DPEvent:
         from client.dp_training import plan_round
         from client.noise_plan import run_noise_multiplier
 
         assert self.accountant is not None
         c = self.config
-        sample_rate, steps = plan_round(
-            num_examples=len(self.train_data), batch_size=c.batch_size, epochs=c.local_epochs
+        sample_rate, steps = plan_round(  # the scheduled steps: the loop takes exactly these (dp_training)
+            num_examples=len(self.train_data), batch_size=c.batch_size, epochs=c.local_epochs, max_steps=self.max_steps
         )
+        full = plan_round(num_examples=len(self.train_data), batch_size=c.batch_size, epochs=c.local_epochs)[1]
         accountant_name, delta = c.accountant, c.delta
         if c.target_epsilon > 0:
             # Chosen once for the whole run's planned steps: re-targeting every round overshoots.
@@ -268,7 +311,7 @@ class LocalRound:
                 target_epsilon=c.target_epsilon,
                 delta=delta,
                 sample_rate=sample_rate,
-                steps=steps * c.num_rounds,
+                steps=full * c.num_rounds,  # the run's unscheduled plan: a shorter round only spends less
                 accountant=accountant_name,
             )
         else:

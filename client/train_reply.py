@@ -10,6 +10,7 @@ event, so the server's ledger records spending the local accountant already hold
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from client.local_round import LocalRound, RoundRefused
 from client.metrics_report import put_encrypted_metrics, put_figures, received_figures, site_metrics
 from common.dp_event import DPEvent
 from common.site_metrics import FederationFigures, SiteMetrics
+from common.site_work import WORK_RECORD, SiteWork
 
 log = logging.getLogger("flwr.fedcare.client")
 
@@ -44,6 +46,9 @@ class TrainedRound:
     event: DPEvent | None  # None without DP
     site: SiteMetrics | None  # aggregate mode: travels only inside the aggregate; None with per-site metrics
     figures: FederationFigures | None = None  # decrypted from the last round's encrypted metrics sum (HE)
+    # Steps, times and capabilities, for the server's deadline scheduling and results.json: sent with per-site
+    # metrics (plain mode) or when the server scheduled this round; not in aggregate mode otherwise.
+    work: SiteWork | None = None
 
     def put_update(self, content: RecordDict) -> None:
         """The update (plaintext or encrypted) and, in HE aggregate mode, the encrypted metrics beside it."""
@@ -58,6 +63,8 @@ class TrainedRound:
         content["status"] = ConfigRecord(self.local.ok_status())
         if self.event is not None:
             content["dp-event"] = ConfigRecord(self.event.as_record())
+        if self.work is not None:
+            content[WORK_RECORD] = ConfigRecord(self.work.as_record())
         return Message(content, reply_to=msg)
 
     def refuse(self, msg: Message, exc: RoundRefused, *, content: RecordDict | None = None) -> Message:
@@ -73,7 +80,12 @@ def train_round(
     `before_training` may refuse the round (raise RoundRefused) once the data is known and
     before any budget is spent. Raises RoundRefused; nothing is spent when it comes before training.
     """
+    from client.site_report import full_steps, work_report
+
+    started = time.monotonic()
     local = LocalRound.from_message(msg, context)
+    if local.schedule is not None:
+        local.stop_at = started + local.schedule.deadline
     figures = received_figures(msg, local)
     before = local.score()
     aggregate = not local.config.per_site_metrics
@@ -82,10 +94,23 @@ def train_round(
     if before_training is not None:
         before_training(local)
     outcome, event = local.train()
+    c = local.config
+    work = None
+    if c.per_site_metrics or local.schedule is not None:  # aggregate mode keeps even its times to itself
+        work = work_report(
+            outcome,
+            full=full_steps(num_examples=local.train_examples, batch_size=c.batch_size, epochs=c.local_epochs, dp=c.dp),
+            batch_size=c.batch_size,
+            train_seconds=local.train_seconds,
+            step_seconds=local.step_seconds,
+            round_seconds=time.monotonic() - started,
+            device=local.device,
+        )
     return TrainedRound(
         local=local,
         metrics=local.train_metrics(outcome, before),
         event=event,
         site=site_metrics(local, before, outcome) if aggregate else None,  # checked above: cannot refuse now
         figures=figures,
+        work=work,
     )

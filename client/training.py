@@ -5,8 +5,11 @@ DP-SGD is `client.dp_training`; both report a `TrainingOutcome`, so the round tr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,6 +63,11 @@ def epochs_of(loader: DataLoader, epochs: int) -> Iterator[tuple[torch.Tensor, t
         yield from loader
 
 
+def capped(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], max_steps: int | None) -> Iterator[Any]:
+    """The first `max_steps` batches (all of them when None): the server's schedule for this round."""
+    return batches if max_steps is None else itertools.islice(batches, max_steps)
+
+
 def mean_loss(losses: list[float]) -> float:
     return float(np.mean(losses)) if losses else float("nan")
 
@@ -75,6 +83,8 @@ def train_plain(
     device: torch.device,
     seed: int,
     criterion: nn.Module | None = None,
+    max_steps: int | None = None,
+    after_step: Callable[[float], bool] | None = None,
 ) -> TrainingOutcome:
     """Non-DP training with the same optimizer and precision handling, for comparison and dp = false runs.
 
@@ -89,7 +99,9 @@ def train_plain(
     scaler = torch.amp.GradScaler(device.type) if resolved_amp == "fp16" else None
     losses: list[float] = []
     steps = skipped = 0
-    for x, y in epochs_of(make_loader(data, batch_size=batch_size, shuffle=True, seed=seed), epochs):
+    batches = epochs_of(make_loader(data, batch_size=batch_size, shuffle=True, seed=seed), epochs)
+    step_started = time.monotonic()
+    for x, y in capped(batches, max_steps):
         x, y = x.to(device), y.to(device)
         optimizer.zero_grad(set_to_none=True)
         with autocast(resolved_amp, device.type):
@@ -106,6 +118,9 @@ def train_plain(
             went_down = scaler.get_scale() < scale_before
             steps, skipped = steps + (not went_down), skipped + went_down
         losses.append(float(loss.detach()))
+        if after_step is not None and not after_step(time.monotonic() - step_started):
+            break
+        step_started = time.monotonic()
     return TrainingOutcome(
         loss=mean_loss(losses),
         steps=steps,

@@ -135,6 +135,9 @@ class RunSettings(TrainingSettings):
     quantization_range: int = Field(default=4194304, ge=2, lt=2**31)  # integer levels across 2*clipping_range
     max_weight: float = Field(default=1000.0, gt=0)  # the largest training-example count a hospital may have
     secagg_timeout: float = Field(default=60.0, gt=0)  # seconds per SecAgg+ stage (one stage includes training)
+    # Seconds a hospital's local round should take (docs/compute.md): > 0 schedules each hospital's local steps
+    # from its measured speed so a slow site shortens its own round, and aggregates with FedNova. 0: off.
+    round_deadline: float = Field(default=0.0, ge=0)
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> RunSettings:
@@ -153,6 +156,13 @@ class RunSettings(TrainingSettings):
             raise SettingsError(
                 "run config: privacy-mode is 'he' but 'he-public-context' is empty; point it at the server's "
                 "he-public.ctx from `fedcare he keygen --out DIR` (DIR/server/he-public.ctx)"
+            )
+        if settings.round_deadline > 0 and settings.privacy_mode != "plain":
+            raise SettingsError(
+                f"run config: round-deadline needs privacy-mode 'plain' for now; in '{settings.privacy_mode}' mode "
+                "every hospital receives one shared message and the server sees only a sum, so it can neither give "
+                "each hospital its own local steps nor normalise each update by them (docs/compute.md); "
+                "set round-deadline = 0"
             )
         if settings.privacy_mode == "secagg":
             problems = _secagg_problems(settings)
@@ -211,6 +221,9 @@ class NodeSettings(BaseModel):
     state_dir: Path | None = None  # where the privacy accountant lives; default under the home directory
     epsilon_limit: float | None = Field(default=None, gt=0)
     he_secret_context: Path | None = None  # HE mode: the hospitals' secret context (hospital/he-secret.ctx)
+    # TESTS AND BENCHMARKS ONLY (client/slowdown.py): every local step made this many times slower on purpose,
+    # to stand for a slower hospital; warned about in the log every round it applies.
+    test_slowdown: float = Field(default=1.0, ge=1.0)
 
     @model_validator(mode="after")
     def _default_state_dir(self) -> NodeSettings:

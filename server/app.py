@@ -10,6 +10,7 @@ same for all of them.
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from common.settings import RunSettings
 from common.tasks.model_task import pin_task
 from server.attendance import Attendance
 from server.budget_gate import BudgetGate
+from server.local_work import LocalWorkScheduler
 from server.replies import SortedReplies
 from server.results import RunResults
 from server.rounds import PlainRounds, RoundContext, Rounds
@@ -159,13 +161,15 @@ def main(grid: Grid, context: Context) -> None:
     )
     results, scored_round, model_path = progress.results, progress.scored_round, progress.model_path
     attendance = Attendance()
+    work = LocalWorkScheduler(deadline=settings.round_deadline)  # round-deadline: docs/compute.md
     try:
         for server_round in range(progress.next_round, settings.num_rounds + 1):
             nodes = attendance.wait_for_quorum(grid, minimum=settings.min_nodes, timeout=settings.node_wait_timeout)
             absent = attendance.at_start(nodes, server_round=server_round)
             skipped: dict[str, str] = {}
+            scheduled = work.plan(nodes)
             if gate is not None:
-                nodes, skipped = gate.select(nodes, server_round=server_round)
+                nodes, skipped = gate.select(nodes, server_round=server_round, scheduled=scheduled)
             if not nodes:
                 log.error("round %d failed: every hospital is out of privacy budget", server_round)
                 results.record_failed_round(
@@ -177,8 +181,12 @@ def main(grid: Grid, context: Context) -> None:
                 )
                 progress.accounted(server_round, scored_round=scored_round, model_path=model_path)
                 continue
+            ctx.schedule_work(scheduled)
+            started = time.monotonic()
             outcome = rounds.train(nodes=nodes, server_round=server_round)
             replies = outcome.replies
+            work.learn(replies)
+            outcome.extra |= work.round_facts(replies, round_seconds=time.monotonic() - started)
             outcome.extra |= attendance.after_round(
                 server_round=server_round, absent=absent, dropouts=ctx.take_dropouts(), replies=replies
             )

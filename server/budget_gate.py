@@ -25,6 +25,7 @@ class BudgetGate:
     client: BudgetEventClient
     run_id: int
     node_institutions: dict[int, str] = field(default_factory=dict)  # learnt from replies
+    last_steps: dict[str, int] = field(default_factory=dict)  # institution -> steps of its last DP event
 
     @classmethod
     def connect(
@@ -42,8 +43,13 @@ class BudgetGate:
         )
         return cls(client=client, run_id=run_id)
 
-    def select(self, nodes: list[int], *, server_round: int) -> tuple[list[int], dict[str, str]]:
-        """Nodes to send this round to, and {institution: why skipped} for the others."""
+    def select(
+        self, nodes: list[int], *, server_round: int, scheduled: dict[int, int] | None = None
+    ) -> tuple[list[int], dict[str, str]]:
+        """Nodes to send this round to, and {institution: why skipped} for the others.
+
+        `scheduled`: the round's local steps per node (round-deadline); a node scheduled more steps than its
+        last round is checked against that (`next_round_epsilon`), not against "a round like the last one"."""
         try:
             budgets: dict[str, BudgetView] = self.client.budgets()
         except BudgetServiceError as exc:
@@ -55,8 +61,12 @@ class BudgetGate:
         for node in nodes:
             name = self.node_institutions.get(node)
             view = budgets.get(name) if name else None
-            if view is not None and not view.can_cover_next_round:
-                nxt = f"{view.epsilon_next_round:.3f}" if view.epsilon_next_round is not None else "more"
+            steps = (scheduled or {}).get(node)
+            nxt_eps = (
+                next_round_epsilon(view, steps=steps, last_steps=self.last_steps.get(name or "")) if view else None
+            )
+            if view is not None and not _covers(view, nxt_eps):
+                nxt = f"{nxt_eps:.3f}" if nxt_eps is not None else "more"
                 reason = (
                     f"epsilon spent {view.epsilon_spent:.3f} of {view.epsilon_limit:g}; another round would reach {nxt}"
                 )
@@ -68,6 +78,7 @@ class BudgetGate:
 
     def learn(self, replies: SortedReplies) -> None:
         self.node_institutions.update(replies.node_institutions)
+        self.last_steps.update({name: event.steps for name, event in replies.dp_events.items()})
 
     def report(self, replies: SortedReplies, *, server_round: int) -> None:
         """Post the round's events; undeliverable ones stay in the outbox for the next call."""
@@ -102,6 +113,23 @@ class BudgetGate:
         except BudgetServiceError as exc:
             log.warning("budget service: %d event(s) still waiting in the outbox: %s", self.client.pending(), exc)
         self.client.close()
+
+
+def next_round_epsilon(view: BudgetView, *, steps: int | None, last_steps: int | None) -> float | None:
+    """Epsilon after the next round, never below what it will cost: the ledger projects "a round like the last
+    one"; a round scheduled more steps than that costs at most its share more, because RDP epsilon is concave
+    in the number of steps (a minimum over orders of functions linear in the steps), so the increment is
+    scaled up by steps / last_steps. A round of fewer steps keeps the ledger's figure (an over-estimate)."""
+    nxt = view.epsilon_next_round
+    if nxt is None or steps is None or not last_steps or steps <= last_steps:
+        return nxt
+    return view.epsilon_spent + (nxt - view.epsilon_spent) * steps / last_steps
+
+
+def _covers(view: BudgetView, epsilon_next: float | None) -> bool:
+    if epsilon_next is None or epsilon_next == view.epsilon_next_round:
+        return view.can_cover_next_round
+    return epsilon_next <= view.epsilon_limit
 
 
 def _key(event: dict[str, Any]) -> tuple[str, str, str]:

@@ -15,6 +15,7 @@ class ClientUpdate:
     node_id: int
     weights: OrderedDict[str, np.ndarray]
     num_examples: int
+    local_steps: int | None = None  # the steps it trained (its work report); FedNova needs them (server/fednova.py)
 
 
 def fedavg(updates: Sequence[ClientUpdate]) -> OrderedDict[str, np.ndarray]:

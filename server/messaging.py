@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from flwr.app import ConfigRecord, Message, RecordDict
@@ -66,6 +66,7 @@ def exchange(
     timeout: float,
     poll_interval: float,
     dropouts: list[Dropout] | None = None,
+    content_for: Callable[[int], RecordDict] | None = None,
 ) -> Iterator[Message]:
     """Push one message per node and yield replies as they are pulled, until all arrive or `timeout` passes.
 
@@ -77,10 +78,16 @@ def exchange(
     A node that dies is not waited for until `timeout`: once it has missed its heartbeats the SuperLink
     answers for it ("Node Unavailable"; within 20 s with fedcare's node, `SuperNodeWaits.heartbeat_interval`).
     Such answers, nodes the SuperLink would not take a message for, and nodes silent until `timeout` are
-    not yielded but added to `dropouts`, each with its reason.
+    not yielded but added to `dropouts`, each with its reason. `content_for(node)`: that node's own content
+    (its scheduled local steps), when it differs from `content`.
     """
     messages = [
-        Message(content=content, dst_node_id=node, message_type=message_type, group_id=str(server_round))
+        Message(
+            content=content_for(node) if content_for else content,
+            dst_node_id=node,
+            message_type=message_type,
+            group_id=str(server_round),
+        )
         for node in nodes
     ]
     started = time.monotonic()

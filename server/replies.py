@@ -20,6 +20,7 @@ from common.dp_event import DPEvent
 from common.institution import UNNAMED_PREFIX, institution_name
 from common.int8_wire import take_weights
 from common.site_metrics import FEDERATION_RECORD, FederationFigures
+from common.site_work import WORK_RECORD, SiteWork, WorkReportError
 from common.wire_bytes import content_bytes
 from server.fedavg import ClientUpdate
 
@@ -63,6 +64,17 @@ class SortedReplies:
     # content the server sent each hospital (set by the mode that sent it; None when nothing was sent).
     bytes_up: dict[str, int] = field(default_factory=dict)
     bytes_down: int | None = None
+    # Each accepted update's work report (common/site_work.py), by node id: for deadline scheduling and results.json.
+    work: dict[int, SiteWork] = field(default_factory=dict)
+
+    def drop_updates_without_steps(self) -> None:
+        """FedNova (round-deadline) weighs each update by its local steps: one from a hospital that did not report
+        them (an older fedcare) is rejected, with the reason."""
+        for u in [u for u in self.updates if u.local_steps is None]:
+            self.updates.remove(u)
+            self.participants.remove(u.institution)
+            reason = "no work report with its local steps: update the hospital's fedcare (round-deadline needs it)"
+            self.rejections.append(Rejection(u.institution, u.node_id, "no-work-report", reason))
 
     def record_spending(self, institution: str, event: DPEvent) -> None:
         """The round's DP event of `institution` (for the ledger and results.json) and the epsilon it reached."""
@@ -99,6 +111,22 @@ def _institution(msg: Message) -> str:
     status = None if msg.has_error() else msg.content.get("status")
     name = None if status is None else status.get("institution")
     return institution_name(name, node_id=msg.metadata.src_node_id)
+
+
+def _work(msg: Message, event: DPEvent | None) -> SiteWork | None:
+    """The reply's work report; its steps cannot exceed the DP event's (the steps the ledger was charged for)."""
+    record = msg.content.get(WORK_RECORD)
+    if record is None:
+        return None
+    try:
+        work = SiteWork.from_record(record)
+    except WorkReportError as exc:
+        raise InvalidUpdate(str(exc)) from exc
+    if work.local_steps < 1:
+        raise InvalidUpdate("reports an update trained for 0 local steps")
+    if event is not None and work.local_steps > event.steps:
+        raise InvalidUpdate(f"reports {work.local_steps} local steps, but its DP event records {event.steps}")
+    return work
 
 
 def _num_examples(metrics: MetricRecord) -> int:
@@ -202,6 +230,7 @@ def sort_replies(
             n = _num_examples(metrics)
             loss = float(metrics["train-loss"]) if per_site else float("nan")
             event = _dp_event(msg)
+            work = _work(msg, event)
             if accept is not None:
                 accept(msg, who, n)
             # Every check passed: only now does anything of this reply count.
@@ -210,7 +239,9 @@ def sort_replies(
             if np.isfinite(loss):
                 out.train_losses.append((loss, n))
             if weights is not None:
-                out.updates.append(ClientUpdate(who, node_id, weights, n))
+                out.updates.append(ClientUpdate(who, node_id, weights, n, work.local_steps if work else None))
+            if work is not None:
+                out.work[node_id] = work
             out.participants.append(who)
             reports += reported_figures(msg, who)
             if event is not None:

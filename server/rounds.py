@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -25,10 +26,20 @@ from common.int8_wire import put_weights
 from common.schema import DatasetSchema
 from common.server_optimizer import ServerOptimizer
 from common.settings import RunSettings
+from common.site_work import Schedule, put_schedule
 from common.wire_bytes import content_bytes
 from server.fedavg import fedavg
+from server.fednova import fednova
 from server.messaging import Dropout, exchange, message_config
 from server.replies import Accept, SortedReplies, sort_replies
+
+
+def scheduled_content(content: RecordDict, deadline: float, steps: dict[int, int], node: int) -> RecordDict:
+    """`content` for one node with its schedule: the deadline, and its local steps once it was measured (the
+    records are shared, not copied)."""
+    mine = RecordDict(dict(content.items()))
+    put_schedule(mine, Schedule(deadline=deadline, local_steps=steps.get(node)))
+    return mine
 
 
 @dataclass
@@ -50,6 +61,9 @@ class RoundContext:
     schema: DatasetSchema
     run_dir: Path
     dropouts: list[Dropout] = field(default_factory=list)  # nodes that left during `send`s, until taken
+    # This round's local steps per node (round-deadline, server/local_work.py); train messages carry them
+    # with the deadline when round-deadline is set.
+    schedule: dict[int, int] = field(default_factory=dict)
 
     @property
     def run_id(self) -> int:
@@ -58,6 +72,9 @@ class RoundContext:
         return self.settings.run_id_for(self.grid.run.run_id)
 
     def send(self, content: RecordDict, *, nodes: list[int], message_type: str, server_round: int) -> Iterator[Message]:
+        content_for = None
+        if message_type == MessageType.TRAIN and self.settings.round_deadline > 0:
+            content_for = partial(scheduled_content, content, self.settings.round_deadline, self.schedule)
         return exchange(
             self.grid,
             nodes=nodes,
@@ -67,7 +84,13 @@ class RoundContext:
             timeout=self.settings.round_timeout,
             poll_interval=self.settings.poll_interval,
             dropouts=self.dropouts,
+            content_for=content_for,
         )
+
+    def schedule_work(self, steps: dict[int, int]) -> None:
+        """The local steps each node is to take in this round's train messages (none: every node trains in full)."""
+        self.schedule.clear()
+        self.schedule.update(steps)
 
     def take_dropouts(self) -> list[Dropout]:
         """The nodes that left during the exchanges since the last call (the ServerApp's loop asks per round)."""
@@ -227,5 +250,11 @@ class PlainRounds(PlaintextModelRounds):
         replies.bytes_down = content_bytes(content)
         if not replies.updates:
             return RoundOutcome(replies, reason="no valid update from any hospital")
-        self.apply_average(fedavg(replies.updates))
+        if self.ctx.settings.round_deadline > 0:  # unequal local steps: each site's objective weighed by n_i alone
+            replies.drop_updates_without_steps()
+            if not replies.updates:
+                return RoundOutcome(replies, reason="no update reported its local steps (round-deadline needs them)")
+            self.apply_average(fednova(replies.updates, reference=self.weights))
+        else:
+            self.apply_average(fedavg(replies.updates))
         return RoundOutcome(replies, model_path=self.save_round_model(server_round))

@@ -93,3 +93,31 @@ def test_projection_does_not_spend(tmp_path: Path) -> None:
     assert before == 0.0 and projected > 0
     assert ledger.history == []
     assert not (tmp_path / "privacy-accountant.json").exists()
+
+
+def test_a_round_stopped_at_its_deadline_is_amended_to_the_steps_it_took(tmp_path: Path) -> None:
+    """Committed with the planned 24 steps before training; the loop stopped after 9: the file (reloaded) holds
+    9 and the epsilon of 9, equal to a fresh Opacus accountant fed 9 steps; only the round's own event amends."""
+    ledger = HospitalAccountant.for_institution(tmp_path, "st-mary")
+    planned = _event(
+        1.1,
+        0.08,
+        24,
+        ledger.projected_epsilon(noise_multiplier=1.1, sample_rate=0.08, steps=24, accountant="rdp", delta=DELTA),
+        1,
+    )
+    ledger.commit(planned)
+    with pytest.raises(AccountantStateError, match="cannot amend 24 committed steps to 25"):
+        ledger.amend_to_steps_taken(planned, steps=25)
+    amended = ledger.amend_to_steps_taken(planned, steps=9)
+
+    reference = RDPAccountant()
+    for _ in range(9):
+        reference.step(noise_multiplier=1.1, sample_rate=0.08)
+    reloaded = HospitalAccountant.for_institution(tmp_path, "st-mary")
+    assert reloaded.history == [(1.1, 0.08, 9)]
+    assert amended.steps == 9 and reloaded.events[-1]["steps"] == 9
+    assert amended.epsilon == pytest.approx(reference.get_epsilon(delta=DELTA), rel=1e-9)
+    assert amended.epsilon < planned.epsilon
+    with pytest.raises(AccountantStateError, match="not run 7 round 2"):
+        reloaded.amend_to_steps_taken(_event(1.1, 0.08, 9, 1.0, 2), steps=3)

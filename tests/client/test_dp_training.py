@@ -402,3 +402,58 @@ def test_the_missing_csprng_is_logged_once(
             )
     notes = [r for r in caplog.records if "not a CSPRNG" in r.getMessage()]
     assert len(notes) == 1 and notes[0].name == "flwr.fedcare.client"
+
+
+# ---------------------------------------------------------------- 5. a scheduled round records the steps it took
+
+
+def test_a_scheduled_round_takes_and_records_exactly_its_steps(breast_cancer: HospitalData) -> None:
+    """round-deadline: the server's schedule caps the Poisson batches; the plan (what the ledger records), the
+    loop and Opacus' own accountant agree on that number, at the epoch's sample rate."""
+    full_rate, full = plan_round(num_examples=569, batch_size=64, epochs=2)
+    rate, steps = plan_round(num_examples=569, batch_size=64, epochs=2, max_steps=5)
+    assert (rate, steps) == (full_rate, 5) and full > 5
+    assert plan_round(num_examples=569, batch_size=64, epochs=2, max_steps=10_000)[1] == full  # a cap, not a target
+    calls: list[float] = []
+
+    def go_on(seconds: float) -> bool:
+        calls.append(seconds)
+        return True
+
+    outcome = train_private(
+        _mlp(),
+        breast_cancer,
+        batch_size=64,
+        epochs=2,
+        learning_rate=1e-3,
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        amp="off",
+        device=CPU,
+        seed=0,
+        max_steps=5,
+        after_step=go_on,
+    )  # train_private raises when Opacus' accountant counted other than the steps taken
+    assert (outcome.steps, outcome.skipped_steps, outcome.sample_rate) == (5, 0, rate)
+    assert len(calls) == 5
+    with pytest.raises(DPConfigError, match="max_steps = 0"):
+        plan_round(num_examples=569, batch_size=64, epochs=2, max_steps=0)
+
+
+def test_the_loop_stops_when_its_clock_says_so_and_opacus_counted_only_those_steps(breast_cancer: HospitalData) -> None:
+    """The deadline guard: `after_step` answering False ends the loop; Opacus' own accountant agrees (train_private
+    raises otherwise), so the accountant can be amended to exactly `outcome.steps`."""
+    outcome = train_private(
+        _mlp(),
+        breast_cancer,
+        batch_size=64,
+        epochs=2,
+        learning_rate=1e-3,
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        amp="off",
+        device=CPU,
+        seed=0,
+        after_step=lambda seconds: False,
+    )
+    assert (outcome.steps, outcome.skipped_steps) == (1, 0)

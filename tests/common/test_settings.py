@@ -116,3 +116,12 @@ def test_int8_compression_is_refused_in_he_mode_and_taken_in_the_others() -> Non
         assert settings.update_compression == "int8"
     with pytest.raises(SettingsError, match="update-compression"):
         RunSettings.from_run_config({"schema-path": "s.json", "update-compression": "int4"})
+
+
+def test_a_round_deadline_is_taken_in_plain_mode_and_refused_where_the_server_sees_only_a_sum() -> None:
+    assert RunSettings.from_run_config({"schema-path": "s.json", "round-deadline": 30}).round_deadline == 30.0
+    for mode, extra in (("secagg", {}), ("he", {"he-public-context": "c"})):
+        with pytest.raises(SettingsError, match=f"round-deadline needs privacy-mode 'plain'.*'{mode}'.*= 0"):
+            RunSettings.from_run_config({"schema-path": "s.json", "privacy-mode": mode, "round-deadline": 30, **extra})
+    with pytest.raises(SettingsError, match="round-deadline"):
+        RunSettings.from_run_config({"schema-path": "s.json", "round-deadline": -1})

@@ -283,3 +283,40 @@ def test_in_aggregate_mode_no_score_is_read_and_the_hospitals_figures_are_agreed
     (figures,) = out.federation
     assert (figures.server_round, figures.loss, figures.accuracy, figures.train_loss) == (1, 0.3, 0.9, None)
     assert "different federation accuracy for round 1" in caplog.text
+
+
+def _work(local_steps: int) -> ConfigRecord:
+    return ConfigRecord(
+        {
+            "local_steps": local_steps,
+            "full_steps": 40,
+            "train_seconds": 2.0,
+            "step_seconds": 0.1,
+            "round_seconds": 3.0,
+            "device": "cpu (2 cores)",
+            "memory_bytes": 1 << 30,
+            "examples_per_second": 160.0,
+        }
+    )
+
+
+def test_a_work_report_gives_the_update_its_steps_and_may_not_claim_more_than_the_dp_event(
+    reference: OrderedDict[str, np.ndarray],
+) -> None:
+    good = _train_reply(5, "St Mary", _weights())
+    good.content["dp-event"], good.content["work"] = _dp_event(1.0), _work(12)
+    greedy = _train_reply(6, "St Jude", _weights())
+    greedy.content["dp-event"], greedy.content["work"] = _dp_event(1.0), _work(21)  # the event records 20
+    out = sort_replies([good, greedy], reference=reference, expect_update=True)
+    assert [(u.institution, u.local_steps) for u in out.updates] == [("St Mary", 12)]
+    assert out.work[5].local_steps == 12 and 6 not in out.work
+    assert [(r.institution, r.code) for r in out.rejections] == [("St Jude", "invalid-update")]
+    assert "21 local steps" in out.rejections[0].reason and "records 20" in out.rejections[0].reason
+    assert out.dp_events["St Jude"].steps == 20  # its spending still reaches the ledger
+
+
+def test_fednova_rounds_reject_an_update_without_its_steps(reference: OrderedDict[str, np.ndarray]) -> None:
+    out = sort_replies([_train_reply(5, "Old Site", _weights())], reference=reference, expect_update=True)
+    out.drop_updates_without_steps()
+    assert out.updates == [] and out.participants == []
+    assert [(r.institution, r.code) for r in out.rejections] == [("Old Site", "no-work-report")]
