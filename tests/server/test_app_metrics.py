@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,11 @@ def _check_aggregate_run(aggregate: dict, replies: list[Message], per_site: dict
         for value in (site["loss"], site["accuracy"])
     }
     text = "\n".join(lines)
-    assert not [v for v in site_values if repr(v) in text or f"{v:.4f}" in text]
+
+    def written(value: float) -> bool:  # as a number of its own: an accuracy of 0.5 is not in "10.51"
+        return any(re.search(rf"(?<![\d.]){re.escape(form)}(?!\d)", text) for form in (repr(value), f"{value:.4f}"))
+
+    assert not [v for v in site_values if written(v)]
 
     for mine, theirs in zip(_scored(aggregate), _scored(per_site), strict=True):
         sites = theirs["per_institution"].values()
