@@ -148,12 +148,12 @@ def run_demo(options: DemoOptions, *, console: Console | None = None) -> DemoOut
         fed = stack.enter_context(LocalFederation(fed_dir.root, insecure=options.insecure, budget=budget))
         with console.status("starting the SuperLink and the hospitals' nodes (SuperNode + warm executor)..."):
             fed.start_superlink()  # completes the node registrations left pending
-            nodes = [
-                fed.add_site(site.root, node_config=_node_config(options, name), wait=False)
-                for name, site in sites.hospitals.items()
-            ]
-            for node in nodes:  # started together: their executors warm up side by side
-                fed.wait_for_node(node)
+            fed.wait_for_nodes(
+                [
+                    fed.add_site(site.root, node_config=_node_config(options, name), wait=False)
+                    for name, site in sites.hospitals.items()
+                ]
+            )
         tls = (
             "[bold red]off (INSECURE: no TLS, no node authentication; registrations stay pending)[/]"
             if options.insecure

@@ -76,9 +76,11 @@ def test_hospital_made_keys_an_he_run_revocation_rekey_and_a_stale_key_set_refus
     with LocalFederation(fed_dir.root) as fed:
         fed.start_superlink()  # completes the three pending node registrations
         assert all(r.superlink == "registered" and r.keys_made_by == "institution" for r in list_institutions(fed_dir))
-        nodes = {
-            name: fed.add_site(site.root, node_config={"data-path": str(data[name])}) for name, site in sites.items()
+        started = {
+            name: fed.add_site(site.root, node_config={"data-path": str(data[name])}, wait=False)
+            for name, site in sites.items()
         }
+        nodes = dict(zip(started, fed.wait_for_nodes(list(started.values())), strict=True))
         run_1 = fed.submit(app_dir=APP_DIR, run_config=run_config)
         assert wait_finished(fed, run_1) == "finished:completed"
 
