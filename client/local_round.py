@@ -19,19 +19,21 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from torch import nn
 
 from client.accountant_state import AccountantStateError, HospitalAccountant
+from client.incoming_model import incoming_weights
 from client.kept_update import KeptUpdate, keep_update, kept_update
 from client.local_workers_error import LocalWorkersError
 from client.mixed_precision import DPConfigError
 from client.refusals import RoundRefused
+from client.round_spending import commit_round_spending
 from client.secret_context import secret_context_for
 from client.step_clock import StepClock, clock_for
 from client.task_data import load_task_data, summed, task_loss
 from client.training import Score, TrainingOutcome, evaluate, pick_device, train_plain
-from common.codecs import InvalidUpdate, check_update, from_numpy, to_numpy, to_record, to_state_dict
+from common.codecs import InvalidUpdate, from_numpy, to_numpy, to_record, to_state_dict
 from common.data import HospitalData, split_train_validation
 from common.dp_event import DPEvent
 from common.institution import institution_name
-from common.int8_wire import FLOAT_RECORD, put_weights, take_weights
+from common.int8_wire import put_weights
 from common.round_config import RoundConfig
 from common.schema import SchemaError
 from common.server_optimizer import ServerOptimizer
@@ -46,44 +48,6 @@ if TYPE_CHECKING:
     import tenseal as ts
 
 __all__ = ["LocalRound", "RoundRefused"]  # RoundRefused is re-exported: the handlers catch it from here
-
-
-def _incoming_weights(
-    msg: Message,
-    *,
-    model: nn.Module,
-    secret_context: ts.Context | None,
-    server_round: int,
-    run_id: int,
-    optimizer: ServerOptimizer | None = None,
-) -> OrderedDict[str, np.ndarray]:
-    """The global model in the message, checked against this hospital's model: plaintext weights, or
-    in HE mode the server's encrypted sum of an earlier round of this run, decrypted and divided here,
-    then moved by the run's server optimizer (`optimizer` takes up the state the sum carries)."""
-    reference = to_numpy(to_record(model.state_dict()))
-    content = msg.content
-    if secret_context is not None and FLOAT_RECORD not in content:
-        from common.he.carried import carry_template, next_global
-        from common.he.hospital import decrypt_sum
-        from common.he.wire import InvalidCiphertext, take_bundle
-
-        optimizer = optimizer or ServerOptimizer()  # FedAvg: the sum is the model's own layout
-
-        try:
-            bundle = take_bundle(content)
-            h = bundle.header
-            if h.run_id != run_id or not 1 <= h.server_round < server_round:
-                raise InvalidCiphertext(
-                    f"the encrypted model is from run {h.run_id} round {h.server_round}; expected "
-                    f"run {run_id}, a round before {server_round}"
-                )
-            averaged = decrypt_sum(bundle, context=secret_context, template=carry_template(reference, optimizer))
-            weights = next_global(averaged, model=reference, optimizer=optimizer)
-        except (InvalidCiphertext, ValueError) as exc:  # ValueError: carried optimizer state that does not fit
-            raise InvalidUpdate(f"encrypted global model rejected: {exc}") from exc
-        check_update(weights, reference=reference)
-        return weights
-    return take_weights(content, reference=reference, missing="the message carries no global model")  # float32 or int8
 
 
 @dataclass
@@ -148,7 +112,7 @@ class LocalRound:
         run_id = config.run_id_or(msg.metadata.run_id)  # a resumed run keeps its first id (docs/resume.md)
         optimizer = ServerOptimizer.from_settings(config) if secret_context is not None else None
         try:
-            weights = _incoming_weights(
+            weights = incoming_weights(
                 msg,
                 model=model,
                 secret_context=secret_context,
@@ -237,7 +201,15 @@ class LocalRound:
                     *(self.institution, c.server_round, self.run_id),
                 )
             else:
-                event = self._commit_spending()  # one DP event for the round, however many workers train it
+                event = commit_round_spending(  # one DP event for the round, however many workers train it
+                    self.accountant,
+                    config=c,
+                    node=self.node,
+                    institution=self.institution,
+                    run_id=self.run_id,
+                    num_examples=self.train_examples,
+                    max_steps=self.max_steps,
+                )
             dp_options = {"noise_multiplier": event.noise_multiplier, "max_grad_norm": c.max_grad_norm}
             if c.local_workers > 1:
                 from client.ddp_workers import WORKER_TIMEOUT_S, train_private_workers
@@ -291,65 +263,6 @@ class LocalRound:
         else:
             self.train_seconds = time.monotonic() - started
             self.step_seconds = self.train_seconds / steps if steps else 0.0
-
-    def _commit_spending(self) -> DPEvent:
-        from client.dp_training import plan_round
-        from client.noise_plan import run_noise_multiplier
-
-        assert self.accountant is not None
-        c = self.config
-        sample_rate, steps = plan_round(  # the scheduled steps: the loop takes exactly these (dp_training)
-            num_examples=len(self.train_data), batch_size=c.batch_size, epochs=c.local_epochs, max_steps=self.max_steps
-        )
-        full = plan_round(num_examples=len(self.train_data), batch_size=c.batch_size, epochs=c.local_epochs)[1]
-        accountant_name, delta = c.accountant, c.delta
-        if c.target_epsilon > 0:
-            # Chosen once for the whole run's planned steps: re-targeting every round overshoots.
-            assert self.node.state_dir is not None  # filled in by NodeSettings
-            noise = run_noise_multiplier(
-                state_dir=self.node.state_dir,
-                target_epsilon=c.target_epsilon,
-                delta=delta,
-                sample_rate=sample_rate,
-                steps=full * c.num_rounds,  # the run's unscheduled plan: a shorter round only spends less
-                accountant=accountant_name,
-            )
-        else:
-            noise = c.noise_multiplier
-        projected = self.accountant.projected_epsilon(
-            noise_multiplier=noise, sample_rate=sample_rate, steps=steps, accountant=accountant_name, delta=delta
-        )
-        limit = self.node.epsilon_limit
-        if limit is not None and projected > limit:
-            spent = self.accountant.epsilon(accountant=accountant_name, delta=delta)
-            raise RoundRefused(
-                code="budget-exhausted",
-                reason=(
-                    f"this round would raise epsilon from {spent:.3f} to {projected:.3f}, above the limit {limit:g}; "
-                    "no training done, nothing sent"
-                ),
-                institution=self.institution,
-                details={"epsilon": spent, "epsilon-limit": limit},
-            )
-        event = DPEvent(
-            noise_multiplier=noise,
-            sample_rate=sample_rate,
-            steps=steps,
-            accountant=accountant_name,
-            epsilon=projected,
-            delta=delta,
-            run_id=self.run_id,
-            server_round=c.server_round,
-        )
-        self.accountant.commit(event)
-        log.info(
-            "[%s] round %s: epsilon %.3f after this round (committed to %s)",
-            self.institution,
-            c.server_round,
-            projected,
-            self.accountant.path,
-        )
-        return event
 
     def train_metrics(self, outcome: TrainingOutcome, before: Score) -> MetricRecord:
         """What a train reply reports in clear: sample count, and with per-site metrics the training loss and
