@@ -25,6 +25,9 @@ from server.budget_client.events import BudgetEventClient
 
 HOSPITALS = ("hospital-1", "hospital-2", "hospital-3")
 ADMIN_TOKEN = "chaos-admin-" + "c" * 32
+# One shared bed serves many runs, each spending up to the default target epsilon of 3: a budget of 10 ran out
+# after 14 trials of a 30-trial soak, and every later run was (rightly) refused. The soak tests faults, not budgets.
+EPSILON_LIMIT = 1000.0
 KEPT_ON_PURPOSE = ("torchinductor_",)  # torch's compile cache lives in TMPDIR by design, for every later process
 
 
@@ -102,7 +105,7 @@ class ChaosBed:
         self.budget.start()
         with BudgetAdmin(self.budget.url, ADMIN_TOKEN) as admin:
             for name in HOSPITALS:
-                admin.ensure_institution(name, 100.0, 1e-5)
+                admin.ensure_institution(name, EPSILON_LIMIT, 1e-5)
             self.token_file.write_text(admin.create_aggregator_token("chaos"))
         self.fed.__enter__()
         self.fed.start_superlink()
@@ -118,6 +121,7 @@ class ChaosBed:
             "state-dir": str(self.state_dir(name)),
             "he-secret-context": str(self.keys.hospital_context),
             "chaos-file": str(self.chaos_file(name)),
+            "epsilon-limit": EPSILON_LIMIT,
         }
         path = self.split.hospital_paths[HOSPITALS.index(name)]
         self.nodes[name] = self.fed.add_hospital(institution=name, data_path=path, node_config=config, wait=False)
