@@ -1,5 +1,6 @@
-"""The node's private folder for the socket that wakes its warm executor, and the sweep of folders whose
-node was killed (SIGKILL leaves no chance to remove them; the chaos soak counts them as leftovers)."""
+"""The node's private folders (the socket that wakes its warm executor, each task child's temp folder), and
+the sweep of folders whose process was killed (SIGKILL leaves no chance to remove them; the chaos soak counts
+them as leftovers)."""
 
 from __future__ import annotations
 
@@ -44,3 +45,12 @@ def socket_dir(*, root: Path | None = None) -> tempfile.TemporaryDirectory[str]:
     """A private (0700) folder named for this process, so a later node can tell a killed node's folder."""
     sweep_stale_socket_dirs(root=root)
     return tempfile.TemporaryDirectory(prefix=f"{PREFIX}{os.getpid()}-", dir=root)
+
+
+def task_temp_dir(*, root: Path | None = None) -> str:
+    """A temp folder for one forked task child, named for the executor that removes it when the child ends.
+
+    Flower unpacks each message's app into a `tempfile.TemporaryDirectory`; a child killed meanwhile (timeout,
+    SIGKILL) cannot remove it. Pointing the child's TMPDIR here lets its parent remove whatever it left, and
+    the next node's sweep covers a parent that was killed too."""
+    return tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-task-", dir=root)

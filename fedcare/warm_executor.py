@@ -30,9 +30,11 @@ import logging
 import os
 import pickle
 import select
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -43,6 +45,7 @@ import typer
 
 from fedcare.child_report import _INPUT, _REPLIED, ChildReport, _write_frame
 from fedcare.flower_internals import RuntimeApi, answer_failed_task, run_task
+from fedcare.node_sockets import task_temp_dir
 from fedcare.warm_state import prepare_child, warm_up
 
 log = logging.getLogger("fedcare.executor")
@@ -97,9 +100,11 @@ class WarmExecutor:
         """Fork a child for one claimed task and see it through; the parent answers if the child cannot."""
         read_fd, write_fd = os.pipe()
         started = time.monotonic()
+        scratch = task_temp_dir()
         pid = os.fork()
         if pid == 0:  # the child: never returns
             os.close(read_fd)
+            os.environ["TMPDIR"] = tempfile.tempdir = scratch
             self._child(token, write_fd)
         os.close(write_fd)
         report, self.child = ChildReport(), pid
@@ -107,6 +112,7 @@ class WarmExecutor:
             outcome = self._supervise(pid, read_fd, report)
         finally:
             self.child = 0
+            shutil.rmtree(scratch, ignore_errors=True)  # what a killed child could not remove
         self.served += 1
         # A ServerApp has no reply to push; Flower's own exit handler reports how it ended, unless it was killed.
         if report.replied or (self.api.serverapp and outcome.startswith("exited")):

@@ -169,3 +169,25 @@ def test_an_idle_executor_answers_health_probes_and_still_hears_the_supernode(tm
     assert time.monotonic() - started < 1.0, "the SuperNode's word did not end the wait"
     health.close()
     wakeup.close()
+
+
+def test_a_child_killed_while_it_unpacks_leaves_no_temp_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flower unpacks each message's app into a temp folder; a child SIGKILLed meanwhile cannot remove it."""
+    import signal
+    import tempfile
+
+    import fedcare.warm_executor as warm
+    from fedcare.flower_internals import RuntimeApi
+
+    def unpack_then_die(*_: object, **__: object) -> int:  # stands in for Flower's run_task, killed mid-unpack
+        Path(tempfile.mkdtemp(), "app.py").write_text("# the run's app")
+        os.kill(os.getpid(), signal.SIGKILL)
+        return 0
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(warm, "run_task", unpack_then_die)
+    monkeypatch.setattr(warm, "answer_failed_task", lambda *_, **__: False)  # no SuperNode to answer to
+    executor = warm.WarmExecutor(RuntimeApi("127.0.0.1:1"), message_timeout=60.0)
+    executor.run_task("token")
+    assert executor.failed == 1
+    assert list(tmp_path.iterdir()) == []
