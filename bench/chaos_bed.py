@@ -145,8 +145,10 @@ class ChaosBed:
     def drain_outbox(self) -> int:
         """Deliver what the ServerApps kept in the outbox; the events still waiting."""
         self.budget.start()
+        # A service just restarted imports Opacus for its first write (seconds, tens of them at the soak's load):
+        # the check waits for it rather than counting a slow first answer as a lost event.
         client = BudgetEventClient(
-            self.budget.url, self.token_file.read_text().strip(), outbox_dir=self.runs / "budget-outbox"
+            self.budget.url, self.token_file.read_text().strip(), outbox_dir=self.runs / "budget-outbox", timeout=60.0
         )
         with client:
             client.flush_outbox()
