@@ -30,7 +30,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -48,16 +47,6 @@ from common.schema import load_schema  # noqa: E402
 from fedcare.federation import LocalFederation  # noqa: E402
 
 SLOW = "hospital-3"
-
-
-def _wait(fed: LocalFederation, run_id: int, timeout: float = 1800.0) -> str:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        status = fed.run_status(run_id)
-        if status.startswith("finished"):
-            return status
-        time.sleep(2.0)
-    raise TimeoutError(f"run {run_id} not finished after {timeout:.0f} s")
 
 
 def _accuracy(results: dict[str, Any], split: DemoSplit) -> float:
@@ -107,7 +96,7 @@ def one_federation(
         for name, deadline in runs:
             load = os.getloadavg()
             run_id = fed.submit(app_dir=REPO, run_config={**base, "round-deadline": deadline})
-            status = _wait(fed, run_id)
+            status = fed.wait_finished(run_id, timeout=1800.0)
             results = json.loads((Path(base["results-dir"]) / str(run_id) / "results.json").read_text())
             if status != "finished:completed":
                 raise RuntimeError(f"{name}: run {run_id} ended {status}: {results.get('error')}")

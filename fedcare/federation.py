@@ -292,6 +292,17 @@ class LocalFederation(ProcessGroup):
         """Flower's status string, e.g. `running` or `finished:completed`."""
         return str(self.run_info(run_id)["status"])
 
+    def wait_finished(self, run_id: int, *, timeout: float, poll: float = 2.0) -> str:
+        """The run's final status (`finished:...`) once Flower reports it; TimeoutError after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        status = ""
+        while time.monotonic() < deadline:
+            status = self.run_status(run_id)
+            if status.startswith("finished"):
+                return status
+            time.sleep(poll)
+        raise TimeoutError(f"run {run_id} still {status!r} after {timeout:.0f} s")
+
     def stop_run(self, run_id: int) -> None:
         self.cli.stop_run(run_id)
 

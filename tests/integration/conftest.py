@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,13 +16,10 @@ APP_DIR = Path(__file__).resolve().parents[2]
 
 
 def wait_finished(fed: LocalFederation, run_id: int, *, timeout: float = 600.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = fed.run_status(run_id)
-        if status.startswith("finished"):
-            return status
-        time.sleep(2.0)
-    raise AssertionError(f"run {run_id} still {status!r} after {timeout:.0f} s")
+    try:
+        return fed.wait_finished(run_id, timeout=timeout)
+    except TimeoutError as exc:  # a test failure, not an error in the test
+        raise AssertionError(str(exc)) from None
 
 
 def assert_all_exited(pids: set[int]) -> None:
