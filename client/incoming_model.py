@@ -14,7 +14,7 @@ from flwr.app import Message
 from torch import nn
 
 from common.codecs import InvalidUpdate, check_update, to_numpy, to_record
-from common.int8_wire import FLOAT_RECORD, take_weights
+from common.int8_wire import WEIGHT_RECORDS, take_weights
 from common.server_optimizer import ServerOptimizer
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ def incoming_weights(
     then moved by the run's server optimizer (`optimizer` takes up the state the sum carries)."""
     reference = to_numpy(to_record(model.state_dict()))
     content = msg.content
-    if secret_context is not None and FLOAT_RECORD not in content:
+    if secret_context is not None and not any(key in content for key in WEIGHT_RECORDS):
         from common.he.carried import carry_template, next_global
         from common.he.hospital import decrypt_sum
         from common.he.wire import InvalidCiphertext, take_bundle

@@ -80,14 +80,14 @@ def _weight_factor(num_examples: int, *, max_weight: float, quantization_range: 
 
 
 def _zeros_like_incoming(msg: Message) -> OrderedDict[str, np.ndarray]:
-    """Zeros shaped like the global model: from its float32 arrays, or (int8, which carries no shapes) from
-    the model the round config's schema names."""
-    from common.int8_wire import FLOAT_RECORD, INT8_RECORD
+    """Zeros shaped like the global model: from its per-tensor float32 arrays, or (flat float32 and int8, which
+    carry no shapes) from the model the round config's schema names."""
+    from common.int8_wire import FLAT_RECORD, FLOAT_RECORD, INT8_RECORD
 
     arrays = msg.content.get(FLOAT_RECORD)
     if isinstance(arrays, ArrayRecord):
         return OrderedDict((k, np.zeros_like(v.numpy())) for k, v in arrays.items())
-    if INT8_RECORD in msg.content:
+    if FLAT_RECORD in msg.content or INT8_RECORD in msg.content:
         from common.codecs import to_numpy, to_record
         from common.round_config import RoundConfig
         from common.tasks.model_task import build_task_model

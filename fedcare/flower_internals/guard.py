@@ -87,6 +87,7 @@ def check_pinned_flower() -> list[str]:
     if not callable(getattr(importlib.import_module("flwr.supercore.interceptors"), "SuperExecAuthHttpInterceptor", 0)):
         problems.append("flwr.supercore.interceptors.SuperExecAuthHttpInterceptor: missing")
     problems += _check_liveness(mods)
+    problems += _check_serverapp_log_flush()
     rc = mods["run_clientapp"]
     for name in ("run_clientapp", "pull_task_input", "push_message", "push_task_output"):
         if not callable(getattr(rc, name, None)):
@@ -127,6 +128,25 @@ def _check_reply_path(sci: ModuleType, source: str) -> list[str]:
         from flwr.supercore.object_store import NoObjectInStoreError  # noqa: F401
     except ImportError as exc:
         problems.append(f"reply gate: {exc}")
+    return problems
+
+
+def _check_serverapp_log_flush() -> list[str]:
+    """What `log_flush.py` assumes: the ServerApp's runner starts one uploader thread, flushes it, then stops it,
+    through names it looks up in its own module, and the uploader returns on a None it takes from the queue."""
+    problems = []
+    runner = importlib.import_module("flwr.superlink.runtime.run_serverapp")
+    source = inspect.getsource(runner)
+    for use in (
+        "log_uploader = start_log_uploader(",
+        "flush_logs(log_queue)",
+        "stop_log_uploader(log_queue, log_uploader)",
+    ):
+        if source.count(use) != 1:
+            problems.append(f"flwr.superlink.runtime.run_serverapp: expected one `{use}`, found {source.count(use)}")
+    logger = importlib.import_module("flwr.supercore.logger")
+    if "if msg is None:" not in inspect.getsource(logger._log_uploader):
+        problems.append("flwr.supercore.logger._log_uploader: no longer stops on a None from its queue")
     return problems
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedcare.flower_internals.log_flush import tune_serverapp_log_flush
 from fedcare.flower_internals.supernode import SuperNodeWaits, tune_object_pull_backoff
 
 SERVERAPP_ANSWER_PATIENCE = 60.0  # s a dead ServerApp's answer may wait for its SuperLink: Flower's task expiry
@@ -123,6 +124,7 @@ def run_task(
             sys.argv = ["flwr-serverapp", "--runtime-api-address", api.address, "--token", token]
             sys.argv += ["--parent-pid", str(parent_pid)]
             sys.argv += ["--insecure"] if api.ca_certificate is None else ["--root-certificates", api.ca_certificate]
+            tune_serverapp_log_flush()  # Flower's flush sleeps a fixed second at the end of every run
             importlib.import_module("flwr.superlink.cli.flwr_serverapp").flwr_serverapp()
         else:
             _run_clientapp(api, token, parent_pid=parent_pid, on_input=on_input, on_replied=on_replied)

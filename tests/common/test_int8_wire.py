@@ -1,4 +1,5 @@
-"""int8 weights on the wire: error bounds, unbiased rounding, fresh entropy, and malformed payloads refused."""
+"""Weights on the wire: int8 error bounds, unbiased rounding and fresh entropy; flat float32 exact; malformed
+payloads of either refused."""
 
 from __future__ import annotations
 
@@ -11,16 +12,19 @@ from flwr.app import Array, ArrayRecord, RecordDict
 
 from common.codecs import InvalidUpdate, from_numpy
 from common.int8_wire import (
+    FLAT_RECORD,
     FLOAT_RECORD,
     INT8_RECORD,
     SCALES,
     VALUES,
     dequantize,
     fresh_generator,
+    from_flat_record,
     from_int8_record,
     put_weights,
     quantize,
     take_weights,
+    to_flat_record,
     to_int8_record,
 )
 
@@ -106,12 +110,57 @@ def test_a_record_round_trips_in_the_models_names_shapes_and_dtypes() -> None:
 
 def test_put_and_take_choose_the_record_by_the_compression() -> None:
     weights = _weights()
-    for compression, key in (("none", FLOAT_RECORD), ("int8", INT8_RECORD)):
+    for compression, key in (("none", FLAT_RECORD), ("int8", INT8_RECORD)):
         content = RecordDict()
         put_weights(content, weights, compression=compression)
         assert list(content) == [key]
         back = take_weights(content, reference=weights)
         assert all(np.allclose(back[k], weights[k], atol=0.01) for k in weights)
+
+
+def test_float32_travels_as_one_exact_array_and_other_dtypes_one_array_per_tensor() -> None:
+    weights = _weights()
+    content = RecordDict()
+    put_weights(content, weights, compression="none")
+    assert list(content[FLAT_RECORD]) == [VALUES]  # one array on the wire, not one per tensor
+    back = take_weights(content, reference=weights)
+    assert list(back) == list(weights)
+    assert all(back[k].shape == weights[k].shape and np.array_equal(back[k], weights[k]) for k in weights)
+
+    counted = OrderedDict([*weights.items(), ("steps", np.array([3], np.int64))])
+    content = RecordDict()
+    put_weights(content, counted, compression="none")
+    assert list(content) == [FLOAT_RECORD] and list(content[FLOAT_RECORD]) == list(counted)
+    assert np.array_equal(take_weights(content, reference=counted)["steps"], counted["steps"])
+
+
+def test_per_tensor_float32_from_an_older_sender_is_still_read() -> None:
+    weights = _weights()
+    back = take_weights(RecordDict({FLOAT_RECORD: from_numpy(weights)}), reference=weights)
+    assert all(np.array_equal(back[k], weights[k]) for k in weights)
+
+
+@pytest.mark.parametrize(
+    ("record", "reason"),
+    [
+        (ArrayRecord(OrderedDict([(VALUES, Array(np.zeros(139, np.float32)))])), "hold 139 numbers, the model has 140"),
+        (ArrayRecord(OrderedDict([(VALUES, Array(np.zeros(140, np.float64)))])), "flat weights are float64"),
+        (ArrayRecord(OrderedDict([(VALUES, Array(np.zeros((10, 14), np.float32)))])), "expected a 1-D float32 array"),
+        (ArrayRecord(OrderedDict([("w", Array(np.zeros(140, np.float32)))])), "need exactly the array"),
+    ],
+    ids=["wrong-size", "float64", "not-flat", "wrong-name"],
+)
+def test_a_malformed_flat_payload_is_refused_with_the_reason(record: ArrayRecord, reason: str) -> None:
+    assert from_flat_record(to_flat_record(_weights()), reference=_weights())  # the baseline is valid
+    with pytest.raises(InvalidUpdate, match=reason):
+        from_flat_record(record, reference=_weights())
+
+
+def test_a_flat_payload_with_nan_is_refused() -> None:
+    weights = _weights()
+    weights["b"][3] = np.nan
+    with pytest.raises(InvalidUpdate, match="NaN"):
+        take_weights(RecordDict({FLAT_RECORD: to_flat_record(weights)}), reference=_weights())
 
 
 def _record(values: np.ndarray, scales: np.ndarray) -> ArrayRecord:
@@ -148,9 +197,10 @@ def test_a_malformed_int8_payload_is_refused_with_the_reason(record: ArrayRecord
 
 def test_a_message_with_both_forms_or_neither_is_refused() -> None:
     weights = _weights()
-    both = RecordDict({FLOAT_RECORD: from_numpy(weights), INT8_RECORD: to_int8_record(weights)})
-    with pytest.raises(InvalidUpdate, match="both"):
-        take_weights(both, reference=weights)
+    for first, second in ((FLOAT_RECORD, INT8_RECORD), (FLAT_RECORD, INT8_RECORD), (FLOAT_RECORD, FLAT_RECORD)):
+        both = RecordDict({first: from_numpy(weights), second: to_int8_record(weights)})
+        with pytest.raises(InvalidUpdate, match="send one"):
+            take_weights(both, reference=weights)
     with pytest.raises(InvalidUpdate, match="no model weights"):
         take_weights(RecordDict(), reference=weights)
     with pytest.raises(ValueError, match="NaN"):

@@ -14,7 +14,7 @@ from flwr.app import Array, ArrayRecord, Message
 
 from common.codecs import to_numpy
 from common.demo_data import DemoSplit, write_demo_split
-from common.int8_wire import FLOAT_RECORD, INT8_RECORD, SCALES
+from common.int8_wire import FLAT_RECORD, FLOAT_RECORD, INT8_RECORD, SCALES
 from common.models import build_model
 from common.schema import load_schema
 from common.settings import RunSettings
@@ -39,7 +39,7 @@ class RecordingGrid(LoopbackGrid):
 
     def push_messages(self, messages: Iterable[Message]) -> list[str]:
         messages = list(messages)
-        self.sent += [{FLOAT_RECORD, INT8_RECORD} & set(m.content) for m in messages]
+        self.sent += [{FLOAT_RECORD, FLAT_RECORD, INT8_RECORD} & set(m.content) for m in messages]
         return super().push_messages(messages)
 
 
@@ -69,7 +69,9 @@ def test_plain_int8_travels_both_ways_aggregates_and_is_counted(tmp_path: Path, 
     outcome = rounds.train(nodes=[1, 2, 3], server_round=1)
     assert outcome.aggregated and sorted(outcome.replies.participants) == HOSPITALS
     assert grid.sent == [{INT8_RECORD}] * 3  # the global model went down as int8
-    assert all(INT8_RECORD in r and FLOAT_RECORD not in r for r in replies)  # and each update came up as int8
+    assert all(
+        INT8_RECORD in r and not {FLOAT_RECORD, FLAT_RECORD} & r for r in replies
+    )  # and each update came up as int8
     assert not all(np.array_equal(rounds.weights[k], initial[k]) for k in initial)
 
     floats = sum(v.size for v in initial.values()) * 4
@@ -80,7 +82,7 @@ def test_plain_int8_travels_both_ways_aggregates_and_is_counted(tmp_path: Path, 
     final = rounds.evaluate(nodes=[1, 2, 3], server_round=2)  # num-rounds is 5: still a training round
     assert grid.sent[-3:] == [{INT8_RECORD}] * 3 and len(final.scores) == 3
     rounds.evaluate(nodes=[1], server_round=6)  # the final scoring reads the saved model exactly
-    assert grid.sent[-1] == {FLOAT_RECORD}
+    assert grid.sent[-1] == {FLAT_RECORD}
 
 
 def test_a_malformed_int8_update_is_rejected_and_the_others_aggregate(tmp_path: Path, split: DemoSplit) -> None:
