@@ -81,11 +81,21 @@ def ledger_record(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def epsilon_of(history: list[tuple[float, float, int]], *, accountant: str, delta: float) -> float:
-    """Epsilon of a (noise, sample rate, steps) history under the named Opacus accountant."""
+    """Epsilon of a (noise, sample rate, steps) history under the named Opacus accountant.
+
+    The history is summarized first, as the budget service does (server/budget/core/accounting.py): composition
+    does not depend on order, and n steps of a mechanism then m more are n + m steps of it, so the rounds of one
+    setting become one entry. A hospital replays its whole history in every message; replayed round by round, 35
+    rounds took 2.1 s (RDP) and 10 s (PRV) and grew with every round, summarized 0.11 s and 0.46 s. RDP gives the
+    same float; PRV differs in the tenth significant digit (its grid is sized from the entries)."""
     if not history:
         return 0.0
     from opacus.accountants import create_accountant  # lazy: keeps evaluate-only processes and the ServerApp light
 
+    steps: dict[tuple[float, float], int] = {}
+    for noise, rate, n in history:
+        key = (float(noise), float(rate))
+        steps[key] = steps.get(key, 0) + int(n)
     acc = create_accountant(mechanism=accountant)
-    acc.history = [(float(s), float(q), int(n)) for s, q, n in history]
+    acc.history = [(noise, rate, n) for (noise, rate), n in steps.items()]
     return float(acc.get_epsilon(delta=delta))

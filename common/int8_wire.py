@@ -1,8 +1,8 @@
 """Model weights on the wire: float32 as one flat array, or int8 (a quarter of the bytes, unbiased on average).
 
 Flower moves every array of a message as objects of its own, each one request per hop (ServerApp, SuperLink,
-SuperNode, ClientApp): a six-tensor model as one array per tensor made a train reply 19 objects, flat 9, which
-took about a tenth of a second of requests off each reply and each model sent down (docs/benchmarks.md). Both
+SuperNode, ClientApp): a six-tensor model as one array per tensor made a train reply 19 objects, flat 9. On two
+cores that request traffic, not training, was most of a plain round's CPU (docs/benchmarks.md). Both
 forms carry values only, concatenated in the model's order; names, shapes and dtypes are the receiver's own
 model's. A model with any tensor that is not float32 travels one array per tensor (`FLOAT_RECORD`), as do
 messages from a fedcare that predates the flat form.

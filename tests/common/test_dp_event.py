@@ -59,3 +59,16 @@ def test_prv_is_replayed_from_the_same_history() -> None:
 def test_every_declared_accountant_is_one_opacus_knows() -> None:
     for name in ACCOUNTANTS:
         assert epsilon_of([(1.0, 0.05, 40)], accountant=name, delta=DELTA) > 0
+
+
+def test_a_history_of_many_rounds_gives_opacus_replay_of_every_round() -> None:
+    """epsilon_of summarizes rounds of one setting; the result is what Opacus gives replaying each round."""
+    from opacus.accountants import create_accountant
+
+    history = [(1.1, 0.1, 16)] * 12 + [(0.9, 0.05, 30)] * 3 + [(1.1, 0.1, 16)] * 5 + [(1.1, 0.1, 9)]
+    for name in ACCOUNTANTS:
+        replay = create_accountant(mechanism=name)
+        replay.history = list(history)
+        expected = replay.get_epsilon(delta=DELTA)
+        assert epsilon_of(history, accountant=name, delta=DELTA) == pytest.approx(expected, rel=1e-9)
+    assert epsilon_of(history, accountant="rdp", delta=DELTA) > epsilon_of(history[:-1], accountant="rdp", delta=DELTA)

@@ -191,3 +191,24 @@ def test_a_child_killed_while_it_unpacks_leaves_no_temp_folder(tmp_path: Path, m
     executor.run_task("token")
     assert executor.failed == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_child_caches_the_apps_bytecode_even_under_pythondontwritebytecode(tmp_path: Path) -> None:
+    """Each message imports the run's app afresh; without a bytecode cache every child compiles it from source."""
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "task_module.py").write_text("VALUE = 42\n")
+    script = textwrap.dedent(
+        """
+        import sys
+        from fedcare.warm_state import prepare_child
+        assert sys.dont_write_bytecode  # PYTHONDONTWRITEBYTECODE=1, as CI runners set it
+        prepare_child(threads=1)
+        sys.path.insert(0, sys.argv[1])
+        import task_module
+        assert task_module.VALUE == 42
+        """
+    )
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-c", script, str(app)], check=True, env=env, timeout=120)
+    assert list((app / "__pycache__").glob("task_module.*.pyc"))
