@@ -36,15 +36,16 @@ def decrypt_model(
     bundle = EncryptedUpdate.from_bytes(Path(encrypted).read_bytes())
     template = OrderedDict((k, v.detach().numpy()) for k, v in build_task_model(schema).state_dict().items())
     optimizer = optimizer or ServerOptimizer()
-    carried = carry_template(template, optimizer)
+    fednova = bundle.header.effective_steps is not None  # a round-deadline run's sum (common/fednova_sum.py)
+    carried = carry_template(template, optimizer, fednova=fednova)
     if bundle.header.layout != layout_id(carried):
         for name in SERVER_OPTIMIZERS:
             other = ServerOptimizer.from_settings(TrainingSettings(server_optimizer=name))
-            if bundle.header.layout == layout_id(carry_template(template, other)):
+            if bundle.header.layout == layout_id(carry_template(template, other, fednova=fednova)):
                 raise InvalidCiphertext(
                     f"this model was trained with server-optimizer {name!r} (its state travels with it), not "
                     f"{optimizer.name!r}: give that run's server optimizer settings (results.json, 'server_optimizer')"
                 )
     averaged = decrypt_sum(bundle, context=ctx, template=carried)
-    weights = next_global(averaged, model=template, optimizer=optimizer)
+    weights = next_global(averaged, model=template, optimizer=optimizer, effective_steps=bundle.header.effective_steps)
     return to_state_dict(from_numpy(weights)), bundle.header

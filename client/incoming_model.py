@@ -50,8 +50,11 @@ def incoming_weights(
                     f"the encrypted model is from run {h.run_id} round {h.server_round}; expected "
                     f"run {run_id}, a round before {server_round}"
                 )
-            averaged = decrypt_sum(bundle, context=secret_context, template=carry_template(reference, optimizer))
-            weights = next_global(averaged, model=reference, optimizer=optimizer)
+            # A FedNova sum (round-deadline) says so in its header, with the steps to take (common/fednova_sum.py).
+            fednova = h.effective_steps is not None
+            template = carry_template(reference, optimizer, fednova=fednova)
+            averaged = decrypt_sum(bundle, context=secret_context, template=template)
+            weights = next_global(averaged, model=reference, optimizer=optimizer, effective_steps=h.effective_steps)
         except (InvalidCiphertext, ValueError) as exc:  # ValueError: carried optimizer state that does not fit
             raise InvalidUpdate(f"encrypted global model rejected: {exc}") from exc
         check_update(weights, reference=reference)

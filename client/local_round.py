@@ -62,8 +62,9 @@ class LocalRound:
     device: torch.device
     accountant: HospitalAccountant | None = field(default=None)
     secret_context: ts.Context | None = field(default=None, repr=False)  # HE mode: the federation's secret context
-    # HE mode: the server optimizer as this hospital stepped it, and the global model it produced (the base
-    # the update is trained from); both go back inside the encrypted update (common/he/carried.py).
+    # HE mode: the server optimizer as this hospital stepped it; it goes back inside the encrypted update with the
+    # global model (common/he/carried.py). The global model as received (the base the update is trained from) is
+    # also what a FedNova update is taken from in HE and SecAgg+ (common/fednova_sum.py).
     server_optimizer: ServerOptimizer | None = field(default=None, repr=False)
     global_weights: OrderedDict[str, np.ndarray] | None = field(default=None, repr=False)
     loss: nn.Module | None = field(default=None)  # the task's loss; None: cross-entropy
@@ -135,7 +136,7 @@ class LocalRound:
             accountant=accountant,
             secret_context=secret_context,
             server_optimizer=optimizer,
-            global_weights=weights if optimizer is not None else None,
+            global_weights=weights,
             loss=loss,
             schedule=schedule,
         )
@@ -280,9 +281,10 @@ class LocalRound:
             }
         )
 
-    def put_update(self, content: RecordDict) -> int:
+    def put_update(self, content: RecordDict, *, fednova_steps: int | None = None) -> int:
         """Put the trained weights into the reply: plaintext, or in HE mode encrypted (times the sample
-        count, so the server's sum is the FedAvg numerator). Returns the bytes of the update."""
+        count, so the server's sum is the FedAvg numerator). Returns the bytes of the update.
+        `fednova_steps` (HE with round-deadline): the update is encrypted as its per-step model."""
         if self.secret_context is None:
             put_weights(
                 content, to_numpy(to_record(self.model.state_dict())), compression=self.config.update_compression
@@ -294,7 +296,9 @@ class LocalRound:
 
         weights = to_numpy(to_record(self.model.state_dict()))
         if self.server_optimizer is not None and self.global_weights is not None:
-            weights = pack(trained=weights, base=self.global_weights, optimizer=self.server_optimizer)
+            weights = pack(
+                trained=weights, base=self.global_weights, optimizer=self.server_optimizer, local_steps=fednova_steps
+            )
         try:
             bundle = encrypt_update(
                 weights,

@@ -103,6 +103,7 @@ def _train_masked(msg: Message, context: Context) -> Message:
     from client.metrics_report import masked_metrics, site_metrics
     from client.train_reply import refusal, train_round
     from common.codecs import to_numpy, to_record
+    from common.fednova_sum import per_step_model
 
     secagg = context.state.config_records[RECORD_KEY_STATE]  # the mod's state, saved by the setup stage
     max_weight, clipping_range = float(secagg["max_weight"]), float(secagg["clipping_range"])
@@ -145,6 +146,13 @@ def _train_masked(msg: Message, context: Context) -> Message:
         return refusal(msg, exc, content=_legacy_reply(_zeros_like_incoming(msg), num_examples=0))
     local = trained.local
     weights = to_numpy(to_record(local.model.state_dict()))
+    try:
+        steps = trained.fednova_steps  # round-deadline: the sum is of per-step models (common/fednova_sum.py)
+    except RoundRefused as exc:
+        return trained.refuse(msg, exc, content=_legacy_reply(_zeros_like_incoming(msg), num_examples=0))
+    if steps is not None:
+        assert local.global_weights is not None  # set by LocalRound.from_message
+        weights = per_step_model(weights, base=local.global_weights, local_steps=steps)
     clipped = weighted_overflow(
         weights,
         num_examples=local.train_examples,

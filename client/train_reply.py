@@ -50,9 +50,26 @@ class TrainedRound:
     # metrics (plain mode) or when the server scheduled this round; not in aggregate mode otherwise.
     work: SiteWork | None = None
 
+    @property
+    def fednova_steps(self) -> int | None:
+        """With round-deadline in a mode whose server sees only a sum (HE, SecAgg+): the steps this update is divided
+        by before it enters the sum, as the work report says (common/fednova_sum.py). None: plain mode (the server
+        divides each update itself) or no deadline. Raises RoundRefused for a round that took no step."""
+        if self.local.schedule is None or self.local.config.privacy_mode == "plain":
+            return None
+        steps = self.work.local_steps if self.work is not None else 0
+        if steps < 1:
+            raise RoundRefused(
+                code="no-local-steps",
+                reason="the round took no optimizer step before its deadline, so there is no per-step update to send "
+                "(FedNova divides by the steps); raise round-deadline",
+                institution=self.local.institution,
+            )
+        return steps
+
     def put_update(self, content: RecordDict) -> None:
         """The update (plaintext or encrypted) and, in HE aggregate mode, the encrypted metrics beside it."""
-        self.local.put_update(content)
+        self.local.put_update(content, fednova_steps=self.fednova_steps)
         if self.local.secret_context is not None and self.site is not None:
             put_encrypted_metrics(content, self.local, self.site)
 

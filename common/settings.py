@@ -136,7 +136,8 @@ class RunSettings(TrainingSettings):
     max_weight: float = Field(default=1000.0, gt=0)  # the largest training-example count a hospital may have
     secagg_timeout: float = Field(default=60.0, gt=0)  # seconds per SecAgg+ stage (one stage includes training)
     # Seconds a hospital's local round should take (docs/compute.md): > 0 schedules each hospital's local steps
-    # from its measured speed so a slow site shortens its own round, and aggregates with FedNova. 0: off.
+    # from its measured speed so a slow site shortens its own round, and aggregates with FedNova (in he and secagg
+    # modes through per-step models the hospitals send). 0: off.
     round_deadline: float = Field(default=0.0, ge=0)
 
     @classmethod
@@ -156,13 +157,6 @@ class RunSettings(TrainingSettings):
             raise SettingsError(
                 "run config: privacy-mode is 'he' but 'he-public-context' is empty; point it at the server's "
                 "he-public.ctx from `fedcare he keygen --out DIR` (DIR/server/he-public.ctx)"
-            )
-        if settings.round_deadline > 0 and settings.privacy_mode != "plain":
-            raise SettingsError(
-                f"run config: round-deadline needs privacy-mode 'plain' for now; in '{settings.privacy_mode}' mode "
-                "every hospital receives one shared message and the server sees only a sum, so it can neither give "
-                "each hospital its own local steps nor normalise each update by them (docs/compute.md); "
-                "set round-deadline = 0"
             )
         if settings.privacy_mode == "secagg":
             problems = _secagg_problems(settings)
@@ -202,6 +196,12 @@ def _secagg_problems(s: RunSettings) -> list[str]:
             f"reconstruction-threshold ({s.reconstruction_threshold}) is above min-nodes ({s.min_nodes}): a "
             f"round with {s.min_nodes} hospitals could never recover its masks; lower the threshold or "
             "raise min-nodes"
+        )
+    if s.round_deadline >= s.secagg_timeout:
+        problems.append(
+            f"round-deadline ({s.round_deadline:g} s) is not below secagg-timeout ({s.secagg_timeout:g} s): the "
+            "stage that trains would stop waiting for a hospital before its own deadline; lower round-deadline or "
+            "raise secagg-timeout"
         )
     if s.quantization_range * max(s.min_nodes, 2) >= SECAGG_MODULUS:
         problems.append(

@@ -107,8 +107,9 @@ class HEAggregator:
         self._check_header(bundle)
         self._add_chunks(bundle)
 
-    def result(self) -> tuple[EncryptedUpdate, int]:
-        """The encrypted sum (kind 'sum') and the total sample count, for the hospitals to divide by."""
+    def result(self, *, effective_steps: float | None = None) -> tuple[EncryptedUpdate, int]:
+        """The encrypted sum (kind 'sum') and the total sample count, for the hospitals to divide by;
+        `effective_steps`: FedNova's τ_eff, in the sum's clear header (server/he_rounds.py)."""
         if self._sum is None or self._first is None:
             raise EmptyAggregate(
                 f"run {self.run_id} round {self.server_round}: no valid encrypted update "
@@ -125,6 +126,7 @@ class HEAggregator:
             slots=self._slots,
             num_examples=self._total_examples,
             contributors=len(self.accepted),
+            effective_steps=effective_steps,
         )
         return EncryptedUpdate(header, tuple(v.serialize() for v in self._sum)).sealed(), self._total_examples
 

@@ -3,7 +3,9 @@
 Round 1 sends the seeded initial model in plaintext (random weights, nothing learnt from anyone).
 From then on the server holds and forwards only the encrypted sum of the last aggregated round
 and the total sample count; each hospital decrypts and divides. The server's context carries no
-secret key, so the server cannot read an update, the sum, or the final model.
+secret key, so the server cannot read an update, the sum, or the final model. With `round-deadline` the
+hospitals encrypt per-step models and the server writes FedNova's τ_eff, computed from the clear sample
+counts and local steps, into the sum's header; the hospitals finish the step after decrypting (docs/compute.md).
 
 Metrics (aggregate mode, the default here): each hospital's reply carries its metrics encrypted, as
 a one-ciphertext bundle beside its update, and no loss or accuracy in clear. The server adds them
@@ -28,6 +30,7 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
 from common.atomic import write_bytes_atomic
 from common.codecs import from_numpy
+from common.fednova_sum import effective_steps
 from common.he.carried import carry_template
 from common.he.keys import ServerHEContext
 from common.he.wire import (
@@ -43,7 +46,7 @@ from common.server_optimizer import ServerOptimizer
 from common.site_metrics import SLOTS, TEMPLATE
 from common.wire_bytes import content_bytes
 from server.he_aggregate import HEAggregator
-from server.replies import RejectedPayload, SortedReplies, agree, reported_figures, sort_replies
+from server.replies import RejectedPayload, SortedReplies, agree, fednova_steps, reported_figures, sort_replies
 from server.rounds import BaseRounds, RoundOutcome
 
 log = logging.getLogger("flwr.fedcare.server")
@@ -65,9 +68,15 @@ class HERounds(BaseRounds):
     def __post_init__(self) -> None:
         # With a stateful server optimizer, each update also carries the optimizer's state
         # (common/he/carried.py): the sum's layout is that, not the bare model's.
-        carried = carry_template(self.initial, ServerOptimizer.from_settings(self.ctx.settings))
+        # With round-deadline (FedNova) the base travels too, whatever the optimizer.
+        carried = carry_template(self.initial, ServerOptimizer.from_settings(self.ctx.settings), fednova=self._fednova)
         self._layout = layout_id(carried)
         self._num_values = int(flatten(carried).size)
+
+    @property
+    def _fednova(self) -> bool:
+        """round-deadline: hospitals send per-step models (common/fednova_sum.py), and each sum carries τ_eff."""
+        return self.ctx.settings.round_deadline > 0
 
     def privacy_facts(self) -> dict[str, Any]:
         return {
@@ -162,20 +171,23 @@ class HERounds(BaseRounds):
     def train(self, *, nodes: list[int], server_round: int) -> RoundOutcome:
         aggregator = self._aggregator(server_round)
         metrics = None if self.ctx.settings.per_site_metrics else self._aggregator(server_round, metrics=True)
+        contributions: list[tuple[float, int]] = []  # FedNova: (sample count, local steps) of each update summed
 
         def accept(msg: Message, institution: str, num_examples: int) -> None:
+            steps = fednova_steps(msg) if self._fednova else 0  # before anything is added: a rejection leaves no trace
             try:
                 bundle = self._bundle(msg, num_examples)
                 if metrics is None:
                     aggregator.add(bundle, institution=institution)
-                    return
-                # The update and its metrics go into the sums together, or neither does.
-                scores = self._bundle(msg, num_examples, keys=METRICS_KEYS)
-                metrics.check(scores, institution=institution)
-                aggregator.add(bundle, institution=institution)
-                metrics.add(scores, institution=institution)
+                else:
+                    # The update and its metrics go into the sums together, or neither does.
+                    scores = self._bundle(msg, num_examples, keys=METRICS_KEYS)
+                    metrics.check(scores, institution=institution)
+                    aggregator.add(bundle, institution=institution)
+                    metrics.add(scores, institution=institution)
             except InvalidCiphertext as exc:
                 raise RejectedPayload("invalid-ciphertext", str(exc)) from exc
+            contributions.append((num_examples, steps))
 
         content, model_bytes = self.model_content(server_round), self._model_bytes()
         replies = sort_replies(
@@ -197,7 +209,10 @@ class HERounds(BaseRounds):
             self._keep_metrics_sum(replies, None)
             return RoundOutcome(replies, reason=reason, extra=extra)
         self.previous_sum = self.global_sum
-        self.global_sum, _ = aggregator.result()
+        tau = effective_steps(contributions) if self._fednova else None
+        self.global_sum, _ = aggregator.result(effective_steps=tau)
+        if tau is not None:
+            extra["effective_steps"] = round(tau, 4)
         self._keep_metrics_sum(replies, metrics)
         return RoundOutcome(replies, model_path=self.save_round_model(server_round), extra=extra)
 

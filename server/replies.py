@@ -43,6 +43,21 @@ class RejectedPayload(ValueError):
         self.code = code
 
 
+NO_STEPS = "no work report with its local steps: update the hospital's fedcare (round-deadline needs it)"
+
+
+def fednova_steps(msg: Message) -> int:
+    """The local steps in a reply's work report, for FedNova in a mode whose `accept` takes the update into a sum
+    (sort_replies checked them against the DP event before); a reply without them is rejected ('no-work-report')."""
+    record = msg.content.get(WORK_RECORD)
+    if record is None:
+        raise RejectedPayload("no-work-report", NO_STEPS)
+    try:
+        return SiteWork.from_record(record).local_steps
+    except WorkReportError as exc:
+        raise RejectedPayload("invalid-update", str(exc)) from exc
+
+
 # Takes a reply's payload (e.g. an encrypted update) once every other check passed: (message,
 # institution, sample count). Raises RejectedPayload, and must leave no trace when it does.
 Accept = Callable[[Message, str, int], None]
@@ -73,8 +88,7 @@ class SortedReplies:
         for u in [u for u in self.updates if u.local_steps is None]:
             self.updates.remove(u)
             self.participants.remove(u.institution)
-            reason = "no work report with its local steps: update the hospital's fedcare (round-deadline needs it)"
-            self.rejections.append(Rejection(u.institution, u.node_id, "no-work-report", reason))
+            self.rejections.append(Rejection(u.institution, u.node_id, "no-work-report", NO_STEPS))
 
     def record_spending(self, institution: str, event: DPEvent) -> None:
         """The round's DP event of `institution` (for the ledger and results.json) and the epsilon it reached."""

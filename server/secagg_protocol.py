@@ -141,7 +141,13 @@ class _PrunedSecAggPlus(SecAggPlusWorkflow):
     """Flower's workflow, minus nodes that left before sharing keys, with failures that say why."""
 
     def __init__(
-        self, *, settings: RunSettings, model_content: RecordDict, check_replies: CheckReplies, outcome: SecAggRound
+        self,
+        *,
+        settings: RunSettings,
+        model_content: RecordDict,
+        check_replies: CheckReplies,
+        outcome: SecAggRound,
+        content_for: Callable[[int], RecordDict] | None = None,
     ) -> None:
         super().__init__(
             settings.num_shares,
@@ -153,6 +159,7 @@ class _PrunedSecAggPlus(SecAggPlusWorkflow):
             timeout=settings.secagg_timeout,
         )
         self._model_content, self._check_replies, self._outcome = model_content, check_replies, outcome
+        self._content_for = content_for
 
     def _check_threshold(self, state: WorkflowState) -> bool:
         return True  # checked in _after, once the nodes that hold no shares are gone
@@ -201,7 +208,8 @@ class _PrunedSecAggPlus(SecAggPlusWorkflow):
 
     def collect_masked_vectors_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
         for nid in state.active_node_ids:
-            for name, record in self._model_content.items():
+            content = self._content_for(nid) if self._content_for else self._model_content
+            for name, record in content.items():
                 state.nid_to_fitins[nid][name] = record
         self._timed(
             "masked-vectors", lambda: super(_PrunedSecAggPlus, self).collect_masked_vectors_stage(grid, context, state)
@@ -239,8 +247,10 @@ def run_secagg_round(
     server_round: int,
     model_content: RecordDict,
     check_replies: CheckReplies,
+    content_for: Callable[[int], RecordDict] | None = None,
 ) -> SecAggRound:
-    """Run the four SecAgg+ stages on exactly `nodes`; never raises for a protocol failure, reports it."""
+    """Run the four SecAgg+ stages on exactly `nodes`; never raises for a protocol failure, reports it.
+    `content_for(node)`: that node's own training content (its schedule, round-deadline), else `model_content`."""
     outcome = SecAggRound()
     strategy = _OneRoundStrategy(grid, nodes)
     state = RecordDict(
@@ -252,7 +262,11 @@ def run_secagg_round(
         strategy=cast(Strategy, strategy),
     )
     workflow = _PrunedSecAggPlus(
-        settings=settings, model_content=model_content, check_replies=check_replies, outcome=outcome
+        settings=settings,
+        model_content=model_content,
+        check_replies=check_replies,
+        outcome=outcome,
+        content_for=content_for,
     )
     stage_grid = _StageGrid(grid, poll_interval=settings.poll_interval)
     try:

@@ -26,6 +26,11 @@ def quantization_step(*, clipping_range: float, quantization_range: int) -> floa
     return 2.0 * clipping_range / quantization_range
 
 
+def quantized_weight(num_examples: int, *, max_weight: float, quantization_range: int) -> float:
+    """d_i: the weight the mod multiplies a hospital's vector by, and the server divides the sum by the total of."""
+    return round(num_examples / max_weight * quantization_range) / quantization_range
+
+
 def error_bound(
     *, clipping_range: float, quantization_range: int, max_weight: float, num_examples: Sequence[int]
 ) -> float:
@@ -35,7 +40,7 @@ def error_bound(
     if not counts:
         raise ValueError("error_bound needs at least one hospital with a positive example count")
     step = quantization_step(clipping_range=clipping_range, quantization_range=quantization_range)
-    quantized = [round(n / max_weight * quantization_range) / quantization_range for n in counts]
+    quantized = [quantized_weight(n, max_weight=max_weight, quantization_range=quantization_range) for n in counts]
     total_q, total_n = sum(quantized), float(sum(counts))
     if total_q <= 0:
         raise ValueError(

@@ -14,7 +14,9 @@ nodes the ServerApp's loop chose, minus nodes that look dead:
   any hospital trained is retried once with the nodes that answered.
 
 The averaged model is plaintext on the server (that is what SecAgg+ reveals), so the saved models
-(`round-N.pt`, `final_model.pt`) are exactly as in plain mode.
+(`round-N.pt`, `final_model.pt`) are exactly as in plain mode. With `round-deadline` each hospital gets its
+own schedule in the training stage and masks its per-step model; the server finishes FedNova on the unmasked
+average (`server.secagg_sum`, docs/compute.md).
 
 Metrics: the masked vector ends with each hospital's metrics per training example
 (`common.site_metrics`); unmasked, they give the round's federation figures. In aggregate mode that is
@@ -27,53 +29,27 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, RecordDict
 
 from common.codecs import InvalidUpdate, check_update
 from common.institution import institution_name
+from common.int8_wire import take_weights
 from common.settings import SECAGG_MODULUS
 from common.site_metrics import SCORE_ONLY_RECORD, FederationFigures
 from server.messaging import Dropout, exchange
-from server.replies import RejectedPayload, Rejection, SortedReplies, sort_replies
-from server.rounds import PlaintextModelRounds, RoundContext, RoundOutcome
+from server.replies import Rejection, SortedReplies
+from server.rounds import PlaintextModelRounds, RoundContext, RoundOutcome, scheduled_content
 from server.secagg_protocol import STAGES, SecAggRound, run_secagg_round
 from server.secagg_quantization import error_bound, quantization_facts
+from server.secagg_sum import MaskedReplies
 
 log = logging.getLogger("flwr.fedcare.server")
 
 LIVENESS = "query.liveness"
-
-
-@dataclass
-class _MaskedReplies:
-    """Checks the masked-vectors stage's replies before any mask is removed (`CheckReplies`)."""
-
-    per_site: bool
-    replies: SortedReplies = field(default_factory=SortedReplies)
-    counts: list[int] = field(default_factory=list)  # example counts of the updates in the sum
-
-    def __call__(self, masked: list[Message]) -> str | None:
-        def accept(msg: Message, who: str, n: int) -> None:
-            weight = msg.content.metric_records.get("fitres.num_examples")
-            if weight is None or int(weight["num_examples"]) != n:
-                raise RejectedPayload("invalid-update", f"its SecAgg+ weight {weight} differs from num-examples {n}")
-            self.counts.append(n)
-
-        self.replies = sort_replies(masked, reference=None, expect_update=True, accept=accept, per_site=self.per_site)
-        # A refusal carries weight 0 and leaves the sum as it is; an invalid reply's masked update is
-        # inside the sum, and SecAgg+ cannot take it out again.
-        in_sum = [r for r in self.replies.rejections if r.code in ("invalid-update", "no-status")]
-        if in_sum:
-            return (
-                "the masked sum includes update(s) whose reply is invalid, and SecAgg+ cannot take them out: "
-                + "; ".join(f"{r.institution}: {r.reason}" for r in in_sum)
-            )
-        if not self.replies.participants:
-            return "no hospital contributed an update (every one refused or failed)"
-        return None
 
 
 @dataclass
@@ -171,11 +147,15 @@ class SecAggRounds(PlaintextModelRounds):
     # ---- one round -------------------------------------------------------------------------------
     def _attempt(
         self, nodes: list[int], server_round: int, *, score_only: bool = False
-    ) -> tuple[SecAggRound, _MaskedReplies]:
-        checked = _MaskedReplies(per_site=self.ctx.settings.per_site_metrics)
-        content = self.model_content(server_round)
+    ) -> tuple[SecAggRound, MaskedReplies]:
+        s = self.ctx.settings
+        checked = MaskedReplies(per_site=s.per_site_metrics)
+        content, content_for = self.model_content(server_round), None
         if score_only:
             content[SCORE_ONLY_RECORD] = ConfigRecord({"score-only": True})
+        elif s.round_deadline > 0:  # each hospital's schedule, as in plain mode; FedNova over per-step models
+            checked.base = take_weights(content, reference=self.weights)
+            content_for = partial(scheduled_content, content, s.round_deadline, self.ctx.schedule)
         result = run_secagg_round(
             grid=self.ctx.grid,
             settings=self.ctx.settings,
@@ -183,6 +163,7 @@ class SecAggRounds(PlaintextModelRounds):
             server_round=server_round,
             model_content=content,
             check_replies=checked,
+            content_for=content_for,
         )
         return result, checked
 
@@ -230,7 +211,7 @@ class SecAggRounds(PlaintextModelRounds):
             self.suspects.setdefault(node, why)
 
     def _finish(
-        self, result: SecAggRound, checked: _MaskedReplies, *, live: list[int], server_round: int, extra: dict[str, Any]
+        self, result: SecAggRound, checked: MaskedReplies, *, live: list[int], server_round: int, extra: dict[str, Any]
     ) -> RoundOutcome:
         s, replies = self.ctx.settings, checked.replies
         self.institutions.update(result.institutions)
@@ -266,7 +247,13 @@ class SecAggRounds(PlaintextModelRounds):
         )
         info["quantization_error_bound"] = bound
         try:
-            average = self._named(result.average[:-1])
+            values = result.average[:-1]
+            if checked.base is not None:  # FedNova: τ_eff steps of the per-step average, from the model sent
+                values, tau = checked.fednova(values, max_weight=s.max_weight, quantization_range=s.quantization_range)
+                bound *= tau  # the per-step average's quantization error is taken τ_eff times
+                info["quantization_error_bound"] = bound
+                extra["effective_steps"] = round(tau, 4)
+            average = self._named(values)
         except InvalidUpdate as exc:
             return RoundOutcome(replies, reason=f"the unmasked sum is unusable: {exc}", extra=extra)
         self._read_figures(replies, result.average[-1], server_round=server_round)

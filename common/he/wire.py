@@ -60,9 +60,14 @@ class HEHeader:
     num_examples: int  # an update's sample count, or the sum's total
     contributors: int = 1
     format: str = FORMAT
+    # A sum of FedNova per-step models (round-deadline, common/fednova_sum.py): τ_eff, the steps of the average
+    # the hospitals take after decrypting; the server computes it from the clear sample counts and local steps.
+    # None (and absent from the canonical form, so earlier files keep their digests): a plain FedAvg sum.
+    effective_steps: float | None = None
 
     def canonical(self) -> bytes:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
+        fields = {k: v for k, v in asdict(self).items() if not (k == "effective_steps" and v is None)}
+        return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
     def parse(cls, text: str) -> HEHeader:
@@ -81,9 +86,12 @@ class HEHeader:
                 "contributors": int,
                 "format": str,
             }
+            steps = raw.pop("effective_steps", None) if isinstance(raw, dict) else None
             if set(raw) != set(types) or any(type(raw[k]) is not t for k, t in types.items()):
                 raise ValueError(f"expected fields {sorted(types)} with types {[t.__name__ for t in types.values()]}")
-            header = cls(**raw)
+            if steps is not None and (type(steps) not in (int, float) or not math.isfinite(steps) or steps < 1):
+                raise ValueError(f"effective_steps {steps!r} is not a finite number >= 1")
+            header = cls(**raw, effective_steps=None if steps is None else float(steps))
         except (ValueError, TypeError, RecursionError) as exc:  # RecursionError: JSON nested too deep (fuzzing)
             raise InvalidCiphertext(f"header is malformed: {exc}") from exc
         if header.format != FORMAT:
@@ -92,6 +100,8 @@ class HEHeader:
             raise InvalidCiphertext(f"header kind {header.kind!r} is neither 'update' nor 'sum'")
         if min(header.num_values, header.num_chunks, header.slots, header.num_examples, header.contributors) < 1:
             raise InvalidCiphertext("header counts must all be positive")
+        if header.effective_steps is not None and header.kind != "sum":
+            raise InvalidCiphertext("only the server's sum carries effective_steps (FedNova), not an update")
         return header
 
 

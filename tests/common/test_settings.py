@@ -118,10 +118,16 @@ def test_int8_compression_is_refused_in_he_mode_and_taken_in_the_others() -> Non
         RunSettings.from_run_config({"schema-path": "s.json", "update-compression": "int4"})
 
 
-def test_a_round_deadline_is_taken_in_plain_mode_and_refused_where_the_server_sees_only_a_sum() -> None:
+def test_a_round_deadline_is_taken_in_every_mode_and_must_fit_inside_the_secagg_stage_timeout() -> None:
     assert RunSettings.from_run_config({"schema-path": "s.json", "round-deadline": 30}).round_deadline == 30.0
     for mode, extra in (("secagg", {}), ("he", {"he-public-context": "c"})):
-        with pytest.raises(SettingsError, match=f"round-deadline needs privacy-mode 'plain'.*'{mode}'.*= 0"):
-            RunSettings.from_run_config({"schema-path": "s.json", "privacy-mode": mode, "round-deadline": 30, **extra})
+        settings = RunSettings.from_run_config(
+            {"schema-path": "s.json", "privacy-mode": mode, "round-deadline": 30, **extra}
+        )
+        assert settings.round_deadline == 30.0
+    # SecAgg+'s training stage waits secagg-timeout for every hospital: a deadline past it would drop them all.
+    with pytest.raises(SettingsError, match="round-deadline .60 s. is not below secagg-timeout .60 s."):
+        RunSettings.from_run_config({"schema-path": "s.json", "privacy-mode": "secagg", "round-deadline": 60})
+    assert RunSettings.from_run_config({"schema-path": "s.json", "round-deadline": 60}).round_deadline == 60.0
     with pytest.raises(SettingsError, match="round-deadline"):
         RunSettings.from_run_config({"schema-path": "s.json", "round-deadline": -1})

@@ -82,3 +82,48 @@ def test_fedavg_carries_nothing_and_keeps_the_models_layout() -> None:
     model = _tiny(1)
     assert layout_id(carry_template(model, ServerOptimizer())) == layout_id(model)
     assert flatten(carry_template(model, FedAdam())).size == 4 * flatten(model).size + 1
+
+
+@pytest.mark.parametrize("name", ["fedavg", "fedavgm"])
+def test_fednova_through_the_encrypted_sum_equals_the_plaintext_fednova_step(
+    name: str, keys: tuple[bytes, bytes], ctx: ts.Context
+) -> None:
+    """round-deadline in HE mode: each hospital encrypts its per-step model beside the base, the server adds and
+    writes τ_eff (from the clear counts and steps) into the sum's header, and a hospital that decrypts lands where
+    the plain-mode server's FedNova (and its server optimizer) does."""
+    from common.fednova_sum import effective_steps
+    from server.fednova import fednova
+
+    make = ServerOptimizer if name == "fedavg" else (lambda: _make(name))
+    initial, steps = _tiny(3), (2, 30, 1)
+    template = carry_template(initial, make(), fednova=True)
+    trained = [_trained(initial, seed=20 + i) for i in range(len(COUNTS))]
+    aggregator = HEAggregator(
+        keys[1], expected_values=int(flatten(template).size), run_id=1, server_round=1, layout=layout_id(template)
+    )
+    for i, (n, w, t) in enumerate(zip(COUNTS, trained, steps, strict=True)):
+        carried = pack(trained=w, base=initial, optimizer=make(), local_steps=t)
+        assert layout_id(carried) == layout_id(template)
+        aggregator.add(
+            encrypt_update(carried, num_examples=n, context=ctx, run_id=1, server_round=1), institution=str(i)
+        )
+    tau = effective_steps(list(zip(COUNTS, steps, strict=True)))
+    summed, _ = aggregator.result(effective_steps=tau)
+    assert summed.header.effective_steps == tau
+
+    decrypted = decrypt_sum(summed, context=ctx, template=template)
+    mine = next_global(decrypted, model=initial, optimizer=make(), effective_steps=summed.header.effective_steps)
+    updates = [
+        ClientUpdate(f"h{i}", i, w, n, t) for i, (n, w, t) in enumerate(zip(COUNTS, trained, steps, strict=True))
+    ]
+    expected = make().step(current=initial, average=fednova(updates, reference=initial))
+    for k in initial:
+        assert mine[k].dtype == initial[k].dtype
+        np.testing.assert_allclose(mine[k], expected[k], atol=1e-5)
+        assert np.abs(mine[k] - make().step(current=initial, average=fedavg(updates))[k]).max() > 1e-3
+
+
+def test_fednova_carries_the_base_with_fedavg_too() -> None:
+    model = _tiny(1)
+    assert flatten(carry_template(model, ServerOptimizer(), fednova=True)).size == 2 * flatten(model).size
+    assert flatten(carry_template(model, FedAdam(), fednova=True)).size == 4 * flatten(model).size + 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 
 import numpy as np
@@ -47,6 +48,24 @@ def test_bundle_file_round_trip_and_truncation(ctx: ts.Context) -> None:
     assert EncryptedUpdate.from_bytes(blob) == bundle
     with pytest.raises(InvalidCiphertext, match="truncated"):
         EncryptedUpdate.from_bytes(blob[:-10])
+
+
+def test_a_fednova_sum_carries_its_effective_steps_and_other_headers_stay_as_they_were() -> None:
+    from dataclasses import replace
+
+    from common.he.wire import HEHeader
+
+    plain = HEHeader("sum", 1, 2, "k", "l", num_values=3, num_chunks=1, slots=8, num_examples=9, contributors=2)
+    assert b"effective_steps" not in plain.canonical()  # earlier files and digests are unchanged
+    nova = replace(plain, effective_steps=12.375)
+    assert HEHeader.parse(nova.canonical().decode()) == nova
+    assert HEHeader.parse(plain.canonical().decode()).effective_steps is None
+    with pytest.raises(InvalidCiphertext, match="only the server's sum"):
+        HEHeader.parse(replace(nova, kind="update", contributors=1).canonical().decode())
+    for bad in (0.5, float("inf"), True, "3"):
+        text = nova.canonical().decode().replace("12.375", json.dumps(bad) if bad != float("inf") else "Infinity")
+        with pytest.raises(InvalidCiphertext, match="effective_steps"):
+            HEHeader.parse(text)
 
 
 def test_take_bundle_reports_missing_or_malformed_records(ctx: ts.Context) -> None:
