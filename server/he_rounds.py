@@ -29,7 +29,6 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 
 from common.atomic import write_bytes_atomic
-from common.codecs import from_numpy
 from common.fednova_sum import effective_steps
 from common.he.carried import carry_template
 from common.he.keys import ServerHEContext
@@ -42,6 +41,7 @@ from common.he.wire import (
     put_bundle,
     take_bundle,
 )
+from common.int8_wire import put_weights
 from common.server_optimizer import ServerOptimizer
 from common.site_metrics import SLOTS, TEMPLATE
 from common.wire_bytes import content_bytes
@@ -119,7 +119,7 @@ class HERounds(BaseRounds):
         content = self.ctx.config(server_round)
         content["config"]["he-key-id"] = self.keys.key_id  # RoundConfig.he_key_id: the run's key set
         if self.global_sum is None:
-            content["arrays"] = from_numpy(self.initial)
+            put_weights(content, self.initial, compression="none")  # float32, one flat array when it can be
         else:
             put_bundle(content, self.global_sum)
         if self.metrics_sum is not None:
