@@ -43,10 +43,10 @@ from flwr.app import ArrayRecord, RecordDict  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
 from client.training import evaluate  # noqa: E402
-from common.codecs import from_numpy, save_weights, to_numpy  # noqa: E402
+from common.codecs import save_weights, to_numpy  # noqa: E402
 from common.data import load_hospital_table  # noqa: E402
 from common.demo_data import write_demo_split  # noqa: E402
-from common.int8_wire import INT8_RECORD, to_int8_record  # noqa: E402
+from common.int8_wire import FLAT_RECORD, INT8_RECORD, to_flat_record, to_int8_record  # noqa: E402
 from common.models import build_model  # noqa: E402
 from common.schema import load_schema  # noqa: E402
 from common.settings import RunSettings  # noqa: E402
@@ -140,7 +140,7 @@ def main() -> None:
             weights = to_numpy(
                 ArrayRecord(build_model(load_schema(last["holdout"].parent / "schema.json")).state_dict())
             )
-            record_floats = content_bytes(RecordDict({"arrays": from_numpy(weights)}))
+            record_floats = content_bytes(RecordDict({FLAT_RECORD: to_flat_record(weights)}))  # as float32 travels
             record_int8 = content_bytes(RecordDict({INT8_RECORD: to_int8_record(weights)}))
             exported = export_model(last["run_dir"], int8=True, data=last["holdout"])
             report["datasets"][dataset] = {

@@ -25,7 +25,7 @@ from rich.console import Console
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as `python bench/<name>.py` from a checkout
 
-from fedcare.federation import CONNECTION, FederationError, LocalFederation  # noqa: E402
+from fedcare.federation import FederationError, LocalFederation  # noqa: E402
 
 REFERENCE_APP = REPO / "bench" / "reference_app"
 SHARED_KEYS = ("local-epochs", "batch-size", "learning-rate", "validation-fraction", "seed")
@@ -124,9 +124,10 @@ def time_run(
     started = time.time()
     run_id = fed.submit(app_dir=app_dir, run_config=run_config)
     last_status = ""
+    watch = fed.watch(run_id, fallback=poll)  # `flwr ls` costs a second of CPU the runs would otherwise get
     try:
         while True:
-            run = fed.flwr("ls", CONNECTION, "--run-id", str(run_id))["runs"][0]
+            run = watch.check()
             if run["status"] != last_status:
                 last_status = run["status"]
                 console.log(f"{app}: run {run_id} {last_status} after {time.time() - started:.1f} s")
@@ -136,7 +137,7 @@ def time_run(
                 raise FederationError(
                     f"{app}: run {run_id} did not finish within {timeout:.0f} s (status {last_status})"
                 )
-            time.sleep(poll)
+            time.sleep(0.25)
     except BaseException:
         fed.stop_run(run_id)
         raise

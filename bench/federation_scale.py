@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                 fed.wait_for_node(node)
         up_seconds = round(time.time() - started, 1)
         console.log(f"{args.hospitals} nodes up in {up_seconds} s; warm-up run")
-        run = {"app": f"fedcare-{args.mode}", "app_dir": app_dir, "poll": 0.5, "timeout": 1800.0}
+        run = {"app": f"fedcare-{args.mode}", "app_dir": app_dir, "poll": 10.0, "timeout": 1800.0}
         time_run(fed, **run, run_config={**config, "num-rounds": 1}, rounds=1)
         time.sleep(args.settle)
         idle = {name: tree_memory(node.popen.pid) for name, node in nodes.items()}

@@ -99,7 +99,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="override a fedcare run-config key, TOML value (e.g. dp=false); repeatable",
     )
     parser.add_argument("--insecure", action="store_true", help="TLS off (the demo and deployments use TLS)")
-    parser.add_argument("--poll-interval", type=float, default=0.5, help="seconds between `flwr ls` polls")
+    parser.add_argument(
+        "--poll-interval",
+        type=float,
+        default=10.0,
+        help="seconds between `flwr ls` polls when the ServerApp executor's log shows no run ending (each costs "
+        "about a second of CPU; the stock-Flower reference has no such log)",
+    )
     parser.add_argument("--run-timeout", type=float, default=1800.0, help="give up on a run after this many seconds")
     args = parser.parse_args(argv)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]

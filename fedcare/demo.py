@@ -272,6 +272,7 @@ def _follow(fed: LocalFederation, *, run_id: int, results_path: Path, options: D
         TextColumn("{task.completed}/{task.total} rounds"),
         TimeElapsedColumn(),
     )
+    watch = fed.watch(run_id)  # `flwr ls` costs a second of CPU: asked when the run's ServerApp ends
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("federated training", total=rounds)
         while True:
@@ -287,12 +288,12 @@ def _follow(fed: LocalFederation, *, run_id: int, results_path: Path, options: D
                     progress.update(
                         task, description=f"{desc} [red]{len(results['rounds']) - len(done)} failed round(s)"
                     )
-            status = fed.run_status(run_id)
+            status = str(watch.check().get("status", ""))
             if status.startswith("finished"):
                 return status
             if time.monotonic() > deadline:
                 raise FederationError(f"run {run_id} did not finish within {timeout:.0f} s (status {status})")
-            time.sleep(2.0)
+            time.sleep(0.5)
 
 
 def print_summary(outcome: DemoOutcome, *, console: Console) -> None:

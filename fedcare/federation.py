@@ -37,6 +37,7 @@ from fedcare.processes import (
 )
 from fedcare.registration import BudgetTarget, RegistrationReport, budget_target, register_institution, sync
 from fedcare.registry import Registry
+from fedcare.run_watch import RunWatch
 from fedcare.stock_flower import node_config_arg, stock_supernode_command
 from fedcare.superexec_secret import keep_superexec_secret
 from fedcare.superlink_control import SuperLinkConnection
@@ -292,16 +293,21 @@ class LocalFederation(ProcessGroup):
         """Flower's status string, e.g. `running` or `finished:completed`."""
         return str(self.run_info(run_id)["status"])
 
-    def wait_finished(self, run_id: int, *, timeout: float, poll: float = 2.0) -> str:
-        """The run's final status (`finished:...`) once Flower reports it; TimeoutError after `timeout` seconds."""
+    def watch(self, run_id: int, *, fallback: float = 10.0) -> RunWatch:
+        """A cheap way to follow a run: Flower is asked when the ServerApp executor logs a run's end."""
+        task_log = None if self.serverapp_executor is None else self.serverapp_executor.log_path
+        return RunWatch(ask=lambda: self.run_info(run_id), task_log=task_log, fallback=fallback)
+
+    def wait_finished(self, run_id: int, *, timeout: float, poll: float = 0.25) -> str:
+        """The run's final status (`finished:...`) once Flower reports it; TimeoutError after `timeout` seconds.
+        `poll`: between reads of the ServerApp executor's log (fedcare/run_watch.py says why not `flwr ls`)."""
         deadline = time.monotonic() + timeout
-        status = ""
+        watch = self.watch(run_id)
         while time.monotonic() < deadline:
-            status = self.run_status(run_id)
-            if status.startswith("finished"):
-                return status
+            if watch.check().get("status", "").startswith("finished"):
+                return watch.status
             time.sleep(poll)
-        raise TimeoutError(f"run {run_id} still {status!r} after {timeout:.0f} s")
+        raise TimeoutError(f"run {run_id} still {watch.status!r} after {timeout:.0f} s")
 
     def stop_run(self, run_id: int) -> None:
         self.cli.stop_run(run_id)

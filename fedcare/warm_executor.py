@@ -50,6 +50,8 @@ from fedcare.warm_state import prepare_child, warm_up
 
 log = logging.getLogger("fedcare.executor")
 READY_LINE = "fedcare warm executor ready"  # fedcare.node and LocalFederation wait for this line
+# One of these ends every task's lines in the log: fedcare.run_watch asks Flower about a run when it sees one.
+TASK_ENDED_MARKS = ("task served in", "without replying")
 
 
 @dataclass
@@ -116,11 +118,11 @@ class WarmExecutor:
         self.served += 1
         # A ServerApp has no reply to push; Flower's own exit handler reports how it ended, unless it was killed.
         if report.replied or (self.api.serverapp and outcome.startswith("exited")):
-            log.info("task served in %.2f s (%s)", time.monotonic() - started, outcome)
+            log.info("%s %.2f s (%s)", TASK_ENDED_MARKS[0], time.monotonic() - started, outcome)
             return report
         self.failed += 1
         app = "ServerApp" if self.api.serverapp else "ClientApp"
-        reason = f"fedcare executor: the {app} {outcome} without replying"
+        reason = f"fedcare executor: the {app} {outcome} {TASK_ENDED_MARKS[1]}"
         where = "" if report.served is None else f" (run {report.served.run_id})"
         try:
             answered = answer_failed_task(self.api, token, report.served, reason=reason)
