@@ -7,6 +7,7 @@ those, and its accountant, its DP events and results.json all record that number
 Issue 18's accuracy claim, on a data set that can resolve it (`synthetic`: 2,400 held-out rows, where breast
 cancer's 113 make one row 0.9 points), DP off so both runs are seeded and only the schedule and the aggregation
 differ: the slowed, scheduled federation ends within one accuracy point of the same federation at equal speed.
+It does not yet (FedNova overshoots, see the xfail below and docs/benchmarks.md); the deadline part holds.
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ def equal_and_scheduled(
     yield equal, scheduled, deadline
 
 
-def test_the_slowed_hospital_is_cut_to_the_deadline_every_round_and_the_equal_run_is_not(
+def test_the_slowed_hospital_is_cut_and_ends_each_round_by_the_deadline_while_equal_speed_trains_in_full(
     equal_and_scheduled: tuple[dict[str, Any], dict[str, Any], float],
 ) -> None:
     equal, scheduled, deadline = equal_and_scheduled
@@ -158,9 +159,9 @@ def test_the_slowed_hospital_is_cut_to_the_deadline_every_round_and_the_equal_ru
 
 @pytest.mark.xfail(
     strict=True,
-    reason="FedNova (server/fednova.py) scales a short round's update by tau_eff / tau_i; a few Adam steps move "
-    "every weight by about the learning rate, so the scaled update overshoots: 0.51-0.61 here against 0.83 at "
-    "equal speed (docs/benchmarks.md, issue 18). Remove this marker with the fix.",
+    reason="FedNova (server/fednova.py) scales a short round's update by tau_eff / tau_i, which overshoots once the "
+    "long rounds level off (Adam's first steps, about the learning rate on every weight, make it worse): 0.51-0.80 "
+    "here against 0.83 at equal speed (docs/benchmarks.md, issue 18). Remove this marker with the fix.",
 )
 def test_a_slowed_scheduled_federation_ends_within_one_point_of_the_equal_speed_one(
     equal_and_scheduled: tuple[dict[str, Any], dict[str, Any], float], synthetic: DemoSplit
@@ -168,6 +169,11 @@ def test_a_slowed_scheduled_federation_ends_within_one_point_of_the_equal_speed_
     equal, scheduled, _ = equal_and_scheduled
     at_equal_speed, slowed = holdout_accuracy(equal, synthetic), holdout_accuracy(scheduled, synthetic)
     assert at_equal_speed is not None and slowed is not None
-    # Not saturated: a point either way could show (levelled off at about 0.85 on this data set).
+    # Not saturated: a point either way could show (0.83 after 10 rounds at equal speed on this data set).
     assert 0.7 < at_equal_speed < 0.95
-    assert abs(slowed - at_equal_speed) <= POINT, f"equal speed {at_equal_speed:.4f}, slowed and scheduled {slowed:.4f}"
+    sites = [entry["sites"][f"hospital-{SLOW}"] for entry in scheduled["rounds"]]
+    share = sum(s["local_steps"] for s in sites) / sum(s["full_steps"] for s in sites)
+    assert abs(slowed - at_equal_speed) <= POINT, (
+        f"equal speed {at_equal_speed:.4f}, slowed and scheduled {slowed:.4f} "
+        f"(hospital-{SLOW} took {share:.0%} of its steps)"
+    )
