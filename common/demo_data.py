@@ -13,11 +13,15 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from sklearn.datasets import load_breast_cancer, load_digits
+from sklearn.datasets import load_breast_cancer, load_digits, make_classification
 
 from common.schema import DatasetSchema, FeatureSpec, save_schema
 
 DemoDataset = Literal["breast-cancer", "digits", "images"]  # images: digits as PNG folders (common.demo_images)
+# Tests and benchmarks only (not a `fedcare demo` choice): a generated table large enough that its held-out
+# slice resolves a difference of one accuracy point (`_synthetic`).
+SyntheticDataset = Literal["synthetic"]
+SYNTHETIC_ROWS = 12_000
 
 
 @dataclass(frozen=True)
@@ -27,7 +31,33 @@ class DemoSplit:
     holdout_path: Path
 
 
-def _load(dataset: DemoDataset) -> tuple[pd.DataFrame, DatasetSchema]:
+def _synthetic() -> tuple[pd.DataFrame, DatasetSchema]:
+    """scikit-learn's `make_classification`: 12,000 rows, 20 features, 4 classes of 2 clusters each.
+
+    Breast cancer holds out 113 rows, so one row is 0.9 accuracy points and a 1-point claim cannot be resolved;
+    here 2,400 held-out rows make a row 0.04 points. The classes overlap (`class_sep`, 2% flipped labels), so a
+    model does not reach 100% and training choices still show in the score. Fixed seed: the same table always.
+    """
+    x, y = make_classification(
+        n_samples=SYNTHETIC_ROWS,
+        n_features=20,
+        n_informative=10,
+        n_redundant=4,
+        n_classes=4,
+        n_clusters_per_class=2,
+        class_sep=1.0,
+        flip_y=0.02,
+        random_state=0,
+    )
+    frame = pd.DataFrame(np.round(x, 4), columns=[f"x{i}" for i in range(x.shape[1])])  # 4 decimals: small CSVs
+    specs = [FeatureSpec(name=c, center=float(frame[c].mean()), scale=float(frame[c].std())) for c in frame.columns]
+    frame["target"] = y
+    return frame, DatasetSchema(label="target", num_classes=4, features=specs, model="mlp")
+
+
+def _load(dataset: DemoDataset | SyntheticDataset) -> tuple[pd.DataFrame, DatasetSchema]:
+    if dataset == "synthetic":
+        return _synthetic()
     if dataset == "breast-cancer":
         bunch = load_breast_cancer(as_frame=True)
         frame = bunch.frame.rename(columns=lambda c: c.replace(" ", "_"))
@@ -44,7 +74,7 @@ def _load(dataset: DemoDataset) -> tuple[pd.DataFrame, DatasetSchema]:
         specs = [FeatureSpec(name=c, center=8.0, scale=8.0) for c in features]  # pixels are 0..16
         schema = DatasetSchema(label="target", num_classes=10, features=specs, model="cnn", input_shape=[1, 8, 8])
         return frame, schema
-    raise ValueError(f"unknown demo dataset {dataset!r}; choose breast-cancer or digits")
+    raise ValueError(f"unknown demo dataset {dataset!r}; choose breast-cancer, digits or synthetic")
 
 
 def dirichlet_partition(labels: np.ndarray, *, parts: int, alpha: float, seed: int, min_size: int) -> list[np.ndarray]:
@@ -63,7 +93,13 @@ def dirichlet_partition(labels: np.ndarray, *, parts: int, alpha: float, seed: i
 
 
 def write_demo_split(
-    out_dir: Path, *, dataset: DemoDataset, hospitals: int, seed: int = 7, alpha: float = 0.5, holdout: float = 0.2
+    out_dir: Path,
+    *,
+    dataset: DemoDataset | SyntheticDataset,
+    hospitals: int,
+    seed: int = 7,
+    alpha: float = 0.5,
+    holdout: float = 0.2,
 ) -> DemoSplit:
     if hospitals < 1:
         raise ValueError("need at least one hospital")

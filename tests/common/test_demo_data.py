@@ -108,3 +108,17 @@ def test_write_demo_split_refuses_bad_arguments(tmp_path: Path) -> None:
         write_demo_split(tmp_path, dataset="breast-cancer", hospitals=0)
     with pytest.raises(ValueError, match="unknown demo dataset 'mnist'"):
         write_demo_split(tmp_path, dataset="mnist", hospitals=2)  # type: ignore[arg-type]
+
+
+def test_the_synthetic_table_holds_out_enough_rows_to_resolve_a_tenth_of_a_point(tmp_path: Path) -> None:
+    demo = write_demo_split(tmp_path, dataset="synthetic", hospitals=3)
+    schema = load_schema(demo.schema_path)
+    assert schema.model == "mlp" and schema.num_classes == 4 and len(schema.features) == 20
+    holdout = load_hospital_table(demo.holdout_path, schema)
+    assert len(holdout) == 2400  # one row is 0.04 accuracy points
+    hospitals = [load_hospital_table(p, schema) for p in demo.hospital_paths]
+    assert sum(len(h) for h in hospitals) + len(holdout) == 12_000
+    assert abs(float(holdout.features.mean())) < 0.1  # standardised by the schema's constants
+    assert write_demo_split(tmp_path / "again", dataset="synthetic", hospitals=3).holdout_path.read_bytes() == (
+        demo.holdout_path.read_bytes()
+    )

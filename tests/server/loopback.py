@@ -7,9 +7,11 @@ processes are left to `tests/integration/`.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 from flwr.app import Context, Message, RecordDict
 from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
@@ -28,11 +30,32 @@ HANDLERS = {
 }
 
 
+def hospital_node_configs(
+    data_paths: Sequence[Path],
+    *,
+    state_root: Path,
+    every: Mapping[str, Any] | None = None,
+    only: Mapping[int, Mapping[str, Any]] | None = None,
+) -> dict[int, dict[str, Any]]:
+    """Node id -> node config for hospitals 1..N, the data file of each in turn: `hospital-<id>`, its data and a
+    state directory of its own under `state_root`; `every` adds keys to every node, `only` to the nodes named."""
+    return {
+        node: {
+            "institution": f"hospital-{node}",
+            "data-path": str(path),
+            "state-dir": str(state_root / f"state-{node}"),
+            **(every or {}),
+            **(only or {}).get(node, {}),
+        }
+        for node, path in enumerate(data_paths, start=1)
+    }
+
+
 @dataclass
 class LoopbackGrid:
     """Delivers each pushed message to the hospital's real handler; `tamper` may rewrite a reply."""
 
-    hospitals: dict[int, dict[str, str]]
+    hospitals: dict[int, dict[str, Any]]  # node id -> node config (`hospital_node_configs`)
     tamper: Callable[[int, Message], None] = lambda node, reply: None
     run: SimpleNamespace = field(default_factory=lambda: SimpleNamespace(run_id=RUN))
     _replies: dict[str, Message] = field(default_factory=dict)

@@ -22,7 +22,7 @@ from common.demo_data import DemoSplit, write_demo_split
 from common.he.keys import write_keys
 from server.app import main
 from server.fedavg import weighted_mean
-from tests.server.loopback import RUN, LoopbackGrid
+from tests.server.loopback import RUN, LoopbackGrid, hospital_node_configs
 
 pytestmark = pytest.mark.usefixtures("serverapp_identity")
 PER_SITE_KEYS = {"eval-loss", "eval-accuracy", "eval-examples", "train-loss", "skipped-steps"}
@@ -66,15 +66,8 @@ def server_log() -> Iterator[_ServerLog]:
 
 def _run(tmp_path: Path, split: DemoSplit, *, mode: str, metrics: str, he_keys: Any = None) -> tuple[dict, list]:
     """One whole run through `server.app.main`; returns results.json and every reply the server received."""
-    hospitals = {
-        node: {
-            "institution": f"hospital-{node}",
-            "data-path": str(path),
-            "state-dir": str(tmp_path / f"state-{node}"),
-            **({"he-secret-context": str(he_keys.hospital_context)} if he_keys else {}),
-        }
-        for node, path in enumerate(split.hospital_paths, start=1)
-    }
+    every = {"he-secret-context": str(he_keys.hospital_context)} if he_keys else {}
+    hospitals = hospital_node_configs(split.hospital_paths, state_root=tmp_path, every=every)
     replies: list[Message] = []
     grid = LoopbackGrid(hospitals, tamper=lambda node, reply: replies.append(reply))
     run_config: dict[str, Any] = {

@@ -25,7 +25,7 @@ from common.settings import RunSettings
 from server.fedavg import fedavg
 from server.he_rounds import HERounds
 from server.rounds import PlainRounds, RoundContext
-from tests.server.loopback import LoopbackGrid
+from tests.server.loopback import LoopbackGrid, hospital_node_configs
 
 pytestmark = pytest.mark.usefixtures("serverapp_identity")
 OPTIMIZER = {"server-optimizer": "fedadam", "server-learning-rate": 0.05, "server-momentum": 0.9}
@@ -37,16 +37,8 @@ def split(tmp_path_factory: pytest.TempPathFactory) -> DemoSplit:
 
 
 def _context(tmp_path: Path, split: DemoSplit, **config: object) -> RoundContext:
-    node_extra = {"he-secret-context": str(config.pop("secret"))} if "secret" in config else {}
-    hospitals = {
-        node: {
-            "institution": f"hospital-{node}",
-            "data-path": str(path),
-            "state-dir": str(tmp_path / f"state-{node}"),
-            **node_extra,
-        }
-        for node, path in enumerate(split.hospital_paths, start=1)
-    }
+    every = {"he-secret-context": str(config.pop("secret"))} if "secret" in config else {}
+    hospitals = hospital_node_configs(split.hospital_paths, state_root=tmp_path, every=every)
     settings = RunSettings.model_validate(
         {"schema-path": str(split.schema_path), "dp": False, "local-epochs": 1, **OPTIMIZER, **config}
     )
