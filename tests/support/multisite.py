@@ -80,13 +80,13 @@ class MultiSite:
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
-        deadline = time.monotonic() + timeout
+        deadline, run = time.monotonic() + timeout, self.fed.watch(run_id)
         try:
             while time.monotonic() < deadline:
-                status = self.fed.run_status(run_id)
+                status = str(run.check().get("status", ""))
                 if status.startswith("finished"):
                     return status, landed
-                time.sleep(1.0)
+                time.sleep(0.5)
         finally:
             stop.set()
             watcher.join()
