@@ -12,7 +12,8 @@ instead, at the hospital:
   `reply_gate.py` sends one complete reply per message, so a ClientApp killed mid-upload delays nothing);
 * the warm executor claims ClientApp tasks from the SuperNode's runtime API and runs Flower's own
   `run_clientapp` in a forked child, learning the message it serves so it can still answer when that
-  child dies (`tasks.py`).
+  child dies (`tasks.py`);
+* the ServerApp's last log flush waits for its final push instead of sleeping a fixed second (`log_flush.py`).
 
 `guard.check_pinned_flower()` says, symbol by symbol, what of this no longer holds; `tests/fedcare/
 test_flower_internals.py` fails on it, and `tune_supernode_waits` refuses to start on it, so an upgraded
