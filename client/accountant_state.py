@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from client.rdp_curves import rdp_epsilon
 from common.atomic import write_json_atomic
 from common.dp_event import DPEvent, epsilon_of
 
@@ -91,12 +92,19 @@ class HospitalAccountant:
         )
 
     def epsilon(self, *, accountant: str, delta: float) -> float:
-        return epsilon_of(self.history, accountant=accountant, delta=delta)
+        return self._epsilon(self.history, accountant=accountant, delta=delta)
 
     def projected_epsilon(
         self, *, noise_multiplier: float, sample_rate: float, steps: int, accountant: str, delta: float
     ) -> float:
-        return epsilon_of([*self.history, (noise_multiplier, sample_rate, steps)], accountant=accountant, delta=delta)
+        history = [*self.history, (noise_multiplier, sample_rate, steps)]
+        return self._epsilon(history, accountant=accountant, delta=delta)
+
+    def _epsilon(self, history: list[tuple[float, float, int]], *, accountant: str, delta: float) -> float:
+        """`epsilon_of`'s value; under RDP from the one-step curves kept next to this file (client/rdp_curves.py)."""
+        if accountant == "rdp":
+            return rdp_epsilon(history, delta=delta, state_dir=self.path.parent)
+        return epsilon_of(history, accountant=accountant, delta=delta)
 
     def recorded(self, *, run_id: int, server_round: int) -> DPEvent | None:
         """The event already committed for this (run, round), if any: a resumed run's round is charged once."""
@@ -131,7 +139,7 @@ class HospitalAccountant:
             raise AccountantStateError(f"{self.path}: cannot amend {event.steps} committed steps to {steps}")
         history = [*self.history[:-1], (event.noise_multiplier, event.sample_rate, steps)]
         amended = replace(
-            event, steps=steps, epsilon=epsilon_of(history, accountant=event.accountant, delta=event.delta)
+            event, steps=steps, epsilon=self._epsilon(history, accountant=event.accountant, delta=event.delta)
         )
         self.history = history
         self.events[-1] = amended.as_record() | {
