@@ -132,7 +132,7 @@ class WarmExecutor:
         if answered:
             log.error("%s%s; answered with the reason", reason, where)
         else:
-            log.error("%s, before it pulled its message; Flower offers the task again when its claim expires", reason)
+            log.error("%s, before its task started; Flower offers the task again when its claim expires", reason)
         return report
 
     def _supervise(self, pid: int, read_fd: int, report: ChildReport) -> str:

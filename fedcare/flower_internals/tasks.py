@@ -172,14 +172,38 @@ def tell_when_pulled(client: Any, on_input: Callable[[ServedMessage], None]) -> 
 
     def pull_messages_and_tell(request: Any) -> Any:
         response = pull_messages(request)
-        if response.messages_list:
-            proto = type(response.messages_list[0])()
-            proto.CopyFrom(response.messages_list[0])  # metadata only: the content comes as objects
-            proto.metadata.message_id = response.message_object_trees[0].object_id
-            on_input(ServedMessage(proto.SerializeToString(), int(TaskIdentity.node_id), int(TaskIdentity.run_id)))
+        served = served_message(response, node_id=int(TaskIdentity.node_id), run_id=int(TaskIdentity.run_id))
+        if served is not None:
+            on_input(served)
         return response
 
     client.PullMessages = pull_messages_and_tell
+
+
+def served_message(response: Any, *, node_id: int, run_id: int) -> ServedMessage | None:
+    """The message a PullMessages answer hands out (metadata only: the content comes as objects), if any."""
+    if not response.messages_list:
+        return None
+    proto = type(response.messages_list[0])()
+    proto.CopyFrom(response.messages_list[0])
+    proto.metadata.message_id = response.message_object_trees[0].object_id
+    return ServedMessage(proto.SerializeToString(), node_id, run_id)
+
+
+def _take_unserved_message(client: Any) -> ServedMessage | None:
+    """The message of a task whose ClientApp died after the node started the task but before it took the message.
+
+    The node then counts the task as running and the message as not yet handed out: when the claim expires, Flower
+    fails the task but sends an error reply only for messages handed out, so the SuperNode waited for a reply
+    until the round's timeout (600 s by default; the chaos soak's kill-clientapp, once children started fast).
+    Taking the message with the dead child's token hands it out, so the parent's error reply answers it."""
+    from flwr.proto.runtime_pb2 import PullAppMessagesRequest
+
+    response = client.PullMessages(PullAppMessagesRequest())
+    if not response.messages_list:
+        return None
+    metadata = response.messages_list[0].metadata
+    return served_message(response, node_id=int(metadata.dst_node_id), run_id=int(metadata.run_id))
 
 
 def answer_failed_task(api: RuntimeApi, token: str, served: ServedMessage | None, *, reason: str) -> bool:
@@ -187,8 +211,9 @@ def answer_failed_task(api: RuntimeApi, token: str, served: ServedMessage | None
 
     A ClientApp's message gets an error reply, then the task is marked failed (without the reply the
     SuperNode would wait for one until Flower expires the task's heartbeat, 60 s); a ServerApp's task is
-    marked failed, which ends its run with the reason. A ClientApp that died before it pulled its
-    message cannot be answered: Flower offers the task again when its claim expires.
+    marked failed, which ends its run with the reason. For a ClientApp that died before it took its message,
+    the parent takes it with the child's token (`_take_unserved_message`); when the node has none to hand out
+    (the task was never started), Flower offers the task again when its claim expires.
     """
     from flwr.app import Context, Error, Message, RecordDict
     from flwr.common.constant import ErrorCode, SubStatus
@@ -196,14 +221,16 @@ def answer_failed_task(api: RuntimeApi, token: str, served: ServedMessage | None
     from flwr.proto.message_pb2 import Message as ProtoMessage
     from flwr.supernode.runtime import run_clientapp as rc
 
-    if served is None and not api.serverapp:
-        return False
     # A ServerApp's answer ends its run on the SuperLink; a run left RUNNING kept hospitals waiting for its
     # messages until Flower expired its task (60 s). When the SuperLink died with it (restarted meanwhile, on
     # its database, tokens included), the answer waits for it to come back.
     patience = SERVERAPP_ANSWER_PATIENCE if api.serverapp else None
     client = api.client(token, retries=None if api.serverapp else 3, patience=patience)
     try:
+        if served is None and not api.serverapp:
+            served = _take_unserved_message(client)
+            if served is None:
+                return False
         if served is not None:
             original = message_from_proto(ProtoMessage.FromString(served.message_proto))
             reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=original)

@@ -219,18 +219,20 @@ def test_a_clientapp_tells_its_parent_the_message_as_soon_as_the_node_hands_it_o
 class _RuntimeServer(http.server.ThreadingHTTPServer):
     """A runtime API that answers every call with `status` (and an empty protobuf) and notes the paths."""
 
-    def __init__(self, status: int, port: int = 0) -> None:
-        self.status, self.paths = status, []
+    def __init__(self, status: int, port: int = 0, *, answers: dict[str, bytes] | None = None) -> None:
+        self.status, self.paths, self.answers = status, [], answers or {}  # answers: by the path's last part
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 (http.server's name)
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 owner.paths.append(self.path)
+                body = owner.answers.get(self.path.rsplit("/", 1)[-1], b"")
                 self.send_response(owner.status)
                 self.send_header("Content-Type", "application/protobuf")
-                self.send_header("Content-Length", "0")
+                self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                self.wfile.write(body)
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -284,3 +286,33 @@ def test_a_dead_serverapps_answer_waits_for_its_restarting_superlink() -> None:
         for server in servers:
             server.shutdown()
     assert servers and any(path.endswith("/push-task-output") for path in servers[0].paths), servers[0].paths
+
+
+def test_a_clientapp_killed_before_it_took_its_message_is_answered_by_the_parent_taking_it() -> None:
+    """A child killed after its task started but before it took the message: Flower's claim expiry sends no
+    error reply for a message never handed out, so the round waited out its timeout (600 s; the chaos soak's
+    kill-clientapp). The parent takes the message with the child's token and answers it."""
+    from flwr.app import RecordDict
+    from flwr.app.message import make_message
+    from flwr.app.metadata import Metadata
+    from flwr.common.serde import message_to_proto
+    from flwr.proto.message_pb2 import ObjectTree
+    from flwr.proto.runtime_pb2 import PullAppMessagesResponse
+
+    stored = make_message(Metadata(11, "", 0, 22, "", "3", time.time(), 600.0, "train"), content=RecordDict())
+    handed_out = PullAppMessagesResponse(
+        messages_list=[message_to_proto(stored)], message_object_trees=[ObjectTree(object_id="ab" * 32)]
+    )
+    server = _RuntimeServer(200, answers={"pull-messages": handed_out.SerializeToString()})
+    nothing_left = _RuntimeServer(200)  # the task never started: no message to hand out
+    try:
+        assert fi.answer_failed_task(fi.RuntimeApi(f"127.0.0.1:{server.server_address[1]}"), "t", None, reason="k")
+        assert not fi.answer_failed_task(
+            fi.RuntimeApi(f"127.0.0.1:{nothing_left.server_address[1]}"), "t", None, reason="killed"
+        )
+    finally:
+        server.shutdown()
+        nothing_left.shutdown()
+    names = [path.rsplit("/", 1)[-1] for path in server.paths]
+    assert names[0] == "pull-messages" and "push-messages" in names and names[-1] == "push-task-output", names
+    assert [path.rsplit("/", 1)[-1] for path in nothing_left.paths] == ["pull-messages"]
