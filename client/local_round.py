@@ -312,5 +312,12 @@ class LocalRound:
         put_bundle(content, bundle)
         return bundle.nbytes
 
+    def earlier_events(self, event: DPEvent) -> list[DPEvent]:
+        """This run's events committed before `event`'s round (common.dp_event.EARLIER_RECORD says why they travel)."""
+        if self.accountant is None:
+            return []
+        records = [r for r in self.accountant.events if str(r.get("run_id")) == event.run_id]
+        return [DPEvent.from_record(r) for r in records if int(r.get("server_round", 0)) < event.server_round]
+
     def ok_status(self) -> dict[str, Any]:
         return {"ok": True, "institution": self.institution}

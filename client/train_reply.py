@@ -18,7 +18,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from client.local_round import LocalRound, RoundRefused
 from client.metrics_report import put_encrypted_metrics, put_figures, received_figures, site_metrics
-from common.dp_event import DPEvent
+from common.dp_event import EARLIER_RECORD, DPEvent, earlier_events_record
 from common.site_metrics import FederationFigures, SiteMetrics
 from common.site_work import WORK_RECORD, SiteWork
 
@@ -80,6 +80,9 @@ class TrainedRound:
         content["status"] = ConfigRecord(self.local.ok_status())
         if self.event is not None:
             content["dp-event"] = ConfigRecord(self.event.as_record())
+            earlier = self.local.earlier_events(self.event)
+            if earlier:
+                content[EARLIER_RECORD] = ConfigRecord(earlier_events_record(earlier))
         if self.work is not None:
             content[WORK_RECORD] = ConfigRecord(self.work.as_record())
         return Message(content, reply_to=msg)

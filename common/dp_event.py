@@ -12,6 +12,7 @@ budget service both replay events with.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, get_args
@@ -69,6 +70,33 @@ class DPEvent:
 
 
 RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(DPEvent))
+
+# A reply's record of the run's earlier events, resent with every update: a ClientApp killed after it committed a
+# round's spending (before training) but before its reply left never reported that round; the next reply does.
+# The ledger stores an event once per (institution, run, round) and answers a resend `duplicate`.
+EARLIER_RECORD = "dp-events-earlier"
+
+
+def earlier_events_record(events: list[DPEvent]) -> dict[str, str]:
+    """The earlier events as one ConfigRecord value (records cannot nest): JSON text."""
+    return {"events": json.dumps([event.as_record() for event in events])}
+
+
+def earlier_events(record: Mapping[str, Any], *, run_id: str, before_round: int) -> list[DPEvent]:
+    """The events an `EARLIER_RECORD` carries of run `run_id` before `before_round`; ValueError when malformed."""
+    try:
+        raw = json.loads(str(record.get("events", "[]")))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{EARLIER_RECORD} is not JSON: {exc}") from None
+    if not isinstance(raw, list) or not all(isinstance(r, dict) for r in raw):
+        raise ValueError(f"{EARLIER_RECORD} must be a list of DP events")
+    events = [DPEvent.from_record(r) for r in raw]
+    for event in events:
+        if event.run_id != run_id or not 1 <= event.server_round < before_round:
+            raise ValueError(f"{EARLIER_RECORD}: run {event.run_id} round {event.server_round} is not an earlier round")
+    return events
+
+
 LEDGER_FIELDS: tuple[str, ...] = ("institution", *RECORD_FIELDS)
 
 

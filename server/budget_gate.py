@@ -82,7 +82,11 @@ class BudgetGate:
 
     def report(self, replies: SortedReplies, *, server_round: int) -> None:
         """Post the round's events; undeliverable ones stay in the outbox for the next call."""
-        events = [event.for_ledger(institution=name) for name, event in replies.dp_events.items()]
+        # Resent earlier rounds first, in their order (a ClientApp killed after committing one never reported it):
+        # the ledger keeps one event per (institution, run, round), answers the others `duplicate`, and checks each
+        # new one's epsilon against the history before it.
+        events = [e.for_ledger(institution=name) for name, earlier in replies.earlier_events.items() for e in earlier]
+        events += [event.for_ledger(institution=name) for name, event in replies.dp_events.items()]
         if not events:
             return
         try:

@@ -16,7 +16,7 @@ import numpy as np
 from flwr.app import Message, MetricRecord
 
 from common.codecs import InvalidUpdate
-from common.dp_event import DPEvent
+from common.dp_event import EARLIER_RECORD, DPEvent, earlier_events
 from common.institution import UNNAMED_PREFIX, institution_name
 from common.int8_wire import take_weights
 from common.site_metrics import FEDERATION_RECORD, FederationFigures
@@ -72,6 +72,8 @@ class SortedReplies:
     train_losses: list[tuple[float, int]] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     dp_events: dict[str, DPEvent] = field(default_factory=dict)  # institution -> the round's DP event
+    # Institution -> the run's earlier events its reply resent (common.dp_event.EARLIER_RECORD): for the ledger only.
+    earlier_events: dict[str, list[DPEvent]] = field(default_factory=dict)
     epsilon_known: dict[str, float] = field(default_factory=dict)  # from refusals that report spending
     # Aggregate metrics: federation-level figures, one per message round they are of (common/site_metrics.py).
     federation: list[FederationFigures] = field(default_factory=list)
@@ -90,10 +92,21 @@ class SortedReplies:
             self.participants.remove(u.institution)
             self.rejections.append(Rejection(u.institution, u.node_id, "no-work-report", NO_STEPS))
 
-    def record_spending(self, institution: str, event: DPEvent) -> None:
-        """The round's DP event of `institution` (for the ledger and results.json) and the epsilon it reached."""
+    def record_spending(self, institution: str, event: DPEvent, msg: Message | None = None) -> None:
+        """The round's DP event of `institution` (for the ledger and results.json) and the epsilon it reached;
+        with `msg`, the run's earlier events it resent (an unusable resend is only logged: this round's event
+        and update stand on their own)."""
         self.dp_events[institution] = event
         self.epsilon_known[institution] = event.epsilon
+        record = None if msg is None else msg.content.get(EARLIER_RECORD)
+        if record is None:
+            return
+        try:
+            self.earlier_events[institution] = earlier_events(
+                record, run_id=event.run_id, before_round=event.server_round
+            )
+        except (TypeError, ValueError) as exc:
+            log.warning("%s: its resent earlier DP events are unusable and were not forwarded: %s", institution, exc)
 
 
 def _epsilon(value: object) -> float:
@@ -259,7 +272,7 @@ def sort_replies(
             out.participants.append(who)
             reports += reported_figures(msg, who)
             if event is not None:
-                out.record_spending(who, event)
+                out.record_spending(who, event, msg)
         except RejectedPayload as exc:
             out.rejections.append(Rejection(who, node_id, exc.code, str(exc)))
             _keep_spending(out, msg, who)
@@ -278,4 +291,4 @@ def _keep_spending(out: SortedReplies, msg: Message, who: str) -> None:
     except (InvalidUpdate, TypeError, ValueError):
         return  # an unusable event is named in the rejection's reason already, or the reply has none
     if event is not None:
-        out.record_spending(who, event)
+        out.record_spending(who, event, msg)

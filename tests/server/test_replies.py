@@ -10,6 +10,7 @@ from flwr.app import ConfigRecord, Error, Message, MessageType, MetricRecord, Re
 from flwr.supercore.task_identity import TaskIdentity
 
 from common.codecs import from_numpy
+from common.dp_event import EARLIER_RECORD, DPEvent, earlier_events_record
 from common.site_metrics import FEDERATION_RECORD
 from server.replies import Rejection, sort_replies
 
@@ -320,3 +321,35 @@ def test_fednova_rounds_reject_an_update_without_its_steps(reference: OrderedDic
     out.drop_updates_without_steps()
     assert out.updates == [] and out.participants == []
     assert [(r.institution, r.code) for r in out.rejections] == [("Old Site", "no-work-report")]
+
+
+def _event(server_round: int, *, run_id: str = "77") -> DPEvent:
+    return DPEvent(
+        noise_multiplier=1.1,
+        sample_rate=0.1,
+        steps=20,
+        accountant="rdp",
+        epsilon=0.5 * server_round,
+        delta=1e-5,
+        run_id=run_id,
+        server_round=server_round,
+    )
+
+
+def test_earlier_events_a_reply_resends_go_to_the_ledger_and_a_bad_resend_costs_nothing(
+    reference: OrderedDict[str, np.ndarray],
+) -> None:
+    """A ClientApp killed after committing round 2's spending never reported it; round 3's reply resends it."""
+    good = _train_reply(5, "St Mary", _weights())
+    good.content["dp-event"] = ConfigRecord(_event(3).as_record())
+    good.content[EARLIER_RECORD] = ConfigRecord(earlier_events_record([_event(1), _event(2)]))
+    bad = _train_reply(6, "St Anne", _weights())
+    bad.content["dp-event"] = ConfigRecord(_event(3).as_record())
+    bad.content[EARLIER_RECORD] = ConfigRecord(earlier_events_record([_event(3), _event(1, run_id="other")]))
+
+    out = sort_replies([good, bad], reference=reference, expect_update=True)
+
+    assert out.participants == ["St Mary", "St Anne"] and out.rejections == []
+    assert [e.server_round for e in out.earlier_events["St Mary"]] == [1, 2]
+    assert "St Anne" not in out.earlier_events  # not earlier rounds of this run: nothing forwarded
+    assert out.dp_events["St Anne"].server_round == 3
