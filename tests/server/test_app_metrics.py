@@ -18,24 +18,13 @@ from typing import Any
 import pytest
 from flwr.app import Context, Message, RecordDict
 
-from common.demo_data import DemoSplit, write_demo_split
-from common.he.keys import write_keys
+from common.demo_data import DemoSplit
 from server.app import main
 from server.fedavg import weighted_mean
 from tests.server.loopback import RUN, LoopbackGrid, hospital_node_configs
 
 pytestmark = pytest.mark.usefixtures("serverapp_identity")
 PER_SITE_KEYS = {"eval-loss", "eval-accuracy", "eval-examples", "train-loss", "skipped-steps"}
-
-
-@pytest.fixture(scope="module")
-def split(tmp_path_factory: pytest.TempPathFactory) -> DemoSplit:
-    return write_demo_split(tmp_path_factory.mktemp("data"), dataset="breast-cancer", hospitals=3)
-
-
-@pytest.fixture(scope="module")
-def he_keys(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return write_keys(tmp_path_factory.mktemp("he"))
 
 
 class _ServerLog(logging.Handler):

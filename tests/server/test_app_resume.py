@@ -16,7 +16,7 @@ import pytest
 from flwr.app import Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from common.demo_data import DemoSplit, write_demo_split
+from common.demo_data import DemoSplit
 from common.he.keys import write_keys
 from server.app import main
 from server.checkpoint import plan_resume, read_checkpoint
@@ -28,11 +28,6 @@ RESUMED = 9_000_000_000_000_000_001  # the resumed submission's Flower run id (u
 
 class ServerAppDied(Exception):
     """Stands for the SIGKILL: raised while round 2's replies come in."""
-
-
-@pytest.fixture(scope="module")
-def split(tmp_path_factory: pytest.TempPathFactory) -> DemoSplit:
-    return write_demo_split(tmp_path_factory.mktemp("data"), dataset="breast-cancer", hospitals=3)
 
 
 def _events(tmp_path: Path, node: int) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ import pytest
 from flwr.app import ArrayRecord
 
 from common.codecs import to_numpy
-from common.demo_data import DemoSplit, write_demo_split
+from common.demo_data import DemoSplit
 from common.models import build_model
 from common.schema import load_schema
 from common.settings import RunSettings, quorum
@@ -32,11 +32,6 @@ def test_the_default_min_nodes_is_a_majority_of_the_demo_federation() -> None:
     # SecAgg+'s defaults stay valid with a quorum of survivors: the threshold fits in 2 of 3.
     secagg = RunSettings.from_run_config({"schema-path": "s.json", "privacy-mode": "secagg"})
     assert secagg.reconstruction_threshold <= secagg.min_nodes
-
-
-@pytest.fixture(scope="module")
-def split(tmp_path_factory: pytest.TempPathFactory) -> DemoSplit:
-    return write_demo_split(tmp_path_factory.mktemp("data"), dataset="breast-cancer", hospitals=3)
 
 
 def test_a_hospital_that_dies_is_dropped_with_its_reason_and_rejoins_when_back(

@@ -42,11 +42,6 @@ LOCAL_EPOCHS = 40
 MARGIN_S = 5.0
 
 
-@pytest.fixture(scope="module")
-def split(tmp_path_factory: pytest.TempPathFactory) -> DemoSplit:
-    return write_demo_split(tmp_path_factory.mktemp("data"), dataset="breast-cancer", hospitals=3)
-
-
 def _run(tmp_path: Path, split: DemoSplit, *, slowed: bool, config: dict[str, Any]) -> dict[str, Any]:
     """One whole run through `server.app.main`, hospital-SLOW slowed SLOWDOWN times when `slowed`; its results."""
     only = {SLOW: {"test-slowdown": SLOWDOWN}} if slowed else None

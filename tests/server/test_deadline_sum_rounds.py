@@ -24,8 +24,7 @@ from client.he_export import decrypt_model
 from client.kept_update import kept_update
 from client.task_data import load_task_data
 from common.data import split_train_validation
-from common.demo_data import DemoSplit, write_demo_split
-from common.he.keys import write_keys
+from common.demo_data import DemoSplit
 from common.schema import load_schema
 from common.site_work import WORK_RECORD, SiteWork
 from server.app import main
@@ -45,16 +44,6 @@ SLOWDOWN = 8.0
 # step or two, equal whatever its speed.
 DEADLINE = 2.5
 LOCAL_EPOCHS, BATCH = 40, 8
-
-
-@pytest.fixture(scope="module")
-def split(tmp_path_factory: pytest.TempPathFactory) -> DemoSplit:
-    return write_demo_split(tmp_path_factory.mktemp("data"), dataset="breast-cancer", hospitals=3)
-
-
-@pytest.fixture(scope="module")
-def he_keys(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return write_keys(tmp_path_factory.mktemp("he"))
 
 
 def _run(

@@ -14,7 +14,7 @@ import pytest
 from flwr.app import ArrayRecord, Message
 
 from common.codecs import to_numpy
-from common.demo_data import DemoSplit, write_demo_split
+from common.demo_data import DemoSplit
 from common.he.keys import load_server_context, write_keys
 from common.he.wire import HEADER_KEY, InvalidCiphertext, flatten, put_bundle, take_bundle
 from common.models import build_model
@@ -26,11 +26,6 @@ from server.rounds import RoundContext
 from tests.server.loopback import RUN, LoopbackGrid
 
 pytestmark = pytest.mark.usefixtures("serverapp_identity")
-
-
-@pytest.fixture(scope="module")
-def split(tmp_path_factory: pytest.TempPathFactory) -> DemoSplit:
-    return write_demo_split(tmp_path_factory.mktemp("data"), dataset="breast-cancer", hospitals=3)
 
 
 def _rounds(tmp_path: Path, split: DemoSplit, *, tamper=lambda node, reply: None) -> tuple[HERounds, LoopbackGrid]:

@@ -13,7 +13,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, Message
 
 from common.codecs import to_numpy
-from common.demo_data import DemoSplit, write_demo_split
+from common.demo_data import DemoSplit
 from common.int8_wire import FLAT_RECORD, FLOAT_RECORD, INT8_RECORD, SCALES
 from common.models import build_model
 from common.schema import load_schema
@@ -24,11 +24,6 @@ from tests.server.loopback import LoopbackGrid
 
 pytestmark = pytest.mark.usefixtures("serverapp_identity")
 HOSPITALS = ["hospital-1", "hospital-2", "hospital-3"]
-
-
-@pytest.fixture(scope="module")
-def split(tmp_path_factory: pytest.TempPathFactory) -> DemoSplit:
-    return write_demo_split(tmp_path_factory.mktemp("data"), dataset="breast-cancer", hospitals=3)
 
 
 @dataclass

@@ -12,7 +12,7 @@ import torch
 from flwr.app import ArrayRecord
 
 from common.codecs import to_numpy
-from common.demo_data import DemoSplit, write_demo_split
+from common.demo_data import DemoSplit
 from common.models import build_model
 from common.schema import load_schema
 from common.settings import RunSettings
@@ -21,11 +21,6 @@ from server.secagg_rounds import SecAggRounds
 from tests.server.loopback import LoopbackGrid
 
 pytestmark = pytest.mark.usefixtures("serverapp_identity")
-
-
-@pytest.fixture(scope="module")
-def split(tmp_path_factory: pytest.TempPathFactory) -> DemoSplit:
-    return write_demo_split(tmp_path_factory.mktemp("data"), dataset="breast-cancer", hospitals=3)
 
 
 def _context(

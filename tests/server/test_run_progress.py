@@ -11,7 +11,7 @@ import pytest
 from flwr.app import ArrayRecord
 
 from common.codecs import to_numpy
-from common.demo_data import DemoSplit, write_demo_split
+from common.demo_data import DemoSplit
 from common.he.keys import load_server_context, write_keys
 from common.models import build_model
 from common.schema import load_schema
@@ -25,11 +25,6 @@ from server.secagg_rounds import SecAggRounds
 from tests.server.loopback import RUN, LoopbackGrid
 
 pytestmark = pytest.mark.usefixtures("serverapp_identity")
-
-
-@pytest.fixture(scope="module")
-def split(tmp_path_factory: pytest.TempPathFactory) -> DemoSplit:
-    return write_demo_split(tmp_path_factory.mktemp("data"), dataset="breast-cancer", hospitals=3)
 
 
 def _context(tmp_path: Path, split: DemoSplit, **config: object) -> tuple[RoundContext, OrderedDict[str, np.ndarray]]:

@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord
 
 from client.he_export import decrypt_model
 from common.codecs import to_numpy
-from common.demo_data import DemoSplit, write_demo_split
+from common.demo_data import DemoSplit
 from common.he.keys import load_server_context, write_keys
 from common.he.wire import InvalidCiphertext
 from common.models import build_model
@@ -29,11 +29,6 @@ from tests.server.loopback import LoopbackGrid, hospital_node_configs
 
 pytestmark = pytest.mark.usefixtures("serverapp_identity")
 OPTIMIZER = {"server-optimizer": "fedadam", "server-learning-rate": 0.05, "server-momentum": 0.9}
-
-
-@pytest.fixture(scope="module")
-def split(tmp_path_factory: pytest.TempPathFactory) -> DemoSplit:
-    return write_demo_split(tmp_path_factory.mktemp("data"), dataset="breast-cancer", hospitals=3)
 
 
 def _context(tmp_path: Path, split: DemoSplit, **config: object) -> RoundContext:
