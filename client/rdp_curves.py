@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from common.atomic import write_json_atomic
+from common.dp_event import steps_by_setting
 
 CURVES_FILE = "rdp-curves.json"
 MAX_CURVES = 256  # one per (noise, sample rate); the oldest drop off
@@ -62,9 +63,7 @@ def rdp_epsilon(history: Iterable[tuple[float, float, int]], *, delta: float, st
     """Epsilon of a (noise, sample rate, steps) history under Opacus' RDP accountant: `epsilon_of`'s value."""
     from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
-    steps: dict[tuple[float, float], int] = {}
-    for noise, rate, n in history:
-        steps[(float(noise), float(rate))] = steps.get((float(noise), float(rate)), 0) + int(n)
+    steps = steps_by_setting(history)
     if not steps:
         return 0.0
     orders, path = _orders(), Path(state_dir) / CURVES_FILE

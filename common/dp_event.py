@@ -13,7 +13,7 @@ budget service both replay events with.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, get_args
 
@@ -108,6 +108,15 @@ def ledger_record(raw: Mapping[str, Any]) -> dict[str, Any]:
     return DPEvent.from_record(raw).for_ledger(institution=str(raw["institution"]))
 
 
+def steps_by_setting(history: Iterable[tuple[float, float, int]]) -> dict[tuple[float, float], int]:
+    """A (noise, sample rate, steps) history as total steps per (noise, sample rate), in first-seen order."""
+    steps: dict[tuple[float, float], int] = {}
+    for noise, rate, n in history:
+        key = (float(noise), float(rate))
+        steps[key] = steps.get(key, 0) + int(n)
+    return steps
+
+
 def epsilon_of(history: list[tuple[float, float, int]], *, accountant: str, delta: float) -> float:
     """Epsilon of a (noise, sample rate, steps) history under the named Opacus accountant.
 
@@ -120,10 +129,6 @@ def epsilon_of(history: list[tuple[float, float, int]], *, accountant: str, delt
         return 0.0
     from opacus.accountants import create_accountant  # lazy: keeps evaluate-only processes and the ServerApp light
 
-    steps: dict[tuple[float, float], int] = {}
-    for noise, rate, n in history:
-        key = (float(noise), float(rate))
-        steps[key] = steps.get(key, 0) + int(n)
     acc = create_accountant(mechanism=accountant)
-    acc.history = [(noise, rate, n) for (noise, rate), n in steps.items()]
+    acc.history = [(noise, rate, n) for (noise, rate), n in steps_by_setting(history).items()]
     return float(acc.get_epsilon(delta=delta))
