@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import pandas as pd
-from sklearn.datasets import load_breast_cancer, load_digits, make_classification
 
 from common.schema import DatasetSchema, FeatureSpec, save_schema
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DemoDataset = Literal["breast-cancer", "digits", "images"]  # images: digits as PNG folders (common.demo_images)
 # Tests and benchmarks only (not a `fedcare demo` choice): a generated table large enough that its held-out
@@ -38,6 +39,9 @@ def _synthetic() -> tuple[pd.DataFrame, DatasetSchema]:
     here 2,400 held-out rows make a row 0.04 points. The classes overlap (`class_sep`, 2% flipped labels), so a
     model does not reach 100% and training choices still show in the score. Fixed seed: the same table always.
     """
+    import pandas as pd
+    from sklearn.datasets import make_classification
+
     x, y = make_classification(
         n_samples=SYNTHETIC_ROWS,
         n_features=20,
@@ -56,6 +60,10 @@ def _synthetic() -> tuple[pd.DataFrame, DatasetSchema]:
 
 
 def _load(dataset: DemoDataset | SyntheticDataset) -> tuple[pd.DataFrame, DatasetSchema]:
+    # scikit-learn and pandas here, not at the top: every `fedcare` command imports this module for the data set
+    # names, and they cost 1.4 s of CPU (a hospital's `fedcare node start` paid it for nothing).
+    from sklearn.datasets import load_breast_cancer, load_digits
+
     if dataset == "synthetic":
         return _synthetic()
     if dataset == "breast-cancer":

@@ -72,6 +72,7 @@ class LocalFederation(ProcessGroup):
     stock_flower: bool = False  # benchmarks' reference only: Flower's own SuperNodes and waits, no warm executor
     serverapp_executor: ManagedProcess | None = None
     placement: Placement = field(default_factory=Loopback)  # where each site's processes run
+    _task_log_at_submit: dict[int, int] = field(default_factory=dict, init=False, repr=False)  # run id: log size
 
     def _spawn(self, name: str, args: list[str], *, site: str = COORDINATOR, prefixed: bool = False) -> ManagedProcess:
         prefix = () if prefixed else self.placement.prefix(site)
@@ -284,7 +285,16 @@ class LocalFederation(ProcessGroup):
 
     def submit(self, *, app_dir: Path, run_config: dict[str, Any]) -> int:
         self._wait_for_serverapp_executor()  # a run submitted earlier waits for it anyway, untimed
-        return self.cli.submit(app_dir=app_dir, run_config=run_config)
+        since = self._task_log_size()
+        run_id = self.cli.submit(app_dir=app_dir, run_config=run_config)
+        self._task_log_at_submit[run_id] = since
+        return run_id
+
+    def _task_log_size(self) -> int:
+        try:
+            return self.serverapp_executor.log_path.stat().st_size if self.serverapp_executor else 0
+        except OSError:
+            return 0
 
     def run_info(self, run_id: int) -> dict[str, Any]:
         return self.cli.run_info(run_id)
@@ -296,7 +306,8 @@ class LocalFederation(ProcessGroup):
     def watch(self, run_id: int, *, fallback: float = 10.0) -> RunWatch:
         """A cheap way to follow a run: Flower is asked when the ServerApp executor logs a run's end."""
         task_log = None if self.serverapp_executor is None else self.serverapp_executor.log_path
-        return RunWatch(ask=lambda: self.run_info(run_id), task_log=task_log, fallback=fallback)
+        since = self._task_log_at_submit.get(run_id)
+        return RunWatch(ask=lambda: self.run_info(run_id), task_log=task_log, fallback=fallback, since=since)
 
     def wait_finished(self, run_id: int, *, timeout: float, poll: float = 0.25) -> str:
         """The run's final status (`finished:...`) once Flower reports it; TimeoutError after `timeout` seconds.

@@ -16,6 +16,7 @@ from typing import Any
 
 import tomli_w
 
+from fedcare.app_stage import stage_app
 from fedcare.processes import FederationError, console_script, flower_env
 
 log = logging.getLogger("fedcare.federation")
@@ -62,7 +63,8 @@ class FlwrCli:
     def submit(self, *, app_dir: Path, run_config: dict[str, Any]) -> int:
         config_path = self.workdir / f"run-config-{time.time_ns()}.toml"
         config_path.write_text(tomli_w.dumps(run_config))
-        answer = self.run("run", str(app_dir), CONNECTION, "--run-config", str(config_path))
+        staged = stage_app(app_dir, into=self.workdir / "app-stage")
+        answer = self.run("run", str(staged), CONNECTION, "--run-config", str(config_path))
         return int(answer["run-id"])
 
     def run_info(self, run_id: int) -> dict[str, Any]:

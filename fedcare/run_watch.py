@@ -5,7 +5,9 @@ Flower's status comes from `flwr ls`: a fresh CLI process that costs about a sec
 tests did, it took a quarter to a half of a core from the federation it was waiting for. The warm ServerApp
 executor logs a line when each of its runs ends (`TASK_ENDED_MARKS`), so the watch reads that log, which is
 cheap, and asks Flower when a run ended there, and otherwise only every `fallback` seconds (a run stopped
-from outside, a federation without the executor).
+from outside, a federation without the executor). With that log it does not ask at the start either (the
+run was just submitted: that answer is known, and cost a run of three rounds 1-2 s of a core); `since`, the
+log's size when the run was submitted, keeps a run that ended before the watch began from being missed.
 """
 
 from __future__ import annotations
@@ -25,20 +27,23 @@ class RunWatch:
     ask: Callable[[], dict[str, Any]]  # Flower's row for the run (`flwr ls`)
     task_log: Path | None = None  # the ServerApp executor's log; None: ask every `fallback` seconds
     fallback: float = 10.0
+    since: int | None = None  # read the log from here (its size at submission); None: from its size now
     info: dict[str, Any] = field(default_factory=dict)  # Flower's last answer
     _offset: int = 0
     _asked: float = -math.inf
 
     def __post_init__(self) -> None:
-        self._offset = self._log_size()
+        self._offset = self._log_size() if self.since is None else self.since
+        if self.task_log is not None:
+            self._asked = time.monotonic()
 
     @property
     def status(self) -> str:
         return str(self.info.get("status", ""))
 
     def check(self) -> dict[str, Any]:
-        """Flower's row for the run: asked now when a run ended in the log (or at the first check, or after
-        `fallback` seconds), else the last answer."""
+        """Flower's row for the run: asked now when a run ended in the log (or, without a log, at the first
+        check), or once `fallback` seconds passed since the last answer; else the last answer."""
         if self._a_task_ended() or time.monotonic() - self._asked >= self.fallback:
             self._asked = time.monotonic()
             self.info = self.ask()

@@ -68,7 +68,9 @@ class _RetunedSleeps:
     goes to `time` itself."""
 
     def __init__(self, waits: SuperNodeWaits) -> None:
-        self.waits, self.last_message = waits, time.monotonic()
+        # Idle from the start: a node warming up (and the SuperLink that answers it) has better use for the CPU
+        # than 20 empty polls a second, which cost 0.33 CPU-s/s of the SuperLink with three nodes starting.
+        self.waits, self.last_message = waits, float("-inf")
 
     def sleep(self, seconds: float) -> None:
         if float(seconds) == FLEET_POLL_SLEEP:
