@@ -16,6 +16,8 @@ from pathlib import Path
 
 from flwr.cli.build import build_fab_from_disk
 
+from fedcare.app_stage import stage_app
+
 REPO = Path(__file__).resolve().parents[1]
 # What the `coordinator` extra installs; a hospital's node must run without any of it.
 COORDINATOR_ONLY = ("fastapi", "starlette", "uvicorn", "sqlalchemy", "alembic", "psycopg", "prometheus_client")
@@ -41,13 +43,14 @@ def _run_isolated(code: str, *, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_fab_holds_the_apps_and_no_budget_service_code(tmp_path: Path) -> None:
-    fab = zipfile.ZipFile(io.BytesIO(build_fab_from_disk(REPO)))
+    # Built as fedcare's `flwr run` builds it: from the app's stage (tests/fedcare/test_app_stage.py: the same FAB)
+    fab = zipfile.ZipFile(io.BytesIO(build_fab_from_disk(stage_app(REPO, into=tmp_path / "stage"))))
     names = fab.namelist()
     assert "server/app.py" in names and "client/app.py" in names
     assert not [n for n in names if n.startswith("server/budget/")], "the budget service must not ship to hospitals"
     assert not [n for n in names if n.startswith(("fedcare/", "tests/", "bench/", "deploy/"))]
 
-    fab.extractall(tmp_path)
+    fab.extractall(tmp_path / "fab")
     done = _run_isolated(
         """
         import importlib, pathlib
@@ -58,10 +61,10 @@ def test_the_fab_holds_the_apps_and_no_budget_service_code(tmp_path: Path) -> No
         assert server.app.__file__.startswith(sys.path[0]), server.app.__file__
         print('imported', server.app.__file__)
         """,
-        cwd=tmp_path,
+        cwd=tmp_path / "fab",
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert str(tmp_path) in done.stdout
+    assert str(tmp_path / "fab") in done.stdout
 
 
 def test_a_hospitals_node_needs_nothing_from_the_coordinator_extra(tmp_path: Path) -> None:
