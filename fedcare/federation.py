@@ -49,6 +49,7 @@ RUN_TIMEOUT = 7 * 24 * 3600.0  # a ServerApp runs for the whole run: the executo
 # Longer than `fedcare node start`'s own 10 s for its SuperNode and executor: a node killed at the same moment
 # as it gives up on them never removes its temp folder (the chaos soak found fedcare-node-* left behind).
 STOP_GRACE = 20.0
+NODE_PROCESS_PREFIX = "supernode-"  # a hospital's node process is named this and its institution
 SERVERAPP_POLL = "0.1"  # s between ServerApp claims (Flower's SuperExec: 1 s); each costs the SuperLink ~4 ms CPU
 
 
@@ -218,7 +219,7 @@ class LocalFederation(ProcessGroup):
                 *self.node_options,
                 *(["--insecure"] if kit is None else ["--kit", str(kit)]),
             ]
-        proc = self._spawn(f"supernode-{institution}", args, site=institution)
+        proc = self._spawn(f"{NODE_PROCESS_PREFIX}{institution}", args, site=institution)
         return self.wait_for_node(proc) if wait else proc
 
     def add_site(self, site: Path, *, node_config: dict[str, Any] | None = None, wait: bool = True) -> ManagedProcess:
@@ -327,4 +328,9 @@ class LocalFederation(ProcessGroup):
         return self
 
     def __exit__(self, *exc: object) -> None:
+        # Hospitals, then the ServerApp executor, then the SuperLink: a SuperNode leaving tells the SuperLink so,
+        # and the executor's runtime-API call ends only when answered; each waited out retries (about 2 s) when
+        # the SuperLink went down at the same moment.
+        self.stop(grace=STOP_GRACE, only=[p for p in self.processes if p.name.startswith(NODE_PROCESS_PREFIX)])
+        self.stop(grace=STOP_GRACE, only=[p for p in (self.serverapp_executor,) if p in self.processes])
         self.stop(grace=STOP_GRACE)
