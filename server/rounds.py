@@ -250,11 +250,12 @@ class PlainRounds(PlaintextModelRounds):
         replies.bytes_down = content_bytes(content)
         if not replies.updates:
             return RoundOutcome(replies, reason="no valid update from any hospital")
-        if self.ctx.settings.round_deadline > 0:  # unequal local steps: each site's objective weighed by n_i alone
+        s = self.ctx.settings
+        if s.fednova:  # unequal local steps, each update normalised by its own (deadline-aggregation)
             replies.drop_updates_without_steps()
             if not replies.updates:
                 return RoundOutcome(replies, reason="no update reported its local steps (round-deadline needs them)")
-            self.apply_average(fednova(replies.updates, reference=self.weights))
+            self.apply_average(fednova(replies.updates, reference=self.weights, aggregation=s.deadline_aggregation))
         else:
             self.apply_average(fedavg(replies.updates))
         return RoundOutcome(replies, model_path=self.save_round_model(server_round))

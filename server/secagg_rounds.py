@@ -153,8 +153,9 @@ class SecAggRounds(PlaintextModelRounds):
         content, content_for = self.model_content(server_round), None
         if score_only:
             content[SCORE_ONLY_RECORD] = ConfigRecord({"score-only": True})
-        elif s.round_deadline > 0:  # each hospital's schedule, as in plain mode; FedNova over per-step models
-            checked.base = take_weights(content, reference=self.weights)
+        elif s.round_deadline > 0:  # each hospital's schedule, as in plain mode
+            if s.fednova:  # the sum is of per-step models, to be finished from the model sent
+                checked.base = take_weights(content, reference=self.weights)
             content_for = partial(scheduled_content, content, s.round_deadline, self.ctx.schedule)
         result = run_secagg_round(
             grid=self.ctx.grid,
@@ -249,7 +250,12 @@ class SecAggRounds(PlaintextModelRounds):
         try:
             values = result.average[:-1]
             if checked.base is not None:  # FedNova: τ_eff steps of the per-step average, from the model sent
-                values, tau = checked.fednova(values, max_weight=s.max_weight, quantization_range=s.quantization_range)
+                values, tau = checked.fednova(
+                    values,
+                    max_weight=s.max_weight,
+                    quantization_range=s.quantization_range,
+                    aggregation=s.deadline_aggregation,
+                )
                 bound *= tau  # the per-step average's quantization error is taken τ_eff times
                 info["quantization_error_bound"] = bound
                 extra["effective_steps"] = round(tau, 4)

@@ -1,8 +1,9 @@
 """The masked-vectors stage's replies, checked before any mask is removed, and what the server makes of their sum.
 
 A reply whose masked update is inside the sum cannot be taken out again, so any doubt about it fails the round
-with the reason instead of aggregating something wrong. With `round-deadline` the hospitals mask their per-step
-models (common/fednova_sum.py) and the server, which sees the unmasked average in clear, finishes FedNova.
+with the reason instead of aggregating something wrong. With `round-deadline` and a FedNova `deadline-aggregation`
+the hospitals mask their per-step models (common/fednova_sum.py) and the server, which sees the unmasked average in
+clear, finishes FedNova.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from flwr.app import Message
 
 from common.codecs import InvalidUpdate
 from common.fednova_sum import effective_steps, from_per_step_average
+from common.settings import DeadlineAggregation
 from server.replies import RejectedPayload, SortedReplies, fednova_steps, sort_replies
 from server.secagg_quantization import quantized_weight
 
@@ -27,12 +29,13 @@ class MaskedReplies:
     """Checks the masked-vectors stage's replies before any mask is removed (`CheckReplies`)."""
 
     per_site: bool
-    # round-deadline: the sum is of per-step models, taken from `base`, the global model as the hospitals received
-    # it (int8: dequantized), so the server finishes FedNova from the very model they trained from.
+    # round-deadline with FedNova: the sum is of per-step models, taken from `base`, the global model as the
+    # hospitals received it (int8: dequantized), so the server finishes FedNova from the very model they trained
+    # from. None: the sum is the plain average (no deadline, or deadline-aggregation "fedavg").
     base: OrderedDict[str, np.ndarray] | None = None
     replies: SortedReplies = field(default_factory=SortedReplies)
     counts: list[int] = field(default_factory=list)  # example counts of the updates in the sum
-    steps: list[int] = field(default_factory=list)  # their local steps (FedNova; 0 without round-deadline)
+    steps: list[int] = field(default_factory=list)  # their local steps (FedNova; 0 otherwise)
 
     def __call__(self, masked: list[Message]) -> str | None:
         def accept(msg: Message, who: str, n: int) -> None:
@@ -56,16 +59,22 @@ class MaskedReplies:
         return None
 
     def fednova(
-        self, average: list[np.ndarray], *, max_weight: float, quantization_range: int
+        self,
+        average: list[np.ndarray],
+        *,
+        max_weight: float,
+        quantization_range: int,
+        aggregation: DeadlineAggregation = "fednova",
     ) -> tuple[list[np.ndarray], float]:
         """The FedNova model (in the model's tensor order and dtypes) from the unmasked average of per-step models,
         and τ_eff. τ_eff is weighed as the sum was, by the mod's quantized weights, so that equal steps give
-        exactly the FedAvg average SecAgg+ computes without a deadline. Raises InvalidUpdate."""
-        assert self.base is not None  # only with round-deadline
+        exactly the FedAvg average SecAgg+ computes without a deadline; `aggregation`: which τ_eff. Raises
+        InvalidUpdate."""
+        assert self.base is not None  # only with round-deadline and a FedNova deadline-aggregation
         weights = [
             quantized_weight(n, max_weight=max_weight, quantization_range=quantization_range) for n in self.counts
         ]
-        tau = effective_steps(list(zip(weights, self.steps, strict=True)))
+        tau = effective_steps(list(zip(weights, self.steps, strict=True)), aggregation=aggregation)
         if len(average) != len(self.base):
             raise InvalidUpdate(f"{len(average)} tensors, the model has {len(self.base)}")
         try:
