@@ -22,8 +22,6 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from common.settings import DeadlineAggregation
-
 Weights = OrderedDict[str, np.ndarray]
 
 
@@ -65,21 +63,12 @@ def from_per_step_average(
     return out
 
 
-def effective_steps(
-    contributions: Sequence[tuple[float, int]], *, aggregation: DeadlineAggregation = "fednova"
-) -> float:
-    """τ_eff over (weight, local steps) pairs, p_i the weights normalised: the same weights the sum used (the sample
-    counts; in SecAgg+ their quantized form), so that equal steps give FedAvg exactly.
-
-    "fednova": Σ p_i τ_i, the paper's choice, which scales a short round's update up by τ_eff / τ_i. "fednova-min":
-    min τ_i, so that no update is scaled up (FedNova allows any τ_eff: the p_i alone keep the objectives balanced)."""
+def effective_steps(contributions: Sequence[tuple[float, int]]) -> float:
+    """τ_eff = Σ p_i τ_i over (weight, local steps) pairs, p_i the weights normalised: the same weights the sum
+    used (the sample counts; in SecAgg+ their quantized form), so that equal steps give FedAvg exactly."""
     total = float(sum(w for w, _ in contributions))
     if not contributions or total <= 0:
         raise ValueError("FedNova's effective steps need at least one contribution of positive weight")
     if any(steps < 1 for _, steps in contributions):
         raise ValueError(f"FedNova needs each contribution's local steps (>= 1); got {[s for _, s in contributions]}")
-    if aggregation == "fednova-min":
-        return float(min(steps for w, steps in contributions if w > 0))
-    if aggregation != "fednova":
-        raise ValueError(f"effective steps are for the FedNova choices of deadline-aggregation, not {aggregation!r}")
     return sum(w * steps for w, steps in contributions) / total

@@ -7,8 +7,9 @@ d_i = (w_global - w_i) / τ_i with the weights p_i = n_i / Σ n, and takes τ_ef
     w_next = w_global - τ_eff Σ p_i d_i
 
 When every τ_i is equal this is exactly FedAvg (Σ p_i w_i). Used when `round-deadline` schedules unequal
-local steps (server/local_work.py) and `deadline-aggregation` is a FedNova choice; accumulated in float64 like
-`server.fedavg`. The paper allows any τ_eff ("fednova-min" takes min τ_i: no update scaled up).
+local steps (server/local_work.py) and `deadline-aggregation = "fednova"` (the default is FedAvg: with Adam
+locally, scaling a short round up by τ_eff / τ_i overshoots, docs/compute.md); accumulated in float64 like
+`server.fedavg`.
 """
 
 from __future__ import annotations
@@ -18,15 +19,13 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from common.fednova_sum import effective_steps as sum_effective_steps
-from common.settings import DeadlineAggregation
 from server.fedavg import ClientUpdate, fedavg
 
 
-def effective_steps(updates: Sequence[ClientUpdate], *, aggregation: DeadlineAggregation = "fednova") -> float:
-    """τ_eff: how many steps of the averaged per-step update the round takes (Σ p_i τ_i for "fednova";
-    common.fednova_sum.effective_steps, which the modes that see only a sum use, holds the choices)."""
-    return sum_effective_steps([(u.num_examples, _steps(u)) for u in updates], aggregation=aggregation)
+def effective_steps(updates: Sequence[ClientUpdate]) -> float:
+    """τ_eff = Σ p_i τ_i: how many steps of the averaged per-step update the round takes."""
+    total = sum(u.num_examples for u in updates)
+    return sum(u.num_examples / total * _steps(u) for u in updates)
 
 
 def _steps(update: ClientUpdate) -> int:
@@ -35,14 +34,8 @@ def _steps(update: ClientUpdate) -> int:
     return update.local_steps
 
 
-def fednova(
-    updates: Sequence[ClientUpdate],
-    *,
-    reference: Mapping[str, np.ndarray],
-    aggregation: DeadlineAggregation = "fednova",
-) -> OrderedDict[str, np.ndarray]:
-    """The next global model from `updates` trained from `reference` (the global model they started from), taking
-    the τ_eff that `aggregation` (a FedNova choice of deadline-aggregation) says.
+def fednova(updates: Sequence[ClientUpdate], *, reference: Mapping[str, np.ndarray]) -> OrderedDict[str, np.ndarray]:
+    """The next global model from `updates` trained from `reference` (the global model they started from).
 
     Tensors that are not floating point (counters, if a model had any) are averaged as FedAvg does."""
     if not updates:
@@ -50,7 +43,7 @@ def fednova(
     total = sum(u.num_examples for u in updates)
     if total <= 0:
         raise ValueError("fednova needs a positive total sample count")
-    tau_eff = effective_steps(updates, aggregation=aggregation)
+    tau_eff = effective_steps(updates)
     plain = fedavg(updates)
     out: OrderedDict[str, np.ndarray] = OrderedDict()
     for name, ref in reference.items():

@@ -210,8 +210,7 @@ class HERounds(BaseRounds):
             self._keep_metrics_sum(replies, None)
             return RoundOutcome(replies, reason=reason, extra=extra)
         self.previous_sum = self.global_sum
-        s = self.ctx.settings
-        tau = effective_steps(contributions, aggregation=s.deadline_aggregation) if self._fednova else None
+        tau = effective_steps(contributions) if self._fednova else None
         self.global_sum, _ = aggregator.result(effective_steps=tau)
         if tau is not None:
             extra["effective_steps"] = round(tau, 4)

@@ -250,12 +250,11 @@ class PlainRounds(PlaintextModelRounds):
         replies.bytes_down = content_bytes(content)
         if not replies.updates:
             return RoundOutcome(replies, reason="no valid update from any hospital")
-        s = self.ctx.settings
-        if s.fednova:  # unequal local steps, each update normalised by its own (deadline-aggregation)
+        if self.ctx.settings.fednova:  # unequal local steps, each update normalised by its own (deadline-aggregation)
             replies.drop_updates_without_steps()
             if not replies.updates:
                 return RoundOutcome(replies, reason="no update reported its local steps (round-deadline needs them)")
-            self.apply_average(fednova(replies.updates, reference=self.weights, aggregation=s.deadline_aggregation))
+            self.apply_average(fednova(replies.updates, reference=self.weights))
         else:
             self.apply_average(fedavg(replies.updates))
         return RoundOutcome(replies, model_path=self.save_round_model(server_round))

@@ -250,12 +250,7 @@ class SecAggRounds(PlaintextModelRounds):
         try:
             values = result.average[:-1]
             if checked.base is not None:  # FedNova: τ_eff steps of the per-step average, from the model sent
-                values, tau = checked.fednova(
-                    values,
-                    max_weight=s.max_weight,
-                    quantization_range=s.quantization_range,
-                    aggregation=s.deadline_aggregation,
-                )
+                values, tau = checked.fednova(values, max_weight=s.max_weight, quantization_range=s.quantization_range)
                 bound *= tau  # the per-step average's quantization error is taken τ_eff times
                 info["quantization_error_bound"] = bound
                 extra["effective_steps"] = round(tau, 4)

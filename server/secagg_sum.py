@@ -16,7 +16,6 @@ from flwr.app import Message
 
 from common.codecs import InvalidUpdate
 from common.fednova_sum import effective_steps, from_per_step_average
-from common.settings import DeadlineAggregation
 from server.replies import RejectedPayload, SortedReplies, fednova_steps, sort_replies
 from server.secagg_quantization import quantized_weight
 
@@ -59,22 +58,16 @@ class MaskedReplies:
         return None
 
     def fednova(
-        self,
-        average: list[np.ndarray],
-        *,
-        max_weight: float,
-        quantization_range: int,
-        aggregation: DeadlineAggregation = "fednova",
+        self, average: list[np.ndarray], *, max_weight: float, quantization_range: int
     ) -> tuple[list[np.ndarray], float]:
         """The FedNova model (in the model's tensor order and dtypes) from the unmasked average of per-step models,
         and τ_eff. τ_eff is weighed as the sum was, by the mod's quantized weights, so that equal steps give
-        exactly the FedAvg average SecAgg+ computes without a deadline; `aggregation`: which τ_eff. Raises
-        InvalidUpdate."""
+        exactly the FedAvg average SecAgg+ computes without a deadline. Raises InvalidUpdate."""
         assert self.base is not None  # only with round-deadline and a FedNova deadline-aggregation
         weights = [
             quantized_weight(n, max_weight=max_weight, quantization_range=quantization_range) for n in self.counts
         ]
-        tau = effective_steps(list(zip(weights, self.steps, strict=True)), aggregation=aggregation)
+        tau = effective_steps(list(zip(weights, self.steps, strict=True)))
         if len(average) != len(self.base):
             raise InvalidUpdate(f"{len(average)} tensors, the model has {len(self.base)}")
         try:
