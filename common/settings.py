@@ -29,11 +29,12 @@ MetricsReporting = Literal["auto", "aggregate", "per-site"]
 # stochastic rounding). Hospitals' updates in plain mode, the global model sent down in plain and secagg modes;
 # refused in he mode, whose updates and model travel as CKKS ciphertexts.
 UpdateCompression = Literal["none", "int8"]
-# How a `round-deadline` round averages updates of unequal local steps (docs/compute.md, "Deadline aggregation"):
-# "fedavg" averages the trained models by sample count, as without a deadline (it kept accuracy within a point of
-# equal speed where FedNova lost 4.6); "fednova" (server/fednova.py) divides each update by its steps tau_i and
-# takes tau_eff = sum p_i tau_i steps of their sample-weighted average, so that no site's objective is
-# over-weighted. Hospitals need it in he and secagg modes, where they divide before the sum (common/fednova_sum.py).
+# How a `round-deadline` round averages updates of unequal local steps (docs/compute.md, "How a deadline round
+# aggregates"): "fedavg" averages the trained models by sample count, as without a deadline (closest to equal-speed
+# accuracy when measured, where FedNova's scaled-up short rounds overshoot); "fednova" (server/fednova.py) divides
+# each update by its steps tau_i and takes tau_eff = sum p_i tau_i steps of their sample-weighted average, so that
+# no site's objective is over-weighted. Hospitals need it in he and secagg modes, where they divide before the sum
+# (common/fednova_sum.py).
 DeadlineAggregation = Literal["fedavg", "fednova"]
 
 
