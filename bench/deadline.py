@@ -6,7 +6,7 @@ not Flower's fixed per-message costs, is what a slow hospital lengthens. Three a
 
 * equal:        three hospitals of equal speed, round-deadline 0 (no scheduling, FedAvg);
 * unscheduled:  hospital-3 4x slower (node config `test-slowdown = 4`), round-deadline 0;
-* scheduled:    hospital-3 4x slower, round-deadline D (scheduling, FedNova, the guard), where D is
+* scheduled:    hospital-3 4x slower, round-deadline D (scheduling, --aggregation, the guard), where D is
                 --deadline seconds, or by default --deadline-factor (1.25) x the slowest hospital's median round
                 in the first equal run: a deadline an equal-speed federation meets on this machine now.
 
@@ -37,12 +37,13 @@ import tempfile
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as `python bench/deadline.py` from a checkout
 
 from common.demo_data import DemoSplit, write_demo_split  # noqa: E402
+from common.settings import DeadlineAggregation, RunSettings  # noqa: E402
 from fedcare.demo import holdout_accuracy  # noqa: E402
 from fedcare.federation import LocalFederation  # noqa: E402
 
@@ -177,6 +178,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
+        "--aggregation",
+        choices=get_args(DeadlineAggregation),
+        default=RunSettings.model_fields["deadline_aggregation"].default,
+        help="deadline-aggregation of the 'scheduled' arm (the run config's default unless given)",
+    )
+    parser.add_argument(
         "--no-dp", dest="dp", action="store_false", help="DP off: local training is seeded, so runs differ by schedule"
     )
     args = parser.parse_args()
@@ -185,7 +192,8 @@ def main() -> None:
         "setup": f"real federation (TLS, 3 SuperNodes), {args.dataset} MLP, "
         f"{'DP on (target epsilon 3)' if args.dp else 'DP off'}, plain mode, "
         f"{args.rounds} rounds, {args.local_epochs} local epochs, batch {args.batch_size}; {SLOW} "
-        f"{args.slowdown:g}x slower in 'unscheduled' and 'scheduled'; round-deadline in 'scheduled': "
+        f"{args.slowdown:g}x slower in 'unscheduled' and 'scheduled' ({args.aggregation}); round-deadline in "
+        "'scheduled': "
         + (
             f"{args.deadline:g} s"
             if args.deadline
@@ -214,6 +222,7 @@ def main() -> None:
                 "results-dir": str(Path(tmp) / "runs"),
                 "min-nodes": 3,
                 "dp": args.dp,
+                "deadline-aggregation": args.aggregation,
             }
             runs: dict[str, dict[str, Any]] = {}
             for name in ARMS[i % 3 :] + ARMS[: i % 3]:  # rotated: the load falls on every arm alike

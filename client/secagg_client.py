@@ -147,7 +147,7 @@ def _train_masked(msg: Message, context: Context) -> Message:
     local = trained.local
     weights = to_numpy(to_record(local.model.state_dict()))
     try:
-        steps = trained.fednova_steps  # round-deadline: the sum is of per-step models (common/fednova_sum.py)
+        steps = trained.fednova_steps  # round-deadline with FedNova: a sum of per-step models (common/fednova_sum.py)
     except RoundRefused as exc:
         return trained.refuse(msg, exc, content=_legacy_reply(_zeros_like_incoming(msg), num_examples=0))
     if steps is not None:

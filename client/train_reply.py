@@ -52,10 +52,13 @@ class TrainedRound:
 
     @property
     def fednova_steps(self) -> int | None:
-        """With round-deadline in a mode whose server sees only a sum (HE, SecAgg+): the steps this update is divided
-        by before it enters the sum, as the work report says (common/fednova_sum.py). None: plain mode (the server
-        divides each update itself) or no deadline. Raises RoundRefused for a round that took no step."""
-        if self.local.schedule is None or self.local.config.privacy_mode == "plain":
+        """With round-deadline and a FedNova deadline-aggregation in a mode whose server sees only a sum (HE,
+        SecAgg+): the steps this update is divided by before it enters the sum, as the work report says
+        (common/fednova_sum.py). None: plain mode (the server divides each update itself), no deadline, or
+        deadline-aggregation "fedavg" (the trained model enters the sum as it is). Raises RoundRefused for a
+        round that took no step."""
+        c = self.local.config
+        if self.local.schedule is None or c.privacy_mode == "plain" or not c.normalises_steps:
             return None
         steps = self.work.local_steps if self.work is not None else 0
         if steps < 1:

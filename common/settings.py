@@ -29,6 +29,13 @@ MetricsReporting = Literal["auto", "aggregate", "per-site"]
 # stochastic rounding). Hospitals' updates in plain mode, the global model sent down in plain and secagg modes;
 # refused in he mode, whose updates and model travel as CKKS ciphertexts.
 UpdateCompression = Literal["none", "int8"]
+# How a `round-deadline` round averages updates of unequal local steps (docs/compute.md, "How a deadline round
+# aggregates"): "fedavg" averages the trained models by sample count, as without a deadline (closest to equal-speed
+# accuracy when measured, where FedNova's scaled-up short rounds overshoot); "fednova" (server/fednova.py) divides
+# each update by its steps tau_i and takes tau_eff = sum p_i tau_i steps of their sample-weighted average, so that
+# no site's objective is over-weighted. Hospitals need it in he and secagg modes, where they divide before the sum
+# (common/fednova_sum.py).
+DeadlineAggregation = Literal["fedavg", "fednova"]
 
 
 class SettingsError(ValueError):
@@ -82,6 +89,8 @@ class TrainingSettings(BaseModel):
     # Processes each hospital trains its local round with (docs/compute.md): 1 trains in the message's own
     # process; N > 1 spawns N workers under Opacus' distributed DP (gloo on CPU, NCCL on GPU), same privacy.
     local_workers: int = Field(default=1, ge=1, le=64)
+    # How a round-deadline round aggregates (DeadlineAggregation above); no effect without round-deadline.
+    deadline_aggregation: DeadlineAggregation = "fedavg"
 
     @model_validator(mode="after")
     def _metrics_fit_the_mode(self) -> TrainingSettings:
@@ -104,6 +113,12 @@ class TrainingSettings(BaseModel):
         Plain mode is always per-site: the server reads every update there, which says more about a
         hospital than its validation loss does."""
         return self.metrics == "per-site" or (self.metrics == "auto" and self.privacy_mode == "plain")
+
+    @property
+    def normalises_steps(self) -> bool:
+        """Whether a scheduled round divides each update by its local steps (the FedNova choices): then hospitals
+        in he and secagg modes send per-step models, and whoever reads the sum takes tau_eff steps of it."""
+        return self.deadline_aggregation != "fedavg"
 
 
 class RunSettings(TrainingSettings):
@@ -136,9 +151,14 @@ class RunSettings(TrainingSettings):
     max_weight: float = Field(default=1000.0, gt=0)  # the largest training-example count a hospital may have
     secagg_timeout: float = Field(default=60.0, gt=0)  # seconds per SecAgg+ stage (one stage includes training)
     # Seconds a hospital's local round should take (docs/compute.md): > 0 schedules each hospital's local steps
-    # from its measured speed so a slow site shortens its own round, and aggregates with FedNova (in he and secagg
-    # modes through per-step models the hospitals send). 0: off.
+    # from its measured speed so a slow site shortens its own round, and aggregates as `deadline-aggregation`
+    # says. 0: off.
     round_deadline: float = Field(default=0.0, ge=0)
+
+    @property
+    def fednova(self) -> bool:
+        """Whether rounds aggregate normalised for unequal local steps: round-deadline with a FedNova choice."""
+        return self.round_deadline > 0 and self.normalises_steps
 
     @classmethod
     def from_run_config(cls, run_config: dict[str, Any]) -> RunSettings:

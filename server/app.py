@@ -161,7 +161,8 @@ def main(grid: Grid, context: Context) -> None:
     )
     results, scored_round, model_path = progress.results, progress.scored_round, progress.model_path
     attendance = Attendance()
-    work = LocalWorkScheduler(deadline=settings.round_deadline)  # round-deadline: docs/compute.md
+    # round-deadline: docs/compute.md
+    work = LocalWorkScheduler(deadline=settings.round_deadline, aggregation=settings.deadline_aggregation)
     try:
         for server_round in range(progress.next_round, settings.num_rounds + 1):
             nodes = attendance.wait_for_quorum(grid, minimum=settings.min_nodes, timeout=settings.node_wait_timeout)

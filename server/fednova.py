@@ -7,7 +7,9 @@ d_i = (w_global - w_i) / τ_i with the weights p_i = n_i / Σ n, and takes τ_ef
     w_next = w_global - τ_eff Σ p_i d_i
 
 When every τ_i is equal this is exactly FedAvg (Σ p_i w_i). Used when `round-deadline` schedules unequal
-local steps (server/local_work.py); accumulated in float64 like `server.fedavg`.
+local steps (server/local_work.py) and `deadline-aggregation = "fednova"` (the default is FedAvg: with Adam
+locally, scaling a short round up by τ_eff / τ_i overshoots, docs/compute.md); accumulated in float64 like
+`server.fedavg`.
 """
 
 from __future__ import annotations

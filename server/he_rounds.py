@@ -68,15 +68,16 @@ class HERounds(BaseRounds):
     def __post_init__(self) -> None:
         # With a stateful server optimizer, each update also carries the optimizer's state
         # (common/he/carried.py): the sum's layout is that, not the bare model's.
-        # With round-deadline (FedNova) the base travels too, whatever the optimizer.
+        # With round-deadline and FedNova the base travels too, whatever the optimizer.
         carried = carry_template(self.initial, ServerOptimizer.from_settings(self.ctx.settings), fednova=self._fednova)
         self._layout = layout_id(carried)
         self._num_values = int(flatten(carried).size)
 
     @property
     def _fednova(self) -> bool:
-        """round-deadline: hospitals send per-step models (common/fednova_sum.py), and each sum carries τ_eff."""
-        return self.ctx.settings.round_deadline > 0
+        """round-deadline with a FedNova deadline-aggregation: hospitals send per-step models (common/fednova_sum.py),
+        and each sum carries the τ_eff the server chose; with "fedavg" sums and headers are as without a deadline."""
+        return self.ctx.settings.fednova
 
     def privacy_facts(self) -> dict[str, Any]:
         return {

@@ -11,7 +11,7 @@ where `step_seconds` is its median step and `overhead` the rest of its round bes
 A hospital not yet measured (the first round it takes part in) trains its full `local-epochs`; that round
 may overrun the deadline once. The schedule is a cap: a hospital takes exactly the scheduled steps, so its
 DP event records the steps it took (client/dp_training.py, `plan_round`). Updates of unequal steps are
-averaged with FedNova (server/fednova.py).
+averaged as `deadline-aggregation` says (docs/compute.md: FedAvg by default, or FedNova, server/fednova.py).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.settings import DeadlineAggregation
 from common.site_work import SiteWork
 from server.replies import SortedReplies
 
@@ -38,6 +39,7 @@ class LocalWorkScheduler:
     """Kept by the ServerApp for a run: every hospital's last work report, and this round's schedule."""
 
     deadline: float  # round-deadline; 0: no scheduling, every hospital trains local-epochs in full
+    aggregation: DeadlineAggregation = "fedavg"  # deadline-aggregation: how the scheduled rounds are averaged
     safety: float = SAFETY
     known: dict[int, SiteWork] = field(default_factory=dict)  # node id -> its last report
     planned: dict[int, int] = field(default_factory=dict)  # node id -> this round's steps
@@ -66,5 +68,6 @@ class LocalWorkScheduler:
         return {
             "round_seconds": round(round_seconds, 2),
             "round_deadline": self.deadline or None,
+            "deadline_aggregation": self.aggregation if self.deadline > 0 else None,
             "sites": dict(sorted(sites.items())),
         }

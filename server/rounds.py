@@ -250,7 +250,7 @@ class PlainRounds(PlaintextModelRounds):
         replies.bytes_down = content_bytes(content)
         if not replies.updates:
             return RoundOutcome(replies, reason="no valid update from any hospital")
-        if self.ctx.settings.round_deadline > 0:  # unequal local steps: each site's objective weighed by n_i alone
+        if self.ctx.settings.fednova:  # unequal local steps, each update normalised by its own (deadline-aggregation)
             replies.drop_updates_without_steps()
             if not replies.updates:
                 return RoundOutcome(replies, reason="no update reported its local steps (round-deadline needs them)")

@@ -153,8 +153,9 @@ class SecAggRounds(PlaintextModelRounds):
         content, content_for = self.model_content(server_round), None
         if score_only:
             content[SCORE_ONLY_RECORD] = ConfigRecord({"score-only": True})
-        elif s.round_deadline > 0:  # each hospital's schedule, as in plain mode; FedNova over per-step models
-            checked.base = take_weights(content, reference=self.weights)
+        elif s.round_deadline > 0:  # each hospital's schedule, as in plain mode
+            if s.fednova:  # the sum is of per-step models, to be finished from the model sent
+                checked.base = take_weights(content, reference=self.weights)
             content_for = partial(scheduled_content, content, s.round_deadline, self.ctx.schedule)
         result = run_secagg_round(
             grid=self.ctx.grid,

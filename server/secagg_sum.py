@@ -1,8 +1,9 @@
 """The masked-vectors stage's replies, checked before any mask is removed, and what the server makes of their sum.
 
 A reply whose masked update is inside the sum cannot be taken out again, so any doubt about it fails the round
-with the reason instead of aggregating something wrong. With `round-deadline` the hospitals mask their per-step
-models (common/fednova_sum.py) and the server, which sees the unmasked average in clear, finishes FedNova.
+with the reason instead of aggregating something wrong. With `round-deadline` and a FedNova `deadline-aggregation`
+the hospitals mask their per-step models (common/fednova_sum.py) and the server, which sees the unmasked average in
+clear, finishes FedNova.
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ class MaskedReplies:
     """Checks the masked-vectors stage's replies before any mask is removed (`CheckReplies`)."""
 
     per_site: bool
-    # round-deadline: the sum is of per-step models, taken from `base`, the global model as the hospitals received
-    # it (int8: dequantized), so the server finishes FedNova from the very model they trained from.
+    # round-deadline with FedNova: the sum is of per-step models, taken from `base`, the global model as the
+    # hospitals received it (int8: dequantized), so the server finishes FedNova from the very model they trained
+    # from. None: the sum is the plain average (no deadline, or deadline-aggregation "fedavg").
     base: OrderedDict[str, np.ndarray] | None = None
     replies: SortedReplies = field(default_factory=SortedReplies)
     counts: list[int] = field(default_factory=list)  # example counts of the updates in the sum
-    steps: list[int] = field(default_factory=list)  # their local steps (FedNova; 0 without round-deadline)
+    steps: list[int] = field(default_factory=list)  # their local steps (FedNova; 0 otherwise)
 
     def __call__(self, masked: list[Message]) -> str | None:
         def accept(msg: Message, who: str, n: int) -> None:
@@ -61,7 +63,7 @@ class MaskedReplies:
         """The FedNova model (in the model's tensor order and dtypes) from the unmasked average of per-step models,
         and τ_eff. τ_eff is weighed as the sum was, by the mod's quantized weights, so that equal steps give
         exactly the FedAvg average SecAgg+ computes without a deadline. Raises InvalidUpdate."""
-        assert self.base is not None  # only with round-deadline
+        assert self.base is not None  # only with round-deadline and a FedNova deadline-aggregation
         weights = [
             quantized_weight(n, max_weight=max_weight, quantization_range=quantization_range) for n in self.counts
         ]

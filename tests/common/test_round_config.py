@@ -31,6 +31,7 @@ def test_the_hospital_gets_the_run_settings_typed() -> None:
             "dp": False,
             "privacy-mode": "he",
             "he-public-context": "p.ctx",
+            "deadline-aggregation": "fednova",  # where the hospital pre-scales its update (common/fednova_sum.py)
         }
     )
     config = RoundConfig.from_config(_sent(settings, server_round=4))
@@ -60,6 +61,7 @@ def test_a_missing_key_is_refused_by_name_not_defaulted() -> None:
         ("batch-size", 0, "batch-size: Input should be greater than or equal to 1"),
         ("amp", "fp8", "amp: Input should be"),
         ("privacy-mode", "rot13", "privacy-mode: Input should be 'plain', 'he' or 'secagg'"),
+        ("deadline-aggregation", "scaffold", "deadline-aggregation: Input should be 'fedavg' or 'fednova'"),
         ("server-round", 0, "server-round"),
         ("schema", '{"label": "y"}', "schema.num_classes: Field required"),
         ("schema", "not json", "schema: Invalid JSON"),

@@ -131,3 +131,15 @@ def test_a_round_deadline_is_taken_in_every_mode_and_must_fit_inside_the_secagg_
     assert RunSettings.from_run_config({"schema-path": "s.json", "round-deadline": 60}).round_deadline == 60.0
     with pytest.raises(SettingsError, match="round-deadline"):
         RunSettings.from_run_config({"schema-path": "s.json", "round-deadline": -1})
+
+
+def test_deadline_aggregation_is_fedavg_by_default_fednova_when_chosen_and_names_its_choices_when_unknown() -> None:
+    base = {"schema-path": "s.json", "round-deadline": 30}
+    settings = RunSettings.from_run_config(base)
+    assert settings.deadline_aggregation == "fedavg" and not settings.fednova
+    chosen = RunSettings.from_run_config({**base, "deadline-aggregation": "fednova"})
+    assert chosen.fednova and chosen.normalises_steps
+    # Without a deadline nothing is scheduled, so nothing is normalised, whatever the choice.
+    assert not RunSettings.from_run_config({"schema-path": "s.json", "deadline-aggregation": "fednova"}).fednova
+    with pytest.raises(SettingsError, match="deadline-aggregation: Input should be 'fedavg' or 'fednova'"):
+        RunSettings.from_run_config({**base, "deadline-aggregation": "fedprox"})

@@ -2,9 +2,10 @@
 against the real ClientApp handlers (loopback grid), with real Opacus, Flower's real SecAgg+ mod and workflow,
 and real TenSEAL ciphertexts; one hospital slowed on purpose (node config `test-slowdown`).
 
-The slow hospital's own guard stops it at the deadline in round 1, and round 2 schedules it fewer steps; the
-model round 2 produced is FedNova of the updates the hospitals kept on their own disks (client/kept_update.py),
-not FedAvg of them. A reply without its steps, or claiming more than its DP event, is refused as in plain mode.
+The slow hospital's own guard stops it at the deadline in round 1, and round 2 schedules it fewer steps; with
+`deadline-aggregation = "fednova"` the model round 2 produced is FedNova of the updates the hospitals kept on
+their own disks (client/kept_update.py), not FedAvg of them. A reply without its steps, or claiming more than
+its DP event, is refused as in plain mode. With the default ("fedavg") the sum is FedAvg's, and says so.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def _run(
     local_epochs: int = LOCAL_EPOCHS,
     slowdown: float = SLOWDOWN,
     tamper: Any = None,
+    aggregation: str = "fednova",
 ) -> dict[str, Any]:
     hospitals = {
         node: {
@@ -76,6 +78,7 @@ def _run(
         "min-nodes": 3,
         "poll-interval": 0.01,
         "round-deadline": DEADLINE,
+        "deadline-aggregation": aggregation,
         "privacy-mode": mode,
         **({"he-public-context": str(he_keys.server_context)} if he_keys else {}),
     }
@@ -168,6 +171,30 @@ def test_he_a_slow_hospital_stops_at_the_deadline_and_the_decrypted_sum_gives_fe
     assert _farthest(model, fednova(updates, reference=base)) < 1e-5  # CKKS noise, times τ_eff
     if len({u.local_steps for u in updates}) > 1:  # unequal steps (as good as certain): not what FedAvg makes
         assert _farthest(model, fedavg(updates)) > 1e-3
+
+
+def test_he_with_the_default_deadline_aggregation_the_sum_is_fedavg_and_its_header_carries_no_steps(
+    tmp_path: Path, split: DemoSplit, he_keys: Any
+) -> None:
+    """The hospitals know the run's choice: with "fedavg" they encrypt their trained models, not per-step ones,
+    without the base beside them, and the server's header says it applied no τ_eff. (One short round, its steps
+    equal: a per-step model would differ from the trained one all the same, and the base would not fit the sum.)"""
+    results = _run(
+        tmp_path, split, mode="he", he_keys=he_keys, num_rounds=1, local_epochs=1, slowdown=1.0, aggregation="fedavg"
+    )
+    assert results["status"] == "completed", results.get("error")
+    entry = results["rounds"][0]
+    assert entry["deadline_aggregation"] == "fedavg" and "effective_steps" not in entry
+    assert results["privacy"]["he"]["values_per_update"] == results["privacy"]["he"]["model_values"]
+    state, header = decrypt_model(
+        tmp_path / "runs" / str(RUN) / "models" / "round-1.he",
+        context=he_keys.hospital_context,
+        schema=load_schema(split.schema_path),
+    )
+    assert header.effective_steps is None
+    model = OrderedDict((k, v.numpy()) for k, v in state.items())
+    updates = _kept_round(tmp_path, split, results)
+    assert _farthest(model, fedavg(updates)) < 1e-5  # CKKS noise
 
 
 def _drop_or_inflate_steps(node: int, reply: Message) -> None:

@@ -37,6 +37,7 @@ def test_the_scheduler_plans_only_measured_nodes_and_records_each_sites_times() 
     assert scheduler.plan([1, 2, 3]) == {1: 20, 2: 7}
     facts = scheduler.round_facts(replies, round_seconds=9.876)
     assert facts["round_seconds"] == 9.88 and facts["round_deadline"] == 5.0
+    assert facts["deadline_aggregation"] == "fedavg"  # the default; results.json says how the round was averaged
     assert facts["sites"]["slow"]["scheduled_steps"] == 7 and facts["sites"]["slow"]["train_seconds"] == 8.0
     assert LocalWorkScheduler(deadline=0).plan([1, 2]) == {}  # round-deadline 0: no schedule at all
 
