@@ -285,6 +285,10 @@ def main(
     except SystemExit:
         pass
     log.info("stopped after %d messages (%d failed)", executor.served, executor.failed)
+    # Without the interpreter's teardown of torch, flwr and SQLAlchemy: 2.9 s against 0.1 s here, paid by every
+    # node and federation that stops. Nothing of the parent's needs it: each child saved its own state.
+    logging.shutdown()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ def test_sigterm_stops_the_supernode_and_the_warm_executor(tmp_path: Path) -> No
         assert node.wait(timeout=30) == 0
         _, alive = psutil.wait_procs(tree, timeout=10)
         assert not alive, f"still running after SIGTERM: {[p.pid for p in alive]}"
+        assert "stopped after 0 messages (0 failed)" in log.read_text(errors="replace")  # logged before it exits
     finally:
         try:  # the node's own session: it, its SuperNode, its executor and any ClientApp child
             os.killpg(node.pid, signal.SIGKILL)
