@@ -16,6 +16,7 @@ single-operator setups only. The record says which (`keys_made_by`).
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from server.budget_client.admin import BudgetAdmin
 from server.budget_client.connection import BudgetServiceError, BudgetServiceUnavailable
 
 log = logging.getLogger("fedcare.registration")
+SYNC_WORKERS = 8  # institutions registered at once by `sync`
 
 
 class RegistrationError(RuntimeError):
@@ -156,14 +158,23 @@ def sync(
     budget: BudgetTarget | None,
     only: set[str] | None = None,
 ) -> list[RegistrationReport]:
-    """Finish every pending registration and revocation (those of `only` slugs, if given)."""
-    reports = []
+    """Finish every pending registration and revocation (those of `only` slugs, if given).
+
+    The institutions are done side by side: each is a `flwr` CLI process (about a second of CPU and 1.5-2.5 s
+    of wall time here) and an HTTP call to the budget service, and each touches only its own record and kit."""
     with Registry(fed.registry_path).locked() as registry:
-        for slug, record in registry.institutions.items():
-            if record.pending and (only is None or slug in only):
-                report = RegistrationReport(record.name, fed.kit_dir(record.name), record)
-                _complete(fed, record, report, superlink=superlink, budget=budget)
-                reports.append(report)
+        pending = [
+            record
+            for slug, record in registry.institutions.items()
+            if record.pending and (only is None or slug in only)
+        ]
+        reports = [RegistrationReport(record.name, fed.kit_dir(record.name), record) for record in pending]
+        with ThreadPoolExecutor(max_workers=max(1, min(len(pending), SYNC_WORKERS))) as pool:
+            list(
+                pool.map(
+                    lambda report: _complete(fed, report.record, report, superlink=superlink, budget=budget), reports
+                )
+            )
     return reports
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,10 @@ class SuperLinkControl:
         else:
             entry["root-certificates"] = str(Path(self.connection.root_certificates).resolve())
         self.home.mkdir(parents=True, exist_ok=True)
-        (self.home / "config.toml").write_text(tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: entry}}))
+        # Whole or not at all: `sync` runs several commands at once, and a reader must not see a half-written file.
+        part = self.home / f"config.toml.{os.getpid()}.{threading.get_ident()}.part"
+        part.write_text(tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: entry}}))
+        os.replace(part, self.home / "config.toml")
 
     def run(self, *args: str) -> dict[str, Any]:
         """One `flwr` command with `--format json`; its answer, or SuperLinkError/SuperLinkUnavailable."""

@@ -143,6 +143,17 @@ def test_pending_sync_revoke_and_list_work_for_requests(fed: FederationDir, tmp_
     assert revoked.record.superlink == "revoked" and not revoked.record.active
 
 
+def test_sync_does_every_pending_institution_and_each_keeps_its_own_record(fed: FederationDir, tmp_path: Path) -> None:
+    """`sync` runs the institutions side by side (fedcare/registration.py); each report is its own."""
+    nowhere = SuperLinkConnection(NOWHERE, fed.ca_certificate)
+    names = ["St Mary", "St Luke", "Royal"]
+    join_and_register(fed, tmp_path / "sites", names, superlink=nowhere)
+    reports = sync(fed, superlink=nowhere, budget=None)
+    assert sorted(r.name for r in reports) == sorted(names)
+    assert all(r.record.name == r.name and len(r.problems) == 1 and "not reachable" in r.problems[0] for r in reports)
+    assert all(r.superlink == "pending" for r in list_institutions(fed))  # saved, and still pending
+
+
 def test_cli_join_register_by_request_install_and_the_one_step_warning(tmp_path: Path) -> None:
     runner = CliRunner()
     root, site = tmp_path / "fed", tmp_path / "mary"
