@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from common.schema import DatasetSchema, FeatureSpec, SchemaError
+from common.table_files import CSV_SUFFIXES, PARQUET_SUFFIXES
 
 
 @dataclass(frozen=True)
@@ -31,10 +32,10 @@ def _read_table(path: Path) -> pd.DataFrame:
         raise SchemaError(f"{path}: data file not found")
     suffix = path.suffix.lower()
     try:
-        if suffix == ".csv":
+        if suffix in CSV_SUFFIXES:
             # Read as text so a stray word is reported as such, not coerced to NaN.
             return pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
-        if suffix in {".parquet", ".pq"}:
+        if suffix in PARQUET_SUFFIXES:
             return pd.read_parquet(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise SchemaError(f"{path}: cannot parse the file: {exc}") from exc

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from common.table_files import is_parquet
 from fedcare.fast_supernode import NODE_REFUSED_EXIT, wait_args
 from fedcare.flower_internals import SuperNodeWaits
 from fedcare.node_sockets import socket_dir
@@ -99,6 +100,7 @@ class NodeOptions:
             "--torch-threads",
             str(self.torch_threads),
             *([] if self.notify_socket is None else ["--notify-socket", self.notify_socket]),
+            *(["--parquet"] if is_parquet(self.node_config.get("data-path", "")) else []),
         ]
 
 

@@ -223,6 +223,14 @@ def main(
         bool,
         typer.Option("--serverapp", help="Serve a SuperLink's ServerApps, not ClientApps."),
     ] = False,
+    parquet: Annotated[
+        bool,
+        typer.Option(
+            "--parquet",
+            help="The node's table is Parquet: keep pyarrow loaded (30 MB) so that no message imports it "
+            "(fedcare.warm_state says why it is otherwise left out).",
+        ),
+    ] = False,
     root_certificates: Annotated[
         str | None, typer.Option(help="CA certificate of a runtime API served over TLS (the SuperLink's).")
     ] = None,
@@ -268,7 +276,7 @@ def main(
     started = time.monotonic()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Opacus' notes on a toy model say nothing about real training
-        threads = warm_up(serverapp=serverapp)
+        threads = warm_up(serverapp=serverapp, pyarrow=parquet)
     log.info("warmed up in %.1f s", time.monotonic() - started)
     api = RuntimeApi(runtime_address, serverapp=serverapp, ca_certificate=root_certificates, superexec_secret=secret)
     threads = torch_threads or threads

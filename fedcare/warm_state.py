@@ -5,6 +5,13 @@ torch's OpenMP pool started deadlocks the child's first parallel kernel: tests/f
 shows both sides); each child then gets its own random state and torch thread count. Only third-party
 modules are imported here, never `client`, `common` or `server`: Flower's `load_app` reuses `sys.modules`,
 so a pre-imported copy would shadow the app the run ships.
+
+pyarrow is left out unless the hospital's table is Parquet (`--parquet`, set by `fedcare.node`). pandas 3
+imports it with itself, 33 MB of the parent's 484 MB RSS (docs/benchmarks.md: the node's idle goal is 600 MB),
+though only `read_parquet` needs it. pandas then runs as if pyarrow were absent: a CSV's text columns are stored
+as Python strings instead of Arrow strings, with the same values and the same numbers parsed from them
+(tests/fedcare/test_warm_executor.py compares a child's tables with a normal process's), and `read_parquet`
+imports pyarrow when first called. A Parquet node keeps it loaded: that import costs each child 0.1 s of CPU.
 """
 
 from __future__ import annotations
@@ -16,8 +23,23 @@ import signal
 import sys
 
 
-def warm_up(*, serverapp: bool = False) -> int:
+def import_pandas(*, pyarrow: bool) -> None:
+    """pandas, with pyarrow only when `pyarrow` (the module docstring says why), and pandas first: the libraries
+    imported after it may import it too."""
+    if pyarrow or "pyarrow" in sys.modules or "pandas" in sys.modules:
+        import pandas  # noqa: F401
+
+        return
+    sys.modules["pyarrow"] = None  # type: ignore[assignment]  # `import pyarrow` raises ImportError
+    try:
+        import pandas  # noqa: F401
+    finally:
+        del sys.modules["pyarrow"]
+
+
+def warm_up(*, serverapp: bool = False, pyarrow: bool = False) -> int:
     """Import and exercise the heavy libraries once, single-threaded; returns torch's default thread count."""
+    import_pandas(pyarrow=pyarrow)
     import numpy as np
     import torch
 
@@ -32,7 +54,6 @@ def warm_up(*, serverapp: bool = False) -> int:
     if serverapp:  # 35 MB (Flower's SuperLink state, SQLAlchemy) a hospital's executor does without
         import flwr.superlink.cli.flwr_serverapp  # noqa: F401
     import opacus
-    import pandas  # noqa: F401
     import pydantic  # noqa: F401
     import tenseal  # noqa: F401
     from opacus.accountants.utils import get_noise_multiplier

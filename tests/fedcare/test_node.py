@@ -47,6 +47,9 @@ def test_the_kit_gives_address_keys_and_config_and_the_hospital_overrides_them(t
     pairs = command[command.index("--node-config") + 1]
     assert parse_node_config(pairs) == options.node_config  # Flower reads back what the kit and overrides say
     assert "--runtime-address" in options.executor_command() and "127.0.0.1:9111" in options.executor_command()
+    assert "--parquet" not in options.executor_command()  # a CSV: the executor leaves pyarrow out (warm_state)
+    parquet = options_from_kit(kit, data=tmp_path / "ours.PQ")
+    assert "--parquet" in parquet.executor_command()
 
 
 def test_options_survive_the_exec_into_the_supervisor(tmp_path: Path) -> None:

@@ -212,3 +212,106 @@ def test_a_child_caches_the_apps_bytecode_even_under_pythondontwritebytecode(tmp
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(REPO)}
     subprocess.run([sys.executable, "-c", script, str(app)], check=True, env=env, timeout=120)
     assert list((app / "__pycache__").glob("task_module.*.pyc"))
+
+
+TABLES_IN_A_CHILD = textwrap.dedent(
+    """
+    import json, os, sys, warnings
+    warnings.simplefilter("ignore")
+    from fedcare.warm_state import prepare_child, warm_up
+
+    threads = warm_up()
+    parent_has_pyarrow = "pyarrow" in sys.modules
+    folder = sys.argv[1]
+    pid = os.fork()
+    if pid == 0:  # what a ClientApp does with the hospital's table
+        code = 1
+        try:
+            prepare_child(threads=threads)
+            import numpy as np
+            from common.data import _read_table, load_hospital_table
+            from common.schema import DatasetSchema, SchemaError
+
+            schema = DatasetSchema.model_validate(json.load(open(f"{folder}/schema.json")))
+            out = {"string_storage": _read_table(__import__("pathlib").Path(f"{folder}/table.csv"))["y"].dtype.storage}
+            for name in ("table.parquet", "table.csv"):
+                data = load_hospital_table(f"{folder}/{name}", schema)
+                np.save(f"{folder}/{name}.features.npy", data.features)
+                np.save(f"{folder}/{name}.labels.npy", data.labels)
+            try:
+                load_hospital_table(f"{folder}/bad.csv", schema)
+            except SchemaError as exc:
+                out["refusal"] = str(exc)
+            out["child_has_pyarrow"] = "pyarrow" in sys.modules
+            json.dump(out, open(f"{folder}/child.json", "w"))
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    print(json.dumps({"parent_has_pyarrow": parent_has_pyarrow, "child_exit": os.waitstatus_to_exitcode(status)}))
+    """
+)
+
+
+def test_a_child_of_the_warm_parent_without_pyarrow_loads_csv_and_parquet_as_a_normal_process_does(
+    tmp_path: Path,
+) -> None:
+    """The parent leaves pyarrow out (fedcare.warm_state: 33 MB of idle RSS); the hospital's data must not notice."""
+    import numpy as np
+    import pandas as pd
+
+    from common.data import load_hospital_table
+    from common.schema import DatasetSchema, SchemaError
+
+    schema = DatasetSchema(
+        label="y", num_classes=3, features=[{"name": "age", "center": 50.0, "scale": 12.5}, {"name": "dose"}]
+    )
+    (tmp_path / "schema.json").write_text(schema.model_dump_json())
+    rng = np.random.default_rng(3)
+    table = pd.DataFrame(
+        {
+            "age": rng.normal(50, 12, size=40).round(3),
+            "dose": [f"{v:.6g}" for v in rng.exponential(2.0, size=40)],  # text in the Parquet file, as exported
+            "y": rng.integers(0, 3, size=40),
+            "note": ["x"] * 40,
+        }
+    )
+    table.to_parquet(tmp_path / "table.parquet")
+    rows = [f"{r.age},{r.dose}{' ' * (i % 2)},{' ' * (i % 3)}{r.y},{r.note}" for i, r in enumerate(table.itertuples())]
+    (tmp_path / "table.csv").write_text("\n".join(["age,dose,y,note", *rows]) + "\n")  # stray spaces, as typed
+    (tmp_path / "bad.csv").write_text("age,dose,y\n40,1.0,1\n41,1e400,0\n")
+
+    done = subprocess.run(
+        [sys.executable, "-c", TABLES_IN_A_CHILD, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    parent = json.loads(done.stdout.strip().splitlines()[-1])
+    assert parent == {"parent_has_pyarrow": False, "child_exit": 0}, done.stderr[-3000:]
+    child = json.loads((tmp_path / "child.json").read_text())
+    assert child["string_storage"] == "python"  # the cut is in effect: pandas stores text without Arrow
+    assert child["child_has_pyarrow"]  # imported by read_parquet, in the child only
+
+    assert pd.Series(["1"], dtype=str).dtype.storage == "pyarrow"  # this process imported pandas normally
+    for name in ("table.parquet", "table.csv"):
+        expected = load_hospital_table(tmp_path / name, schema)
+        features, labels = (np.load(tmp_path / f"{name}.{part}.npy") for part in ("features", "labels"))
+        assert features.dtype == expected.features.dtype and np.array_equal(features, expected.features), name
+        assert labels.dtype == expected.labels.dtype and np.array_equal(labels, expected.labels), name
+    with pytest.raises(SchemaError) as refused:
+        load_hospital_table(tmp_path / "bad.csv", schema)
+    assert child["refusal"] == str(refused.value)
+
+
+def test_a_parquet_node_keeps_pyarrow_loaded() -> None:
+    script = (
+        "import sys; from fedcare.warm_state import import_pandas; import_pandas(pyarrow=True); print(*sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO, check=True
+    )
+    assert "pyarrow" in done.stdout.split()
