@@ -232,7 +232,10 @@ def _budget_service(fed: FederationDir):
         database_url=f"sqlite:///{budget_dir / 'ledger.db'}",
         admin_token=fed.admin_token(),
         log_path=budget_dir / "service.log",
-        wait_for_accounting=True,
+        # Not waiting for its Opacus import (4 CPU-s): it runs while the hospitals make their keys and the nodes
+        # start, and the first DP event comes 15 s or more later (one that found it still loading waits in the
+        # ServerApp's outbox, and is delivered, not lost).
+        wait_for_accounting=False,
         tls=fed.budget_tls(),
     ) as url:
         yield url
