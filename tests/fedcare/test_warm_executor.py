@@ -95,8 +95,13 @@ FORK_TWO_CHILDREN = textwrap.dedent(
 def _fork_two(mode: str, *, child_timeout: float, stall: float = 0.0) -> dict:
     """`stall` > 0: a child asleep without using CPU for that long counts as hung, and the first hung child
     ends the experiment; 0: only `child_timeout` does (children that must finish)."""
+    return _last_json_line(FORK_TWO_CHILDREN, mode, str(child_timeout), str(stall))
+
+
+def _last_json_line(script: str, *args: str) -> dict:
+    """Run `script` in a fresh interpreter (its own warm parent); the JSON line it printed last."""
     done = subprocess.run(
-        [sys.executable, "-c", FORK_TWO_CHILDREN, mode, str(child_timeout), str(stall)],
+        [sys.executable, "-c", script, *args],
         capture_output=True,
         text=True,
         timeout=600,
@@ -281,17 +286,8 @@ def test_a_child_of_the_warm_parent_without_pyarrow_loads_csv_and_parquet_as_a_n
     (tmp_path / "table.csv").write_text("\n".join(["age,dose,y,note", *rows]) + "\n")  # stray spaces, as typed
     (tmp_path / "bad.csv").write_text("age,dose,y\n40,1.0,1\n41,1e400,0\n")
 
-    done = subprocess.run(
-        [sys.executable, "-c", TABLES_IN_A_CHILD, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    parent = json.loads(done.stdout.strip().splitlines()[-1])
-    assert parent == {"parent_has_pyarrow": False, "child_exit": 0}, done.stderr[-3000:]
+    parent = _last_json_line(TABLES_IN_A_CHILD, str(tmp_path))
+    assert parent == {"parent_has_pyarrow": False, "child_exit": 0}
     child = json.loads((tmp_path / "child.json").read_text())
     assert child["string_storage"] == "python"  # the cut is in effect: pandas stores text without Arrow
     assert child["child_has_pyarrow"]  # imported by read_parquet, in the child only
