@@ -42,6 +42,28 @@ def test_bundle_survives_flower_message_transport(ctx: ts.Context) -> None:
     assert len(bundle.chunks[0]) / (2048 * 4) < 8.1  # a full ciphertext against the float32 it replaces
 
 
+def test_a_bundle_travels_as_one_array_however_many_ciphertexts_it_holds(ctx: ts.Context) -> None:
+    """Every Flower object is one request at every hop: a bundle costs the same few objects whether it holds one
+    ciphertext or many (it took two per ciphertext), and the split back into ciphertexts is exact."""
+
+    def objects(weights: OrderedDict[str, np.ndarray]) -> tuple[int, EncryptedUpdate]:
+        bundle = encrypt_update(weights, num_examples=3, context=ctx, run_id=1, server_round=1)
+        content = RecordDict()
+        put_bundle(content, bundle)
+        return len(get_all_nested_objects(content)), bundle
+
+    small, one = objects(OrderedDict(w=np.ones(10, np.float32)))
+    large, five = objects(OrderedDict(w=np.ones(5 * 2048, np.float32)))
+    assert one.header.num_chunks == 1 and five.header.num_chunks == 6
+    assert large == small == 5  # RecordDict, the header's ConfigRecord, the ArrayRecord, its Array, one chunk
+    content = RecordDict()
+    put_bundle(content, five)
+    assert take_bundle(content).chunks == five.chunks
+    content[HEADER_KEY]["chunk-sizes"] = [len(c) for c in five.chunks[:-1]]  # sizes that miss the last ciphertext
+    with pytest.raises(InvalidCiphertext, match="chunk-sizes"):
+        take_bundle(content)
+
+
 def test_bundle_file_round_trip_and_truncation(ctx: ts.Context) -> None:
     bundle = encrypt_update(model(), num_examples=5, context=ctx, run_id=1, server_round=1)
     blob = bundle.to_bytes()
