@@ -190,7 +190,7 @@ def put_bundle(content: RecordDict, bundle: EncryptedUpdate, *, part: str = MODE
     Why one Array: each Array is two Flower objects (itself and a chunk of at most 5 MB), each record one more,
     and every object is one request at every hop (ServerApp, SuperLink, SuperNode, ClientApp), about 10 ms of the
     SuperLink's GIL each. With an Array per ciphertext and records per part, a breast-cancer HE train message
-    carried 15 objects and its reply 16 (plain mode: 6 and 8); now 7 and 8."""
+    carried 15 objects and its reply 16-17 (plain mode: 6 and 8); now 7 and 8-9."""
     meta = content.get(HEADER_KEY)
     meta = ConfigRecord() if not isinstance(meta, ConfigRecord) else meta
     arrays = content.get(CIPHERTEXTS_KEY)
