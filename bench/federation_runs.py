@@ -128,8 +128,9 @@ def time_run(
     try:
         while True:
             run = watch.check()
-            if run["status"] != last_status:
-                last_status = run["status"]
+            status = str(run.get("status", ""))  # the watch has no answer yet before the run's first end
+            if status != last_status:
+                last_status = status
                 console.log(f"{app}: run {run_id} {last_status} after {time.time() - started:.1f} s")
             if last_status.startswith("finished"):
                 break

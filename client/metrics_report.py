@@ -4,7 +4,7 @@ In aggregate mode (`metrics = "aggregate"`, the default in HE and SecAgg+ modes)
 loss or accuracy of this hospital, only its training-example count (the weight every mode sends in
 clear). Its metrics travel as a `common.site_metrics.SiteMetrics` vector inside the aggregate:
 
-- HE: as a second, one-ciphertext bundle beside the model (`he-metrics-*` records), summed by the
+- HE: as a second, one-ciphertext bundle beside the model (its `METRICS` part, in the model's records), summed by the
   server like the model. The server cannot decrypt the sum; it sends it back with the next message,
   and every hospital decrypts it and reports the federation-level figures in clear
   (`federation-metrics`): they are totals over the federation, which is what aggregate mode reveals.
@@ -55,12 +55,12 @@ def decrypt_figures(
     earlier; None (logged) when the message carries none or it is unusable: metrics are not worth a round."""
     from common.he.hospital import decrypt_sum  # TenSEAL only where HE is used
     from common.he.params import HEConfigError
-    from common.he.wire import METRICS_KEYS, InvalidCiphertext, take_bundle
+    from common.he.wire import METRICS, InvalidCiphertext, has_bundle, take_bundle
 
-    if METRICS_KEYS[1] not in content:
+    if not has_bundle(content, part=METRICS):
         return None
     try:
-        bundle = take_bundle(content, keys=METRICS_KEYS)
+        bundle = take_bundle(content, part=METRICS)
         h = bundle.header
         if h.run_id != run_id or not 1 <= h.server_round <= latest_round:
             raise InvalidCiphertext(
@@ -91,7 +91,7 @@ def received_figures(msg: Message, local: LocalRound) -> FederationFigures | Non
 def put_encrypted_metrics(content: RecordDict, local: LocalRound, site: SiteMetrics) -> None:
     """HE aggregate mode: the metrics vector, per training example, encrypted for the server to add."""
     from common.he.hospital import encrypt_update
-    from common.he.wire import METRICS_KEYS, put_bundle
+    from common.he.wire import METRICS, put_bundle
 
     assert local.secret_context is not None
     try:
@@ -104,7 +104,7 @@ def put_encrypted_metrics(content: RecordDict, local: LocalRound, site: SiteMetr
         )
     except ValueError as exc:  # a loss beyond what the CKKS parameters hold
         raise RoundRefused(code="cannot-encrypt", reason=f"metrics: {exc}", institution=local.institution) from exc
-    put_bundle(content, bundle, keys=METRICS_KEYS)
+    put_bundle(content, bundle, part=METRICS)
 
 
 def masked_metrics(site: SiteMetrics, *, num_examples: int, limit: float, institution: str) -> np.ndarray:

@@ -33,7 +33,8 @@ from common.fednova_sum import effective_steps
 from common.he.carried import carry_template
 from common.he.keys import ServerHEContext
 from common.he.wire import (
-    METRICS_KEYS,
+    METRICS,
+    MODEL,
     EncryptedUpdate,
     InvalidCiphertext,
     flatten,
@@ -124,7 +125,7 @@ class HERounds(BaseRounds):
         else:
             put_bundle(content, self.global_sum)
         if self.metrics_sum is not None:
-            put_bundle(content, self.metrics_sum, keys=METRICS_KEYS)
+            put_bundle(content, self.metrics_sum, part=METRICS)
         return content
 
     def _model_bytes(self) -> int:
@@ -148,8 +149,8 @@ class HERounds(BaseRounds):
         )
 
     @staticmethod
-    def _bundle(msg: Message, num_examples: int, *, keys: tuple[str, str] | None = None) -> EncryptedUpdate:
-        bundle = take_bundle(msg.content) if keys is None else take_bundle(msg.content, keys=keys)
+    def _bundle(msg: Message, num_examples: int, *, part: str = MODEL) -> EncryptedUpdate:
+        bundle = take_bundle(msg.content, part=part)
         if bundle.header.num_examples != num_examples:
             raise InvalidCiphertext(
                 f"ciphertext header says {bundle.header.num_examples} examples, the metrics say {num_examples}"
@@ -182,7 +183,7 @@ class HERounds(BaseRounds):
                     aggregator.add(bundle, institution=institution)
                 else:
                     # The update and its metrics go into the sums together, or neither does.
-                    scores = self._bundle(msg, num_examples, keys=METRICS_KEYS)
+                    scores = self._bundle(msg, num_examples, part=METRICS)
                     metrics.check(scores, institution=institution)
                     aggregator.add(bundle, institution=institution)
                     metrics.add(scores, institution=institution)
@@ -226,7 +227,7 @@ class HERounds(BaseRounds):
 
         def accept(msg: Message, institution: str, num_examples: int) -> None:
             try:
-                scores.add(self._bundle(msg, num_examples, keys=METRICS_KEYS), institution=institution)
+                scores.add(self._bundle(msg, num_examples, part=METRICS), institution=institution)
             except InvalidCiphertext as exc:
                 raise RejectedPayload("invalid-ciphertext", str(exc)) from exc
 
@@ -235,7 +236,7 @@ class HERounds(BaseRounds):
         if self.metrics_sum is not None and self.metrics_sum.header.server_round == server_round:
             config = {"server-round": server_round, "fedcare-run-id": str(self.ctx.run_id)}
             content = RecordDict({"config": ConfigRecord(config)})
-            put_bundle(content, self.metrics_sum, keys=METRICS_KEYS)
+            put_bundle(content, self.metrics_sum, part=METRICS)
             answers = self.ctx.send(content, nodes=nodes, message_type=QUERY_METRICS, server_round=server_round)
             reports = [
                 f

@@ -34,9 +34,12 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 FORMAT = "fedcare-he/1"
 CIPHERTEXTS_KEY, HEADER_KEY = "he-ciphertexts", "he-header"  # RecordDict keys in a Flower message
-# The same two records for the hospitals' summed metrics (common/site_metrics.py), beside the model's.
-METRICS_KEYS = ("he-metrics-ciphertexts", "he-metrics-header")
-CHUNK_STYPE = "tenseal.ckks_vector"  # Array.stype of a serialized CKKSVector (never read with .numpy())
+# The bundles a message may carry in those two records: the model (update, or sum) and the hospitals' summed
+# metrics beside it (common/site_metrics.py).
+MODEL, METRICS = "model", "metrics"
+PARTS = (MODEL, METRICS)
+CHUNK_STYPE = "tenseal.ckks_vector"  # Array.stype of serialized CKKSVectors (never read with .numpy())
+PACKED_ARRAY = "ciphertexts"  # the one Array of a bundle's record: its ciphertexts, one after the other
 NUM_CANARIES = 2
 RANGE_CANARY_SHIFT = 2.0**-20  # keeps the bound canary itself far from wrapping around
 
@@ -165,41 +168,83 @@ class EncryptedUpdate:
         return cls(HEHeader.parse(header_text), tuple(chunks), digest)
 
 
-def put_bundle(
-    content: RecordDict, bundle: EncryptedUpdate, *, keys: tuple[str, str] = (CIPHERTEXTS_KEY, HEADER_KEY)
-) -> None:
-    """Store a bundle in a Flower message: chunks as uint8 Arrays (Flower 1.39 streams Arrays in 5 MB
-    pieces), header and digest in a ConfigRecord (JSON text, so 64-bit run ids need no int64 care).
-    `keys`: the two record names (the model's by default, METRICS_KEYS for the metrics)."""
-    ciphertexts_key, header_key = keys
-    content[ciphertexts_key] = ArrayRecord(
-        OrderedDict(
-            (f"c{i:06d}", Array(dtype="uint8", shape=(len(c),), stype=CHUNK_STYPE, data=c))
-            for i, c in enumerate(bundle.chunks)
-        )
-    )
-    content[header_key] = ConfigRecord({"header": bundle.header.canonical().decode(), "digest": bundle.digest})
+def _entry(part: str, name: str) -> str:
+    """A part's entry in the header record: the model's under plain names, the metrics' prefixed."""
+    return name if part == MODEL else f"{part}-{name}"
 
 
-def take_bundle(content: RecordDict, *, keys: tuple[str, str] = (CIPHERTEXTS_KEY, HEADER_KEY)) -> EncryptedUpdate:
+def has_bundle(content: RecordDict, *, part: str = MODEL) -> bool:
+    """Whether the message carries this part (its header entry is there; `take_bundle` checks the rest)."""
+    meta = content.get(HEADER_KEY)
+    return isinstance(meta, ConfigRecord) and _entry(part, "header") in meta
+
+
+def put_bundle(content: RecordDict, bundle: EncryptedUpdate, *, part: str = MODEL) -> None:
+    """Store a bundle in a Flower message as `part` (MODEL, or METRICS for the metrics beside it).
+
+    Every part of a message shares two records: one ArrayRecord holding one uint8 Array (PACKED_ARRAY) with all
+    their ciphertexts one after the other, and one ConfigRecord with each part's header (JSON text, so 64-bit
+    run ids need no int64 care), digest, byte offset into the Array and ciphertext sizes. Putting a part that is
+    already there replaces it.
+
+    Why one Array: each Array is two Flower objects (itself and a chunk of at most 5 MB), each record one more,
+    and every object is one request at every hop (ServerApp, SuperLink, SuperNode, ClientApp), about 10 ms of the
+    SuperLink's GIL each. With an Array per ciphertext and records per part, a breast-cancer HE train message
+    carried 15 objects and its reply 16-17 (plain mode: 6 and 8); now 7 and 8-9."""
+    meta = content.get(HEADER_KEY)
+    meta = ConfigRecord() if not isinstance(meta, ConfigRecord) else meta
+    arrays = content.get(CIPHERTEXTS_KEY)
+    data = bytes(arrays[PACKED_ARRAY].data) if isinstance(arrays, ArrayRecord) and PACKED_ARRAY in arrays else b""
+    if has_bundle(content, part=part):  # cut the old bytes out; the parts after it move down
+        start, size = int(meta[_entry(part, "offset")]), sum(meta[_entry(part, "chunk-sizes")])  # type: ignore[arg-type]
+        data = data[:start] + data[start + size :]
+        for other in PARTS:
+            if other != part and has_bundle(content, part=other) and int(meta[_entry(other, "offset")]) > start:
+                meta[_entry(other, "offset")] = int(meta[_entry(other, "offset")]) - size
+    meta[_entry(part, "header")] = bundle.header.canonical().decode()
+    meta[_entry(part, "digest")] = bundle.digest
+    meta[_entry(part, "offset")] = len(data)
+    meta[_entry(part, "chunk-sizes")] = [len(c) for c in bundle.chunks]
+    data += b"".join(bundle.chunks)
+    packed = Array(dtype="uint8", shape=(len(data),), stype=CHUNK_STYPE, data=data)
+    content[CIPHERTEXTS_KEY] = ArrayRecord(OrderedDict([(PACKED_ARRAY, packed)]))
+    content[HEADER_KEY] = meta
+
+
+def take_bundle(content: RecordDict, *, part: str = MODEL) -> EncryptedUpdate:
     """Read a bundle from a Flower message; raises InvalidCiphertext if it is missing or malformed."""
-    ciphertexts_key, header_key = keys
-    if ciphertexts_key not in content or header_key not in content:
-        raise InvalidCiphertext(f"message has no encrypted update (records {ciphertexts_key!r} and {header_key!r})")
-    arrays, meta = content[ciphertexts_key], content[header_key]
+    if CIPHERTEXTS_KEY not in content or HEADER_KEY not in content:
+        raise InvalidCiphertext(
+            f"message has no encrypted update ({part}: records {CIPHERTEXTS_KEY!r} and {HEADER_KEY!r})"
+        )
+    arrays, meta = content[CIPHERTEXTS_KEY], content[HEADER_KEY]
     if not isinstance(arrays, ArrayRecord) or not isinstance(meta, ConfigRecord):
         raise InvalidCiphertext("encrypted update records have the wrong record types")
-    header = HEHeader.parse(str(meta.get("header", "")))
-    names = sorted(arrays.keys())
-    if names != [f"c{i:06d}" for i in range(len(names))]:
-        raise InvalidCiphertext(f"ciphertext chunks are not numbered c000000..: got {names[:3]}...")
-    chunks = []
-    for name in names:
-        arr = arrays[name]
-        if arr.stype != CHUNK_STYPE:
-            raise InvalidCiphertext(f"chunk {name} has stype {arr.stype!r}, expected {CHUNK_STYPE!r}")
-        chunks.append(bytes(arr.data))
-    return EncryptedUpdate(header, tuple(chunks), str(meta.get("digest", "")))
+    if _entry(part, "header") not in meta:
+        raise InvalidCiphertext(f"message has no encrypted update ({part}: no {_entry(part, 'header')!r} entry)")
+    header = HEHeader.parse(str(meta.get(_entry(part, "header"), "")))
+    if list(arrays.keys()) != [PACKED_ARRAY]:
+        raise InvalidCiphertext(f"expected one array {PACKED_ARRAY!r} of ciphertexts, got {list(arrays.keys())[:3]}")
+    arr = arrays[PACKED_ARRAY]
+    if arr.stype != CHUNK_STYPE:
+        raise InvalidCiphertext(f"ciphertexts have stype {arr.stype!r}, expected {CHUNK_STYPE!r}")
+    sizes, offset, data = meta.get(_entry(part, "chunk-sizes")), meta.get(_entry(part, "offset")), bytes(arr.data)
+    if (
+        type(offset) is not int
+        or not isinstance(sizes, list)
+        or not sizes
+        or any(type(n) is not int or n < 1 for n in sizes)
+        or not 0 <= offset <= offset + sum(sizes) <= len(data)
+    ):
+        raise InvalidCiphertext(
+            f"{part}: offset {str(offset)[:20]} and chunk-sizes {str(sizes)[:60]} do not fit the {len(data)} "
+            "ciphertext bytes"
+        )
+    chunks, pos = [], offset
+    for n in sizes:
+        chunks.append(data[pos : pos + n])
+        pos += n
+    return EncryptedUpdate(header, tuple(chunks), str(meta.get(_entry(part, "digest"), "")))
 
 
 def layout_id(weights: OrderedDict[str, np.ndarray] | dict[str, np.ndarray]) -> str:

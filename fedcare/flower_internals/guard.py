@@ -89,12 +89,13 @@ def check_pinned_flower() -> list[str]:
     problems += _check_liveness(mods)
     problems += _check_serverapp_log_flush()
     rc = mods["run_clientapp"]
-    for name in ("run_clientapp", "pull_task_input", "push_message", "push_task_output"):
+    for name in ("run_clientapp", "pull_task_input", "push_message", "push_task_output", "install_from_fab"):
         if not callable(getattr(rc, name, None)):
             problems.append(f"flwr.supernode.runtime.run_clientapp.{name}: missing")
     if callable(getattr(rc, "run_clientapp", None)):
         body = inspect.getsource(rc.run_clientapp)
-        for call in ("pull_task_input(client)", "push_message(client, reply_message, context)"):
+        calls = ("pull_task_input(client)", "push_message(client, reply_message, context)")
+        for call in (*calls, "install_from_fab(fab.content, skip_prompt=True)"):  # the last: fab_install.py
             if call not in body:
                 problems.append(f"flwr.supernode.runtime.run_clientapp.run_clientapp: no longer calls `{call}`")
     if callable(getattr(rc, "pull_task_input", None)):  # tasks._run_clientapp tells the parent from PullMessages

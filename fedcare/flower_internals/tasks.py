@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedcare.flower_internals.fab_install import installed_once
 from fedcare.flower_internals.log_flush import tune_serverapp_log_flush
 from fedcare.flower_internals.supernode import SuperNodeWaits, tune_object_pull_backoff
 
@@ -144,6 +145,7 @@ def _run_clientapp(
     from flwr.supernode.runtime import run_clientapp as rc
 
     pull, push = rc.pull_task_input, rc.push_message
+    rc.install_from_fab = installed_once(rc.install_from_fab)  # once per node, not per message (fab_install.py)
 
     def pull_and_tell(client):  # type: ignore[no-untyped-def]
         tell_when_pulled(client, on_input)

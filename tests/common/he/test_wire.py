@@ -15,9 +15,11 @@ from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_conte
 from common.he.hospital import encrypt_update
 from common.he.wire import (
     HEADER_KEY,
+    METRICS,
     EncryptedUpdate,
     InvalidCiphertext,
     flatten,
+    has_bundle,
     layout_id,
     put_bundle,
     take_bundle,
@@ -40,6 +42,52 @@ def test_bundle_survives_flower_message_transport(ctx: ts.Context) -> None:
         model()
     )  # 2,112 values + 2 canaries > 2,048 slots
     assert len(bundle.chunks[0]) / (2048 * 4) < 8.1  # a full ciphertext against the float32 it replaces
+
+
+def test_a_bundle_travels_as_one_array_however_many_ciphertexts_it_holds(ctx: ts.Context) -> None:
+    """Every Flower object is one request at every hop: a bundle costs the same few objects whether it holds one
+    ciphertext or many (it took two per ciphertext), and the split back into ciphertexts is exact."""
+
+    def objects(weights: OrderedDict[str, np.ndarray]) -> tuple[int, EncryptedUpdate]:
+        bundle = encrypt_update(weights, num_examples=3, context=ctx, run_id=1, server_round=1)
+        content = RecordDict()
+        put_bundle(content, bundle)
+        return len(get_all_nested_objects(content)), bundle
+
+    small, one = objects(OrderedDict(w=np.ones(10, np.float32)))
+    large, five = objects(OrderedDict(w=np.ones(5 * 2048, np.float32)))
+    assert one.header.num_chunks == 1 and five.header.num_chunks == 6
+    assert large == small == 5  # RecordDict, the header's ConfigRecord, the ArrayRecord, its Array, one chunk
+    content = RecordDict()
+    put_bundle(content, five)
+    assert take_bundle(content).chunks == five.chunks
+    content[HEADER_KEY]["chunk-sizes"] = [len(c) for c in five.chunks] + [1]  # one more than the bytes hold
+    with pytest.raises(InvalidCiphertext, match="chunk-sizes"):
+        take_bundle(content)
+
+
+def test_the_model_and_the_metrics_share_one_array_and_either_can_be_replaced(ctx: ts.Context) -> None:
+    """A reply carries the update and the metrics: 8 objects with the Message, as plain mode's reply (16 before)."""
+    update = encrypt_update(model(), num_examples=4, context=ctx, run_id=1, server_round=2)
+    scores = encrypt_update(OrderedDict(m=np.ones(6)), num_examples=4, context=ctx, run_id=1, server_round=2)
+    content = RecordDict()
+    assert not has_bundle(content, part=METRICS)
+    put_bundle(content, scores, part=METRICS)  # the metrics first: offsets, not order, find each part
+    put_bundle(content, update)
+    assert has_bundle(content) and has_bundle(content, part=METRICS)
+    assert len(get_all_nested_objects(content)) == 5
+    wire = {oid: obj.deflate() for oid, obj in get_all_nested_objects(content).items()}
+    received = inflate_object_from_contents(content.object_id, wire)
+    assert take_bundle(received) == update and take_bundle(received, part=METRICS) == scores
+    other = encrypt_update(OrderedDict(m=np.zeros(6)), num_examples=4, context=ctx, run_id=1, server_round=2)
+    put_bundle(content, other, part=METRICS)  # replaced: the model's bytes stay where its offset says
+    assert take_bundle(content) == update and take_bundle(content, part=METRICS) == other
+    put_bundle(content, update)  # and the other way round
+    assert take_bundle(content) == update and take_bundle(content, part=METRICS) == other
+    only_metrics = RecordDict()
+    put_bundle(only_metrics, other, part=METRICS)
+    with pytest.raises(InvalidCiphertext, match=r"no encrypted update \(model"):
+        take_bundle(only_metrics)
 
 
 def test_bundle_file_round_trip_and_truncation(ctx: ts.Context) -> None:
