@@ -170,11 +170,9 @@ def sync(
         ]
         reports = [RegistrationReport(record.name, fed.kit_dir(record.name), record) for record in pending]
         with ThreadPoolExecutor(max_workers=max(1, min(len(pending), SYNC_WORKERS))) as pool:
-            list(
-                pool.map(
-                    lambda report: _complete(fed, report.record, report, superlink=superlink, budget=budget), reports
-                )
-            )
+            done = pool.map(lambda r: _complete(fed, r.record, r, superlink=superlink, budget=budget), reports)
+            for _ in done:  # an error in any of them is raised here, as it was one after the other
+                pass
     return reports
 
 
