@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +26,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as `python bench/federation_lifecycle.py` from a checkout
+
+from federation_runs import load_average, source_state  # noqa: E402
 
 from common.demo_data import write_demo_split  # noqa: E402
 from fedcare.federation import LocalFederation  # noqa: E402
@@ -79,23 +80,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="federations started one after the other (default 2)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out")
     args = parser.parse_args(argv)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     lives = []
     for _ in range(args.repeats):
-        load_before = os.getloadavg()
+        load_before = load_average()
         with tempfile.TemporaryDirectory(prefix="fedcare-lifecycle-") as tmp:
             seconds = one_life(Path(tmp))
-        lives.append(
-            {
-                **seconds,
-                "total": round(sum(seconds.values()), 2),
-                "load_before": load_before,
-                "load_after": os.getloadavg(),
-            }
-        )
+        total = round(sum(seconds.values()), 2)
+        lives.append({**seconds, "total": total, "load_before": load_before, "load_after": load_average()})
     report: dict[str, Any] = {
         "benchmark": "federation_lifecycle",
-        "commit": commit.stdout.strip(),
+        "source": source_state(),
         "cpus": os.cpu_count(),
         "lives": lives,
         "median": {p: statistics.median(life[p] for life in lives) for p in (*PHASES, "total")},

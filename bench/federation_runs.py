@@ -25,6 +25,7 @@ from rich.console import Console
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as `python bench/<name>.py` from a checkout
 
+from fedcare.app_stage import stage_app  # noqa: E402
 from fedcare.federation import FederationError, LocalFederation  # noqa: E402
 
 REFERENCE_APP = REPO / "bench" / "reference_app"
@@ -64,14 +65,8 @@ def snapshot_apps(dest: Path) -> dict[str, Path]:
     """Copy both Flower apps; the reference gets its own copy of `common` instead of the installed one."""
     shutil.rmtree(dest, ignore_errors=True)
     fedcare, reference = dest / "fedcare", dest / "reference"
-    fedcare.mkdir(parents=True)
-    shutil.copy2(REPO / "pyproject.toml", fedcare / "pyproject.toml")
-    app = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
-    packages = sorted(
-        {pattern.split("/")[0] for pattern in app.get("fab-include", [])} or {"server", "client", "common"}
-    )
-    for package in packages:
-        shutil.copytree(REPO / package, fedcare / package, ignore=SKIP_COPY)
+    if stage_app(REPO, into=fedcare) != fedcare:  # what `flwr run` is given anyway (fedcare/app_stage.py)
+        raise FederationError("pyproject.toml's fab-include names no top-level folders to snapshot")
     shutil.copytree(REFERENCE_APP, reference, ignore=SKIP_COPY)
     shutil.copytree(REPO / "common", reference / "common", ignore=SKIP_COPY)
     return {"fedcare": fedcare, "reference": reference}

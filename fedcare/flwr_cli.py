@@ -18,9 +18,9 @@ import tomli_w
 
 from fedcare.app_stage import stage_app
 from fedcare.processes import FederationError, console_script, flower_env
+from fedcare.superlink_control import CONNECTION, write_connection_config
 
 log = logging.getLogger("fedcare.federation")
-CONNECTION = "fedcare"
 
 
 @dataclass(frozen=True)
@@ -34,15 +34,7 @@ class FlwrCli:
 
     def write_config(self, address: str, *, ca_certificate: Path | None) -> None:
         """Point the connection at `address` (TLS with `ca_certificate`; None: insecure)."""
-        connection: dict[str, Any] = {"address": address}
-        if ca_certificate is None:
-            connection["insecure"] = True
-        else:
-            connection["root-certificates"] = str(ca_certificate)
-        self.home.mkdir(parents=True, exist_ok=True)
-        (self.home / "config.toml").write_text(
-            tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: connection}})
-        )
+        write_connection_config(self.home, address=address, root_certificates=ca_certificate)
 
     def run(self, *args: str, timeout: float = 120.0) -> dict[str, Any]:
         """Run a `flwr` CLI command against this federation and parse its JSON answer."""

@@ -44,25 +44,34 @@ def flwr_bin() -> str:
     return str(candidate) if candidate.exists() else "flwr"
 
 
+def write_connection_config(home: Path, *, address: str, root_certificates: Path | None) -> None:
+    """The `flwr` CLI's connection file in FLWR_HOME `home`: the `fedcare` connection to `address`, over TLS
+    checked against `root_certificates` (None: insecure).
+
+    Whole or not at all: `sync` runs several commands at once, and a reader must not see a half-written file."""
+    entry: dict[str, Any] = {"address": address}
+    if root_certificates is None:
+        entry["insecure"] = True
+    else:
+        entry["root-certificates"] = str(root_certificates)
+    home.mkdir(parents=True, exist_ok=True)
+    part = home / f"config.toml.{os.getpid()}.{threading.get_ident()}.part"
+    part.write_text(tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: entry}}))
+    os.replace(part, home / "config.toml")
+
+
 class SuperLinkControl:
     def __init__(self, connection: SuperLinkConnection, *, home: Path, timeout: float = 60.0) -> None:
         self.connection, self.home, self.timeout = connection, Path(home), timeout
 
-    def _write_config(self) -> None:
-        entry: dict[str, Any] = {"address": self.connection.address}
-        if self.connection.root_certificates is None:
-            entry["insecure"] = True
-        else:
-            entry["root-certificates"] = str(Path(self.connection.root_certificates).resolve())
-        self.home.mkdir(parents=True, exist_ok=True)
-        # Whole or not at all: `sync` runs several commands at once, and a reader must not see a half-written file.
-        part = self.home / f"config.toml.{os.getpid()}.{threading.get_ident()}.part"
-        part.write_text(tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: entry}}))
-        os.replace(part, self.home / "config.toml")
-
     def run(self, *args: str) -> dict[str, Any]:
         """One `flwr` command with `--format json`; its answer, or SuperLinkError/SuperLinkUnavailable."""
-        self._write_config()
+        certificates = self.connection.root_certificates
+        write_connection_config(
+            self.home,
+            address=self.connection.address,
+            root_certificates=None if certificates is None else Path(certificates).resolve(),
+        )
         env = {
             **os.environ,
             "FLWR_HOME": str(self.home),
