@@ -7,13 +7,14 @@ Setup: `tests/server/test_deadline_rounds.py`'s (the production ServerApp loop a
 loopback grid, `synthetic` data, 3 hospitals, 10 rounds of 2 local epochs at batch 64, DP off so that a run
 is seeded). Per seed, one equal-speed run, then per share one run in which hospital-3 is given that share of
 its full steps every round (the schedule pinned as the test pins it, so the figures do not follow the
-machine's load), the default `deadline-aggregation` ("fedavg"). The noise arm gives hospital-3 all its steps
-but another shuffling seed: how far a final accuracy moves when nothing that matters changes.
+machine's load), averaged as --aggregation says (`deadline-aggregation`, default "fedavg"). The noise arm
+gives hospital-3 all its steps but another shuffling seed: how far a final accuracy moves when nothing that
+matters changes.
 
     python bench/deadline_accuracy.py                                  # shares 0.25 0.5 0.75, 8 seeds
     python bench/deadline_accuracy.py --shares 0.75 --seeds 42 7 123   # the test's setting
 
-Prints a Markdown table on stderr and a JSON object on stdout, and writes bench/out/deadline_accuracy.json.
+Prints a Markdown table on stderr and a JSON object on stdout, and writes bench/out/deadline_accuracy-AGGREGATION.json.
 `bench/deadline.py` measures the round times on a real federation.
 """
 
@@ -26,7 +27,7 @@ import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as `python bench/deadline_accuracy.py` from a checkout
@@ -38,6 +39,7 @@ from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 import client.local_round  # noqa: E402
 from bench.federation_runs import load_average, source_state  # noqa: E402
 from common.demo_data import DemoSplit, write_demo_split  # noqa: E402
+from common.settings import DeadlineAggregation  # noqa: E402
 from fedcare.demo import holdout_accuracy  # noqa: E402
 from server.local_work import LocalWorkScheduler  # noqa: E402
 from tests.server.loopback import RUN  # noqa: E402
@@ -63,7 +65,7 @@ def _reshuffled(train_plain: Any) -> Any:
     return train
 
 
-def one_seed(root: Path, split: DemoSplit, *, seed: int, shares: list[float]) -> dict[str, Any]:
+def one_seed(root: Path, split: DemoSplit, *, seed: int, shares: list[float], aggregation: str) -> dict[str, Any]:
     """Final held-out accuracy at equal speed, and its change per arm, for one seeded federation."""
     config = {**ACCURACY_ROUNDS, "seed": seed}
     equal = run_loopback(root / "equal", split, slowed=False, config=config)
@@ -77,9 +79,8 @@ def one_seed(root: Path, split: DemoSplit, *, seed: int, shares: list[float]) ->
             mp.setattr(LocalWorkScheduler, "plan", pinned_plan(steps))
             if arm == NOISE:
                 mp.setattr(client.local_round, "train_plain", _reshuffled(client.local_round.train_plain))
-            results = run_loopback(
-                root / f"arm-{arm}", split, slowed=False, config={**config, "round-deadline": ACCURACY_DEADLINE}
-            )
+            scheduled = {**config, "round-deadline": ACCURACY_DEADLINE, "deadline-aggregation": aggregation}
+            results = run_loopback(root / f"arm-{arm}", split, slowed=False, config=scheduled)
         accuracy = holdout_accuracy(results, split)
         assert accuracy is not None
         out["change"][arm] = round(100 * (accuracy - at_equal), 2)  # accuracy points
@@ -120,6 +121,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shares", type=float, nargs="+", default=[0.25, 0.5, 0.75])
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 7, 123, 1, 2, 3, 4, 5])
+    parser.add_argument("--aggregation", choices=get_args(DeadlineAggregation), default="fedavg")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out")
     args = parser.parse_args()
     if any(not 0 < s <= 1 for s in args.shares):
@@ -132,7 +134,10 @@ def main() -> None:
         mp.setattr(TaskIdentity, "_node_id", 0)
         root = Path(tmp)
         split = write_demo_split(root / "data", dataset="synthetic", hospitals=3)
-        per_seed = [one_seed(root / str(seed), split, seed=seed, shares=args.shares) for seed in args.seeds]
+        per_seed = [
+            one_seed(root / str(seed), split, seed=seed, shares=args.shares, aggregation=args.aggregation)
+            for seed in args.seeds
+        ]
     arms = [*map(str, args.shares), NOISE]
     stats = summary(per_seed, arms)
     result = {
@@ -142,12 +147,13 @@ def main() -> None:
         "load_before": load_before,
         "load_after": load_average(),
         "setup": {**ACCURACY_ROUNDS, "hospitals": 3, "dataset": "synthetic", "slow_hospital": f"hospital-{SLOW}"},
+        "deadline_aggregation": args.aggregation,
         "per_seed": per_seed,
         "summary": stats,
     }
     print(table(stats, seeds=len(args.seeds)), file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "deadline_accuracy.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / f"deadline_accuracy-{args.aggregation}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
 
 
