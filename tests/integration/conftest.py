@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -10,7 +12,8 @@ import pytest
 
 from bench.chaos_bed import ChaosBed
 from common.demo_data import DemoSplit, write_demo_split
-from fedcare.federation import LocalFederation
+from common.he.keys import KeyFiles, write_keys
+from fedcare.federation import LocalFederation, ManagedProcess
 
 APP_DIR = Path(__file__).resolve().parents[2]
 
@@ -38,13 +41,73 @@ def breast_cancer_split(tmp_path_factory: pytest.TempPathFactory) -> DemoSplit:
     return write_demo_split(tmp_path_factory.mktemp("data"), dataset="breast-cancer", hospitals=3)
 
 
-SHARED_BED = "chaos_bed"
+SHARED = ("he_federation", "chaos_bed")  # session federations, in the order their tests run: after all others
+LAST_ON_SHARED = "breaks_shared_federation"  # marks the test that leaves a shared federation unfit for others
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", f"{LAST_ON_SHARED}: runs last of the tests on its shared federation")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests on the shared chaos bed run last, one after the other: the bed then lives only through them (its
-    processes idle meanwhile, and it points TMPDIR into itself), and ends with the session."""
-    items.sort(key=lambda item: SHARED_BED in getattr(item, "fixturenames", ()))  # stable: the order stays
+    """Tests on a shared federation run after the others, grouped by federation, one after the other, the
+    one that breaks it last: each federation then lives only through its tests (the chaos bed, last, ends with
+    the session; its processes idle meanwhile, and it points TMPDIR into itself)."""
+
+    def order(item: pytest.Item) -> tuple[int, bool]:
+        names = getattr(item, "fixturenames", ())
+        group = next((i for i, name in enumerate(SHARED, start=1) if name in names), 0)
+        return group, item.get_closest_marker(LAST_ON_SHARED) is not None
+
+    items.sort(key=order)  # stable: the order within a group stays
+
+
+@dataclass
+class HeFederation:
+    """3 hospitals, each with the CKKS secret context and a state folder of its own; no budget service.
+
+    The test that kills its nodes (`breaks_shared_federation`) calls `close` itself, where its own federation
+    used to stop; otherwise the session's end does. Either way every process it started must be gone."""
+
+    fed: LocalFederation
+    keys: KeyFiles
+    split: DemoSplit
+    root: Path
+    nodes: dict[int, ManagedProcess] = field(default_factory=dict)  # hospital-i's node, the latest started
+    _stack: ExitStack | None = None
+
+    def start(self, i: int, *, wait: bool = True) -> ManagedProcess:
+        """hospital-i's node, from its kit (hence its node id) and state folder: the same after a restart."""
+        config = {"he-secret-context": str(self.keys.hospital_context), "state-dir": str(self.root / f"state-{i}")}
+        self.nodes[i] = self.fed.add_hospital(
+            institution=f"hospital-{i}", data_path=self.split.hospital_paths[i - 1], node_config=config, wait=wait
+        )
+        return self.nodes[i]
+
+    def close(self) -> None:
+        if self._stack is not None:
+            stack, self._stack = self._stack, None
+            stack.close()
+            assert_all_exited(self.fed.seen_pids)
+
+
+@pytest.fixture(scope="session")
+def he_federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HeFederation]:
+    """One federation for test_he_federation and then test_dropouts, which kills hospitals: starting one costs
+    about 20 s on 2 idle cores."""
+    root = tmp_path_factory.mktemp("he-federation")
+    split = write_demo_split(root / "data", dataset="breast-cancer", hospitals=3)
+    with ExitStack() as stack:
+        fed = stack.enter_context(LocalFederation(root / "fed"))
+        shared = HeFederation(fed, write_keys(root / "he"), split, root, _stack=stack.pop_all())
+    try:
+        fed.start_superlink()
+        for i in (1, 2, 3):  # started together: their executors warm up side by side
+            shared.start(i, wait=False)
+        shared.nodes = dict(zip(shared.nodes, fed.wait_for_nodes(list(shared.nodes.values())), strict=True))
+        yield shared
+    finally:
+        shared.close()
 
 
 @pytest.fixture(scope="session")
