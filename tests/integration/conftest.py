@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -41,7 +42,8 @@ def breast_cancer_split(tmp_path_factory: pytest.TempPathFactory) -> DemoSplit:
     return write_demo_split(tmp_path_factory.mktemp("data"), dataset="breast-cancer", hospitals=3)
 
 
-SHARED = ("he_federation", "chaos_bed")  # session federations, in the order their tests run: after all others
+SHARED = ("warm_hospital", "he_federation", "chaos_bed")  # session federations, in the order their tests run last
+STOPPED_AFTER_USE = ("warm_hospital", "he_federation")
 LAST_ON_SHARED = "breaks_shared_federation"  # marks the test that leaves a shared federation unfit for others
 
 
@@ -62,33 +64,70 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=order)  # stable: the order within a group stays
 
 
-@dataclass
-class HeFederation:
-    """3 hospitals, each with the CKKS secret context and a state folder of its own; no budget service.
+@pytest.hookimpl(trylast=True)  # after pytest's own teardown of the test's fixtures, which must run whatever this does
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """A shared federation (not the chaos bed: it ends with the session) stops once its last test ended, rather
+    than idle through the other groups; its check that every process is gone then fails that test's teardown."""
+    following = getattr(nextitem, "fixturenames", ()) if nextitem is not None else ()
+    for name in STOPPED_AFTER_USE:
+        shared = (getattr(item, "funcargs", None) or {}).get(name)
+        if shared is not None and name not in following:
+            shared.close()
 
-    The test that kills its nodes (`breaks_shared_federation`) calls `close` itself, where its own federation
-    used to stop; otherwise the session's end does. Either way every process it started must be gone."""
+
+@dataclass
+class SharedFederation:
+    """A federation that several tests use, one after the other (`SHARED`). A test that ends it
+    (`breaks_shared_federation`) calls `close` itself, where its own federation used to stop; otherwise the
+    session's end does. Either way every process it started must be gone."""
 
     fed: LocalFederation
+    root: Path
+    _stack: ExitStack = field(default_factory=ExitStack, repr=False)
+
+    def close(self) -> None:
+        stack, self._stack = self._stack, ExitStack()  # closing twice stops nothing twice
+        stack.close()
+        assert_all_exited(self.fed.seen_pids)
+
+
+@contextmanager
+def shared_federation(root: Path, **options: Any) -> Iterator[SharedFederation]:
+    """A LocalFederation in root / "fed" with its SuperLink started, closed (and checked) however its tests end."""
+    with ExitStack() as stack:
+        fed = stack.enter_context(LocalFederation(root / "fed", **options))
+        shared = SharedFederation(fed, root, stack.pop_all())
+    try:
+        fed.start_superlink()
+        yield shared
+    finally:
+        shared.close()
+
+
+@dataclass
+class HeFederation:
+    """3 hospitals, each with the CKKS secret context and a state folder of its own; no budget service."""
+
+    shared: SharedFederation
     keys: KeyFiles
     split: DemoSplit
-    root: Path
     nodes: dict[int, ManagedProcess] = field(default_factory=dict)  # hospital-i's node, the latest started
-    _stack: ExitStack | None = None
+
+    @property
+    def fed(self) -> LocalFederation:
+        return self.shared.fed
 
     def start(self, i: int, *, wait: bool = True) -> ManagedProcess:
         """hospital-i's node, from its kit (hence its node id) and state folder: the same after a restart."""
-        config = {"he-secret-context": str(self.keys.hospital_context), "state-dir": str(self.root / f"state-{i}")}
+        state = self.shared.root / f"state-{i}"
+        config = {"he-secret-context": str(self.keys.hospital_context), "state-dir": str(state)}
         self.nodes[i] = self.fed.add_hospital(
             institution=f"hospital-{i}", data_path=self.split.hospital_paths[i - 1], node_config=config, wait=wait
         )
         return self.nodes[i]
 
     def close(self) -> None:
-        if self._stack is not None:
-            stack, self._stack = self._stack, None
-            stack.close()
-            assert_all_exited(self.fed.seen_pids)
+        self.shared.close()
 
 
 @pytest.fixture(scope="session")
@@ -97,17 +136,55 @@ def he_federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HeFedera
     about 20 s on 2 idle cores."""
     root = tmp_path_factory.mktemp("he-federation")
     split = write_demo_split(root / "data", dataset="breast-cancer", hospitals=3)
-    with ExitStack() as stack:
-        fed = stack.enter_context(LocalFederation(root / "fed"))
-        shared = HeFederation(fed, write_keys(root / "he"), split, root, _stack=stack.pop_all())
-    try:
-        fed.start_superlink()
+    keys = write_keys(root / "he")
+    with shared_federation(root) as shared:
+        he = HeFederation(shared, keys, split)
         for i in (1, 2, 3):  # started together: their executors warm up side by side
-            shared.start(i, wait=False)
-        shared.nodes = dict(zip(shared.nodes, fed.wait_for_nodes(list(shared.nodes.values())), strict=True))
-        yield shared
-    finally:
-        shared.close()
+            he.start(i, wait=False)
+        he.nodes = dict(zip(he.nodes, he.fed.wait_for_nodes(list(he.nodes.values())), strict=True))
+        yield he
+
+
+WARM_MESSAGE_TIMEOUT = 8.0  # warm_hospital's --message-timeout: a ClientApp that hangs or trains past it is killed
+
+
+@dataclass
+class WarmHospital:
+    """hospital-1 alone (`fedcare node start --message-timeout WARM_MESSAGE_TIMEOUT`), with a state folder."""
+
+    shared: SharedFederation
+    node: ManagedProcess
+    state: Path
+    split: DemoSplit  # hospital-1 holds hospital_paths[0]
+
+    @property
+    def fed(self) -> LocalFederation:
+        return self.shared.fed
+
+    def log_size(self) -> int:
+        """The node's log's size now: a test's part of the log starts there (`log_since`)."""
+        return self.node.log_path.stat().st_size
+
+    def log_since(self, offset: int) -> str:
+        with self.node.log_path.open("rb") as handle:
+            handle.seek(offset)
+            return handle.read().decode(errors="replace")
+
+    def close(self) -> None:
+        self.shared.close()
+
+
+@pytest.fixture(scope="session")
+def warm_hospital(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WarmHospital]:
+    """One federation for test_warm_dp's child killed mid-training and test_warm_executor's misbehaving
+    ClientApps: in each a ClientApp is killed at the message timeout, and the executor serves on."""
+    root = tmp_path_factory.mktemp("warm-hospital")
+    split = write_demo_split(root / "data", dataset="breast-cancer", hospitals=3)
+    with shared_federation(root, node_options=["--message-timeout", f"{WARM_MESSAGE_TIMEOUT:g}"]) as shared:
+        state = root / "state"
+        config = {"state-dir": str(state), "epsilon-limit": 1000.0}  # test_warm_dp's 400 epochs spend over 10
+        node = shared.fed.add_hospital(institution="hospital-1", data_path=split.hospital_paths[0], node_config=config)
+        yield WarmHospital(shared, node, state, split)
 
 
 @pytest.fixture(scope="session")
