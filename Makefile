@@ -18,8 +18,8 @@ demo: setup
 	$(BIN)/fedcare demo
 
 # The unit tests on both cores (pytest-xdist, a test file per worker so module fixtures start once), then the
-# multi-process federations one at a time: each starts a federation of its own processes, some share one (the
-# chaos bed). Both parts run, and either failing fails the target.
+# multi-process federations one at a time: they time rounds and kill processes, and some share a federation
+# (tests/integration/conftest.py's SHARED). Both parts run, and either failing fails the target.
 test: setup
 	$(BIN)/python -m pytest -m "not slow" -n 2 --dist loadfile; unit=$$?; \
 	$(BIN)/python -m pytest -m slow; slow=$$?; \
