@@ -17,8 +17,13 @@ setup: $(BIN)/fedcare
 demo: setup
 	$(BIN)/fedcare demo
 
+# The unit tests on both cores (pytest-xdist, a test file per worker so module fixtures start once), then the
+# multi-process federations one at a time: they time rounds and kill processes, and some share a federation
+# (tests/integration/conftest.py's SHARED). Both parts run, and either failing fails the target.
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not slow" -n 2 --dist loadfile; unit=$$?; \
+	$(BIN)/python -m pytest -m slow; slow=$$?; \
+	test $$unit -eq 0 && test $$slow -eq 0
 
 # ruff: lint (with import sorting) and the formatter's check; CI runs this before the tests.
 lint: setup

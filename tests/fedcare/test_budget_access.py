@@ -21,6 +21,7 @@ from server.budget_client.connection import (
 )
 
 TOKEN = "fcb_" + "t" * 43
+pytestmark = pytest.mark.usefixtures("wide_budget_consoles")  # the tests count lines
 
 
 def _site(tmp_path: Path, *, url: str = "https://budget.example.org:8470", token_mode: int = 0o600) -> Path:

@@ -25,7 +25,7 @@ from server.budget.process import free_port, running_budget_service
 from server.budget_client.connection import BudgetConnection, tls_context
 from tests.server.budget.helpers import dp_event
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("wide_budget_consoles")]  # failures count as one line
 
 
 def _show(*args: str) -> tuple[int, str]:

@@ -1,10 +1,10 @@
 """A dead hospital does not end a run: real processes, a SuperNode SIGKILLed after round 1, min-nodes left at
 its default (a quorum: 2 of 3).
 
-One federation serves two runs. Plain: hospital-3 is killed and restarted at once with the same kit and
-state; the run goes on with the other two (results.json says who dropped and why) and hospital-3 takes part
-again at a later round. HE: hospital-2 is killed; the survivors' encrypted sum still decrypts with the
-hospitals' secret context, which each of them holds.
+One federation (conftest's `he_federation`, test_he_federation's before this test) serves two runs. Plain:
+hospital-3 is killed and restarted at once with the same kit and state; the run goes on with the other two
+(results.json says who dropped and why) and hospital-3 takes part again at a later round. HE: hospital-2 is
+killed; the survivors' encrypted sum still decrypts with the hospitals' secret context, which each of them holds.
 """
 
 from __future__ import annotations
@@ -17,13 +17,10 @@ from typing import Any
 import pytest
 
 from client.he_export import decrypt_model
-from common.demo_data import DemoSplit
-from common.he.keys import write_keys
 from common.schema import load_schema
-from fedcare.federation import LocalFederation
-from tests.integration.conftest import APP_DIR, assert_all_exited, wait_finished
+from tests.integration.conftest import APP_DIR, LAST_ON_SHARED, HeFederation, wait_finished
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, getattr(pytest.mark, LAST_ON_SHARED)]  # it kills the shared federation's nodes
 BOTH = ["hospital-1", "hospital-2", "hospital-3"]
 
 
@@ -47,42 +44,30 @@ def _rounds(results: Path) -> list[dict[str, Any]]:
 
 
 def test_a_killed_hospital_costs_no_round_rejoins_when_restarted_and_he_survives_a_dropout(
-    tmp_path: Path, breast_cancer_split: DemoSplit
+    tmp_path: Path, he_federation: HeFederation
 ) -> None:
-    split, runs = breast_cancer_split, tmp_path / "runs"
-    keys = write_keys(tmp_path / "he")
+    fed, split, keys, runs = he_federation.fed, he_federation.split, he_federation.keys, tmp_path / "runs"
     common = {"schema-path": str(split.schema_path), "results-dir": str(runs), "dp": False, "local-epochs": 1}
+    nodes = dict(he_federation.nodes)
 
-    def start(i: int, *, wait: bool = True):  # type: ignore[no-untyped-def]
-        config = {"he-secret-context": str(keys.hospital_context), "state-dir": str(tmp_path / f"state-{i}")}
-        return fed.add_hospital(
-            institution=f"hospital-{i}", data_path=split.hospital_paths[i - 1], node_config=config, wait=wait
-        )
+    plain_id = fed.submit(app_dir=APP_DIR, run_config={**common, "num-rounds": 10})
+    _after_round(runs / str(plain_id) / "results.json", 1)
+    fed.kill(nodes[3])
+    killed = time.monotonic()
+    he_federation.start(3, wait=False)  # the same kit (hence node id) and state folder
+    assert wait_finished(fed, plain_id) == "finished:completed"
+    plain_seconds = time.monotonic() - killed
 
-    with LocalFederation(tmp_path / "fed") as fed:
-        fed.start_superlink()
-        nodes = {i: start(i, wait=False) for i in (1, 2, 3)}
-        for node in nodes.values():  # started together: their executors warm up side by side
-            fed.wait_for_node(node)
-
-        plain_id = fed.submit(app_dir=APP_DIR, run_config={**common, "num-rounds": 10})
-        _after_round(runs / str(plain_id) / "results.json", 1)
-        fed.kill(nodes[3])
-        killed = time.monotonic()
-        start(3, wait=False)  # the same kit (hence node id) and state folder
-        assert wait_finished(fed, plain_id) == "finished:completed"
-        plain_seconds = time.monotonic() - killed
-
-        he_id = fed.submit(
-            app_dir=APP_DIR,
-            run_config={**common, "num-rounds": 3, "privacy-mode": "he", "he-public-context": str(keys.server_context)},
-        )
-        _after_round(runs / str(he_id) / "results.json", 1)
-        fed.kill(nodes[2])
-        killed = time.monotonic()
-        assert wait_finished(fed, he_id) == "finished:completed"
-        he_seconds = time.monotonic() - killed
-    assert_all_exited(fed.seen_pids)
+    he_id = fed.submit(
+        app_dir=APP_DIR,
+        run_config={**common, "num-rounds": 3, "privacy-mode": "he", "he-public-context": str(keys.server_context)},
+    )
+    _after_round(runs / str(he_id) / "results.json", 1)
+    fed.kill(nodes[2])
+    killed = time.monotonic()
+    assert wait_finished(fed, he_id) == "finished:completed"
+    he_seconds = time.monotonic() - killed
+    he_federation.close()  # stops every process the federation started, and checks that each is gone
 
     rounds = _rounds(runs / str(plain_id) / "results.json")
     assert rounds[0]["participants"] == BOTH and rounds[0]["dropped"] == {}

@@ -1,4 +1,6 @@
-"""HE mode on a real federation: SuperLink + 3 SuperNodes, CKKS updates the server cannot read."""
+"""HE mode on a real federation: SuperLink + 3 SuperNodes, CKKS updates the server cannot read.
+
+The federation (conftest's `he_federation`) is test_dropouts' too: that test runs after this one."""
 
 from __future__ import annotations
 
@@ -12,11 +14,9 @@ from client.he_export import decrypt_model
 from client.training import evaluate
 from common.data import load_hospital_table
 from common.demo_data import DemoSplit
-from common.he.keys import write_keys
 from common.models import build_model
 from common.schema import load_schema
-from fedcare.federation import LocalFederation
-from tests.integration.conftest import APP_DIR, assert_all_exited, wait_finished
+from tests.integration.conftest import APP_DIR, HeFederation, wait_finished
 
 pytestmark = pytest.mark.slow
 
@@ -29,11 +29,11 @@ def _holdout_accuracy(split: DemoSplit, state_dict: dict[str, torch.Tensor]) -> 
 
 
 def test_he_federation_matches_plain_and_the_server_never_holds_a_readable_model(
-    tmp_path: Path, breast_cancer_split: DemoSplit
+    tmp_path: Path, he_federation: HeFederation
 ) -> None:
-    """DP off in both runs, same seed: then the only difference is CKKS, whose error is ~1e-8."""
-    split = breast_cancer_split
-    keys = write_keys(tmp_path / "he")
+    """DP off in both runs, same seed: then the only difference is CKKS, whose error is ~1e-8. The fixture
+    checks, once the federation stopped, that every process it started is gone."""
+    fed, split, keys = he_federation.fed, he_federation.split, he_federation.keys
     runs = tmp_path / "runs"
     common = {
         "num-rounds": 2,
@@ -42,34 +42,18 @@ def test_he_federation_matches_plain_and_the_server_never_holds_a_readable_model
         "min-nodes": 3,
         "dp": False,
     }
-    with LocalFederation(tmp_path / "fed") as fed:
-        fed.start_superlink()
-        nodes = [
-            fed.add_hospital(
-                institution=f"hospital-{i}",
-                data_path=path,
-                node_config={
-                    "he-secret-context": str(keys.hospital_context),
-                    "state-dir": str(tmp_path / f"state-{i}"),
-                },
-                wait=False,
-            )
-            for i, path in enumerate(split.hospital_paths, start=1)
-        ]
-        fed.wait_for_nodes(nodes)
-        plain_id = fed.submit(app_dir=APP_DIR, run_config=common)
-        plain_status = wait_finished(fed, plain_id)
-        he_id = fed.submit(
-            app_dir=APP_DIR, run_config={**common, "privacy-mode": "he", "he-public-context": str(keys.server_context)}
-        )
-        he_status = wait_finished(fed, he_id)
-        # The server must refuse to run HE with a context that can decrypt.
-        leaked_id = fed.submit(
-            app_dir=APP_DIR,
-            run_config={**common, "privacy-mode": "he", "he-public-context": str(keys.hospital_context)},
-        )
-        leaked_status = wait_finished(fed, leaked_id, timeout=180)
-    assert_all_exited(fed.seen_pids)
+    plain_id = fed.submit(app_dir=APP_DIR, run_config=common)
+    plain_status = wait_finished(fed, plain_id)
+    he_id = fed.submit(
+        app_dir=APP_DIR, run_config={**common, "privacy-mode": "he", "he-public-context": str(keys.server_context)}
+    )
+    he_status = wait_finished(fed, he_id)
+    # The server must refuse to run HE with a context that can decrypt.
+    leaked_id = fed.submit(
+        app_dir=APP_DIR,
+        run_config={**common, "privacy-mode": "he", "he-public-context": str(keys.hospital_context)},
+    )
+    leaked_status = wait_finished(fed, leaked_id, timeout=180)
     assert (plain_status, he_status) == ("finished:completed", "finished:completed")
 
     he = json.loads((runs / str(he_id) / "results.json").read_text())

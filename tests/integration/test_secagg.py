@@ -1,7 +1,8 @@
 """SecAgg+ across real processes: the sum is FedAvg, a crash mid-round costs no round, DP is reported.
 
-Each test runs a SuperLink and SuperNodes as OS processes (gRPC over TLS on 127.0.0.1) with
-Flower's SecAgg+ workflow and `secaggplus_mod`; nothing of Flower is replaced.
+Both tests run on one federation (a SuperLink and 3 SuperNodes as OS processes, gRPC over TLS on 127.0.0.1)
+with Flower's SecAgg+ workflow and `secaggplus_mod`; nothing of Flower is replaced. Starting it costs about
+20 s, so it is started once: the FedAvg test first, the kill test last (it leaves hospital-3 dead).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import json
 import time
 import tomllib
 from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,7 @@ from common.dp_event import epsilon_of
 from common.models import build_model
 from common.schema import load_schema
 from common.settings import RunSettings
-from fedcare.federation import LocalFederation
+from fedcare.federation import LocalFederation, ManagedProcess
 from server.fedavg import ClientUpdate, fedavg
 from server.messaging import message_config
 from tests.integration.conftest import APP_DIR, assert_all_exited, wait_finished
@@ -42,6 +45,40 @@ def _run_config(split: DemoSplit, tmp_path: Path, **extra: Any) -> dict[str, Any
         "secagg-timeout": 45.0,
         **extra,
     }
+
+
+@dataclass(frozen=True)
+class SecAggFederation:
+    fed: LocalFederation
+    nodes: list[ManagedProcess]  # hospital-1, -2, -3
+    state: Path  # hospital-i's state directory is state / f"h{i}"
+
+
+@pytest.fixture(scope="module")
+def secagg_federation(
+    tmp_path_factory: pytest.TempPathFactory, breast_cancer_split: DemoSplit
+) -> Iterator[SecAggFederation]:
+    """3 hospitals, each with its own state directory. The kill test needs the limit: 8 local epochs at noise 1.0
+    spend about 4 epsilon a round, above the kit's default limit of 10 by round 3, and that test is about
+    dropouts, not budgets (test_privacy covers those); the FedAvg test trains without DP, which never touches
+    the accountant. Every process it started is gone once it stopped, also when a test failed."""
+    root = tmp_path_factory.mktemp("secagg")
+    state = root / "state"
+    with LocalFederation(root / "fed") as fed:
+        fed.start_superlink()
+        nodes = fed.wait_for_nodes(
+            [
+                fed.add_hospital(
+                    institution=f"hospital-{i}",
+                    data_path=path,
+                    node_config={"state-dir": str(state / f"h{i}"), "epsilon-limit": 1000.0},
+                    wait=False,
+                )
+                for i, path in enumerate(breast_cancer_split.hospital_paths, start=1)
+            ]
+        )
+        yield SecAggFederation(fed, nodes, state)
+    assert_all_exited(fed.seen_pids)
 
 
 def _local_update(
@@ -80,21 +117,12 @@ def _load(path: str | Path) -> OrderedDict[str, np.ndarray]:
 
 
 def test_secagg_fedavg_equals_plaintext_fedavg_of_the_same_updates(
-    tmp_path: Path, breast_cancer_split: DemoSplit
+    tmp_path: Path, breast_cancer_split: DemoSplit, secagg_federation: SecAggFederation
 ) -> None:
-    split = breast_cancer_split
+    split, fed = breast_cancer_split, secagg_federation.fed
     run_config = _run_config(split, tmp_path, **{"num-rounds": 2, "min-nodes": 3, "dp": False})
-    with LocalFederation(tmp_path / "fed") as fed:
-        fed.start_superlink()
-        fed.wait_for_nodes(
-            [
-                fed.add_hospital(institution=f"hospital-{i}", data_path=path, wait=False)
-                for i, path in enumerate(split.hospital_paths, start=1)
-            ]
-        )
-        run_id = fed.submit(app_dir=APP_DIR, run_config=run_config)
-        assert wait_finished(fed, run_id) == "finished:completed"
-    assert_all_exited(fed.seen_pids)
+    run_id = fed.submit(app_dir=APP_DIR, run_config=run_config)
+    assert wait_finished(fed, run_id) == "finished:completed"
 
     results = json.loads((tmp_path / "runs" / str(run_id) / "results.json").read_text())
     assert results["status"] == "completed" and results["privacy_mode"] == "secagg"
@@ -132,7 +160,7 @@ def test_secagg_fedavg_equals_plaintext_fedavg_of_the_same_updates(
 
 
 def test_a_supernode_killed_mid_round_costs_no_round_and_dp_epsilon_is_reported_like_plain(
-    tmp_path: Path, breast_cancer_split: DemoSplit
+    tmp_path: Path, breast_cancer_split: DemoSplit, secagg_federation: SecAggFederation
 ) -> None:
     """hospital-3 is SIGKILLed while it trains in round 1 (its accountant has just committed the round).
 
@@ -141,7 +169,7 @@ def test_a_supernode_killed_mid_round_costs_no_round_and_dp_epsilon_is_reported_
     listed, or listed and silent to the liveness ping) and list it under `dropped`; every round is in
     results.json, with local DP's epsilon per hospital as in plain mode.
     """
-    split, state = breast_cancer_split, tmp_path / "state"
+    split, fed, state = breast_cancer_split, secagg_federation.fed, secagg_federation.state
     delta, noise, epochs, batch = 1e-5, 1.0, 8, 16
     run_config = _run_config(
         split,
@@ -157,32 +185,17 @@ def test_a_supernode_killed_mid_round_costs_no_round_and_dp_epsilon_is_reported_
             "amp": "off",
         },
     )
-    with LocalFederation(tmp_path / "fed") as fed:
-        fed.start_superlink()
-        nodes = fed.wait_for_nodes(
-            [
-                fed.add_hospital(
-                    institution=f"hospital-{i}",
-                    data_path=path,
-                    # 8 local epochs at noise 1.0 spend about 4 epsilon a round: above the kit's default limit of
-                    # 10 by round 3, and this test is about dropouts, not budgets (test_privacy covers those).
-                    node_config={"state-dir": str(state / f"h{i}"), "epsilon-limit": 1000.0},
-                    wait=False,
-                )
-                for i, path in enumerate(split.hospital_paths, start=1)
-            ]
-        )
-        run_id = fed.submit(app_dir=APP_DIR, run_config=run_config)
-        committed = state / "h3" / "privacy-accountant.json"
-        deadline = time.monotonic() + 300
-        while not committed.exists():
-            assert time.monotonic() < deadline, "hospital-3 never started training"
-            time.sleep(0.05)
-        fed.kill(nodes[2])  # a crash while it trains: SIGKILL, no goodbye to the SuperLink
-        killed_at = time.monotonic()
-        assert wait_finished(fed, run_id) == "finished:completed"
-        run_seconds = time.monotonic() - killed_at
-    assert_all_exited(fed.seen_pids)
+    committed = state / "h3" / "privacy-accountant.json"
+    assert not committed.exists(), "an earlier run trained hospital-3 with DP: this run's rounds would not be alone"
+    run_id = fed.submit(app_dir=APP_DIR, run_config=run_config)
+    deadline = time.monotonic() + 300
+    while not committed.exists():
+        assert time.monotonic() < deadline, "hospital-3 never started training"
+        time.sleep(0.05)
+    fed.kill(secagg_federation.nodes[2])  # a crash while it trains: SIGKILL, no goodbye to the SuperLink
+    killed_at = time.monotonic()
+    assert wait_finished(fed, run_id) == "finished:completed"
+    run_seconds = time.monotonic() - killed_at
 
     results = json.loads((tmp_path / "runs" / str(run_id) / "results.json").read_text())
     rounds = results["rounds"]

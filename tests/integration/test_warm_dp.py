@@ -7,7 +7,8 @@
   its round, with the single process's sample rate and steps, so the same epsilon.
 * The accountant's crash safety holds when the executor kills a child mid-training: the round's spending
   was committed before training, so it stays counted (over-count, never under-count), the round records
-  why it failed, and the next run starts from the committed state.
+  why it failed, and the next run starts from the committed state. It runs on conftest's `warm_hospital`,
+  which test_warm_executor uses too.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from common.data import load_hospital_table, split_train_validation
 from common.demo_data import DemoSplit
 from common.schema import load_schema
 from fedcare.federation import LocalFederation
-from tests.integration.conftest import APP_DIR, assert_all_exited, wait_finished
+from tests.integration.conftest import APP_DIR, WARM_MESSAGE_TIMEOUT, WarmHospital, assert_all_exited, wait_finished
 
 pytestmark = pytest.mark.slow
 DELTA, NOISE, BATCH = 1e-5, 1.0, 16
@@ -93,10 +94,9 @@ def test_two_messages_alike_in_all_else_draw_different_dp_noise(tmp_path: Path, 
     assert not same("dp-a", "dp-b"), "two DP messages produced the same model: they drew the same noise"
 
 
-def test_a_child_killed_mid_training_leaves_its_spending_committed(
-    tmp_path: Path, breast_cancer_split: DemoSplit
-) -> None:
-    split, runs, state = breast_cancer_split, tmp_path / "runs", tmp_path / "state"
+def test_a_child_killed_mid_training_leaves_its_spending_committed(tmp_path: Path, warm_hospital: WarmHospital) -> None:
+    """Every process the federation started is gone once it stopped: the fixture checks that."""
+    split, runs, state, fed = warm_hospital.split, tmp_path / "runs", warm_hospital.state, warm_hospital.fed
     schema = load_schema(split.schema_path)
     train, _ = split_train_validation(
         load_hospital_table(split.hospital_paths[0], schema), validation_fraction=0.2, seed=42
@@ -104,20 +104,14 @@ def test_a_child_killed_mid_training_leaves_its_spending_committed(
     long_epochs, short_epochs = 400, 1  # 400 epochs of DP-SGD run far past the node's 8 s message timeout
     long_round = (NOISE, *plan_round(num_examples=len(train), batch_size=BATCH, epochs=long_epochs))
     short_round = (NOISE, *plan_round(num_examples=len(train), batch_size=BATCH, epochs=short_epochs))
-    with LocalFederation(tmp_path / "fed", node_options=["--message-timeout", "8"]) as fed:
-        fed.start_superlink()
-        node = fed.add_hospital(
-            institution="hospital-1",
-            data_path=split.hospital_paths[0],
-            node_config={"state-dir": str(state), "epsilon-limit": 1000.0},
-        )
-        killed = fed.submit(app_dir=APP_DIR, run_config=_config(split, runs, **{"local-epochs": long_epochs}))
-        assert wait_finished(fed, killed) == "finished:failed"  # its only round failed
-        after_kill = HospitalAccountant.for_institution(state, "hospital-1").history
-        resumed = fed.submit(app_dir=APP_DIR, run_config=_config(split, runs, **{"local-epochs": short_epochs}))
-        assert wait_finished(fed, resumed) == "finished:completed"
-        log = node.log_text()
-    assert_all_exited(fed.seen_pids)
+    assert WARM_MESSAGE_TIMEOUT == 8.0 and not (state / "privacy-accountant.json").exists()  # nothing spent yet
+    since = warm_hospital.log_size()  # this test's part of the node's log
+    killed = fed.submit(app_dir=APP_DIR, run_config=_config(split, runs, **{"local-epochs": long_epochs}))
+    assert wait_finished(fed, killed) == "finished:failed"  # its only round failed
+    after_kill = HospitalAccountant.for_institution(state, "hospital-1").history
+    resumed = fed.submit(app_dir=APP_DIR, run_config=_config(split, runs, **{"local-epochs": short_epochs}))
+    assert wait_finished(fed, resumed) == "finished:completed"
+    log = warm_hospital.log_since(since)
 
     assert "committed to" in log and "did not finish within 8 s and was killed" in log
     # Committed before training: the killed round counts in full although no update ever left.

@@ -1,8 +1,9 @@
 """The warm executor across real processes: it serves ClientApp messages from forked children, and a
 child that crashes, segfaults, hangs or raises takes down only itself, with a reply that says why.
 
-A SuperLink (TLS, node authentication) and one hospital started with `fedcare node start`; the run is a
-small Flower app (tests/integration/faulty_app) whose ClientApp misbehaves on request.
+A SuperLink (TLS, node authentication) and one hospital started with `fedcare node start` (conftest's
+`warm_hospital`, which test_warm_dp's killed child uses too); the run is a small Flower app
+(tests/integration/faulty_app) whose ClientApp misbehaves on request.
 """
 
 from __future__ import annotations
@@ -12,34 +13,24 @@ from pathlib import Path
 
 import pytest
 
-from common.demo_data import DemoSplit
-from fedcare.federation import LocalFederation
-from tests.integration.conftest import assert_all_exited, wait_finished
+from tests.integration.conftest import WARM_MESSAGE_TIMEOUT, WarmHospital, wait_finished
 
 pytestmark = pytest.mark.slow
 FAULTY_APP = Path(__file__).resolve().parent / "faulty_app"
-TIMEOUT = 6.0  # the node's --message-timeout: the hanging ClientApp is killed after this
+TIMEOUT = WARM_MESSAGE_TIMEOUT  # the node's --message-timeout: the hanging ClientApp is killed after this
 
 
 def test_crashing_and_hanging_clientapps_get_error_replies_and_the_executor_keeps_serving(
-    tmp_path: Path, breast_cancer_split: DemoSplit
+    tmp_path: Path, warm_hospital: WarmHospital
 ) -> None:
+    """Every process the federation started is gone once it stopped: the fixture checks that."""
     behaviours = ["ok", "crash", "ok", "segfault", "hang", "raise", "ok"]
     results = tmp_path / "answers.json"
-    with LocalFederation(tmp_path / "fed", node_options=["--message-timeout", str(TIMEOUT)]) as fed:
-        fed.start_superlink()
-        node = fed.add_hospital(
-            institution="hospital-1",
-            data_path=breast_cancer_split.hospital_paths[0],
-            node_config={"state-dir": str(tmp_path / "state")},
-        )
-        run_id = fed.submit(
-            app_dir=FAULTY_APP, run_config={"behaviours": ",".join(behaviours), "results": str(results)}
-        )
-        assert wait_finished(fed, run_id, timeout=300) == "finished:completed"
-        fed.remember_children()
-        log = node.log_text()
-    assert_all_exited(fed.seen_pids)
+    fed, since = warm_hospital.fed, warm_hospital.log_size()  # this test's part of the node's log
+    run_id = fed.submit(app_dir=FAULTY_APP, run_config={"behaviours": ",".join(behaviours), "results": str(results)})
+    assert wait_finished(fed, run_id, timeout=300) == "finished:completed"
+    fed.remember_children()
+    log = warm_hospital.log_since(since)
 
     answers = json.loads(results.read_text())
     assert [a["behaviour"] for a in answers] == behaviours, answers
