@@ -14,7 +14,9 @@ waits, with the same model, hospital files and local training settings. Per roun
 - reference: stock `FedAvg.start`, a train and an evaluate message per hospital per round.
 
 For every run it records the run's `elapsed` (running to finished, from `flwr ls`), the wall time from
-`flwr run` to the SuperLink's finished timestamp, and the load average before and after.
+`flwr run` to the SuperLink's finished timestamp, the load average before and after, and the CPU seconds each
+kind of process spent on it (`cpu_seconds`: the federation's processes, their reaped children included, read
+from /proc before and after; the other engineers' load on the same cores moves wall time, hardly CPU time).
 `seconds_per_round` is elapsed / rounds. With --baseline-rounds B (default 1) each app also runs B
 rounds, and `marginal_seconds_per_round` is (elapsed(R) - elapsed(B)) / (R - B): the cost of one more
 round without the fixed start-up and the closing messages. A run counts only if every round got a reply
@@ -33,6 +35,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import sys
@@ -43,6 +46,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import psutil
 from federation_runs import (
     REPO,
     RunTiming,
@@ -70,6 +74,46 @@ GOAL_RATIOS = {
     ("fedcare-he", "fedcare-plain"): 1.2,
 }
 MESSAGES = {"fedcare-plain": (1, 1), "fedcare-secagg": (4, 1), "fedcare-he": (1, 2), "reference": (2, 0)}
+
+
+# Which kind of process a command line belongs to, first match wins (the ServerApp executor before the hospitals').
+ROLES = (
+    ("--serverapp", "serverapp-executor"),
+    ("flower-superlink", "superlink"),
+    ("fedcare.warm_executor", "clientapp-executors"),
+    ("fast_supernode", "supernodes"),
+    ("flower-supernode", "supernodes"),
+    ("flwr-clientapp", "clientapp-executors"),
+)
+
+
+def cpu_by_role(fed: LocalFederation) -> dict[str, float]:
+    """CPU seconds so far of every process in `fed` and their descendants, summed per role (`ROLES`; the rest,
+    such as `fedcare node start`'s supervisor, is "other"); a process's reaped children count as its own, and
+    this process's reaped children (the `flwr` CLI) as "flwr-cli"."""
+    totals: dict[str, float] = {}
+    for managed in fed.processes:
+        try:
+            root = psutil.Process(managed.popen.pid)
+            tree = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for proc in tree:
+            try:
+                line, t = " ".join(proc.cmdline()), proc.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            role = next((name for mark, name in ROLES if mark in line), "other")
+            totals[role] = totals.get(role, 0.0) + t.user + t.system + t.children_user + t.children_system
+    own = resource.getrusage(resource.RUSAGE_CHILDREN)
+    totals["flwr-cli"] = own.ru_utime + own.ru_stime
+    return totals
+
+
+def cpu_spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    spent = {role: round(after.get(role, 0.0) - before.get(role, 0.0), 2) for role in sorted({*before, *after})}
+    spent["total"] = round(sum(spent.values()), 2)
+    return spent
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -127,7 +171,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def summarize(timings: list[RunTiming], *, app: str, rounds: int, baseline_rounds: int, hospitals: int) -> dict:
+def summarize(
+    timings: list[RunTiming],
+    cpu: list[dict[str, Any]],
+    *,
+    app: str,
+    rounds: int,
+    baseline_rounds: int,
+    hospitals: int,
+) -> dict:
     def median(field: str, n: int) -> float:
         return statistics.median(getattr(t, field) for t in timings if t.app == app and t.rounds == n)
 
@@ -149,6 +201,17 @@ def summarize(timings: list[RunTiming], *, app: str, rounds: int, baseline_round
         base = median("elapsed_seconds", baseline_rounds)
         summary["baseline_elapsed_seconds"] = round(base, 1)
         summary["marginal_seconds_per_round"] = round((elapsed - base) / (rounds - baseline_rounds), 2)
+
+    def median_cpu(n: int) -> dict[str, float]:
+        runs = [c["cpu_seconds"] for c in cpu if c["app"] == app and c["rounds"] == n]
+        return {role: statistics.median(r.get(role, 0.0) for r in runs) for role in runs[0]} if runs else {}
+
+    summary["cpu_seconds"] = {role: round(v, 2) for role, v in median_cpu(rounds).items()}
+    if baseline_rounds and (base_cpu := median_cpu(baseline_rounds)):
+        summary["marginal_cpu_seconds_per_round"] = {
+            role: round((v - base_cpu.get(role, 0.0)) / (rounds - baseline_rounds), 2)
+            for role, v in summary["cpu_seconds"].items()
+        }
     return summary
 
 
@@ -226,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     round_counts = [args.rounds] + ([args.baseline_rounds] if args.baseline_rounds else [])
     load_before, started = load_average(), time.time()
     timings: list[RunTiming] = []
+    cpu: list[dict[str, Any]] = []  # per timed run: app, rounds, run id and cpu_seconds per role
     seen_pids: set[int] = set()
     fedcare_privacy: dict[str, Any] = {}
     for stock in sorted({app == "reference" for app in apps}):
@@ -250,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
 
             def timed(app: str, rounds: int, fed: LocalFederation = fed) -> RunTiming:
                 app_dir, config, rounds_key = apps[app]
+                cpu_before = cpu_by_role(fed)
                 timing = time_run(
                     fed,
                     app=app,
@@ -259,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
                     poll=args.poll_interval,
                     timeout=args.run_timeout,
                 )
+                spent = cpu_spent(cpu_before, cpu_by_role(fed))
+                cpu.append({"app": app, "rounds": rounds, "run_id": timing.run_id, "cpu_seconds": spent})
                 if app.startswith("fedcare"):
                     results = check_fedcare_run(
                         out / "runs" / str(timing.run_id) / "results.json", rounds=rounds, hospitals=args.hospitals
@@ -268,8 +335,10 @@ def main(argv: list[str] | None = None) -> int:
 
             if args.warmup:
                 console.log("warm-up (not timed)")
+                warm_from = len(cpu)
                 for app in group:
                     timed(app, 1)
+                del cpu[warm_from:]  # untimed: its FAB installs, noise plans and app preloads are not a round's
             for repeat in range(args.repeats):
                 order = group if repeat % 2 == 0 else list(reversed(group))
                 for rounds in round_counts:
@@ -278,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
                         timings.append(timing)
                         console.log(
                             f"{app}, {rounds} rounds: elapsed {timing.elapsed_seconds:.1f} s, "
-                            f"{timing.elapsed_seconds / rounds:.2f} s per round, load {timing.load_before[0]:.1f}"
+                            f"{timing.elapsed_seconds / rounds:.2f} s per round, load {timing.load_before[0]:.1f}, "
+                            f"CPU s {cpu[-1]['cpu_seconds']}"
                         )
         seen_pids |= fed.seen_pids
     leftovers = leftover_processes(seen_pids)
@@ -287,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
 
     summaries = {
         app: summarize(
-            timings, app=app, rounds=args.rounds, baseline_rounds=args.baseline_rounds, hospitals=args.hospitals
+            timings, cpu, app=app, rounds=args.rounds, baseline_rounds=args.baseline_rounds, hospitals=args.hospitals
         )
         for app in apps
     }
@@ -316,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
             if app in summaries
         },
         "runs": [asdict(t) for t in timings],
+        "cpu_runs": cpu,
         "environment": {
             "flwr": version("flwr"),
             "torch": version("torch"),

@@ -26,6 +26,7 @@ class ChildReport:
 
     served: ServedMessage | None = None
     replied: bool = False
+    cpu_seconds: float = 0.0  # the child's CPU time, its reaped descendants' included (when it was reaped)
     buffer: bytearray = field(default_factory=bytearray)
 
     def feed(self, data: bytes) -> None:

@@ -46,7 +46,7 @@ import typer
 from fedcare.child_report import _INPUT, _REPLIED, ChildReport, _write_frame
 from fedcare.flower_internals import RuntimeApi, answer_failed_task, run_task
 from fedcare.node_sockets import task_temp_dir
-from fedcare.warm_state import prepare_child, warm_up
+from fedcare.warm_state import freeze_for_fork, prepare_child, warm_up
 
 log = logging.getLogger("fedcare.executor")
 READY_LINE = "fedcare warm executor ready"  # fedcare.node and LocalFederation wait for this line
@@ -103,6 +103,7 @@ class WarmExecutor:
         read_fd, write_fd = os.pipe()
         started = time.monotonic()
         scratch = task_temp_dir()
+        freeze_for_fork()  # what the warm-up or the last message left, out of the children's GC
         pid = os.fork()
         if pid == 0:  # the child: never returns
             os.close(read_fd)
@@ -118,7 +119,8 @@ class WarmExecutor:
         self.served += 1
         # A ServerApp has no reply to push; Flower's own exit handler reports how it ended, unless it was killed.
         if report.replied or (self.api.serverapp and outcome.startswith("exited")):
-            log.info("%s %.2f s (%s)", TASK_ENDED_MARKS[0], time.monotonic() - started, outcome)
+            cpu = report.cpu_seconds
+            log.info("%s %.2f s (%.2f CPU-s; %s)", TASK_ENDED_MARKS[0], time.monotonic() - started, cpu, outcome)
             return report
         self.failed += 1
         app = "ServerApp" if self.api.serverapp else "ClientApp"
@@ -156,8 +158,9 @@ class WarmExecutor:
             os.close(read_fd)
         # EOF: the child exited (or closed the pipe while dying); reap it, within the same deadline
         while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
+            done, status, usage = os.wait4(pid, os.WNOHANG)
             if done:
+                report.cpu_seconds = usage.ru_utime + usage.ru_stime
                 break
             if time.monotonic() > deadline:
                 os.kill(pid, signal.SIGKILL)
