@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
                 warm_from = len(cpu)
                 for app in group:
                     timed(app, 1)
-                del cpu[warm_from:]  # untimed: its FAB installs, noise plans and app preloads are not a round's
+                del cpu[warm_from:]  # untimed: its FAB installs and noise plans are not a round's
             for repeat in range(args.repeats):
                 order = group if repeat % 2 == 0 else list(reversed(group))
                 for rounds in round_counts:
