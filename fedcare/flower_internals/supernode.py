@@ -71,15 +71,11 @@ class _RetunedSleeps:
         # Idle from the start: a node warming up (and the SuperLink that answers it) has better use for the CPU
         # than 20 empty polls a second, which cost 0.33 CPU-s/s of the SuperLink with three nodes starting.
         self.waits, self.last_message = waits, float("-inf")
-        self.poll_started = float("-inf")
 
     def sleep(self, seconds: float) -> None:
         if float(seconds) == FLEET_POLL_SLEEP:
             busy = time.monotonic() - self.last_message < self.waits.busy_window
-            interval = self.waits.fleet_poll if busy else self.waits.fleet_poll_idle
-            # Between the starts of two polls: fedcare's SuperLink holds an empty poll until a message comes
-            # (superlink.py), and a node that waited there already has no reason to wait again.
-            seconds = max(0.0, interval - (time.monotonic() - self.poll_started))
+            seconds = self.waits.fleet_poll if busy else self.waits.fleet_poll_idle
         elif seconds == REPLY_WAIT_SLEEP:
             seconds = self.waits.reply_wait
         time.sleep(seconds)
@@ -99,26 +95,21 @@ def tune_supernode_waits(waits: SuperNodeWaits, *, on_message: Callable[[], None
     sleeps = _RetunedSleeps(waits)
     pull_and_store = sci._pull_and_store_message
 
-    gate, push = ReplyGate(patience=waits.content_patience), sci._push_messages
-    pushing: dict[str, object] = {}  # the main loop's object store, `send` and `push_object`, from a push stage
-
     def pulled(*args: object, **kwargs: object) -> int | None:
         state = kwargs.get("state", args[0] if args else None)
         known = unfinished_tasks(state)
-        sleeps.poll_started = time.monotonic()
         run_id = pull_and_store(*args, **kwargs)
         if run_id is None:
             fail_orphaned_tasks(state, known=known)
-            if pushing and gate.has_complete(state, pushing["object_store"]):  # reply_gate.py says why
-                push_complete_replies(state=state, **pushing)  # type: ignore[arg-type]
         else:
             sleeps.last_message = time.monotonic()
             if on_message is not None:
                 on_message()
         return run_id
 
+    gate, push = ReplyGate(patience=waits.content_patience), sci._push_messages
+
     def push_complete_replies(*, state: object, object_store: object, send: object, push_object: object) -> None:
-        pushing.update(object_store=object_store, send=send, push_object=push_object)
         with contextlib.suppress(NoReplyLeft):
             gated = gate.state_for(state, object_store)
             push(state=gated, object_store=object_store, send=send, push_object=push_object)
