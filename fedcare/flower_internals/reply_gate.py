@@ -12,7 +12,11 @@ the ServerApp waited out its round timeout (issue 16: the chaos soak's kill-clie
 work made ClientApps fast enough to be killed mid-upload).
 
 So `_push_messages` is shown a reply only once all its objects are in the node's store, and only the first
-complete reply to a message. A reply waiting for its content is held until it completes, until another reply
+complete reply to a message. And a reply that completes after its message's push stage ended (that stage found
+an older reply, of a run the coordinator's crash ended, and sent it) is pushed after the node's next empty pull:
+Flower pushes only after a pulled message, and the ServerApp, waiting for this reply, sends none.
+
+A reply waiting for its content is held until it completes, until another reply
 to its message completes (it is then dropped), or for `patience` seconds (then it is dropped with its
 message, unsent, and the node goes back to pulling messages). A reply to a message already answered is dropped.
 """
@@ -84,6 +88,16 @@ class ReplyGate:
         if gave_up and not ready and not self.held:
             raise NoReplyLeft
         return ready
+
+    def has_complete(self, state: Any, store: Any) -> bool:
+        """Whether `complete_replies` would release a reply now, without releasing it."""
+        now = time.monotonic()
+        for reply in state.get_messages(is_reply=True):
+            self.held.setdefault(reply.metadata.message_id, _Held(reply, now))
+        return any(
+            held.reply.metadata.reply_to_message_id not in self.answered and reply_is_complete(store, reply_id)
+            for reply_id, held in self.held.items()
+        )
 
     def _answer(self, message_id: str) -> None:
         self.answered[message_id] = None

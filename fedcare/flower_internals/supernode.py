@@ -95,21 +95,25 @@ def tune_supernode_waits(waits: SuperNodeWaits, *, on_message: Callable[[], None
     sleeps = _RetunedSleeps(waits)
     pull_and_store = sci._pull_and_store_message
 
+    gate, push = ReplyGate(patience=waits.content_patience), sci._push_messages
+    pushing: dict[str, object] = {}  # the main loop's object store, `send` and `push_object`, from a push stage
+
     def pulled(*args: object, **kwargs: object) -> int | None:
         state = kwargs.get("state", args[0] if args else None)
         known = unfinished_tasks(state)
         run_id = pull_and_store(*args, **kwargs)
         if run_id is None:
             fail_orphaned_tasks(state, known=known)
+            if pushing and gate.has_complete(state, pushing["object_store"]):  # reply_gate.py says why
+                push_complete_replies(state=state, **pushing)  # type: ignore[arg-type]
         else:
             sleeps.last_message = time.monotonic()
             if on_message is not None:
                 on_message()
         return run_id
 
-    gate, push = ReplyGate(patience=waits.content_patience), sci._push_messages
-
     def push_complete_replies(*, state: object, object_store: object, send: object, push_object: object) -> None:
+        pushing.update(object_store=object_store, send=send, push_object=push_object)
         with contextlib.suppress(NoReplyLeft):
             gated = gate.state_for(state, object_store)
             push(state=gated, object_store=object_store, send=send, push_object=push_object)

@@ -163,3 +163,33 @@ def test_a_reply_that_completes_after_a_while_is_sent_whole(node: dict[str, Any]
         state.store_object(RUN_ID, session, object_id, objects[object_id].deflate())
     stage.join(timeout=5)
     assert [m.metadata.message_id for m in node["sent"]] == [reply.metadata.message_id]
+
+
+def test_a_reply_that_completes_after_its_push_stage_ended_goes_out_at_the_next_empty_pull(
+    node: dict[str, Any],
+) -> None:
+    """The coordinator's crash left a reply of the old run in the node; the push stage after the next pulled
+    message found that one, sent it and ended before the new message's reply came. Flower pushes only after a
+    pulled message, and the ServerApp, waiting for that reply, sends none (tests/integration/test_resume.py hung)."""
+    stale = _message_in(node, 1)
+    _push_reply(node, _update(stale))  # answered while the SuperLink was down
+    fresh = _message_in(node, 2)
+    stage = _push_stage(node)
+    stage.join(timeout=5)
+    assert not stage.is_alive() and _replied_to(node) == [stale.metadata.message_id]
+    update = _push_reply(node, _update(fresh))  # the new message's reply, after its push stage ended
+
+    nothing = node["sci"]._pull_and_store_message(  # the main loop's next pull: the SuperLink has no message
+        state=node["state"],
+        object_store=node["store"],
+        node_config={},
+        receive=lambda: None,
+        get_run=None,
+        get_fab=None,
+        pull_object=None,
+        confirm_message_received=None,
+        trusted_entities=None,
+    )
+    assert nothing is None
+    assert [m.metadata.message_id for m in node["sent"]][-1] == update.metadata.message_id
+    assert _replied_to(node) == [stale.metadata.message_id, fresh.metadata.message_id]
