@@ -80,6 +80,7 @@ MESSAGES = {"fedcare-plain": (1, 1), "fedcare-secagg": (4, 1), "fedcare-he": (1,
 ROLES = (
     ("--serverapp", "serverapp-executor"),
     ("flower-superlink", "superlink"),
+    ("fedcare.fast_superlink", "superlink"),
     ("fedcare.warm_executor", "clientapp-executors"),
     ("fast_supernode", "supernodes"),
     ("flower-supernode", "supernodes"),
@@ -127,6 +128,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out", help="output folder (default bench/out)")
     parser.add_argument(
         "--baseline-rounds", type=int, default=1, help="also time runs of this many rounds; 0 skips (default 1)"
+    )
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=5.0,
+        help="after the warm-up, measure each process kind's CPU while idle this long (0 skips; default 5)",
+    )
+    parser.add_argument(
+        "--node-option",
+        action="append",
+        default=[],
+        metavar="OPTION",
+        help="an extra `fedcare node start` option for every fedcare hospital, e.g. --node-option=--fleet-poll=0.2",
     )
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per app and round count (medians)")
     parser.add_argument(
@@ -292,10 +306,14 @@ def main(argv: list[str] | None = None) -> int:
     cpu: list[dict[str, Any]] = []  # per timed run: app, rounds, run id and cpu_seconds per role
     seen_pids: set[int] = set()
     fedcare_privacy: dict[str, Any] = {}
+    idle_cpu: list[dict[str, float]] = []  # per federation: CPU s per s by role, idle within the nodes' busy window
     for stock in sorted({app == "reference" for app in apps}):
         group = [app for app in apps if (app == "reference") == stock]
         with LocalFederation(
-            out / ("federation-stock" if stock else "federation"), insecure=args.insecure, stock_flower=stock
+            out / ("federation-stock" if stock else "federation"),
+            insecure=args.insecure,
+            stock_flower=stock,
+            node_options=[] if stock else args.node_option,
         ) as fed:
             kind = "stock Flower SuperNodes" if stock else "fedcare nodes (SuperNode + warm executor)"
             with console.status(f"starting the SuperLink and {args.hospitals} {kind}..."):
@@ -339,6 +357,12 @@ def main(argv: list[str] | None = None) -> int:
                 for app in group:
                     timed(app, 1)
                 del cpu[warm_from:]  # untimed: its FAB installs and noise plans are not a round's
+            if args.idle_seconds > 0:
+                idle_before = cpu_by_role(fed)
+                time.sleep(args.idle_seconds)
+                idle = cpu_spent(idle_before, cpu_by_role(fed))
+                idle_cpu.append({k: round(v / args.idle_seconds, 3) for k, v in idle.items()})
+                console.log(f"idle right after a run, CPU s per s: {idle_cpu[-1]}")
             for repeat in range(args.repeats):
                 order = group if repeat % 2 == 0 else list(reversed(group))
                 for rounds in round_counts:
@@ -387,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "runs": [asdict(t) for t in timings],
         "cpu_runs": cpu,
+        "idle_cpu_per_second": idle_cpu,
         "environment": {
             "flwr": version("flwr"),
             "torch": version("torch"),

@@ -2,8 +2,9 @@
 
 Flower sends a message as a tree of objects (the RecordDict, each record, each Array and its
 chunks), each deflated to bytes and pushed once per message; the sum of those deflated objects
-is what travels, before gRPC's framing. This is the one place that reads Flower's object tree:
-tests/common/test_wire_bytes.py fails when Flower changes it.
+is what travels, before gRPC's framing. In fedcare's apps the whole RecordDict is one object
+(fedcare/flower_internals/flat_records.py), and the count is that object's bytes. This is the one place
+that reads Flower's object tree: tests/common/test_wire_bytes.py fails when Flower changes it.
 
 Deflating an Array caches its chunks (memoryviews) on the Array, which makes the content impossible to
 copy or pickle afterwards (Flower's SecAgg+ workflow copies the messages it sends); the cache is dropped

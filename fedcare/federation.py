@@ -50,6 +50,7 @@ RUN_TIMEOUT = 7 * 24 * 3600.0  # a ServerApp runs for the whole run: the executo
 # as it gives up on them never removes its temp folder (the chaos soak found fedcare-node-* left behind).
 STOP_GRACE = 20.0
 NODE_PROCESS_PREFIX = "supernode-"  # a hospital's node process is named this and its institution
+FAST_SUPERLINK = (sys.executable, "-m", "fedcare.fast_superlink")
 SERVERAPP_POLL = "0.1"  # s between ServerApp claims (Flower's SuperExec: 1 s); each costs the SuperLink ~4 ms CPU
 
 
@@ -84,8 +85,10 @@ class LocalFederation(ProcessGroup):
         """Start the SuperLink; after a crash, again on the same ports and database (fedcare.coordinator_recovery)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.control_port, self.fleet_port = self.control_port or free_port(), self.fleet_port or free_port()
+        # fedcare's own SuperLink holds empty polls (fedcare.fast_superlink); the reference runs Flower's as it ships.
+        superlink = [console_script("flower-superlink")] if self.stock_flower else [*FAST_SUPERLINK, "--"]
         args = [
-            console_script("flower-superlink"),
+            *superlink,
             "--disable-runtime-dependency-installation",  # hospitals' sites have no internet
             *("--host", "127.0.0.1", "--port", str(self.control_port)),
             *("--fleet-api-address", f"{self.placement.fleet_bind}:{self.fleet_port}"),

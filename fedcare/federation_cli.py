@@ -118,7 +118,8 @@ def init(
         table.add_row(str(path.relative_to(fed.root)), what, oct(path.stat().st_mode & 0o777))
     console.print(table)
     console.print(
-        f"SuperLink: start it with `--ssl-ca-certfile {fed.ca_certificate} --ssl-certfile {fed.server_certificate} "
+        "SuperLink: start it with `python -m fedcare.fast_superlink -- "
+        f"--ssl-ca-certfile {fed.ca_certificate} --ssl-certfile {fed.server_certificate} "
         f"--ssl-keyfile {fed.server_key} --enable-supernode-auth --database <state>/superlink.db`; "
         f"hospitals dial {config.fleet_address}."
     )

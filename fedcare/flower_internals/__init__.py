@@ -13,7 +13,11 @@ instead, at the hospital:
 * the warm executor claims ClientApp tasks from the SuperNode's runtime API and runs Flower's own
   `run_clientapp` in a forked child, learning the message it serves so it can still answer when that
   child dies (`tasks.py`);
-* the ServerApp's last log flush waits for its final push instead of sleeping a fixed second (`log_flush.py`).
+* the ServerApp's last log flush waits for its final push instead of sleeping a fixed second (`log_flush.py`);
+* both apps' processes send a message's content as one object, not one per record, array and chunk
+  (`flat_records.py`);
+* the SuperLink (`fedcare.fast_superlink`) holds an empty poll until something comes for its asker
+  (`superlink.py`).
 
 `guard.check_pinned_flower()` says, symbol by symbol, what of this no longer holds; `tests/fedcare/
 test_flower_internals.py` fails on it, and `tune_supernode_waits` refuses to start on it, so an upgraded

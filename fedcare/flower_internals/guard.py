@@ -88,6 +88,8 @@ def check_pinned_flower() -> list[str]:
         problems.append("flwr.supercore.interceptors.SuperExecAuthHttpInterceptor: missing")
     problems += _check_liveness(mods)
     problems += _check_serverapp_log_flush()
+    problems += _check_long_polls()
+    problems += _check_flat_records()
     rc = mods["run_clientapp"]
     for name in ("run_clientapp", "pull_task_input", "push_message", "push_task_output", "install_from_fab"):
         if not callable(getattr(rc, name, None)):
@@ -148,6 +150,58 @@ def _check_serverapp_log_flush() -> list[str]:
     logger = importlib.import_module("flwr.supercore.logger")
     if "if msg is None:" not in inspect.getsource(logger._log_uploader):
         problems.append("flwr.supercore.logger._log_uploader: no longer stops on a None from its queue")
+    return problems
+
+
+def _check_long_polls() -> list[str]:
+    """What `superlink.py` assumes: both pull handlers are looked up on their module at each call, with these
+    parameters, and every stored message goes through `store_message_and_object_tree` of the two LinkStates."""
+    problems = []
+    handlers = {
+        "flwr.server.superlink.fleet.message_handler.message_handler": ["request", "state", "store"],
+        "flwr.superlink.servicer.runtime.runtime_handlers": ["request", "state", "task"],
+    }
+    for name, params in handlers.items():
+        pull = getattr(importlib.import_module(name), "pull_messages", None)
+        if not callable(pull) or list(inspect.signature(pull).parameters) != params:
+            problems.append(f"{name}.pull_messages: missing, or its parameters are no longer {params}")
+        elif "state.store_message_and_object_tree(" not in inspect.getsource(importlib.import_module(name)):
+            problems.append(f"{name}: no longer stores messages through `state.store_message_and_object_tree(`")
+    servicer = importlib.import_module("flwr.server.superlink.fleet.grpc_rere.fleet_servicer")
+    if "message_handler.pull_messages(" not in inspect.getsource(servicer.FleetServicer.PullMessages):
+        problems.append("FleetServicer.PullMessages: no longer calls `message_handler.pull_messages(`")
+    main = importlib.import_module("flwr.superlink.main")
+    if getattr(main, "_RUNTIME_HANDLERS", None) is not importlib.import_module(next(reversed(handlers))):
+        problems.append("flwr.superlink.main._RUNTIME_HANDLERS: no longer the runtime_handlers module")
+    for module, cls in (
+        ("flwr.server.superlink.linkstate.sql_linkstate", "SqlLinkState"),
+        ("flwr.server.superlink.linkstate.in_memory_linkstate", "InMemoryLinkState"),
+    ):
+        store = getattr(getattr(importlib.import_module(module), cls, None), "store_message_and_object_tree", None)
+        if not callable(store) or "reply_to_message_id" not in inspect.getsource(store):
+            problems.append(f"{cls}.store_message_and_object_tree: missing, or no longer tells replies apart")
+    return problems
+
+
+def _check_flat_records() -> list[str]:
+    """What `flat_records.py` assumes: Flower's protobuf form of a whole RecordDict, the object header helpers,
+    and that an object's class comes from the registry by the type name in its header."""
+    problems = []
+    serde = importlib.import_module("flwr.common.serde")
+    for name in ("recorddict_to_proto", "recorddict_from_proto"):
+        if not callable(getattr(serde, name, None)):
+            problems.append(f"flwr.common.serde.{name}: missing")
+    inflatable = importlib.import_module("flwr.supercore.inflatable.inflatable_object")
+    for name in ("add_header_to_object_body", "get_object_body"):
+        if not callable(getattr(inflatable, name, None)):
+            problems.append(f"flwr.supercore.inflatable.inflatable_object.{name}: missing")
+    registry = getattr(
+        importlib.import_module("flwr.supercore.inflatable.inflatable_utils"), "inflatable_class_registry", {}
+    )
+    from flwr.app import RecordDict
+
+    if registry.get("RecordDict") is not RecordDict or "(obj.children or {})" not in inspect.getsource(inflatable):
+        problems.append("flwr.supercore.inflatable: objects no longer found by type name, or headers not by children")
     return problems
 
 

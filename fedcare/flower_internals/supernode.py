@@ -71,11 +71,15 @@ class _RetunedSleeps:
         # Idle from the start: a node warming up (and the SuperLink that answers it) has better use for the CPU
         # than 20 empty polls a second, which cost 0.33 CPU-s/s of the SuperLink with three nodes starting.
         self.waits, self.last_message = waits, float("-inf")
+        self.poll_started = float("-inf")
 
     def sleep(self, seconds: float) -> None:
         if float(seconds) == FLEET_POLL_SLEEP:
             busy = time.monotonic() - self.last_message < self.waits.busy_window
-            seconds = self.waits.fleet_poll if busy else self.waits.fleet_poll_idle
+            interval = self.waits.fleet_poll if busy else self.waits.fleet_poll_idle
+            # Between the starts of two polls: fedcare's SuperLink holds an empty poll until a message comes
+            # (superlink.py), and a node that waited there already has no reason to wait again.
+            seconds = max(0.0, interval - (time.monotonic() - self.poll_started))
         elif seconds == REPLY_WAIT_SLEEP:
             seconds = self.waits.reply_wait
         time.sleep(seconds)
@@ -101,6 +105,7 @@ def tune_supernode_waits(waits: SuperNodeWaits, *, on_message: Callable[[], None
     def pulled(*args: object, **kwargs: object) -> int | None:
         state = kwargs.get("state", args[0] if args else None)
         known = unfinished_tasks(state)
+        sleeps.poll_started = time.monotonic()
         run_id = pull_and_store(*args, **kwargs)
         if run_id is None:
             fail_orphaned_tasks(state, known=known)

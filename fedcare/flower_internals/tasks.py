@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedcare.flower_internals.fab_install import installed_once
+from fedcare.flower_internals.flat_records import flatten_record_dicts
 from fedcare.flower_internals.log_flush import tune_serverapp_log_flush
 from fedcare.flower_internals.supernode import SuperNodeWaits, tune_object_pull_backoff
 
@@ -120,6 +121,7 @@ def run_task(
     # objects (`_pull_and_store_message` creates the task first). Flower's 1 s back-off, doubling, then
     # cost a message 1-4 s (py-spy: `pull_with_retries` waiting in 4.2 of a child's 4.4 s).
     tune_object_pull_backoff(initial=SuperNodeWaits.pull_backoff, cap=SuperNodeWaits.pull_backoff_cap)
+    flatten_record_dicts()  # a message's content travels as one object (flat_records.py)
     try:
         if api.serverapp:
             sys.argv = ["flwr-serverapp", "--runtime-api-address", api.address, "--token", token]

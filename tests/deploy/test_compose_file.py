@@ -28,6 +28,7 @@ def test_every_role_is_healthchecked_hardened_and_writes_only_to_volumes() -> No
         for dependency in service.get("depends_on", {}).values():
             assert dependency == {"condition": "service_healthy"}, name
     assert "healthcheck" in services["postgres"]
+    assert services["superlink"]["command"][:4] == ["python", "-m", "fedcare.fast_superlink", "--"]  # long polls
     superlink = " ".join(services["superlink"]["command"])
     assert "--enable-supernode-auth" in superlink and "--ssl-keyfile" in superlink and "--insecure" not in superlink
     assert services["hospital-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
@@ -71,6 +72,7 @@ def test_the_coordinator_publishes_the_fleet_api_and_the_budget_service_over_tls
     (budget,) = published["budget"]
     assert fleet.endswith(":9092") and budget.endswith(":8470"), published  # no control API (8000)
     superlink = services["superlink"]["command"]
+    assert superlink[:4] == ["python", "-m", "fedcare.fast_superlink", "--"]
     assert "--enable-supernode-auth" in superlink and not any(a.startswith("--insecure") for a in superlink)
     assert any(a.startswith("--ssl-keyfile=") for a in superlink) and "--fleet-api-address=0.0.0.0:9092" in superlink
     environment = services["budget"]["environment"]

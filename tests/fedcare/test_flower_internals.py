@@ -86,10 +86,25 @@ def test_the_poll_is_fast_after_a_message_slow_when_idle_and_the_executor_is_tol
         sci.time.sleep(fi.FLEET_POLL_SLEEP)
         return time.monotonic() - started
 
-    assert poll_seconds() >= 0.25  # a node just started is idle: the slow poll
     assert sci._pull_and_store_message(state=None) is None and not told
+    assert poll_seconds() >= 0.25  # a node just started is idle: the slow poll
     assert sci._pull_and_store_message(state=None) == 42 and told == [True]  # a message: the executor hears
     assert poll_seconds() < 0.2  # and the node polls fast again
+
+
+def test_a_poll_the_superlink_held_is_not_followed_by_a_wait(restored_flower, monkeypatch: pytest.MonkeyPatch) -> None:
+    sci, _ = restored_flower
+
+    def held_empty_poll(**kwargs: object) -> None:
+        time.sleep(0.4)  # fedcare's SuperLink held the poll (flower_internals/superlink.py), then had nothing
+        return None
+
+    monkeypatch.setattr(sci, "_pull_and_store_message", held_empty_poll)
+    fi.tune_supernode_waits(fi.SuperNodeWaits(fleet_poll=0.01, fleet_poll_idle=0.3))
+    assert sci._pull_and_store_message(state=None) is None
+    started = time.monotonic()
+    sci.time.sleep(fi.FLEET_POLL_SLEEP)
+    assert time.monotonic() - started < 0.1  # the idle poll's 0.3 s had passed during the held poll
 
 
 def test_the_node_announces_and_beats_at_the_tuned_heartbeat_interval(restored_flower) -> None:
