@@ -177,9 +177,13 @@ def _check_long_polls() -> list[str]:
         ("flwr.server.superlink.linkstate.sql_linkstate", "SqlLinkState"),
         ("flwr.server.superlink.linkstate.in_memory_linkstate", "InMemoryLinkState"),
     ):
-        store = getattr(getattr(importlib.import_module(module), cls, None), "store_message_and_object_tree", None)
+        state = getattr(importlib.import_module(module), cls, None)
+        store = getattr(state, "store_message_and_object_tree", None)
         if not callable(store) or "reply_to_message_id" not in inspect.getsource(store):
             problems.append(f"{cls}.store_message_and_object_tree: missing, or no longer tells replies apart")
+        put = getattr(state, "store_object", None)
+        if not callable(put) or list(inspect.signature(put).parameters)[1:4] != ["run_id", "session_id", "object_id"]:
+            problems.append(f"{cls}.store_object: missing, or no longer (run_id, session_id, object_id, content)")
     return problems
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import threading
+import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,10 +34,18 @@ LINK_STATES = (
 @dataclass
 class Bells:
     """One counter per key (a node's inbox, a run's replies), rung when something arrives for it; a waiter holds
-    the count it saw before it last looked, so a message stored between its look and its wait is not missed."""
+    the count it saw before it last looked, so a message stored between its look and its wait is not missed.
 
+    A message is stored before its objects are uploaded (Flower's PushMessages, then one PushObject each); rung
+    at once, its receiver would find the objects missing and pull them again and again with back-off. So a
+    message rings once its last object is in (`ring_when_uploaded`, `uploaded`), or after `upload_patience`
+    seconds, when the receiver's back-off takes over as before.
+    """
+
+    upload_patience: float = 30.0
     _rung: dict[Hashable, int] = field(default_factory=dict)
     _changed: threading.Condition = field(default_factory=threading.Condition)
+    _uploads: list[tuple[Hashable, set[str], float]] = field(default_factory=list)  # bell, objects missing, since
 
     def count(self, key: Hashable) -> int:
         with self._changed:
@@ -44,13 +53,36 @@ class Bells:
 
     def ring(self, key: Hashable) -> None:
         with self._changed:
-            self._rung[key] = self._rung.get(key, 0) + 1
-            self._changed.notify_all()
+            self._ring(key)
+
+    def _ring(self, key: Hashable) -> None:
+        self._rung[key] = self._rung.get(key, 0) + 1
+        self._changed.notify_all()
 
     def wait(self, key: Hashable, *, seen: int, timeout: float) -> bool:
         """True once `key` was rung after its count was `seen`; False after `timeout` seconds without."""
         with self._changed:
             return self._changed.wait_for(lambda: self._rung.get(key, 0) != seen, timeout=timeout)
+
+    def ring_when_uploaded(self, key: Hashable, missing: list[str]) -> None:
+        """Ring `key` once every object in `missing` was `uploaded` (at once when none is missing)."""
+        with self._changed:
+            if missing:
+                self._uploads.append((key, set(missing), time.monotonic()))
+            else:
+                self._ring(key)
+
+    def uploaded(self, object_id: str) -> None:
+        with self._changed:
+            stale = time.monotonic() - self.upload_patience
+            waiting = []
+            for key, missing, since in self._uploads:
+                missing.discard(object_id)
+                if missing and since > stale:
+                    waiting.append((key, missing, since))
+                else:
+                    self._ring(key)
+            self._uploads = waiting
 
 
 BELLS = Bells()
@@ -94,18 +126,32 @@ def _no_task(response: Any) -> bool:
 
 
 def _ringing(store: Callable[..., tuple[bool, list[str]]], *, bells: Bells) -> Callable[..., tuple[bool, list[str]]]:
-    """`store_message_and_object_tree`, which rings the bell of whoever waits for the message it stored, once it
-    is committed (Flower stores a message and its tree in one transaction)."""
+    """`store_message_and_object_tree`, which rings the bell of whoever waits for the message it stored once the
+    message is committed (Flower stores it and its tree in one transaction) and its objects are uploaded."""
 
     def ringing(self: Any, message: Any, *args: Any, **kwargs: Any) -> tuple[bool, list[str]]:
         stored, missing = store(self, message, *args, **kwargs)
         if stored:
             meta = message.metadata
-            bells.ring(run_replies(meta.run_id) if meta.reply_to_message_id else node_inbox(meta.dst_node_id))
+            bell = run_replies(meta.run_id) if meta.reply_to_message_id else node_inbox(meta.dst_node_id)
+            bells.ring_when_uploaded(bell, missing)
         return stored, missing
 
     ringing.__wrapped__ = store  # type: ignore[attr-defined]
     return ringing
+
+
+def _telling_uploads(store: Callable[..., bool], *, bells: Bells) -> Callable[..., bool]:
+    """`store_object` (a PushObject from a ServerApp or a SuperNode), which tells the bells what arrived."""
+
+    def telling(self: Any, run_id: int, session_id: str, object_id: str, *args: Any, **kwargs: Any) -> bool:
+        stored = store(self, run_id, session_id, object_id, *args, **kwargs)
+        if stored:
+            bells.uploaded(object_id)
+        return stored
+
+    telling.__wrapped__ = store  # type: ignore[attr-defined]
+    return telling
 
 
 def _ringing_run(create: Callable[..., int], *, bells: Bells) -> Callable[..., int]:
@@ -129,6 +175,7 @@ def hold_empty_pulls(*, fleet_hold: float, serverapp_hold: float, bells: Bells =
         state = getattr(importlib.import_module(module), name)
         state.store_message_and_object_tree = _ringing(state.store_message_and_object_tree, bells=bells)
         state.create_run = _ringing_run(state.create_run, bells=bells)
+        state.store_object = _telling_uploads(state.store_object, bells=bells)
     if fleet_hold > 0:
         fleet = importlib.import_module(FLEET_HANDLERS)
         fleet.pull_messages = _held(

@@ -16,7 +16,7 @@ from flwr.proto.node_pb2 import Node
 from flwr.proto.runtime_pb2 import AcquireTaskRequest
 from flwr.server.superlink.linkstate.linkstate_factory import LinkStateFactory
 from flwr.supercore.constant import NOOP_FEDERATION_ID
-from flwr.supercore.inflatable.inflatable_object import get_object_tree
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects, get_object_tree
 from flwr.supercore.object_store import ObjectStoreFactory
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.superlink.federation.noop_federation_manager import NoOpFederationManager
@@ -30,13 +30,17 @@ SUPERLINK_NODE_ID = 1  # a message from the ServerApp comes from the SuperLink's
 def restored_superlink():
     """Undo `hold_empty_pulls`: it patches Flower's classes and handler modules for the whole process."""
     states = [getattr(importlib.import_module(m), c) for m, c in sl.LINK_STATES]
-    saved = [(s, n, s.__dict__[n]) for s in states for n in ("store_message_and_object_tree", "create_run")]
+    patched = ("store_message_and_object_tree", "create_run", "store_object")
+    saved = [(s, n, s.__dict__.get(n)) for s in states for n in patched]  # None: inherited (store_object)
     fleet, runtime = importlib.import_module(sl.FLEET_HANDLERS), importlib.import_module(sl.RUNTIME_HANDLERS)
     saved += [(fleet, "pull_messages", fleet.pull_messages)]
     saved += [(runtime, n, getattr(runtime, n)) for n in ("pull_messages", "acquire_task")]
     yield fleet, runtime
     for owner, name, value in saved:
-        setattr(owner, name, value)
+        if value is None:
+            delattr(owner, name)
+        else:
+            setattr(owner, name, value)
 
 
 @pytest.fixture
@@ -58,18 +62,23 @@ def link(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     return state, objects.store(), node, other, run
 
 
-def _send_later(state, run: int, node: int, *, after: float) -> threading.Thread:
-    """What the ServerApp's PushMessages does, `after` seconds from now, from another thread."""
+def _send_later(state, run: int, node: int, *, after: float, upload_after: float = 0.0) -> threading.Thread:
+    """What the ServerApp's PushMessages and PushObjects do, `after` seconds from now, from another thread: the
+    message first, its objects `upload_after` seconds later."""
 
     def send() -> None:
         time.sleep(after)
-        message = Message(
-            RecordDict({"config": ConfigRecord({"server-round": 1})}), dst_node_id=node, message_type="train"
-        )
+        content = RecordDict({"config": ConfigRecord({"server-round": 1})})
+        message = Message(content, dst_node_id=node, message_type="train")
         message.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
         message.metadata.__dict__["_message_id"] = message.object_id
-        stored, _ = state.store_message_and_object_tree(message, get_object_tree(message), state.start_session(run))
-        assert stored
+        session = state.start_session(run)
+        stored, missing = state.store_message_and_object_tree(message, get_object_tree(message), session)
+        assert stored and missing
+        time.sleep(upload_after)
+        objects = {object_id: obj.deflate() for object_id, obj in get_all_nested_objects(message).items()}
+        for object_id in missing:
+            assert state.store_object(run, session, object_id, objects[object_id])
 
     thread = threading.Thread(target=send)
     thread.start()
@@ -91,6 +100,20 @@ def test_an_empty_poll_is_answered_the_moment_a_message_for_its_node_is_stored(r
     sender.join()
     assert got == 1  # the message stored while the poll waited
     assert 0.4 <= seconds < 4.0, seconds  # it waited for it, and not for the whole 6 s hold
+
+
+def test_a_message_wakes_its_node_once_its_objects_are_uploaded_not_before(restored_superlink, link) -> None:
+    fleet, _ = restored_superlink
+    state, store, node, _, run = link
+    sl.hold_empty_pulls(fleet_hold=6.0, serverapp_hold=0, bells=sl.Bells())
+    sender = _send_later(state, run, node, after=0.2, upload_after=0.8)  # the objects come 0.8 s after it
+    started = time.monotonic()
+    response = fleet.pull_messages(request=PullMessagesRequest(node=Node(node_id=node)), state=state, store=store)
+    seconds = time.monotonic() - started
+    sender.join()
+    assert len(response.messages_list) == 1 and 0.9 <= seconds < 4.0, seconds
+    tree = response.message_object_trees[0]  # everything the node pulls next is there already
+    assert all(store.get(t.object_id) for t in [tree, *tree.children])
 
 
 def test_an_empty_poll_comes_back_empty_after_the_hold_and_a_message_for_another_node_does_not_end_it(
