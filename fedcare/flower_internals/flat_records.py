@@ -12,7 +12,7 @@ both forms, so a reply deflated the stock way (a failure the warm executor answe
 SuperNode's) still arrives. Only the apps' processes (the warm executors' children) deflate and inflate
 content; the SuperLink and the SuperNodes store objects by their hash without looking inside, so they need
 nothing. A site whose fedcare predates this cannot read the flat form: every site of a federation runs the
-same fedcare release (docs/operations.md).
+same fedcare release (docs/registration.md, "The hospital's side").
 """
 
 from __future__ import annotations
