@@ -7,6 +7,7 @@ import importlib
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
@@ -85,10 +86,11 @@ def _send_later(state, run: int, node: int, *, after: float, upload_after: float
     return thread
 
 
-def _pull(fleet, state, store, node: int) -> tuple[int, float]:
+def _pull(fleet, state, store, node: int) -> tuple[Any, float]:
+    """A hospital's Fleet `PullMessages`, through the handler the SuperLink's servicer calls: (response, seconds)."""
     started = time.monotonic()
     response = fleet.pull_messages(request=PullMessagesRequest(node=Node(node_id=node)), state=state, store=store)
-    return len(response.messages_list), time.monotonic() - started
+    return response, time.monotonic() - started
 
 
 def test_an_empty_poll_is_answered_the_moment_a_message_for_its_node_is_stored(restored_superlink, link) -> None:
@@ -96,9 +98,9 @@ def test_an_empty_poll_is_answered_the_moment_a_message_for_its_node_is_stored(r
     state, store, node, _, run = link
     sl.hold_empty_pulls(fleet_hold=6.0, serverapp_hold=0, bells=sl.Bells())
     sender = _send_later(state, run, node, after=0.5)
-    got, seconds = _pull(fleet, state, store, node)
+    response, seconds = _pull(fleet, state, store, node)
     sender.join()
-    assert got == 1  # the message stored while the poll waited
+    assert len(response.messages_list) == 1  # the message stored while the poll waited
     assert 0.4 <= seconds < 4.0, seconds  # it waited for it, and not for the whole 6 s hold
 
 
@@ -107,9 +109,7 @@ def test_a_message_wakes_its_node_once_its_objects_are_uploaded_not_before(resto
     state, store, node, _, run = link
     sl.hold_empty_pulls(fleet_hold=6.0, serverapp_hold=0, bells=sl.Bells())
     sender = _send_later(state, run, node, after=0.2, upload_after=0.8)  # the objects come 0.8 s after it
-    started = time.monotonic()
-    response = fleet.pull_messages(request=PullMessagesRequest(node=Node(node_id=node)), state=state, store=store)
-    seconds = time.monotonic() - started
+    response, seconds = _pull(fleet, state, store, node)
     sender.join()
     assert len(response.messages_list) == 1 and 0.9 <= seconds < 4.0, seconds
     tree = response.message_object_trees[0]  # everything the node pulls next is there already
@@ -123,10 +123,10 @@ def test_an_empty_poll_comes_back_empty_after_the_hold_and_a_message_for_another
     state, store, node, other, run = link
     sl.hold_empty_pulls(fleet_hold=1.0, serverapp_hold=0, bells=sl.Bells())
     sender = _send_later(state, run, other, after=0.2)
-    got, seconds = _pull(fleet, state, store, node)
+    response, seconds = _pull(fleet, state, store, node)
     sender.join()
-    assert got == 0 and seconds >= 1.0  # held for the whole hold: the message was not this node's
-    assert _pull(fleet, state, store, other)[0] == 1  # the other node's poll finds it at once
+    assert len(response.messages_list) == 0 and seconds >= 1.0  # held for the whole hold: not this node's message
+    assert len(_pull(fleet, state, store, other)[0].messages_list) == 1  # the other node's poll finds it at once
 
 
 def test_an_executor_waiting_to_claim_a_serverapp_is_answered_when_a_run_is_submitted(restored_superlink, link) -> None:
