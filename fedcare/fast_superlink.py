@@ -12,7 +12,9 @@ import sys
 
 from fedcare.flower_internals.superlink import hold_empty_pulls, run_flower_superlink
 
-FLEET_HOLD = 1.0  # s; also the longest a held request keeps the SuperLink from exiting (its threads are joined)
+# Seconds. Longer holds save little more (an idle node then polls once a second), and a held request may delay
+# the SuperLink's exit by as long: Python joins the threads that serve them.
+FLEET_HOLD = 1.0
 SERVERAPP_HOLD = 1.0
 
 
@@ -20,7 +22,9 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     ours, flower = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     parser = argparse.ArgumentParser(prog="python -m fedcare.fast_superlink", allow_abbrev=False)
     parser.add_argument("--fleet-hold", type=float, default=FLEET_HOLD, help="s a hospital's empty poll is held")
-    parser.add_argument("--serverapp-hold", type=float, default=SERVERAPP_HOLD, help="s a ServerApp's is held")
+    parser.add_argument(
+        "--serverapp-hold", type=float, default=SERVERAPP_HOLD, help="s a ServerApp's empty reply pull or claim is held"
+    )
     return parser.parse_args(ours), flower
 
 

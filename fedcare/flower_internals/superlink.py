@@ -15,6 +15,7 @@ back later when there is nothing to say), and fedcare's SuperNode notices the ho
 from __future__ import annotations
 
 import importlib
+import sys
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -205,7 +206,5 @@ def _asking_run(*args: Any, **kwargs: Any) -> Hashable:
 
 def run_flower_superlink(argv: list[str]) -> None:
     """Flower's own `flower-superlink` main, with `argv` as its command line."""
-    import sys
-
     sys.argv = ["flower-superlink", *argv]
     importlib.import_module("flwr.superlink.cli.flower_superlink").flower_superlink()
