@@ -97,22 +97,31 @@ def run_replies(run_id: int) -> tuple[str, int]:
     return ("replies", run_id)
 
 
+REPLY_RECHECK = 0.1  # s: how often a held reply pull looks again without a bell (Flower's ServerApp polled so)
 NEW_RUNS = ("runs", 0)  # rung when a run is submitted: its ServerApp task waits for an executor to claim it
 
 
 def _held(
-    pull: Callable[..., Any], *, key: Callable[..., Hashable], hold: float, bells: Bells, empty: Callable[[Any], bool]
+    pull: Callable[..., Any],
+    *,
+    key: Callable[..., Hashable],
+    hold: float,
+    bells: Bells,
+    empty: Callable[[Any], bool],
+    recheck: float | None = None,
 ) -> Callable[..., Any]:
-    """`pull`, whose answer may be `empty` when nothing waits: asked again once `key`'s bell rings, or the empty
-    answer given after `hold` seconds."""
+    """`pull`, whose answer may be `empty` when nothing waits: asked again when `key`'s bell rings (and every
+    `recheck` seconds, if given) until it has something, or the empty answer given after `hold` seconds."""
 
     def held(*args: Any, **kwargs: Any) -> Any:
-        bell = key(*args, **kwargs)
-        seen = bells.count(bell)
-        response = pull(*args, **kwargs)
-        if not empty(response) or not bells.wait(bell, seen=seen, timeout=hold):
-            return response
-        return pull(*args, **kwargs)
+        bell, deadline = key(*args, **kwargs), time.monotonic() + hold
+        while True:
+            seen = bells.count(bell)
+            response = pull(*args, **kwargs)
+            left = deadline - time.monotonic()
+            if not empty(response) or left <= 0:
+                return response
+            bells.wait(bell, seen=seen, timeout=left if recheck is None else min(left, recheck))
 
     held.__wrapped__ = pull  # type: ignore[attr-defined]
     return held
@@ -184,8 +193,17 @@ def hold_empty_pulls(*, fleet_hold: float, serverapp_hold: float, bells: Bells =
         )
     if serverapp_hold > 0:
         runtime = importlib.import_module(RUNTIME_HANDLERS)
+        # Rechecked every REPLY_RECHECK s: a reply pull is also when the SuperLink notices that a node missed its
+        # heartbeats and answers "Node Unavailable" for the message that node took. Asked only once a second, it
+        # lost that race to the same node restarting (its new session makes it online again, and the message
+        # its dead session took would never be answered): tests/integration/test_dropouts.py.
         runtime.pull_messages = _held(
-            runtime.pull_messages, key=_asking_run, hold=serverapp_hold, bells=bells, empty=_no_messages
+            runtime.pull_messages,
+            key=_asking_run,
+            hold=serverapp_hold,
+            bells=bells,
+            empty=_no_messages,
+            recheck=REPLY_RECHECK,
         )
         runtime.acquire_task = _held(
             runtime.acquire_task, key=lambda *_, **__: NEW_RUNS, hold=serverapp_hold, bells=bells, empty=_no_task

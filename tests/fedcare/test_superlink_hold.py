@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
-from flwr.common.constant import Status
+from flwr.common.constant import ErrorCode, Status
 from flwr.proto.fleet_pb2 import PullMessagesRequest
 from flwr.proto.node_pb2 import Node
-from flwr.proto.runtime_pb2 import AcquireTaskRequest
+from flwr.proto.runtime_pb2 import AcquireTaskRequest, PullAppMessagesRequest
 from flwr.server.superlink.linkstate.linkstate_factory import LinkStateFactory
 from flwr.supercore.constant import NOOP_FEDERATION_ID
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects, get_object_tree
@@ -63,23 +63,29 @@ def link(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     return state, objects.store(), node, other, run
 
 
+def _send(state, run: int, node: int, *, upload_after: float = 0.0) -> str:
+    """What the ServerApp's PushMessages and PushObjects do: the message first, its objects `upload_after`
+    seconds later; the message's id."""
+    content = RecordDict({"config": ConfigRecord({"server-round": 1})})
+    message = Message(content, dst_node_id=node, message_type="train")
+    message.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
+    message.metadata.__dict__["_message_id"] = message.object_id
+    session = state.start_session(run)
+    stored, missing = state.store_message_and_object_tree(message, get_object_tree(message), session)
+    assert stored and missing
+    time.sleep(upload_after)
+    objects = {object_id: obj.deflate() for object_id, obj in get_all_nested_objects(message).items()}
+    for object_id in missing:
+        assert state.store_object(run, session, object_id, objects[object_id])
+    return message.metadata.message_id
+
+
 def _send_later(state, run: int, node: int, *, after: float, upload_after: float = 0.0) -> threading.Thread:
-    """What the ServerApp's PushMessages and PushObjects do, `after` seconds from now, from another thread: the
-    message first, its objects `upload_after` seconds later."""
+    """`_send`, `after` seconds from now, from another thread."""
 
     def send() -> None:
         time.sleep(after)
-        content = RecordDict({"config": ConfigRecord({"server-round": 1})})
-        message = Message(content, dst_node_id=node, message_type="train")
-        message.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
-        message.metadata.__dict__["_message_id"] = message.object_id
-        session = state.start_session(run)
-        stored, missing = state.store_message_and_object_tree(message, get_object_tree(message), session)
-        assert stored and missing
-        time.sleep(upload_after)
-        objects = {object_id: obj.deflate() for object_id, obj in get_all_nested_objects(message).items()}
-        for object_id in missing:
-            assert state.store_object(run, session, object_id, objects[object_id])
+        _send(state, run, node, upload_after=upload_after)
 
     thread = threading.Thread(target=send)
     thread.start()
@@ -127,6 +133,24 @@ def test_an_empty_poll_comes_back_empty_after_the_hold_and_a_message_for_another
     sender.join()
     assert len(response.messages_list) == 0 and seconds >= 1.0  # held for the whole hold: not this node's message
     assert len(_pull(fleet, state, store, other)[0].messages_list) == 1  # the other node's poll finds it at once
+
+
+def test_a_held_reply_pull_notices_a_node_that_missed_its_heartbeats_though_nothing_rang(
+    restored_superlink, link
+) -> None:
+    _, runtime = restored_superlink
+    state, run = link[0], link[4]
+    sl.hold_empty_pulls(fleet_hold=0, serverapp_hold=6.0, bells=sl.Bells())
+    brief = state.create_node("aid", "hospital-3", b"h" * 40, 10)
+    state.activate_node(brief, 0.3)  # online for two intervals unless it beats: it will not
+    message_id = _send(state, run, brief)
+    task = next(t for t in state.get_tasks(statuses=[Status.RUNNING]) if t.run_id == run)  # the run's ServerApp
+    started = time.monotonic()
+    response = runtime.pull_messages(PullAppMessagesRequest(message_ids=[message_id]), state, task)
+    seconds = time.monotonic() - started
+    (reply,) = response.messages_list
+    assert reply.error.code == ErrorCode.NODE_UNAVAILABLE  # the SuperLink answers for the node that went quiet
+    assert seconds < 4.0, seconds  # noticed by a recheck within the 6 s hold: no bell rings for it
 
 
 def test_an_executor_waiting_to_claim_a_serverapp_is_answered_when_a_run_is_submitted(restored_superlink, link) -> None:
