@@ -43,7 +43,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     from client.local_round import LocalRound, RoundRefused
     from client.metrics_report import put_encrypted_metrics, put_figures, received_figures, site_metrics
-    from client.train_reply import refusal
+    from client.train_reply import put_earlier_events, refusal
 
     try:
         local = LocalRound.from_message(msg, context)
@@ -60,6 +60,9 @@ def evaluate(msg: Message, context: Context) -> Message:
         return refusal(msg, exc)
     content["metrics"] = MetricRecord(metrics)
     content["status"] = ConfigRecord(local.ok_status())
+    # No train reply follows the final scoring: a ClientApp killed in the last round after committing its
+    # spending reports that round here, or never.
+    put_earlier_events(content, local, before_round=local.config.server_round)
     return Message(content, reply_to=msg)
 
 

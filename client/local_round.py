@@ -99,7 +99,8 @@ class LocalRound:
             raise RoundRefused(code="bad-local-data", reason=str(exc), institution=institution) from exc
 
         accountant = None
-        if config.dp and msg.metadata.message_type.startswith("train"):
+        # Train messages commit to it; the final scoring's reply resends what the run's rounds committed.
+        if config.dp and msg.metadata.message_type.startswith(("train", "evaluate")):
             try:
                 assert node.state_dir is not None  # filled in by NodeSettings
                 accountant = HospitalAccountant.for_institution(node.state_dir, institution)
@@ -312,12 +313,12 @@ class LocalRound:
         put_bundle(content, bundle)
         return bundle.nbytes
 
-    def earlier_events(self, event: DPEvent) -> list[DPEvent]:
-        """This run's events committed before `event`'s round (common.dp_event.EARLIER_RECORD says why they travel)."""
+    def earlier_events(self, *, before_round: int) -> list[DPEvent]:
+        """This run's events committed before `before_round` (common.dp_event.EARLIER_RECORD says why they travel)."""
         if self.accountant is None:
             return []
-        records = [r for r in self.accountant.events if str(r.get("run_id")) == event.run_id]
-        return [DPEvent.from_record(r) for r in records if int(r.get("server_round", 0)) < event.server_round]
+        records = [r for r in self.accountant.events if str(r.get("run_id")) == str(self.run_id)]
+        return [DPEvent.from_record(r) for r in records if int(r.get("server_round", 0)) < before_round]
 
     def ok_status(self) -> dict[str, Any]:
         return {"ok": True, "institution": self.institution}

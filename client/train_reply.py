@@ -37,6 +37,13 @@ def refusal(
     return Message(content, reply_to=msg)
 
 
+def put_earlier_events(content: RecordDict, local: LocalRound, *, before_round: int) -> None:
+    """Resend the run's events committed before `before_round` (common.dp_event.EARLIER_RECORD says why)."""
+    earlier = local.earlier_events(before_round=before_round)
+    if earlier:
+        content[EARLIER_RECORD] = ConfigRecord(earlier_events_record(earlier))
+
+
 @dataclass
 class TrainedRound:
     """A round trained at this hospital, its update not yet in a reply."""
@@ -83,9 +90,7 @@ class TrainedRound:
         content["status"] = ConfigRecord(self.local.ok_status())
         if self.event is not None:
             content["dp-event"] = ConfigRecord(self.event.as_record())
-            earlier = self.local.earlier_events(self.event)
-            if earlier:
-                content[EARLIER_RECORD] = ConfigRecord(earlier_events_record(earlier))
+            put_earlier_events(content, self.local, before_round=self.event.server_round)
         if self.work is not None:
             content[WORK_RECORD] = ConfigRecord(self.work.as_record())
         return Message(content, reply_to=msg)

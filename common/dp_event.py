@@ -71,9 +71,10 @@ class DPEvent:
 
 RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(DPEvent))
 
-# A reply's record of the run's earlier events, resent with every update: a ClientApp killed after it committed a
-# round's spending (before training) but before its reply left never reported that round; the next reply does.
-# The ledger stores an event once per (institution, run, round) and answers a resend `duplicate`.
+# A reply's record of the run's earlier events, resent with every update and with the final scoring's reply: a
+# ClientApp killed after it committed a round's spending (before training) but before its reply left never reported
+# that round; the next reply does (for the last round, the final scoring's). The ledger stores an event once per
+# (institution, run, round) and answers a resend `duplicate`.
 EARLIER_RECORD = "dp-events-earlier"
 
 

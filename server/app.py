@@ -228,6 +228,8 @@ def main(grid: Grid, context: Context) -> None:
         final = rounds.evaluate(nodes=nodes, server_round=settings.num_rounds + 1)
         ctx.take_dropouts()  # logged by the exchange; the final scoring goes on with whoever answers
         _log_rejections(settings.num_rounds + 1, final)
+        if gate is not None:  # the last round's events a killed ClientApp never reported come with the scores
+            gate.report(final, server_round=settings.num_rounds + 1)
         results.record_scores(after_round=scored_round, replies=final)
         final_path = rounds.save_final()
         results.finish(status="completed", final_model_path=final_path)

@@ -98,13 +98,16 @@ class SortedReplies:
         and update stand on their own)."""
         self.dp_events[institution] = event
         self.epsilon_known[institution] = event.epsilon
-        record = None if msg is None else msg.content.get(EARLIER_RECORD)
+        if msg is not None:
+            self.record_resent(institution, msg, run_id=event.run_id, before_round=event.server_round)
+
+    def record_resent(self, institution: str, msg: Message, *, run_id: str, before_round: int) -> None:
+        """The run's earlier events `msg` resent, for the ledger (an unusable resend is only logged)."""
+        record = msg.content.get(EARLIER_RECORD)
         if record is None:
             return
         try:
-            self.earlier_events[institution] = earlier_events(
-                record, run_id=event.run_id, before_round=event.server_round
-            )
+            self.earlier_events[institution] = earlier_events(record, run_id=run_id, before_round=before_round)
         except (TypeError, ValueError) as exc:
             log.warning("%s: its resent earlier DP events are unusable and were not forwarded: %s", institution, exc)
 
@@ -207,13 +210,15 @@ def sort_replies(
     expect_update: bool,
     accept: Accept | None = None,
     per_site: bool = True,
+    resent_of: tuple[str, int] | None = None,
 ) -> SortedReplies:
     """Validate each reply; `reference` is the global model plaintext updates must match.
 
     With `accept`, the update is not plaintext weights: `accept` takes the payload (last, after every
     other check), and `updates` stays empty; for replies without an update (`expect_update` false) it
     takes their encrypted scores. `per_site`: read each hospital's scores and training loss; otherwise
-    only the federation figures reported from an aggregate.
+    only the federation figures reported from an aggregate. `resent_of` (the fedcare run id, this message's
+    round): replies without an update (the final scoring) may resend the run's earlier DP events, kept for the ledger.
     """
     out = SortedReplies()
     reports: list[FederationFigures] = []
@@ -249,6 +254,8 @@ def sort_replies(
                 if score is not None:
                     out.scores.append(score)
                 reports += reported_figures(msg, who)
+                if resent_of is not None:
+                    out.record_resent(who, msg, run_id=resent_of[0], before_round=resent_of[1])
                 continue
             weights = None
             if accept is None:

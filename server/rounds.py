@@ -184,6 +184,7 @@ class BaseRounds(ABC):
             expect_update=False,
             accept=accept,
             per_site=per_site,
+            resent_of=(str(self.ctx.run_id), server_round),
         )
 
 

@@ -8,10 +8,12 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from client.accountant_state import HospitalAccountant
+from client.app import evaluate as handle_evaluate
 from client.app import train as handle_train
 from client.local_round import LocalRound, RoundRefused
 from client.train_reply import train_round
 from common.demo_data import DemoSplit, write_demo_split
+from common.dp_event import EARLIER_RECORD, RECORD_FIELDS, earlier_events
 from common.models import build_model
 from common.schema import load_schema
 from common.settings import RunSettings
@@ -29,16 +31,18 @@ def split(tmp_path_factory: pytest.TempPathFactory) -> DemoSplit:
     return write_demo_split(tmp_path_factory.mktemp("data"), dataset="breast-cancer", hospitals=2)
 
 
-def _message(split: DemoSplit, *, config: ConfigRecord | None = None) -> Message:
+def _message(
+    split: DemoSplit, *, config: ConfigRecord | None = None, server_round: int = 1, message_type: str = "train"
+) -> Message:
     schema = load_schema(split.schema_path)
     settings = RunSettings.from_run_config({"schema-path": str(split.schema_path), "local-epochs": 1})
     content = RecordDict(
         {
-            "config": config if config is not None else message_config(settings, schema, 1),
+            "config": config if config is not None else message_config(settings, schema, server_round),
             "arrays": ArrayRecord(build_model(schema, seed=settings.seed).state_dict()),
         }
     )
-    return train_message(content)
+    return train_message(content, message_type=message_type)
 
 
 def _context(split: DemoSplit, state: Path) -> Context:
@@ -80,3 +84,19 @@ def test_the_train_handler_answers_a_bad_round_config_with_a_refusal(split: Demo
     assert (status["ok"], status["code"], status["institution"]) == (False, "bad-round-config", "hospital-1")
     assert "lacks batch-size" in status["reason"]
     assert "arrays" not in reply.content and "dp-event" not in reply.content
+
+
+def test_the_final_scoring_resends_what_the_runs_rounds_committed(split: DemoSplit, tmp_path: Path) -> None:
+    """A ClientApp killed in the last round after committing its spending sends no train reply, and none follows:
+    the final scoring's reply (round num-rounds + 1) carries that round's event to the ledger."""
+    context = _context(split, tmp_path)
+    for server_round in (1, 2):
+        train_round(_message(split, server_round=server_round), context)  # committed; as if killed before the reply
+
+    reply = handle_evaluate(_message(split, server_round=3, message_type="evaluate"), context)
+
+    assert dict(reply.content["status"])["ok"] is True
+    resent = earlier_events(reply.content[EARLIER_RECORD], run_id="5", before_round=3)
+    committed = HospitalAccountant.for_institution(tmp_path, "hospital-1").events
+    assert [e.server_round for e in resent] == [1, 2]
+    assert [e.as_record() for e in resent] == [{k: r[k] for k in RECORD_FIELDS} for r in committed]

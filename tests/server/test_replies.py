@@ -353,3 +353,18 @@ def test_earlier_events_a_reply_resends_go_to_the_ledger_and_a_bad_resend_costs_
     assert [e.server_round for e in out.earlier_events["St Mary"]] == [1, 2]
     assert "St Anne" not in out.earlier_events  # not earlier rounds of this run: nothing forwarded
     assert out.dp_events["St Anne"].server_round == 3
+
+
+def test_the_final_scorings_resent_events_go_to_the_ledger_only_when_asked_for_and_only_earlier_rounds() -> None:
+    """No train reply follows the last round: a ClientApp killed there after committing reports it with its score."""
+    good = _eval_reply(5, "St Mary", loss=0.4, accuracy=0.9, examples=20)
+    good.content[EARLIER_RECORD] = ConfigRecord(earlier_events_record([_event(1), _event(2), _event(3)]))
+    late = _eval_reply(6, "St Anne", loss=0.4, accuracy=0.9, examples=20)
+    late.content[EARLIER_RECORD] = ConfigRecord(earlier_events_record([_event(4)]))  # not before the scoring round
+
+    out = sort_replies([good, late], reference=None, expect_update=False, resent_of=("77", 4))
+    assert [e.server_round for e in out.earlier_events["St Mary"]] == [1, 2, 3]
+    assert "St Anne" not in out.earlier_events and out.dp_events == {}
+    assert [s[0] for s in out.scores] == ["St Mary", "St Anne"]  # an unusable resend costs the score nothing
+
+    assert sort_replies([good], reference=None, expect_update=False).earlier_events == {}

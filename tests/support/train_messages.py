@@ -7,7 +7,9 @@ import time
 from flwr.app import Message, Metadata, RecordDict
 
 
-def train_message(content: RecordDict, *, run_id: int = 5, node_id: int = 1) -> Message:
+def train_message(
+    content: RecordDict, *, run_id: int = 5, node_id: int = 1, message_type: str = "train"
+) -> Message:
     metadata = Metadata(
         run_id=run_id,
         message_id="m1",
@@ -17,6 +19,6 @@ def train_message(content: RecordDict, *, run_id: int = 5, node_id: int = 1) -> 
         group_id="1",
         created_at=time.time(),
         ttl=3600.0,
-        message_type="train",
+        message_type=message_type,
     )
     return Message(content, metadata=metadata)
