@@ -7,9 +7,7 @@ import time
 from flwr.app import Message, Metadata, RecordDict
 
 
-def train_message(
-    content: RecordDict, *, run_id: int = 5, node_id: int = 1, message_type: str = "train"
-) -> Message:
+def train_message(content: RecordDict, *, run_id: int = 5, node_id: int = 1, message_type: str = "train") -> Message:
     metadata = Metadata(
         run_id=run_id,
         message_id="m1",
