@@ -166,7 +166,6 @@ def run_node(options: NodeOptions, *, grace: float = 10.0) -> int:
     finally:
         _stop([executor, supernode], grace=grace)
         sockets.cleanup()
-        sockets.cleanup()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
