@@ -62,21 +62,26 @@ class TrialRun:
         return {**asdict(self.trial), "injected": self.injected, "status": self.status, "notes": self.notes}
 
 
-def schedule(*, seed: int, trials: int) -> list[Trial]:
+def schedule(
+    *, seed: int, trials: int, faults: tuple[str, ...] = FAULTS, modes: tuple[str, ...] = MODES
+) -> list[Trial]:
     """Modes alternate; faults cover every kind first (in a seeded order), then are drawn at random.
     A corrupted update is not drawn for SecAgg+ (a hospital's masked vector is unreadable by design)."""
     rng = random.Random(seed)
-    pending = list(FAULTS)
+    pending = list(faults)
     rng.shuffle(pending)
     out = []
     for index in range(trials):
-        mode = MODES[index % len(MODES)]
+        mode = modes[index % len(modes)]
         fits = [f for f in pending if not (mode == "secagg" and f == "corrupt-update")]
         if fits:
             fault = fits[0]
             pending.remove(fault)
         else:
-            fault = rng.choice([f for f in FAULTS if not (mode == "secagg" and f == "corrupt-update")])
+            choices = [f for f in faults if not (mode == "secagg" and f == "corrupt-update")]
+            if not choices:
+                raise ValueError("SecAgg+ trials need a fault other than corrupt-update")
+            fault = rng.choice(choices)
         after = rng.randint(1, ROUNDS - 1)
         out.append(Trial(index, mode, fault, after, round(rng.uniform(0.0, 1.5), 2), rng.choice(HOSPITALS)))
     return out
