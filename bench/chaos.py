@@ -6,7 +6,7 @@ service down for the whole run) strikes at a moment drawn from `--seed`. After e
 bench/chaos_checks.py are checked; any broken one is a violation, reported with its details.
 
     python bench/chaos.py --trials 7 --seed 16      # --share: one federation for all trials (faster)
-    python bench/chaos.py --trials 40 --share --fault kill-clientapp --mode plain   # one kind of fault only
+    python bench/chaos.py --trials 40 --share --fault kill-clientapp --mode plain --after-round 1 --max-delay 0.3
 
 Prints a JSON object (trials, faults by kind, violations, seconds per trial, median time to resume, the load
 average) and writes it to bench/out/chaos.json.
@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))  # run as `python bench/chaos.py` from a checkout
 from bench.chaos_app import chaos_app  # noqa: E402
 from bench.chaos_bed import ChaosBed  # noqa: E402
 from bench.chaos_checks import Violation, leftover_violations, trial_violations  # noqa: E402
-from bench.chaos_faults import FAULTS, MODES, Trial, TrialRun, run_trial, schedule  # noqa: E402
+from bench.chaos_faults import FAULTS, MODES, ROUNDS, Trial, TrialRun, run_trial, schedule  # noqa: E402
 from common.demo_data import write_demo_split  # noqa: E402
 
 
@@ -100,6 +100,8 @@ def main() -> None:
     parser.add_argument("--share", action="store_true", help="one federation for every trial")
     parser.add_argument("--fault", action="append", choices=FAULTS, help="only these faults (repeat for more)")
     parser.add_argument("--mode", action="append", choices=MODES, help="only these modes (repeat for more)")
+    parser.add_argument("--after-round", type=int, choices=range(1, ROUNDS), help="strike after this round only")
+    parser.add_argument("--max-delay", type=float, default=1.5, help="s after the round, at most (drawn)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "chaos.json")
     args = parser.parse_args()
     print(f"seed {args.seed}", file=sys.stderr, flush=True)
@@ -112,7 +114,12 @@ def main() -> None:
         return report
 
     trials = schedule(
-        seed=args.seed, trials=args.trials, faults=tuple(args.fault or FAULTS), modes=tuple(args.mode or MODES)
+        seed=args.seed,
+        trials=args.trials,
+        faults=tuple(args.fault or FAULTS),
+        modes=tuple(args.mode or MODES),
+        after_rounds=(args.after_round, args.after_round) if args.after_round else (1, ROUNDS - 1),
+        max_delay=args.max_delay,
     )
     with tempfile.TemporaryDirectory(prefix="fedcare-chaos-") as tmp:
         report = write(soak(trials, workdir=Path(tmp), share=args.share, progress=write), done=True)

@@ -63,9 +63,16 @@ class TrialRun:
 
 
 def schedule(
-    *, seed: int, trials: int, faults: tuple[str, ...] = FAULTS, modes: tuple[str, ...] = MODES
+    *,
+    seed: int,
+    trials: int,
+    faults: tuple[str, ...] = FAULTS,
+    modes: tuple[str, ...] = MODES,
+    after_rounds: tuple[int, int] = (1, ROUNDS - 1),
+    max_delay: float = 1.5,
 ) -> list[Trial]:
-    """Modes alternate; faults cover every kind first (in a seeded order), then are drawn at random.
+    """Modes alternate; faults cover every kind first (in a seeded order), then are drawn at random, each to
+    strike after a round in `after_rounds` (inclusive) and a delay of up to `max_delay` s.
     A corrupted update is not drawn for SecAgg+ (a hospital's masked vector is unreadable by design)."""
     rng = random.Random(seed)
     pending = list(faults)
@@ -82,8 +89,8 @@ def schedule(
             if not choices:
                 raise ValueError("SecAgg+ trials need a fault other than corrupt-update")
             fault = rng.choice(choices)
-        after = rng.randint(1, ROUNDS - 1)
-        out.append(Trial(index, mode, fault, after, round(rng.uniform(0.0, 1.5), 2), rng.choice(HOSPITALS)))
+        after = rng.randint(*after_rounds)
+        out.append(Trial(index, mode, fault, after, round(rng.uniform(0.0, max_delay), 2), rng.choice(HOSPITALS)))
     return out
 
 

@@ -15,7 +15,10 @@ def test_a_seed_gives_one_schedule_that_covers_every_fault_first_and_no_corrupti
         assert all(1 <= t.after_round < ROUNDS for t in trials)
 
 
-def test_a_schedule_narrowed_to_one_fault_and_mode_holds_only_those() -> None:
-    trials = schedule(seed=3, trials=12, faults=("kill-clientapp",), modes=("plain",))
-    assert {(t.mode, t.fault) for t in trials} == {("plain", "kill-clientapp")}
-    assert len({(t.after_round, t.delay, t.victim) for t in trials}) > 1  # the moments and victims still vary
+def test_a_schedule_narrowed_to_one_fault_mode_and_moment_holds_only_those() -> None:
+    trials = schedule(
+        seed=3, trials=12, faults=("kill-clientapp",), modes=("plain",), after_rounds=(1, 1), max_delay=0.3
+    )
+    assert {(t.mode, t.fault, t.after_round) for t in trials} == {("plain", "kill-clientapp", 1)}
+    assert all(0.0 <= t.delay <= 0.3 for t in trials)
+    assert len({(t.delay, t.victim) for t in trials}) > 1  # the moments and victims still vary
