@@ -13,7 +13,8 @@ asks for them) travel in clear next to the masked vector.
 The masked vector always ends with one more array: the hospital's metrics per training example
 (`common.site_metrics`; zeros with per-site metrics), so the server unmasks the federation's totals
 with the model. A message carrying the `score-only` record (the final scoring in aggregate mode)
-scores the model and masks zeros for the model and the scores: no training, no spending.
+scores the model and masks zeros for the model and the scores: no training, no spending; like the
+final scoring of the other modes, it resends the run's DP events (common.dp_event.EARLIER_RECORD).
 
 A hospital that refuses the round still answers, with weight 0 and zeros: the masked sum
 is unchanged, no mask needs recovering, and the server learns why (and the epsilon spent).
@@ -101,7 +102,7 @@ def _zeros_like_incoming(msg: Message) -> OrderedDict[str, np.ndarray]:
 def _train_masked(msg: Message, context: Context) -> Message:
     from client.local_round import LocalRound, RoundRefused  # torch and Opacus: only this stage needs them
     from client.metrics_report import masked_metrics, site_metrics
-    from client.train_reply import refusal, train_round
+    from client.train_reply import put_earlier_events, refusal, train_round
     from common.codecs import to_numpy, to_record
     from common.fednova_sum import per_step_model
 
@@ -139,6 +140,7 @@ def _train_masked(msg: Message, context: Context) -> Message:
         content = _legacy_reply(_zeros_like_incoming(msg), num_examples=local.train_examples, metrics=scores)
         content["metrics"] = MetricRecord({"num-examples": local.train_examples})
         content["status"] = ConfigRecord(local.ok_status())
+        put_earlier_events(content, local, before_round=local.config.server_round)  # as client/app.py's evaluate
         return Message(content, reply_to=msg)
     try:
         trained = train_round(msg, context, before_training=check_weight)

@@ -218,7 +218,8 @@ def sort_replies(
     other check), and `updates` stays empty; for replies without an update (`expect_update` false) it
     takes their encrypted scores. `per_site`: read each hospital's scores and training loss; otherwise
     only the federation figures reported from an aggregate. `resent_of` (the fedcare run id, this message's
-    round): replies without an update (the final scoring) may resend the run's earlier DP events, kept for the ledger.
+    round): replies without a DP event of their own (the final scoring) may resend the run's earlier DP events,
+    kept for the ledger.
     """
     out = SortedReplies()
     reports: list[FederationFigures] = []
@@ -280,6 +281,8 @@ def sort_replies(
             reports += reported_figures(msg, who)
             if event is not None:
                 out.record_spending(who, event, msg)
+            elif resent_of is not None:  # SecAgg+'s score-only final scoring: an update of zeros, no spending
+                out.record_resent(who, msg, run_id=resent_of[0], before_round=resent_of[1])
         except RejectedPayload as exc:
             out.rejections.append(Rejection(who, node_id, exc.code, str(exc)))
             _keep_spending(out, msg, who)

@@ -153,6 +153,7 @@ class SecAggRounds(PlaintextModelRounds):
         content, content_for = self.model_content(server_round), None
         if score_only:
             content[SCORE_ONLY_RECORD] = ConfigRecord({"score-only": True})
+            checked.resent_of = (str(self.ctx.run_id), server_round)
         elif s.round_deadline > 0:  # each hospital's schedule, as in plain mode
             if s.fednova:  # the sum is of per-step models, to be finished from the model sent
                 checked.base = take_weights(content, reference=self.weights)

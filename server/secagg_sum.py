@@ -35,6 +35,7 @@ class MaskedReplies:
     replies: SortedReplies = field(default_factory=SortedReplies)
     counts: list[int] = field(default_factory=list)  # example counts of the updates in the sum
     steps: list[int] = field(default_factory=list)  # their local steps (FedNova; 0 otherwise)
+    resent_of: tuple[str, int] | None = None  # the final scoring: (run id, round) of the DP events it resends
 
     def __call__(self, masked: list[Message]) -> str | None:
         def accept(msg: Message, who: str, n: int) -> None:
@@ -44,7 +45,9 @@ class MaskedReplies:
             self.steps.append(fednova_steps(msg) if self.base is not None else 0)
             self.counts.append(n)
 
-        self.replies = sort_replies(masked, reference=None, expect_update=True, accept=accept, per_site=self.per_site)
+        self.replies = sort_replies(
+            masked, reference=None, expect_update=True, accept=accept, per_site=self.per_site, resent_of=self.resent_of
+        )
         # An invalid reply's masked update is inside the sum, and SecAgg+ cannot take it out again; so is one
         # without the local steps FedNova divides by (round-deadline): the round fails rather than mis-weigh it.
         in_sum = [r for r in self.replies.rejections if r.code in IN_SUM]

@@ -6,17 +6,20 @@ from pathlib import Path
 
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_STATE
 
 from client.accountant_state import HospitalAccountant
 from client.app import evaluate as handle_evaluate
 from client.app import train as handle_train
 from client.local_round import LocalRound, RoundRefused
+from client.secagg_client import _train_masked
 from client.train_reply import train_round
 from common.demo_data import DemoSplit, write_demo_split
 from common.dp_event import EARLIER_RECORD, RECORD_FIELDS, earlier_events
 from common.models import build_model
 from common.schema import load_schema
 from common.settings import RunSettings
+from common.site_metrics import SCORE_ONLY_RECORD
 from server.messaging import message_config
 from tests.support.train_messages import train_message
 
@@ -100,3 +103,21 @@ def test_the_final_scoring_resends_what_the_runs_rounds_committed(split: DemoSpl
     committed = HospitalAccountant.for_institution(tmp_path, "hospital-1").events
     assert [e.server_round for e in resent] == [1, 2]
     assert [e.as_record() for e in resent] == [{k: r[k] for k in RECORD_FIELDS} for r in committed]
+
+
+def test_secaggs_score_only_final_scoring_resends_what_the_runs_rounds_committed(
+    split: DemoSplit, tmp_path: Path
+) -> None:
+    """SecAgg+ in aggregate-metrics mode (its default) scores the final model in a score-only masked stage, not an
+    evaluate message: that reply resends the run's events too."""
+    context = _context(split, tmp_path)
+    train_round(_message(split, server_round=1), context)  # committed; as if killed before the reply
+    context.state[RECORD_KEY_STATE] = ConfigRecord({"max_weight": 1e6, "clipping_range": 8.0, "target_range": 1 << 22})
+    msg = _message(split, server_round=2)
+    msg.content[SCORE_ONLY_RECORD] = ConfigRecord({"score-only": True})
+
+    reply = _train_masked(msg, context)
+
+    assert dict(reply.content["status"])["ok"] is True and "dp-event" not in reply.content  # no training, no spending
+    resent = earlier_events(reply.content[EARLIER_RECORD], run_id="5", before_round=2)
+    assert [e.server_round for e in resent] == [1]

@@ -368,3 +368,20 @@ def test_the_final_scorings_resent_events_go_to_the_ledger_only_when_asked_for_a
     assert [s[0] for s in out.scores] == ["St Mary", "St Anne"]  # an unusable resend costs the score nothing
 
     assert sort_replies([good], reference=None, expect_update=False).earlier_events == {}
+
+
+def test_a_masked_score_only_reply_resends_earlier_events_and_a_trained_one_keeps_its_own_round() -> None:
+    """SecAgg+'s final scoring is a masked stage (expect_update) whose replies carry no DP event of their own."""
+    score_only = _train_reply(5, "St Mary", _weights())
+    score_only.content[EARLIER_RECORD] = ConfigRecord(earlier_events_record([_event(1), _event(2), _event(3)]))
+    trained = _train_reply(6, "St Anne", _weights())
+    trained.content["dp-event"] = ConfigRecord(_event(2).as_record())
+    trained.content[EARLIER_RECORD] = ConfigRecord(earlier_events_record([_event(1), _event(3)]))  # 3 is not earlier
+
+    out = sort_replies(
+        [score_only, trained], reference=None, expect_update=True, accept=lambda *_: None, resent_of=("77", 4)
+    )
+
+    assert out.participants == ["St Mary", "St Anne"]
+    assert [e.server_round for e in out.earlier_events["St Mary"]] == [1, 2, 3]
+    assert "St Anne" not in out.earlier_events and out.dp_events["St Anne"].server_round == 2
