@@ -243,7 +243,7 @@ def sort_replies(
                     out.epsilon_known[who] = _epsilon(status["epsilon"])
                 except (InvalidUpdate, TypeError, ValueError) as exc:
                     reason += f" (and its reported spending is unusable: {exc})"
-            _keep_spending(out, msg, who)  # trained, then could not send: the spending still counts
+            _keep_spending(out, msg, who, resent_of)  # trained, then could not send: the spending still counts
             out.rejections.append(Rejection(who, node_id, code, reason))
             continue
         try:
@@ -285,20 +285,22 @@ def sort_replies(
                 out.record_resent(who, msg, run_id=resent_of[0], before_round=resent_of[1])
         except RejectedPayload as exc:
             out.rejections.append(Rejection(who, node_id, exc.code, str(exc)))
-            _keep_spending(out, msg, who)
+            _keep_spending(out, msg, who, resent_of)
         except (InvalidUpdate, KeyError, TypeError, ValueError) as exc:
             out.rejections.append(Rejection(who, node_id, "invalid-update", str(exc)))
-            _keep_spending(out, msg, who)
+            _keep_spending(out, msg, who, resent_of)
     out.federation = agree(reports)
     return out
 
 
-def _keep_spending(out: SortedReplies, msg: Message, who: str) -> None:
+def _keep_spending(out: SortedReplies, msg: Message, who: str, resent_of: tuple[str, int] | None) -> None:
     """A rejected update was still trained: its (valid) DP event goes to the ledger all the same, so
-    no spending is lost; only the update itself is dropped."""
+    no spending is lost; only the update itself is dropped. So do a rejected final scoring's resent events."""
     try:
         event = _dp_event(msg)
     except (InvalidUpdate, TypeError, ValueError):
         return  # an unusable event is named in the rejection's reason already, or the reply has none
     if event is not None:
         out.record_spending(who, event, msg)
+    elif resent_of is not None:
+        out.record_resent(who, msg, run_id=resent_of[0], before_round=resent_of[1])

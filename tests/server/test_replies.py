@@ -369,6 +369,12 @@ def test_the_final_scorings_resent_events_go_to_the_ledger_only_when_asked_for_a
 
     assert sort_replies([good], reference=None, expect_update=False).earlier_events == {}
 
+    hostile = _eval_reply(7, "St Luke", loss=float("nan"), accuracy=0.9, examples=20)  # its score is rejected ...
+    hostile.content[EARLIER_RECORD] = ConfigRecord(earlier_events_record([_event(3)]))
+    out = sort_replies([hostile], reference=None, expect_update=False, resent_of=("77", 4))
+    assert [r.code for r in out.rejections] == ["invalid-update"]
+    assert [e.server_round for e in out.earlier_events["St Luke"]] == [3]  # ... and its spending still counts
+
 
 def test_a_masked_score_only_reply_resends_earlier_events_and_a_trained_one_keeps_its_own_round() -> None:
     """SecAgg+'s final scoring is a masked stage (expect_update) whose replies carry no DP event of their own."""
