@@ -255,8 +255,7 @@ def sort_replies(
                 if score is not None:
                     out.scores.append(score)
                 reports += reported_figures(msg, who)
-                if resent_of is not None:
-                    out.record_resent(who, msg, run_id=resent_of[0], before_round=resent_of[1])
+                _count_spending(out, msg, who, None, resent_of)
                 continue
             weights = None
             if accept is None:
@@ -279,10 +278,7 @@ def sort_replies(
                 out.work[node_id] = work
             out.participants.append(who)
             reports += reported_figures(msg, who)
-            if event is not None:
-                out.record_spending(who, event, msg)
-            elif resent_of is not None:  # SecAgg+'s score-only final scoring: an update of zeros, no spending
-                out.record_resent(who, msg, run_id=resent_of[0], before_round=resent_of[1])
+            _count_spending(out, msg, who, event, resent_of)  # no event: SecAgg+'s score-only final scoring
         except RejectedPayload as exc:
             out.rejections.append(Rejection(who, node_id, exc.code, str(exc)))
             _keep_spending(out, msg, who, resent_of)
@@ -300,6 +296,14 @@ def _keep_spending(out: SortedReplies, msg: Message, who: str, resent_of: tuple[
         event = _dp_event(msg)
     except (InvalidUpdate, TypeError, ValueError):
         return  # an unusable event is named in the rejection's reason already, or the reply has none
+    _count_spending(out, msg, who, event, resent_of)
+
+
+def _count_spending(
+    out: SortedReplies, msg: Message, who: str, event: DPEvent | None, resent_of: tuple[str, int] | None
+) -> None:
+    """The reply's own DP event with the earlier ones it resent; without one (a final scoring, `resent_of` set),
+    the earlier ones it resent."""
     if event is not None:
         out.record_spending(who, event, msg)
     elif resent_of is not None:

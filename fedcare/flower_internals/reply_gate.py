@@ -68,9 +68,7 @@ class ReplyGate:
 
     def complete_replies(self, state: Any, store: Any) -> list[Any]:
         """The replies to send now; the others stay held or are dropped (the module says which)."""
-        now = time.monotonic()
-        for reply in state.get_messages(is_reply=True):  # marked retrieved: the gate holds them from now on
-            self.held.setdefault(reply.metadata.message_id, _Held(reply, now))
+        now = self._take(state)
         ready, gave_up = [], False
         for reply_id, held in list(self.held.items()):
             message_id = held.reply.metadata.reply_to_message_id
@@ -91,13 +89,18 @@ class ReplyGate:
 
     def has_complete(self, state: Any, store: Any) -> bool:
         """Whether `complete_replies` would release a reply now, without releasing it."""
-        now = time.monotonic()
-        for reply in state.get_messages(is_reply=True):
-            self.held.setdefault(reply.metadata.message_id, _Held(reply, now))
+        self._take(state)
         return any(
             held.reply.metadata.reply_to_message_id not in self.answered and reply_is_complete(store, reply_id)
             for reply_id, held in self.held.items()
         )
+
+    def _take(self, state: Any) -> float:
+        """Hold the node's new replies (reading marks them retrieved: the gate holds them from now on); the time."""
+        now = time.monotonic()
+        for reply in state.get_messages(is_reply=True):
+            self.held.setdefault(reply.metadata.message_id, _Held(reply, now))
+        return now
 
     def _answer(self, message_id: str) -> None:
         self.answered[message_id] = None
